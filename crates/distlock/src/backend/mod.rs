@@ -1,0 +1,140 @@
+//! The backend SPI: the atomic primitives a store must provide.
+//!
+//! Everything else — retries, deadlines, waiting, refresh, the lost signal,
+//! validity bookkeeping, tracing — lives once in the engine
+//! ([`Locker`](crate::Locker) and [`Lock`](crate::Lock)), so a backend stays
+//! one small file and every backend behaves the same.
+//!
+//! Contract, checked by the conformance suite in `distlock-testkit`:
+//! * `try_acquire` is one atomic attempt. Asked again by the owner that
+//!   already holds the key, it grants again with the same fencing token and
+//!   resets the TTL, so an attempt whose reply was lost can be retried.
+//! * Fencing tokens strictly increase per key over all grants.
+//! * `extend` and `release` act only if the stored owner token matches, and
+//!   answer [`Error::NotHeld`](crate::Error::NotHeld) otherwise.
+//! * `inspect` never writes.
+//! * A backend bounds nothing by time itself: the engine wraps every call in
+//!   its timeout and deadline, and may drop any future at any await point.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::time::Instant;
+
+use crate::error::Result;
+use crate::holder::HolderInfo;
+use crate::key::LockKey;
+use crate::lease::{LeaseRef, OwnerToken};
+
+pub mod memory;
+
+/// One acquisition attempt, as the engine asks a backend for it.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct AcquireRequest {
+    /// The key to lock.
+    pub key: LockKey,
+    /// The owner token to store with the lock.
+    pub owner: OwnerToken,
+    /// How long the store keeps the lock without an extend.
+    pub ttl: Duration,
+    /// Metadata to store with the lock for `inspect`.
+    pub metadata: Option<Arc<str>>,
+}
+
+impl AcquireRequest {
+    /// A request for `key` by `owner` for `ttl`, without metadata.
+    pub fn new(key: LockKey, owner: OwnerToken, ttl: Duration) -> Self {
+        AcquireRequest {
+            key,
+            owner,
+            ttl,
+            metadata: None,
+        }
+    }
+
+    /// The lease reference a grant of this request creates.
+    pub fn lease(&self) -> LeaseRef {
+        LeaseRef {
+            key: self.key.clone(),
+            owner: self.owner,
+        }
+    }
+}
+
+/// The outcome of one acquisition attempt that reached the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Attempt {
+    /// The lock is ours.
+    Granted {
+        /// The fencing token of this grant.
+        fencing_token: u64,
+    },
+    /// Someone else holds it.
+    Contended {
+        /// The holder, when the store reported it in the same round trip.
+        holder: Option<HolderInfo>,
+    },
+}
+
+/// What a backend's store can do; the conformance suite adapts to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// Locks expire after their TTL when not extended. False for stores
+    /// where a lock lives exactly as long as its holder (file locks).
+    pub ttl_expiry: bool,
+}
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Capabilities { ttl_expiry: true }
+    }
+}
+
+/// The atomic primitives of one store. Dyn-compatible: a
+/// [`Locker`](crate::Locker) holds an `Arc<dyn Backend>` chosen at run time.
+pub trait Backend: Send + Sync + Debug + 'static {
+    /// A short name for errors and traces (`memory`, `redis`, ...).
+    fn name(&self) -> &'static str;
+
+    /// What this store can do.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
+    }
+
+    /// One atomic attempt to take the lock.
+    fn try_acquire<'a>(&'a self, req: &'a AcquireRequest) -> BoxFuture<'a, Result<Attempt>>;
+
+    /// Resets the TTL to `ttl` if `lease.owner` still holds the key.
+    fn extend<'a>(&'a self, lease: &'a LeaseRef, ttl: Duration) -> BoxFuture<'a, Result<()>>;
+
+    /// Deletes the lock if `lease.owner` still holds the key.
+    fn release<'a>(&'a self, lease: &'a LeaseRef) -> BoxFuture<'a, Result<()>>;
+
+    /// Reads the current holder, if any. Never writes.
+    fn inspect<'a>(&'a self, key: &'a LockKey) -> BoxFuture<'a, Result<Option<HolderInfo>>>;
+
+    /// Returns when the key may have become free, or at `until` at the latest.
+    /// A hint only: the engine always tries again afterwards. The default
+    /// sleeps until `until`; stores with notifications return early.
+    fn wait_for_release<'a>(
+        &'a self,
+        key: &'a LockKey,
+        until: Instant,
+    ) -> BoxFuture<'a, Result<()>> {
+        let _ = key;
+        Box::pin(async move {
+            tokio::time::sleep_until(until).await;
+            Ok(())
+        })
+    }
+
+    /// Releases the store connection. Called once by
+    /// [`Locker::close`](crate::Locker::close).
+    fn close(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+}

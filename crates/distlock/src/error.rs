@@ -1,0 +1,153 @@
+//! The one error type every backend reports through.
+
+use std::time::Duration;
+
+use crate::holder::HolderInfo;
+
+/// The result type of every fallible distlock operation.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A boxed source error from a store client.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Everything that can go wrong, identical on every backend.
+///
+/// A store's own error types never leak out as the top-level error: they are
+/// kept as the `source` of [`Error::Backend`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Someone else holds the lock and it could not be obtained within the
+    /// wait deadline or the retry budget.
+    #[error(
+        "lock {key:?} not obtained after {attempts} attempt(s) in {waited:?}{}",
+        holder.as_ref().map(|h| format!(" (held with fencing token {})", h.fencing_token)).unwrap_or_default()
+    )]
+    NotObtained {
+        /// The key that was asked for.
+        key: String,
+        /// How long the caller waited in total.
+        waited: Duration,
+        /// How many acquisition attempts reached the store.
+        attempts: u32,
+        /// The holder seen on the last attempt, when the store reported one.
+        holder: Option<HolderInfo>,
+    },
+
+    /// A refresh or release of a lock that expired, was released, or now
+    /// belongs to another owner.
+    #[error("lock {key:?} is not held by this owner (expired, released or taken over)")]
+    NotHeld {
+        /// The key of the lock.
+        key: String,
+    },
+
+    /// The key is not a valid lock key.
+    #[error("invalid key: {reason}")]
+    InvalidKey {
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// An option or option combination is invalid.
+    #[error("invalid option `{option}`: {reason}")]
+    InvalidOptions {
+        /// The option at fault.
+        option: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A backend URL could not be used.
+    #[error("invalid backend URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// The URL, with any password removed.
+        url: String,
+        /// What is wrong with it (an unknown scheme names the cargo feature to enable).
+        reason: String,
+    },
+
+    /// The store failed.
+    #[error("{backend} backend failed during {op}: {source}")]
+    Backend {
+        /// The backend's name (`memory`, `redis`, ...).
+        backend: &'static str,
+        /// The operation that failed.
+        op: &'static str,
+        /// The store client's error.
+        #[source]
+        source: BoxError,
+    },
+
+    /// The store did not answer in time.
+    #[error("{op} timed out after {after:?}")]
+    Timeout {
+        /// The operation that timed out.
+        op: &'static str,
+        /// How long it was given.
+        after: Duration,
+    },
+
+    /// The locker was closed.
+    #[error("the locker is closed")]
+    Closed,
+}
+
+impl Error {
+    /// True for [`Error::NotObtained`]: someone else holds the lock.
+    pub fn is_not_obtained(&self) -> bool {
+        matches!(self, Error::NotObtained { .. })
+    }
+
+    /// True for [`Error::NotHeld`]: the lock is no longer ours.
+    pub fn is_not_held(&self) -> bool {
+        matches!(self, Error::NotHeld { .. })
+    }
+
+    /// True when retrying the same operation later may succeed: the store
+    /// failed or timed out, but nothing proved the lock lost.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Backend { .. } | Error::Timeout { .. })
+    }
+
+    /// Wraps a store client error for `backend` during `op`.
+    pub fn backend(backend: &'static str, op: &'static str, source: impl Into<BoxError>) -> Self {
+        Error::Backend {
+            backend,
+            op,
+            source: source.into(),
+        }
+    }
+
+    pub(crate) fn invalid_options(option: &'static str, reason: impl Into<String>) -> Self {
+        Error::InvalidOptions {
+            option,
+            reason: reason.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification_is_exclusive() {
+        let not_obtained = Error::NotObtained {
+            key: "k".into(),
+            waited: Duration::ZERO,
+            attempts: 1,
+            holder: None,
+        };
+        let not_held = Error::NotHeld { key: "k".into() };
+        let timeout = Error::Timeout {
+            op: "extend",
+            after: Duration::from_millis(5),
+        };
+        assert!(not_obtained.is_not_obtained() && !not_obtained.is_not_held());
+        assert!(not_held.is_not_held() && !not_held.is_transient());
+        assert!(timeout.is_transient() && !timeout.is_not_obtained());
+        assert!(Error::backend("memory", "acquire", "boom").is_transient());
+        assert!(!Error::Closed.is_transient());
+    }
+}

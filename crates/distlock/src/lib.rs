@@ -1,0 +1,73 @@
+//! # distlock
+//!
+//! One distributed-lock API over several stores — memory (one process),
+//! a local file (one host), Redis and etcd — with the same behaviour on
+//! every one of them: fencing tokens, validity deadlines measured from the
+//! send time, a lost-lock signal, read-only inspection, fair local waiting
+//! and cancel-safe obtains.
+//!
+//! Business code depends on [`Locker`] and [`Lock`] only; which store
+//! serves them is configuration ([`Locker::from_url`]).
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> distlock::Result<()> {
+//! use std::time::Duration;
+//! use distlock::{Locker, ObtainOptions};
+//!
+//! let locker = Locker::from_url("memory://?namespace=billing").await?;
+//! let lock = locker
+//!     .obtain_with("invoices/2026-11", ObtainOptions::new()
+//!         .ttl(Duration::from_secs(10))
+//!         .wait(Duration::from_secs(2))
+//!         .metadata("worker-1"))
+//!     .await?;
+//! let refresher = lock.start_refresh(|e| eprintln!("refresh failed: {e}"));
+//!
+//! // Hand the fencing token to every resource the lock protects.
+//! let token = lock.fencing_token();
+//! assert_eq!(locker.inspect("invoices/2026-11").await?.unwrap().fencing_token, token);
+//!
+//! tokio::select! {
+//!     reason = lock.lost() => panic!("lock lost: {reason:?}"),
+//!     _ = tokio::time::sleep(Duration::from_millis(10)) => {} // the critical section
+//! }
+//! refresher.stop().await;
+//! lock.release().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! ## What a lease-based lock can promise
+//!
+//! A lock with a TTL is safe only while its holder meets its validity
+//! deadline. A process paused past it (GC, swap, SIGSTOP, a suspended VM)
+//! may still believe it holds the lock while another holder has it. The
+//! fencing token is what makes that harmless: a resource that rejects
+//! writes carrying a token lower than one it has seen cannot be corrupted by
+//! a stale holder.
+#![deny(missing_docs)]
+
+pub mod backend;
+mod error;
+mod holder;
+mod key;
+mod lease;
+mod lock;
+mod locker;
+mod options;
+mod queue;
+mod retry;
+mod url;
+mod validity;
+
+pub use error::{BoxError, Error, Result};
+pub use holder::HolderInfo;
+pub use key::{
+    DEFAULT_NAMESPACE, IntoKey, Key, LockKey, MAX_KEY_BYTES, MAX_NAMESPACE_BYTES, Namespace,
+};
+pub use lease::{LeaseRef, OwnerToken};
+pub use lock::{Lock, LostReason, RefreshHandle};
+pub use locker::{DEFAULT_OP_TIMEOUT, Locker, LockerBuilder};
+pub use options::{DEFAULT_TTL, MAX_METADATA_BYTES, MAX_TTL, ObtainOptions};
+pub use retry::RetryStrategy;
+pub use validity::ValidityPolicy;

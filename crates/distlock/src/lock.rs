@@ -1,0 +1,498 @@
+//! A held lock: its fencing token, validity deadline, refresh and loss.
+
+use std::cell::Cell;
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::error::{Error, Result};
+use crate::lease::LeaseRef;
+use crate::locker::LockerInner;
+use crate::options::ObtainOptions;
+
+/// A span for one operation on a held lock; `outcome` is recorded at the end.
+macro_rules! lock_span {
+    ($name:literal, $state:expr) => {
+        tracing::debug_span!(
+            $name,
+            key = %$state.lease.key.key,
+            backend = $state.locker.backend.name(),
+            fencing_token = $state.fencing_token,
+            outcome = tracing::field::Empty,
+        )
+    };
+}
+
+/// Why a lock ended; what [`Lock::lost`] resolves with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LostReason {
+    /// The validity deadline passed without a successful refresh.
+    Expired,
+    /// The store said the lock no longer belongs to this owner.
+    NotHeld,
+    /// The lock was released (or its handle dropped); nothing was lost.
+    Released,
+    /// The locker was closed, which released the lock.
+    Closed,
+}
+
+impl LostReason {
+    /// True when the lock ended without its holder letting go of it.
+    pub fn is_loss(self) -> bool {
+        matches!(self, LostReason::Expired | LostReason::NotHeld)
+    }
+}
+
+/// A held lock. Ownership is this handle (its owner token), not a thread
+/// or task.
+///
+/// # Dropping without release
+///
+/// Dropping a `Lock` stops its refreshers and, when a tokio runtime is
+/// available, releases it in the background (best effort: if that fails,
+/// or there is no runtime, the store expires it after its TTL). Call
+/// [`release`](Self::release) to know the outcome.
+///
+/// # Validity
+///
+/// [`valid_until`](Self::valid_until) is the instant until which the lock
+/// is safe to rely on, counted from when the acquire or last successful
+/// extend was *sent*. Past it, or once the store proves the lock gone,
+/// [`lost`](Self::lost) resolves. Pass [`fencing_token`](Self::fencing_token)
+/// to every resource the lock protects: it is the only defence against a
+/// holder that paused past its deadline.
+pub struct Lock {
+    state: Arc<LockState>,
+    settled: bool,
+}
+
+pub(crate) struct LockState {
+    locker: Arc<LockerInner>,
+    id: u64,
+    lease: LeaseRef,
+    fencing_token: u64,
+    ttl: Duration,
+    refresh_interval: Duration,
+    metadata: Option<String>,
+    status: Mutex<Status>,
+    /// Signalled when the validity deadline moves or the lock ends.
+    changed: Notify,
+    /// Cancelled once the lock has ended, for whatever reason.
+    ended: CancellationToken,
+    /// Cancelled when the holder lets go: refreshers then stop quietly.
+    done: CancellationToken,
+}
+
+struct Status {
+    valid_until: Instant,
+    ended: Option<LostReason>,
+}
+
+impl LockState {
+    pub(crate) fn new(
+        locker: Arc<LockerInner>,
+        id: u64,
+        lease: LeaseRef,
+        fencing_token: u64,
+        options: &ObtainOptions,
+        valid_until: Instant,
+    ) -> Arc<Self> {
+        Arc::new(LockState {
+            locker,
+            id,
+            lease,
+            fencing_token,
+            ttl: options.ttl_value(),
+            refresh_interval: options.refresh_interval_or_default(),
+            metadata: options.metadata_value().map(str::to_owned),
+            status: Mutex::new(Status {
+                valid_until,
+                ended: None,
+            }),
+            changed: Notify::new(),
+            ended: CancellationToken::new(),
+            done: CancellationToken::new(),
+        })
+    }
+
+    fn status(&self) -> MutexGuard<'_, Status> {
+        // Status updates are single assignments: a poisoned lock is consistent.
+        self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn valid_until(&self) -> Instant {
+        self.status().valid_until
+    }
+
+    fn ended(&self) -> Option<LostReason> {
+        self.status().ended
+    }
+
+    /// Ends the lock once; `Expired` only if the deadline really passed.
+    /// Returns whether this call ended it.
+    fn end(&self, reason: LostReason) -> bool {
+        {
+            let mut status = self.status();
+            if status.ended.is_some()
+                || (reason == LostReason::Expired && Instant::now() < status.valid_until)
+            {
+                return false;
+            }
+            status.ended = Some(reason);
+        }
+        self.ended.cancel();
+        self.changed.notify_waiters();
+        if reason.is_loss() {
+            tracing::warn!(
+                key = %self.lease.key.key,
+                backend = self.locker.backend.name(),
+                fencing_token = self.fencing_token,
+                ?reason,
+                "distlock: lock lost"
+            );
+        }
+        true
+    }
+
+    /// Ok while the lock is ours and within its validity deadline.
+    fn check_valid(&self) -> Result<()> {
+        if Instant::now() >= self.valid_until() {
+            self.end(LostReason::Expired);
+        }
+        match self.ended() {
+            None => Ok(()),
+            Some(LostReason::Closed) => Err(Error::Closed),
+            Some(_) => Err(self.not_held()),
+        }
+    }
+
+    fn not_held(&self) -> Error {
+        Error::NotHeld {
+            key: self.lease.key.key.to_string(),
+        }
+    }
+
+    /// One extend (retried on transient errors when `retry`), bounded by the
+    /// validity deadline; moves the deadline on success, ends the lock when
+    /// the store says it is gone or the deadline passes.
+    async fn extend(&self, retry: bool) -> Result<()> {
+        self.check_valid()?;
+        let locker = &self.locker;
+        let deadline = self.valid_until();
+        let sent = Instant::now();
+        let call = || locker.backend.extend(&self.lease, self.ttl);
+        let result = if retry {
+            locker.call_idempotent("extend", Some(deadline), call).await
+        } else {
+            locker.call_by("extend", Some(deadline), call()).await.0
+        };
+        match result {
+            Ok(()) => {
+                let mut status = self.status();
+                if status.ended.is_some() {
+                    drop(status);
+                    return self.check_valid();
+                }
+                status.valid_until = status
+                    .valid_until
+                    .max(locker.validity.deadline(sent, self.ttl));
+                drop(status);
+                self.changed.notify_waiters();
+                Ok(())
+            }
+            Err(e) if e.is_not_held() => {
+                self.end(LostReason::NotHeld);
+                Err(e)
+            }
+            Err(e) => {
+                self.check_valid()?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Called by [`Locker::close`](crate::Locker::close).
+    pub(crate) async fn close(&self) {
+        self.done.cancel();
+        if self.ended().is_none() {
+            let (result, _) = self
+                .locker
+                .call_by("release", None, self.locker.backend.release(&self.lease))
+                .await;
+            if let Err(e) = result {
+                tracing::debug!(key = %self.lease.key.key, error = %e, "release on close failed; the lock expires after its TTL");
+            }
+        }
+        self.end(LostReason::Closed);
+    }
+
+    async fn refresh_loop(
+        self: Arc<Self>,
+        stop: CancellationToken,
+        mut on_error: impl FnMut(&Error),
+    ) {
+        // After a failed extend, try again soon rather than a whole interval later.
+        let retry_gap = (self.refresh_interval / 4).max(Duration::from_millis(1));
+        let mut next = Instant::now() + self.refresh_interval;
+        loop {
+            let wake = next.min(self.valid_until());
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return,
+                _ = self.done.cancelled() => return,
+                _ = self.ended.cancelled() => return,
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+            let result = tokio::select! {
+                biased;
+                _ = stop.cancelled() => return,
+                _ = self.done.cancelled() => return,
+                result = self.extend(false) => result,
+            };
+            match result {
+                Ok(()) => next = Instant::now() + self.refresh_interval,
+                // A release or stop that raced with the extend is not an error.
+                Err(_) if stop.is_cancelled() || self.done.is_cancelled() => return,
+                Err(e) => {
+                    on_error(&e);
+                    if self.ended().is_some() {
+                        return;
+                    }
+                    next = Instant::now() + retry_gap;
+                }
+            }
+        }
+    }
+}
+
+impl Lock {
+    pub(crate) fn new(state: Arc<LockState>) -> Self {
+        Lock {
+            state,
+            settled: false,
+        }
+    }
+
+    /// The key, as given to obtain.
+    pub fn key(&self) -> &str {
+        self.state.lease.key.key.as_str()
+    }
+
+    /// The fencing token of this grant: strictly greater than every token
+    /// granted for this key before it.
+    pub fn fencing_token(&self) -> u64 {
+        self.state.fencing_token
+    }
+
+    /// The TTL the lock was obtained with.
+    pub fn ttl(&self) -> Duration {
+        self.state.ttl
+    }
+
+    /// The metadata attached at obtain.
+    pub fn metadata(&self) -> Option<&str> {
+        self.state.metadata.as_deref()
+    }
+
+    /// Until when the lock is safe to rely on (see the type's docs).
+    pub fn valid_until(&self) -> Instant {
+        self.state.valid_until()
+    }
+
+    /// True once the lock is lost: the store said it is gone, or the
+    /// validity deadline passed without a successful refresh.
+    pub fn is_lost(&self) -> bool {
+        self.state.check_valid().is_err() && self.state.ended().is_some_and(LostReason::is_loss)
+    }
+
+    /// Resolves when the lock ends: lost (the store proved it gone, or the
+    /// validity deadline passed without a refresh — never later than the
+    /// deadline), released, or closed. `'static`, so it can be moved into a
+    /// task or a `select!`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> distlock::Result<()> {
+    /// use std::time::Duration;
+    /// use distlock::{Locker, ObtainOptions, LostReason};
+    ///
+    /// let locker = Locker::memory();
+    /// let lock = locker.obtain_with("job", ObtainOptions::new().ttl(Duration::from_millis(50))).await?;
+    /// tokio::select! {
+    ///     reason = lock.lost() => assert_eq!(reason, LostReason::Expired),
+    ///     _ = tokio::time::sleep(Duration::from_secs(5)) => unreachable!("never refreshed"),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn lost(&self) -> impl Future<Output = LostReason> + Send + 'static {
+        let state = self.state.clone();
+        async move {
+            loop {
+                let changed = state.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if let Some(reason) = state.ended() {
+                    return reason;
+                }
+                tokio::select! {
+                    _ = state.ended.cancelled() => {}
+                    _ = changed => {}
+                    _ = tokio::time::sleep_until(state.valid_until()) => {
+                        state.end(LostReason::Expired);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Extends the lock by its TTL, retrying transient store errors within
+    /// the validity deadline. [`Error::NotHeld`] (and [`lost`](Self::lost)
+    /// fires) when the lock expired or belongs to someone else now.
+    pub async fn refresh(&self) -> Result<()> {
+        let span = lock_span!("distlock.refresh", self.state);
+        let result = self.state.extend(true).instrument(span.clone()).await;
+        record_outcome(&span, &result);
+        result
+    }
+
+    /// Keeps the lock refreshed every refresh interval (default TTL/3) in a
+    /// background task until stopped, released or lost.
+    ///
+    /// A transient failure is retried soon (every quarter interval) until
+    /// the validity deadline; each failure is passed to `on_error`, and so
+    /// is the final [`Error::NotHeld`] when the lock is lost. Stopping
+    /// never reports an error. Needs a tokio runtime.
+    pub fn start_refresh<F>(&self, on_error: F) -> RefreshHandle
+    where
+        F: FnMut(&Error) + Send + 'static,
+    {
+        let stop = CancellationToken::new();
+        let span = lock_span!("distlock.refresher", self.state);
+        let task = tokio::spawn(
+            self.state
+                .clone()
+                .refresh_loop(stop.clone(), on_error)
+                .instrument(span),
+        );
+        RefreshHandle {
+            stop,
+            task: tokio::sync::Mutex::new(Some(task)),
+        }
+    }
+
+    /// Releases the lock. [`Error::NotHeld`] if it had already expired,
+    /// been lost or taken over (the store is still told to delete it if it
+    /// is still ours); transient errors leave it to expire after its TTL.
+    pub async fn release(mut self) -> Result<()> {
+        self.settled = true;
+        let span = lock_span!("distlock.release", self.state);
+        let result = self.release_inner().instrument(span.clone()).await;
+        record_outcome(&span, &result);
+        result
+    }
+
+    async fn release_inner(&self) -> Result<()> {
+        let state = &self.state;
+        let locker = &state.locker;
+        state.done.cancel();
+        locker.held().remove(&state.id);
+        let was_valid = state.check_valid();
+        if let Err(Error::Closed) = was_valid {
+            return Err(Error::Closed);
+        }
+        let attempts = Cell::new(0u32);
+        let result = locker
+            .call_idempotent("release", None, || {
+                attempts.set(attempts.get() + 1);
+                locker.backend.release(&state.lease)
+            })
+            .await;
+        locker.queues.released(&state.lease.key);
+        state.end(LostReason::Released);
+        match result {
+            // An earlier attempt whose reply was lost most likely deleted it.
+            Err(e) if e.is_not_held() && attempts.get() > 1 && was_valid.is_ok() => Ok(()),
+            Ok(()) => was_valid,
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn record_outcome(span: &tracing::Span, result: &Result<()>) {
+    let outcome = match result {
+        Ok(()) => "ok",
+        Err(e) if e.is_not_held() => "not_held",
+        Err(_) => "error",
+    };
+    span.record("outcome", outcome);
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        let state = &self.state;
+        state.done.cancel();
+        state.locker.held().remove(&state.id);
+        if state.ended() != Some(LostReason::Closed) && !state.locker.is_closed() {
+            state.locker.release_in_background(state.lease.clone());
+        }
+        state.end(LostReason::Released);
+    }
+}
+
+impl fmt::Debug for Lock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lock")
+            .field("key", &self.key())
+            .field("fencing_token", &self.fencing_token())
+            .field("valid_until", &self.valid_until())
+            .field("ended", &self.state.ended())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Stops a refresher started by [`Lock::start_refresh`]; dropping it stops
+/// the refresher too.
+#[derive(Debug)]
+pub struct RefreshHandle {
+    stop: CancellationToken,
+    task: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl RefreshHandle {
+    /// Stops refreshing and waits for the task to end. Idempotent; never
+    /// reports an error caused by stopping.
+    pub async fn stop(&self) {
+        self.stop.cancel();
+        let mut task = self.task.lock().await;
+        if let Some(task) = task.take() {
+            // The task only ends by returning; a panic in `on_error` is the
+            // caller's and stays in the task.
+            let _ = task.await;
+        }
+    }
+
+    /// True until the refresher has ended (stopped, released or lost).
+    pub fn is_running(&self) -> bool {
+        self.task
+            .try_lock()
+            .map(|t| t.as_ref().is_some_and(|t| !t.is_finished()))
+            .unwrap_or(true)
+    }
+}
+
+impl Drop for RefreshHandle {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}

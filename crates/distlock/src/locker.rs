@@ -1,0 +1,509 @@
+//! The engine's entry point: obtain, inspect and close.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::backend::memory::MemoryBackend;
+use crate::backend::{AcquireRequest, Attempt, Backend};
+use crate::error::{Error, Result};
+use crate::holder::HolderInfo;
+use crate::key::{IntoKey, LockKey, Namespace};
+use crate::lease::{LeaseRef, OwnerToken};
+#[cfg(doc)]
+use crate::lock::LostReason;
+use crate::lock::{Lock, LockState};
+use crate::options::ObtainOptions;
+use crate::queue::WaitQueues;
+use crate::url::backend_from_url;
+use crate::validity::ValidityPolicy;
+
+/// The default bound on one store round trip.
+pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Obtains and inspects locks in one store. Cheap to clone; clones share
+/// the store connection, the namespace and the local wait queues.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> distlock::Result<()> {
+/// use distlock::Locker;
+///
+/// let locker = Locker::from_url("memory://").await?;
+/// let lock = locker.obtain("reports/daily").await?;
+/// assert!(locker.try_obtain("reports/daily").await.unwrap_err().is_not_obtained());
+/// println!("fencing token {}", lock.fencing_token());
+/// lock.release().await?;
+/// locker.close().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Locker {
+    inner: Arc<LockerInner>,
+}
+
+pub(crate) struct LockerInner {
+    pub(crate) backend: Arc<dyn Backend>,
+    namespace: Namespace,
+    op_timeout: Duration,
+    pub(crate) validity: ValidityPolicy,
+    defaults: ObtainOptions,
+    closed: CancellationToken,
+    pub(crate) queues: WaitQueues,
+    held: Mutex<HashMap<u64, Weak<LockState>>>,
+    next_lock_id: AtomicU64,
+}
+
+/// Builds a [`Locker`] over any backend.
+#[derive(Debug)]
+#[must_use]
+pub struct LockerBuilder {
+    backend: Arc<dyn Backend>,
+    namespace: Option<String>,
+    op_timeout: Duration,
+    validity: ValidityPolicy,
+    defaults: ObtainOptions,
+}
+
+impl LockerBuilder {
+    /// Separates this application's locks from others in the same store
+    /// (default `distlock`). See [`Namespace`] for the alphabet.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
+        self
+    }
+
+    /// Bounds every store round trip (default 5 s); a caller's deadline
+    /// bounds it further.
+    pub fn op_timeout(mut self, timeout: Duration) -> Self {
+        self.op_timeout = timeout;
+        self
+    }
+
+    /// The clock-drift allowance and safety margin of validity deadlines.
+    pub fn validity(mut self, policy: ValidityPolicy) -> Self {
+        self.validity = policy;
+        self
+    }
+
+    /// The options [`Locker::obtain`] and [`Locker::try_obtain`] use.
+    pub fn defaults(mut self, defaults: ObtainOptions) -> Self {
+        self.defaults = defaults;
+        self
+    }
+
+    /// Validates everything and builds the locker.
+    pub fn build(self) -> Result<Locker> {
+        let namespace = match self.namespace {
+            Some(ns) => Namespace::new(ns)?,
+            None => Namespace::default(),
+        };
+        if self.op_timeout.is_zero() {
+            return Err(Error::invalid_options(
+                "op_timeout",
+                "must be greater than zero",
+            ));
+        }
+        self.defaults.validate(&self.validity)?;
+        Ok(Locker {
+            inner: Arc::new(LockerInner {
+                backend: self.backend,
+                namespace,
+                op_timeout: self.op_timeout,
+                validity: self.validity,
+                defaults: self.defaults,
+                closed: CancellationToken::new(),
+                queues: WaitQueues::default(),
+                held: Mutex::new(HashMap::new()),
+                next_lock_id: AtomicU64::new(0),
+            }),
+        })
+    }
+}
+
+impl Locker {
+    /// A builder over `backend`.
+    pub fn builder(backend: Arc<dyn Backend>) -> LockerBuilder {
+        LockerBuilder {
+            backend,
+            namespace: None,
+            op_timeout: DEFAULT_OP_TIMEOUT,
+            validity: ValidityPolicy::default(),
+            defaults: ObtainOptions::default(),
+        }
+    }
+
+    /// A locker over a fresh in-process memory store, with default options.
+    pub fn memory() -> Locker {
+        Locker::builder(Arc::new(MemoryBackend::new()))
+            .build()
+            .expect("the default options are valid")
+    }
+
+    /// A locker for the store a URL names:
+    ///
+    /// * `memory://` — a fresh in-process store.
+    ///
+    /// Every URL takes `?namespace=NAME`. `redis://`, `rediss://`,
+    /// `etcd://` and `file://` belong to backends behind cargo features;
+    /// a backend that is not compiled in is an [`Error::InvalidUrl`] naming
+    /// the feature to enable.
+    pub async fn from_url(url: &str) -> Result<Locker> {
+        let (backend, namespace) = backend_from_url(url).await?;
+        let builder = Locker::builder(backend);
+        match namespace {
+            Some(ns) => builder.namespace(ns),
+            None => builder,
+        }
+        .build()
+    }
+
+    /// The backend's name (`memory`, `redis`, ...).
+    pub fn backend_name(&self) -> &'static str {
+        self.inner.backend.name()
+    }
+
+    /// The namespace.
+    pub fn namespace(&self) -> &Namespace {
+        &self.inner.namespace
+    }
+
+    /// The options [`obtain`](Self::obtain) uses.
+    pub fn defaults(&self) -> &ObtainOptions {
+        &self.inner.defaults
+    }
+
+    /// Obtains `key` with the locker's default options (the seed's: TTL 30 s,
+    /// up to 10 retries 100 ms apart).
+    pub async fn obtain(&self, key: impl IntoKey) -> Result<Lock> {
+        self.obtain_with(key, self.inner.defaults.clone()).await
+    }
+
+    /// One attempt: [`Error::NotObtained`] at once if `key` is held.
+    pub async fn try_obtain(&self, key: impl IntoKey) -> Result<Lock> {
+        self.obtain_with(key, self.inner.defaults.clone().try_once())
+            .await
+    }
+
+    /// Obtains `key` with `options`.
+    ///
+    /// Cancel-safe: dropping the returned future at any point leaves nothing
+    /// held in the store (an attempt in flight is released in the
+    /// background) and no task running.
+    pub async fn obtain_with(&self, key: impl IntoKey, options: ObtainOptions) -> Result<Lock> {
+        let key = self.lock_key(key)?;
+        options.validate(&self.inner.validity)?;
+        self.ensure_open()?;
+        let span = tracing::debug_span!(
+            "distlock.obtain",
+            key = %key.key,
+            backend = self.inner.backend.name(),
+            outcome = tracing::field::Empty,
+            attempts = tracing::field::Empty,
+            waited_ms = tracing::field::Empty,
+        );
+        let start = Instant::now();
+        let result = self
+            .obtain_inner(key, &options, start)
+            .instrument(span.clone())
+            .await;
+        let (outcome, attempts) = match &result {
+            Ok((_, attempts)) => ("obtained", *attempts),
+            Err((e, attempts)) if e.is_not_obtained() => ("not_obtained", *attempts),
+            Err((_, attempts)) => ("error", *attempts),
+        };
+        span.record("outcome", outcome);
+        span.record("attempts", attempts);
+        span.record("waited_ms", start.elapsed().as_secs_f64() * 1e3);
+        result.map(|(lock, _)| lock).map_err(|(e, _)| e)
+    }
+
+    async fn obtain_inner(
+        &self,
+        key: LockKey,
+        options: &ObtainOptions,
+        start: Instant,
+    ) -> Result<(Lock, u32), (Error, u32)> {
+        let inner = &self.inner;
+        let plan = options.plan(start);
+        let owner = OwnerToken::random().map_err(|e| (e, 0))?;
+        let req = AcquireRequest {
+            metadata: options.metadata_value().map(Arc::from),
+            ..AcquireRequest::new(key, owner, options.ttl_value())
+        };
+        let place = inner.queues.join(&req.key);
+        let turn = tokio::select! {
+            biased;
+            _ = inner.closed.cancelled() => return Err((Error::Closed, 0)),
+            turn = place.turn(plan.queue_deadline) => turn,
+        };
+        let Some(turn) = turn else {
+            return Err((self.not_obtained(&req.key, start, 0, None), 0));
+        };
+        let mut pending = PendingGrant::new(inner.clone(), req.lease());
+        let mut attempts = 0;
+        let mut holder = None;
+        loop {
+            attempts += 1;
+            let sent = Instant::now();
+            pending.armed = true;
+            let (result, cut_by_deadline) = inner
+                .call_by("acquire", plan.deadline, inner.backend.try_acquire(&req))
+                .await;
+            let last_error = match result {
+                Ok(Attempt::Granted { fencing_token }) => {
+                    pending.armed = false;
+                    let lock = self.grant(req, options, fencing_token, sent);
+                    return Ok((lock, attempts));
+                }
+                Ok(Attempt::Contended { holder: h }) => {
+                    pending.armed = false;
+                    holder = h;
+                    None
+                }
+                // Outcome unknown: the same owner token makes a later attempt
+                // idempotent, and `pending` releases it if we give up.
+                Err(e) if e.is_transient() => (!cut_by_deadline).then_some(e),
+                Err(e) => return Err((e, attempts)),
+            };
+            let now = Instant::now();
+            let wake_at = match (plan.retry.delay(attempts), plan.deadline) {
+                (None, _) => None,
+                (Some(_), Some(deadline)) if now >= deadline => None,
+                (Some(delay), deadline) => {
+                    let expiry = holder.as_ref().and_then(|h: &HolderInfo| h.expires_in);
+                    Some(
+                        [Some(now + delay), deadline, expiry.map(|left| now + left)]
+                            .into_iter()
+                            .flatten()
+                            .min()
+                            .unwrap_or(now),
+                    )
+                }
+            };
+            let Some(wake_at) = wake_at else {
+                let err = last_error
+                    .unwrap_or_else(|| self.not_obtained(&req.key, start, attempts, holder));
+                return Err((err, attempts));
+            };
+            tokio::select! {
+                biased;
+                _ = inner.closed.cancelled() => return Err((Error::Closed, attempts)),
+                _ = turn.local_release() => {}
+                _ = inner.backend.wait_for_release(&req.key, wake_at) => {}
+                // The backend's wait is a hint; the engine's bound is authoritative.
+                _ = tokio::time::sleep_until(wake_at) => {}
+            }
+        }
+    }
+
+    fn grant(
+        &self,
+        req: AcquireRequest,
+        options: &ObtainOptions,
+        fencing_token: u64,
+        sent: Instant,
+    ) -> Lock {
+        let inner = &self.inner;
+        let id = inner.next_lock_id.fetch_add(1, Ordering::Relaxed);
+        let state = LockState::new(
+            inner.clone(),
+            id,
+            req.lease(),
+            fencing_token,
+            options,
+            inner.validity.deadline(sent, options.ttl_value()),
+        );
+        inner.held().insert(id, Arc::downgrade(&state));
+        Lock::new(state)
+    }
+
+    fn not_obtained(
+        &self,
+        key: &LockKey,
+        start: Instant,
+        attempts: u32,
+        holder: Option<HolderInfo>,
+    ) -> Error {
+        Error::NotObtained {
+            key: key.key.to_string(),
+            waited: start.elapsed(),
+            attempts,
+            holder,
+        }
+    }
+
+    /// Whether `key` is held by anyone. Read-only: never takes the lock.
+    pub async fn is_locked(&self, key: impl IntoKey) -> Result<bool> {
+        Ok(self.inspect(key).await?.is_some())
+    }
+
+    /// The holder of `key`, if any: fencing token, time left, metadata.
+    /// Read-only: never takes the lock.
+    pub async fn inspect(&self, key: impl IntoKey) -> Result<Option<HolderInfo>> {
+        let key = self.lock_key(key)?;
+        self.ensure_open()?;
+        let inner = &self.inner;
+        inner
+            .call_idempotent("inspect", None, || inner.backend.inspect(&key))
+            .await
+    }
+
+    /// Closes the locker: every lock still held through it is released
+    /// (its [`Lock::lost`] resolves with [`LostReason::Closed`]), then the
+    /// store connection is closed. Later calls fail with [`Error::Closed`].
+    /// Idempotent; bounded by the operation timeout.
+    pub async fn close(&self) -> Result<()> {
+        let inner = &self.inner;
+        if inner.closed.is_cancelled() {
+            return Ok(());
+        }
+        inner.closed.cancel();
+        let held: Vec<_> = inner
+            .held()
+            .drain()
+            .filter_map(|(_, state)| state.upgrade())
+            .collect();
+        futures::future::join_all(held.iter().map(|state| state.close())).await;
+        let (result, _) = inner.call_by("close", None, inner.backend.close()).await;
+        result
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.is_cancelled()
+    }
+
+    fn lock_key(&self, key: impl IntoKey) -> Result<LockKey> {
+        Ok(LockKey {
+            namespace: self.inner.namespace.clone(),
+            key: key.into_key()?,
+        })
+    }
+
+    fn ensure_open(&self) -> Result<()> {
+        if self.inner.closed.is_cancelled() {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Locker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Locker")
+            .field("backend", &self.inner.backend)
+            .field("namespace", &self.inner.namespace)
+            .field("closed", &self.is_closed())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LockerInner {
+    pub(crate) fn held(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Weak<LockState>>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
+    /// Runs one store call bounded by the operation timeout and `deadline`.
+    /// The flag says whether a timeout came from the deadline rather than
+    /// from the store being slower than the operation timeout.
+    pub(crate) async fn call_by<T>(
+        &self,
+        op: &'static str,
+        deadline: Option<Instant>,
+        call: impl Future<Output = Result<T>>,
+    ) -> (Result<T>, bool) {
+        let now = Instant::now();
+        let by_deadline = deadline.is_some_and(|d| d < now + self.op_timeout);
+        let bound = match deadline {
+            Some(d) if by_deadline => d.saturating_duration_since(now),
+            _ => self.op_timeout,
+        };
+        match tokio::time::timeout(bound, call).await {
+            Ok(result) => (result, false),
+            Err(_) => (Err(Error::Timeout { op, after: bound }), by_deadline),
+        }
+    }
+
+    /// Runs an idempotent store call, retrying transient failures with a
+    /// short back-off while `deadline` (default: one operation timeout) allows.
+    pub(crate) async fn call_idempotent<T, F>(
+        &self,
+        op: &'static str,
+        deadline: Option<Instant>,
+        mut call: impl FnMut() -> F,
+    ) -> Result<T>
+    where
+        F: Future<Output = Result<T>>,
+    {
+        let deadline = deadline.unwrap_or_else(|| Instant::now() + self.op_timeout);
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let (result, _) = self.call_by(op, Some(deadline), call()).await;
+            match result {
+                Err(e) if e.is_transient() && Instant::now() + pause < deadline => {
+                    tracing::debug!(op, error = %e, "retrying a transient store error");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(200));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Best-effort background release, for handles dropped without release.
+    pub(crate) fn release_in_background(self: &Arc<Self>, lease: LeaseRef) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // No runtime: the store expires the lock after its TTL.
+        };
+        let inner = self.clone();
+        runtime.spawn(async move {
+            let result = inner
+                .call_idempotent("release", None, || inner.backend.release(&lease))
+                .await;
+            inner.queues.released(&lease.key);
+            if let Err(e) = result {
+                if !e.is_not_held() {
+                    tracing::debug!(key = %lease.key.key, error = %e, "background release failed; the lock expires after its TTL");
+                }
+            }
+        });
+    }
+}
+
+/// Releases an acquisition whose outcome is unknown (a timed-out attempt, or
+/// an obtain future dropped mid-attempt) unless it turned into a [`Lock`].
+struct PendingGrant {
+    inner: Arc<LockerInner>,
+    lease: LeaseRef,
+    armed: bool,
+}
+
+impl PendingGrant {
+    fn new(inner: Arc<LockerInner>, lease: LeaseRef) -> Self {
+        PendingGrant {
+            inner,
+            lease,
+            armed: false,
+        }
+    }
+}
+
+impl Drop for PendingGrant {
+    fn drop(&mut self) {
+        if self.armed {
+            self.inner.release_in_background(self.lease.clone());
+        }
+    }
+}
