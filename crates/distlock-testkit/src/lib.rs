@@ -1,1 +1,82 @@
-//! placeholder
+//! Test support for distlock backends: the conformance suite every backend
+//! must pass, fixtures that provide a store, and helpers that check mutual
+//! exclusion.
+//!
+//! A backend's integration test is one line:
+//!
+//! ```text
+//! distlock_testkit::conformance_suite!(my_fixture);
+//! ```
+//!
+//! where `my_fixture` is an `async fn() -> impl Fixture`.
+#![deny(missing_docs)]
+
+pub mod conformance;
+mod fixture;
+mod section;
+
+pub use fixture::{Fixture, MemoryFixture, unique_namespace};
+pub use section::CriticalSection;
+
+/// Expands to one `#[tokio::test]` per conformance case, each calling
+/// `$fixture().await` for a fresh fixture. The list of cases lives here
+/// only; adding a backend means one invocation of this macro.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($fixture:path) => {
+        $crate::conformance_cases!(
+            $fixture;
+            obtain_and_release,
+            try_obtain_on_held_key_fails_fast,
+            wait_with_deadline_gives_up_at_the_deadline,
+            wait_forever_gets_the_lock_when_released,
+            retries_exhausted_is_not_obtained,
+            waiter_wakes_promptly_on_release,
+            fencing_tokens_increase_across_release,
+            fencing_tokens_increase_across_expiry_and_holders,
+            release_after_expiry_is_not_held,
+            release_twice_at_the_store_is_not_held,
+            non_owner_cannot_release,
+            non_owner_cannot_extend,
+            acquire_is_idempotent_for_the_same_owner,
+            expiry_frees_the_key_after_the_ttl,
+            refresh_extends_the_lock,
+            refresh_after_expiry_is_not_held,
+            start_refresh_keeps_the_lock_past_several_ttls,
+            refresh_stop_is_idempotent_and_reports_no_error,
+            dropping_the_refresh_handle_stops_refreshing,
+            lost_fires_when_the_key_is_deleted,
+            lost_fires_at_the_validity_deadline_before_the_store_expires_it,
+            lost_resolves_on_release,
+            is_locked_is_read_only,
+            inspect_reports_holder_token_ttl_and_metadata,
+            inspect_never_creates_a_lock,
+            racing_tasks_have_exactly_one_winner,
+            rounds_never_overlap_and_tokens_increase,
+            separate_lockers_never_overlap,
+            waiters_are_served_fairly,
+            unusual_keys_work,
+            prefix_keys_are_independent,
+            invalid_keys_are_rejected,
+            invalid_options_are_rejected,
+            dropped_obtain_future_leaks_nothing,
+            dropped_lock_is_released_in_the_background,
+            close_releases_locks_and_refuses_operations,
+            namespaces_isolate,
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! conformance_cases {
+    ($fixture:path; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let fixture = $fixture().await;
+                $crate::conformance::$case(&fixture).await;
+            }
+        )*
+    };
+}

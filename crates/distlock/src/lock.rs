@@ -1,6 +1,5 @@
 //! A held lock: its fencing token, validity deadline, refresh and loss.
 
-use std::cell::Cell;
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -408,10 +407,10 @@ impl Lock {
         if let Err(Error::Closed) = was_valid {
             return Err(Error::Closed);
         }
-        let attempts = Cell::new(0u32);
+        let mut attempts = 0u32;
         let result = locker
             .call_idempotent("release", None, || {
-                attempts.set(attempts.get() + 1);
+                attempts += 1;
                 locker.backend.release(&state.lease)
             })
             .await;
@@ -419,7 +418,7 @@ impl Lock {
         state.end(LostReason::Released);
         match result {
             // An earlier attempt whose reply was lost most likely deleted it.
-            Err(e) if e.is_not_held() && attempts.get() > 1 && was_valid.is_ok() => Ok(()),
+            Err(e) if e.is_not_held() && attempts > 1 && was_valid.is_ok() => Ok(()),
             Ok(()) => was_valid,
             Err(e) => Err(e),
         }

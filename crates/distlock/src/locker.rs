@@ -170,6 +170,11 @@ impl Locker {
         self.inner.backend.name()
     }
 
+    /// The backend this locker drives, for its primitives (tests, tools).
+    pub fn backend(&self) -> Arc<dyn Backend> {
+        self.inner.backend.clone()
+    }
+
     /// The namespace.
     pub fn namespace(&self) -> &Namespace {
         &self.inner.namespace
