@@ -14,6 +14,7 @@
 pub mod conformance;
 mod fixture;
 mod section;
+pub mod server;
 
 pub use fixture::{Fixture, MemoryFixture, unique_namespace};
 pub use section::CriticalSection;

@@ -1,0 +1,207 @@
+//! Real store servers (redis-server, etcd) started by tests on free
+//! loopback ports in temporary directories.
+//!
+//! Each server runs under a tiny `sh` watchdog that reads the test
+//! process's pipe: when the test process exits — even by a panic or a
+//! SIGKILL — the pipe closes and the watchdog kills the server and removes
+//! its directory. So a server shared by a whole test binary through a
+//! `static` never outlives it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// A free TCP port on 127.0.0.1 (free when asked; bind soon after).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a loopback port")
+        .port()
+}
+
+/// The path of `binary`, or a panic naming the Debian package to install.
+pub fn require_binary(binary: &str, package: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
+        .map(|dir| dir.join(binary))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "`{binary}` is not installed: these tests need a real server. \
+                 Install it with `apt-get install -y {package}` (scripts/test does this as root)."
+            )
+        })
+}
+
+/// A server process owned by a test.
+#[derive(Debug)]
+pub struct ServerProcess {
+    name: String,
+    binary: PathBuf,
+    args: Vec<String>,
+    dir: PathBuf,
+    ports: Vec<u16>,
+    watchdog: Child,
+    // Held open: closing it tells the watchdog to kill the server.
+    lifeline: ChildStdin,
+    pid: i32,
+}
+
+impl ServerProcess {
+    /// Starts `binary args...` in a fresh directory and waits until every
+    /// port in `ready_ports` accepts connections.
+    pub fn start(name: &str, binary: PathBuf, args: Vec<String>, ready_ports: Vec<u16>) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "distlock-{name}-{}-{}",
+            std::process::id(),
+            ready_ports.first().copied().unwrap_or_default()
+        ));
+        std::fs::create_dir_all(&dir).expect("create the server directory");
+        Self::spawn(name, binary, args, dir, ready_ports)
+    }
+
+    fn spawn(
+        name: &str,
+        binary: PathBuf,
+        args: Vec<String>,
+        dir: PathBuf,
+        ports: Vec<u16>,
+    ) -> Self {
+        let script = r#"dir=$1; shift
+"$@" >>"$dir/server.log" 2>&1 </dev/null &
+pid=$!
+echo "$pid"
+read -r command
+kill -9 "$pid" 2>/dev/null
+wait "$pid" 2>/dev/null
+[ "$command" = keep ] || rm -rf "$dir""#;
+        let mut watchdog = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .arg("watchdog")
+            .arg(&dir)
+            .arg(&binary)
+            .args(&args)
+            .current_dir(&dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn sh");
+        let mut line = String::new();
+        BufReader::new(watchdog.stdout.as_mut().expect("piped"))
+            .read_line(&mut line)
+            .expect("read the server pid");
+        let pid: i32 = line
+            .trim()
+            .parse()
+            .expect("the watchdog prints the server pid");
+        let lifeline = watchdog.stdin.take().expect("piped");
+        let server = ServerProcess {
+            name: name.to_owned(),
+            binary,
+            args,
+            dir,
+            ports,
+            watchdog,
+            lifeline,
+            pid,
+        };
+        server.wait_ready(Duration::from_secs(30));
+        server
+    }
+
+    fn wait_ready(&self, within: Duration) {
+        let start = Instant::now();
+        for port in &self.ports {
+            while TcpStream::connect(("127.0.0.1", *port)).is_err() {
+                if start.elapsed() > within || !self.is_alive() {
+                    panic!(
+                        "{} did not come up on port {port} within {within:?}; its log:\n{}",
+                        self.name,
+                        self.log()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// The server's working directory (data, configuration, log).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The ports it was started for.
+    pub fn ports(&self) -> &[u16] {
+        &self.ports
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        let mut log = String::new();
+        if let Ok(mut f) = std::fs::File::open(self.dir.join("server.log")) {
+            let _ = f.read_to_string(&mut log);
+        }
+        log
+    }
+
+    /// Whether the server process still runs.
+    pub fn is_alive(&self) -> bool {
+        kill(Pid::from_raw(self.pid), None).is_ok()
+    }
+
+    /// SIGSTOP: the server stops answering but keeps its connections.
+    pub fn pause(&self) {
+        self.signal(Signal::SIGSTOP);
+    }
+
+    /// SIGCONT after [`pause`](Self::pause).
+    pub fn resume(&self) {
+        self.signal(Signal::SIGCONT);
+    }
+
+    /// SIGKILL; the directory stays for [`restart`](Self::restart).
+    pub fn kill(&self) {
+        self.signal(Signal::SIGKILL);
+        let start = Instant::now();
+        while self.is_alive() && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Kills the server and starts it again with the same arguments, ports
+    /// and directory (so a persistent store keeps its data).
+    pub fn restart(&mut self) {
+        self.kill();
+        let next = Self::spawn(
+            &self.name,
+            self.binary.clone(),
+            self.args.clone(),
+            self.dir.clone(),
+            self.ports.clone(),
+        );
+        let mut old = std::mem::replace(self, next);
+        // Tell the old watchdog to leave the directory to its successor.
+        let _ = writeln!(old.lifeline, "keep");
+    }
+
+    fn signal(&self, signal: Signal) {
+        let _ = kill(Pid::from_raw(self.pid), signal);
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        // Dropping the lifeline (a field) closes the pipe; make sure the
+        // server also runs again if a test left it stopped.
+        self.signal(Signal::SIGCONT);
+        let _ = self.watchdog.try_wait();
+    }
+}
