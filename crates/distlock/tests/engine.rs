@@ -1,0 +1,406 @@
+//! Engine behaviour under tokio's paused clock: retry timing, refresher
+//! resilience, the lost signal, drops and cancellation.
+//!
+//! The store is the real memory backend behind a fault-injecting decorator
+//! (failing or hanging calls, late replies), so every engine path that a
+//! flaky network takes runs here deterministically.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use distlock::backend::memory::MemoryBackend;
+use distlock::backend::{AcquireRequest, Attempt, Backend};
+use distlock::{
+    Error, HolderInfo, LeaseRef, LockKey, Locker, LostReason, ObtainOptions, Result, RetryStrategy,
+};
+use futures::future::BoxFuture;
+use tokio::time::{Instant, advance, sleep, timeout};
+
+const MS: Duration = Duration::from_millis(1);
+
+/// The memory store with injectable faults.
+#[derive(Debug, Default)]
+struct Faulty {
+    store: MemoryBackend,
+    /// Extends that fail with a transient error before succeeding again.
+    failing_extends: AtomicU32,
+    /// Every call hangs forever while set.
+    hang: AtomicBool,
+    /// Acquires take effect in the store, but the reply comes this late.
+    late_acquire_reply: AtomicU32,
+    /// Whether `wait_for_release` may use the store's notifications.
+    notifications: AtomicBool,
+    acquires: AtomicUsize,
+}
+
+impl Faulty {
+    fn with_notifications() -> Arc<Self> {
+        let f = Faulty::default();
+        f.notifications.store(true, Ordering::SeqCst);
+        Arc::new(f)
+    }
+
+    async fn gate(&self) {
+        if self.hang.load(Ordering::SeqCst) {
+            futures::future::pending::<()>().await;
+        }
+    }
+}
+
+impl Backend for Faulty {
+    fn name(&self) -> &'static str {
+        "faulty-memory"
+    }
+
+    fn try_acquire<'a>(&'a self, req: &'a AcquireRequest) -> BoxFuture<'a, Result<Attempt>> {
+        Box::pin(async move {
+            self.gate().await;
+            self.acquires.fetch_add(1, Ordering::SeqCst);
+            let attempt = self.store.try_acquire(req).await?;
+            let late = self.late_acquire_reply.swap(0, Ordering::SeqCst);
+            sleep(late * MS).await;
+            Ok(attempt)
+        })
+    }
+
+    fn extend<'a>(&'a self, lease: &'a LeaseRef, ttl: Duration) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.gate().await;
+            let failing = self.failing_extends.load(Ordering::SeqCst);
+            if failing > 0 {
+                self.failing_extends.store(failing - 1, Ordering::SeqCst);
+                return Err(Error::backend(
+                    "faulty-memory",
+                    "extend",
+                    "connection reset",
+                ));
+            }
+            self.store.extend(lease, ttl).await
+        })
+    }
+
+    fn release<'a>(&'a self, lease: &'a LeaseRef) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.gate().await;
+            self.store.release(lease).await
+        })
+    }
+
+    fn inspect<'a>(&'a self, key: &'a LockKey) -> BoxFuture<'a, Result<Option<HolderInfo>>> {
+        Box::pin(async move {
+            self.gate().await;
+            self.store.inspect(key).await
+        })
+    }
+
+    fn wait_for_release<'a>(
+        &'a self,
+        key: &'a LockKey,
+        until: Instant,
+    ) -> BoxFuture<'a, Result<()>> {
+        if self.notifications.load(Ordering::SeqCst) {
+            self.store.wait_for_release(key, until)
+        } else {
+            Box::pin(async move {
+                tokio::time::sleep_until(until).await;
+                Ok(())
+            })
+        }
+    }
+}
+
+fn locker(store: &Arc<Faulty>) -> Locker {
+    Locker::builder(store.clone())
+        .op_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap()
+}
+
+fn ttl(ms: u32) -> ObtainOptions {
+    ObtainOptions::new().ttl(ms * MS)
+}
+
+#[tokio::test(start_paused = true)]
+async fn seed_default_retries_ten_times_a_hundred_ms_apart() {
+    let store = Faulty::with_notifications();
+    let locker = locker(&store);
+    let _held = locker.obtain("k").await.unwrap();
+    let start = Instant::now();
+    let err = locker.obtain("k").await.unwrap_err();
+    assert!(
+        matches!(err, Error::NotObtained { attempts: 11, .. }),
+        "{err}"
+    );
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wait_deadline_cuts_the_last_delay_short() {
+    let store = Faulty::with_notifications();
+    let locker = locker(&store);
+    let _held = locker.obtain("k").await.unwrap();
+    let start = Instant::now();
+    let opts = ObtainOptions::new()
+        .wait(250 * MS)
+        .retry(RetryStrategy::linear(100 * MS));
+    let err = locker.obtain_with("k", opts).await.unwrap_err();
+    assert!(
+        matches!(err, Error::NotObtained { attempts: 4, .. }),
+        "{err}"
+    );
+    assert_eq!(start.elapsed(), 250 * MS);
+}
+
+#[tokio::test(start_paused = true)]
+async fn exponential_backoff_never_waits_past_its_ceilings() {
+    let store = Faulty::with_notifications();
+    let locker = locker(&store);
+    let _held = locker.obtain("k").await.unwrap();
+    let start = Instant::now();
+    let retry = RetryStrategy::exponential(10 * MS, 40 * MS).max_retries(4);
+    let err = locker
+        .obtain_with("k", ObtainOptions::new().retry(retry))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::NotObtained { attempts: 5, .. }),
+        "{err}"
+    );
+    assert!(start.elapsed() <= (10 + 20 + 40 + 40) * MS);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_wakes_when_the_holders_ttl_runs_out() {
+    let store = Faulty::default(); // no notifications: only the TTL bound can wake it
+    let store = Arc::new(store);
+    let locker = locker(&store);
+    let held = locker.obtain_with("k", ttl(150)).await.unwrap();
+    let start = Instant::now();
+    let opts = ObtainOptions::new()
+        .wait(Duration::from_secs(60))
+        .retry(RetryStrategy::linear(Duration::from_secs(10)));
+    let lock = Locker::builder(store.clone())
+        .build()
+        .unwrap()
+        .obtain_with("k", opts)
+        .await
+        .unwrap();
+    assert_eq!(start.elapsed(), 150 * MS);
+    assert!(lock.fencing_token() > held.fencing_token());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_local_release_wakes_the_local_waiter_without_the_store() {
+    let store = Arc::new(Faulty::default()); // the store never notifies
+    let locker = locker(&store);
+    let held = locker.obtain("k").await.unwrap();
+    let waiter = {
+        let locker = locker.clone();
+        tokio::spawn(async move {
+            let opts = ObtainOptions::new()
+                .wait_forever()
+                .retry(RetryStrategy::linear(Duration::from_secs(10)));
+            let lock = locker.obtain_with("k", opts).await.unwrap();
+            (Instant::now(), lock)
+        })
+    };
+    sleep(50 * MS).await;
+    let released = Instant::now();
+    held.release().await.unwrap();
+    let (obtained, _lock) = waiter.await.unwrap();
+    assert_eq!(obtained, released);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_refresher_rides_out_transient_errors() {
+    let store = Faulty::with_notifications();
+    let locker = locker(&store);
+    let lock = locker.obtain_with("k", ttl(300)).await.unwrap();
+    store.failing_extends.store(2, Ordering::SeqCst);
+    let errors = Arc::new(AtomicUsize::new(0));
+    let seen = errors.clone();
+    let handle = lock.start_refresh(move |e| {
+        assert!(e.is_transient(), "{e}");
+        seen.fetch_add(1, Ordering::SeqCst);
+    });
+    sleep(Duration::from_secs(2)).await;
+    assert!(!lock.is_lost());
+    assert_eq!(errors.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        locker.inspect("k").await.unwrap().unwrap().fencing_token,
+        lock.fencing_token()
+    );
+    handle.stop().await;
+    lock.release().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn lost_fires_at_the_validity_deadline_when_the_store_fails() {
+    let store = Faulty::with_notifications();
+    let locker = locker(&store);
+    let lock = locker.obtain_with("k", ttl(300)).await.unwrap();
+    store.failing_extends.store(u32::MAX, Ordering::SeqCst);
+    let errors = Arc::new(AtomicUsize::new(0));
+    let seen = errors.clone();
+    let _handle = lock.start_refresh(move |_| {
+        seen.fetch_add(1, Ordering::SeqCst);
+    });
+    let deadline = lock.valid_until();
+    assert_eq!(lock.lost().await, LostReason::Expired);
+    assert_eq!(Instant::now(), deadline);
+    // It kept retrying until then: one try per quarter interval after the first.
+    assert!(
+        errors.load(Ordering::SeqCst) >= 4,
+        "{}",
+        errors.load(Ordering::SeqCst)
+    );
+    // The store's own TTL has not run out yet: loss is signalled first.
+    assert!(locker.is_locked("k").await.unwrap());
+}
+
+#[tokio::test(start_paused = true)]
+async fn lost_fires_at_the_deadline_when_the_store_hangs() {
+    let store = Faulty::with_notifications();
+    let locker = locker(&store);
+    let lock = locker.obtain_with("k", ttl(300)).await.unwrap();
+    store.hang.store(true, Ordering::SeqCst);
+    let _handle = lock.start_refresh(|_| {});
+    let deadline = lock.valid_until();
+    assert_eq!(lock.lost().await, LostReason::Expired);
+    assert_eq!(Instant::now(), deadline);
+    assert!(lock.is_lost());
+}
+
+#[tokio::test(start_paused = true)]
+async fn stop_during_a_hanging_extend_returns_and_reports_nothing() {
+    let store = Faulty::with_notifications();
+    let locker = locker(&store);
+    let lock = locker.obtain_with("k", ttl(3000)).await.unwrap();
+    let handle = lock.start_refresh(|e| panic!("stop must not report {e}"));
+    store.hang.store(true, Ordering::SeqCst);
+    advance(1100 * MS).await; // the first extend is now hanging
+    timeout(MS, handle.stop())
+        .await
+        .expect("stop returns at once");
+    handle.stop().await;
+    assert!(!handle.is_running());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unanswered_try_times_out_after_the_op_timeout() {
+    let store = Faulty::with_notifications();
+    let locker = locker(&store);
+    store.hang.store(true, Ordering::SeqCst);
+    let start = Instant::now();
+    let err = locker.try_obtain("k").await.unwrap_err();
+    assert!(matches!(err, Error::Timeout { op: "acquire", .. }), "{err}");
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
+    // A wait shorter than the op timeout bounds the attempt instead.
+    let start = Instant::now();
+    let err = locker
+        .obtain_with("k", ObtainOptions::new().wait(200 * MS))
+        .await
+        .unwrap_err();
+    assert!(err.is_not_obtained(), "{err}");
+    assert_eq!(start.elapsed(), 200 * MS);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_late_grant_is_retried_idempotently_with_the_same_token() {
+    let store = Faulty::with_notifications();
+    let locker = locker(&store);
+    store.late_acquire_reply.store(1500, Ordering::SeqCst); // past the 1 s op timeout
+    let lock = locker
+        .obtain_with("k", ObtainOptions::new().wait(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert_eq!(store.acquires.load(Ordering::SeqCst), 2);
+    let holder = locker.inspect("k").await.unwrap().unwrap();
+    assert_eq!(holder.fencing_token, lock.fencing_token());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_obtain_dropped_while_its_grant_is_in_flight_releases_it() {
+    let store = Faulty::with_notifications();
+    let locker = locker(&store);
+    store.late_acquire_reply.store(50, Ordering::SeqCst);
+    assert!(timeout(25 * MS, locker.try_obtain("k")).await.is_err());
+    assert!(locker.is_locked("k").await.unwrap(), "granted in the store");
+    tokio::task::yield_now().await; // let the background release run
+    assert!(!locker.is_locked("k").await.unwrap());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_lock_is_released_in_the_background() {
+    let store = Faulty::with_notifications();
+    let locker = locker(&store);
+    let lock = locker.obtain("k").await.unwrap();
+    let lost = lock.lost();
+    drop(lock);
+    assert_eq!(lost.await, LostReason::Released);
+    tokio::task::yield_now().await;
+    assert!(!locker.is_locked("k").await.unwrap());
+}
+
+#[test]
+fn a_lock_dropped_without_a_runtime_expires_after_its_ttl() {
+    let store = Faulty::with_notifications();
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+    };
+    let locker = locker(&store);
+    let lock = runtime()
+        .block_on(locker.obtain_with("k", ttl(200)))
+        .unwrap();
+    drop(lock); // no runtime here: nothing to release with, and no panic
+    let rt = runtime();
+    rt.block_on(async {
+        assert!(
+            locker.is_locked("k").await.unwrap(),
+            "still held until its TTL"
+        );
+    });
+    std::thread::sleep(Duration::from_millis(250));
+    rt.block_on(async {
+        assert!(!locker.is_locked("k").await.unwrap());
+    });
+}
+
+#[tokio::test(start_paused = true)]
+async fn close_interrupts_a_waiting_obtain() {
+    let store = Faulty::with_notifications();
+    let locker = locker(&store);
+    let _held = Locker::builder(store.clone())
+        .build()
+        .unwrap()
+        .obtain("k")
+        .await
+        .unwrap();
+    let waiter = {
+        let locker = locker.clone();
+        tokio::spawn(async move {
+            locker
+                .obtain_with("k", ObtainOptions::new().wait_forever())
+                .await
+        })
+    };
+    sleep(100 * MS).await;
+    locker.close().await.unwrap();
+    assert!(matches!(waiter.await.unwrap(), Err(Error::Closed)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_validity_deadline_counts_from_the_send_time() {
+    let store = Faulty::with_notifications();
+    let locker = locker(&store);
+    store.late_acquire_reply.store(400, Ordering::SeqCst);
+    let sent = Instant::now();
+    let lock = locker.obtain_with("k", ttl(1000)).await.unwrap();
+    assert_eq!(Instant::now(), sent + 400 * MS, "the reply came late");
+    // 1000 ms * (1 - 1% drift) - 2 ms margin, from the send.
+    assert_eq!(lock.valid_until(), sent + 988 * MS);
+}
