@@ -154,7 +154,12 @@ wait "$pid" 2>/dev/null
 
     /// Whether the server process still runs.
     pub fn is_alive(&self) -> bool {
-        kill(Pid::from_raw(self.pid), None).is_ok()
+        // A killed server stays a zombie until its watchdog reaps it at the
+        // end: read the process state rather than probing with a signal.
+        std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).is_ok_and(|stat| {
+            let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+            !state.starts_with(['Z', 'X'])
+        })
     }
 
     /// SIGSTOP: the server stops answering but keeps its connections.

@@ -71,3 +71,8 @@ pub use locker::{DEFAULT_OP_TIMEOUT, Locker, LockerBuilder};
 pub use options::{DEFAULT_TTL, MAX_METADATA_BYTES, MAX_TTL, ObtainOptions};
 pub use retry::RetryStrategy;
 pub use validity::ValidityPolicy;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
