@@ -255,6 +255,7 @@ impl Locker {
         let mut pending = PendingGrant::new(inner.clone(), req.lease());
         let mut attempts = 0;
         let mut holder = None;
+        let mut outcome_unknown = false;
         loop {
             attempts += 1;
             let sent = Instant::now();
@@ -263,19 +264,28 @@ impl Locker {
                 .call_by("acquire", plan.deadline, inner.backend.try_acquire(&req))
                 .await;
             let last_error = match result {
+                // close() released what it knew of; this late grant is ours to undo.
+                Ok(Attempt::Granted { .. }) if inner.closed.is_cancelled() => {
+                    return Err((Error::Closed, attempts));
+                }
                 Ok(Attempt::Granted { fencing_token }) => {
                     pending.armed = false;
                     let lock = self.grant(req, options, fencing_token, sent);
                     return Ok((lock, attempts));
                 }
                 Ok(Attempt::Contended { holder: h }) => {
-                    pending.armed = false;
+                    // An earlier attempt with an unknown outcome may still land
+                    // late: keep the token-checked release armed for it.
+                    pending.armed = outcome_unknown;
                     holder = h;
                     None
                 }
                 // Outcome unknown: the same owner token makes a later attempt
                 // idempotent, and `pending` releases it if we give up.
-                Err(e) if e.is_transient() => (!cut_by_deadline).then_some(e),
+                Err(e) if e.is_transient() => {
+                    outcome_unknown = true;
+                    (!cut_by_deadline).then_some(e)
+                }
                 Err(e) => return Err((e, attempts)),
             };
             let now = Instant::now();

@@ -29,6 +29,8 @@ struct Faulty {
     hang: AtomicBool,
     /// Acquires take effect in the store, but the reply comes this late.
     late_acquire_reply: AtomicU32,
+    /// Extends take effect in the store, but the reply comes this late.
+    late_extend_reply: AtomicU32,
     /// Whether `wait_for_release` may use the store's notifications.
     notifications: AtomicBool,
     acquires: AtomicUsize,
@@ -76,7 +78,10 @@ impl Backend for Faulty {
                     "connection reset",
                 ));
             }
-            self.store.extend(lease, ttl).await
+            self.store.extend(lease, ttl).await?;
+            let late = self.late_extend_reply.swap(0, Ordering::SeqCst);
+            sleep(late * MS).await;
+            Ok(())
         })
     }
 
@@ -403,4 +408,72 @@ async fn the_validity_deadline_counts_from_the_send_time() {
     assert_eq!(Instant::now(), sent + 400 * MS, "the reply came late");
     // 1000 ms * (1 - 1% drift) - 2 ms margin, from the send.
     assert_eq!(lock.valid_until(), sent + 988 * MS);
+
+    advance(100 * MS).await;
+    store.late_extend_reply.store(300, Ordering::SeqCst);
+    let sent = Instant::now();
+    lock.refresh().await.unwrap();
+    assert_eq!(Instant::now(), sent + 300 * MS);
+    assert_eq!(lock.valid_until(), sent + 988 * MS);
+}
+
+/// Collects formatted tracing output.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_lock_is_a_warn_event_with_its_key_and_token() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let store = Faulty::with_notifications();
+    let locker = locker(&store);
+    let lock = locker.obtain_with("audit/key", ttl(100)).await.unwrap();
+    assert_eq!(lock.lost().await, LostReason::Expired);
+    let _ = lock.release().await;
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let warn = log
+        .lines()
+        .find(|l| l.contains("WARN"))
+        .unwrap_or_else(|| panic!("no WARN in {log}"));
+    assert!(
+        warn.contains("lock lost") && warn.contains("audit/key"),
+        "{warn}"
+    );
+    assert!(
+        warn.contains(&format!("fencing_token={}", lock_token(&log))),
+        "{warn}"
+    );
+    assert!(
+        log.contains("distlock.obtain"),
+        "obtain span missing: {log}"
+    );
+    assert!(
+        log.contains("outcome=\"obtained\"") || log.contains("outcome=obtained"),
+        "{log}"
+    );
+}
+
+fn lock_token(log: &str) -> &str {
+    let at = log.find("fencing_token=").expect("a token field") + "fencing_token=".len();
+    let rest = &log[at..];
+    &rest[..rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len())]
 }
