@@ -588,7 +588,10 @@ pub async fn inspect_reports_holder_token_ttl_and_metadata(fx: &dyn Fixture) {
     assert_eq!(holder.fencing_token, lock.fencing_token());
     assert_eq!(holder.metadata.as_deref(), Some("worker-7 {host: a}"));
     if !expires(&locker) {
-        assert_eq!(holder.expires_in, None, "a lock that cannot expire has no TTL left");
+        assert_eq!(
+            holder.expires_in, None,
+            "a lock that cannot expire has no TTL left"
+        );
     }
     if let Some(left) = holder.expires_in {
         assert!(

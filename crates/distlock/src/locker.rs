@@ -351,7 +351,7 @@ impl Locker {
             key: key.key.to_string(),
             waited: start.elapsed(),
             attempts,
-            holder,
+            holder: holder.map(Box::new),
         }
     }
 
@@ -513,10 +513,10 @@ impl LockerInner {
                 .call_idempotent("release", None, || inner.backend.release(&lease))
                 .await;
             inner.queues.released(&lease.key);
-            if let Err(e) = result {
-                if !e.is_not_held() {
-                    tracing::debug!(key = %lease.key.key, error = %e, "background release failed; the lock expires after its TTL");
-                }
+            if let Err(e) = result
+                && !e.is_not_held()
+            {
+                tracing::debug!(key = %lease.key.key, error = %e, "background release failed; the lock expires after its TTL");
             }
         });
     }

@@ -244,8 +244,11 @@ impl FileBackend {
             }
             let last = read_lock_file(&file, &req.key.key, &paths.lock)?;
             let fencing_token = (last + 1).max(micros_since_epoch());
-            file.write_all_at(format!("{fencing_token:0TOKEN_DIGITS$}").as_bytes(), LOCK_HEADER.len() as u64)
-                .map_err(|e| io_error("acquire", &paths.lock, e))?;
+            file.write_all_at(
+                format!("{fencing_token:0TOKEN_DIGITS$}").as_bytes(),
+                LOCK_HEADER.len() as u64,
+            )
+            .map_err(|e| io_error("acquire", &paths.lock, e))?;
             let since = SystemTime::now();
             let record = Record {
                 token: fencing_token,
@@ -345,10 +348,7 @@ impl FileBackend {
 
     fn release_now(&self, lease: &LeaseRef) -> Result<()> {
         let mut held = self.held();
-        if !held
-            .get(&lease.key)
-            .is_some_and(|h| h.owner == lease.owner)
-        {
+        if !held.get(&lease.key).is_some_and(|h| h.owner == lease.owner) {
             return Err(not_held(&lease.key));
         }
         let h = held.remove(&lease.key).expect("checked above");
@@ -357,10 +357,10 @@ impl FileBackend {
         if current {
             // Still under the lock: the record is ours. Removed before the
             // lock is let go, so it never describes a released lock.
-            if let Err(e) = std::fs::remove_file(&paths.holder) {
-                if e.kind() != io::ErrorKind::NotFound {
-                    tracing::debug!(path = %paths.holder.display(), error = %e, "removing the holder record failed");
-                }
+            if let Err(e) = std::fs::remove_file(&paths.holder)
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                tracing::debug!(path = %paths.holder.display(), error = %e, "removing the holder record failed");
             }
         }
         drop(h); // closes the file: the OS lock is released
@@ -649,7 +649,7 @@ fn decode_record(bytes: &[u8]) -> Option<Record> {
         rest = &rest[end + 1..];
         text.strip_prefix(prefix).map(str::to_owned)
     };
-    if line(HOLDER_HEADER)? != "" {
+    if !line(HOLDER_HEADER)?.is_empty() {
         return None;
     }
     let token = line("token ")?.parse().ok()?;
@@ -699,8 +699,20 @@ mod tests {
         let long = "x".repeat(crate::MAX_KEY_BYTES);
         let emoji = "🚀".repeat(crate::MAX_KEY_BYTES / 4);
         let keys = [
-            "a", "a/b", "a%2Fb", "a.b", "..", ".", "../../etc/passwd", "A", "a b", "a\nb",
-            "k-a", "h-a", &long, &emoji,
+            "a",
+            "a/b",
+            "a%2Fb",
+            "a.b",
+            "..",
+            ".",
+            "../../etc/passwd",
+            "A",
+            "a b",
+            "a\nb",
+            "k-a",
+            "h-a",
+            &long,
+            &emoji,
         ];
         let mut names: Vec<String> = keys.iter().map(|k| file_name(&key(k))).collect();
         for name in &names {
@@ -742,5 +754,118 @@ mod tests {
         assert_eq!(decode_record(&encode_record(&bare)), Some(bare));
         assert_eq!(decode_record(b"garbage"), None);
         assert_eq!(decode_record(b""), None);
+    }
+
+    fn temp_dir(case: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("distlock-file-{case}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn lock_key(k: &str) -> LockKey {
+        LockKey {
+            namespace: Namespace::default(),
+            key: key(k),
+        }
+    }
+
+    fn request(k: &str) -> AcquireRequest {
+        AcquireRequest::new(
+            lock_key(k),
+            OwnerToken::random().unwrap(),
+            Duration::from_secs(1),
+        )
+    }
+
+    async fn grant(backend: &FileBackend, req: &AcquireRequest) -> u64 {
+        match backend.try_acquire(req).await.unwrap() {
+            Attempt::Granted { fencing_token } => fencing_token,
+            other => panic!("expected a grant, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_crashed_holders_record_is_ignored() {
+        let dir = temp_dir("stale");
+        let a = FileBackend::open(&dir).unwrap();
+        let b = FileBackend::open(&dir).unwrap();
+        let req = request("k");
+        let token = grant(&a, &req).await;
+        let holder = b.inspect(&req.key).await.unwrap().expect("held");
+        assert_eq!(
+            (holder.fencing_token, holder.pid),
+            (token, Some(std::process::id()))
+        );
+        // A crash: the OS drops the lock, the record stays behind.
+        let record = std::fs::read(a.holder_path(&req.key)).unwrap();
+        a.held().clear();
+        std::fs::write(a.holder_path(&req.key), record).unwrap();
+        assert_eq!(b.inspect(&req.key).await.unwrap(), None);
+        let next = grant(&b, &request("k")).await;
+        assert!(next > token);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn tokens_keep_increasing_when_the_directory_is_wiped() {
+        let dir = temp_dir("wiped");
+        let backend = FileBackend::open(&dir).unwrap();
+        let first = request("k");
+        let t1 = grant(&backend, &first).await;
+        backend.release(&first.lease()).await.unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let t2 = grant(&backend, &request("k")).await;
+        assert!(t2 > t1, "{t2} after {t1}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_replaced_lock_file_is_detected_by_extend() {
+        let dir = temp_dir("replaced");
+        let a = FileBackend::open(&dir).unwrap();
+        let req = request("k");
+        grant(&a, &req).await;
+        std::fs::remove_file(a.lock_path(&req.key)).unwrap();
+        // Someone else can take the new file; the old holder learns it lost.
+        let b = FileBackend::open(&dir).unwrap();
+        grant(&b, &request("k")).await;
+        assert!(
+            a.extend(&req.lease(), Duration::from_secs(1))
+                .await
+                .unwrap_err()
+                .is_not_held()
+        );
+        assert!(a.release(&req.lease()).await.unwrap_err().is_not_held());
+        assert!(
+            b.inspect(&req.key).await.unwrap().is_some(),
+            "b's record survives a's release"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_lock_file_of_another_key_is_refused() {
+        let dir = temp_dir("collision");
+        let backend = FileBackend::open(&dir).unwrap();
+        let long = "y".repeat(300);
+        let req = request(&long);
+        let path = backend.lock_path(&req.key);
+        assert!(
+            path.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("h-")
+        );
+        // Forge the file a colliding key would have created.
+        let other = KeyPaths {
+            dir: path.parent().unwrap().to_path_buf(),
+            lock: path.clone(),
+            holder: backend.holder_path(&req.key),
+        };
+        create_lock_file(&other, &key("not the same key")).unwrap();
+        let err = backend.try_acquire(&req).await.unwrap_err();
+        assert!(err.to_string().contains("collision"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
