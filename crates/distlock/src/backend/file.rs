@@ -45,6 +45,10 @@
 //! lock they do not hold, since the OS lock belongs to the holder's open
 //! file.
 //!
+//! A [`Lock`](crate::Lock) dropped where no tokio runtime can release it
+//! stays held until the backend itself is dropped or the process exits
+//! (there is no TTL to end it sooner).
+//!
 //! The directory must be on a local file system: `flock` over NFS is not
 //! reliable. Unix only.
 //!
@@ -449,10 +453,9 @@ impl Backend for FileBackend {
         })
     }
 
-    fn close(&self) -> BoxFuture<'_, Result<()>> {
-        self.held().clear();
-        Box::pin(async { Ok(()) })
-    }
+    // `close` keeps the default no-op: lockers sharing this backend may
+    // still hold locks, and each `Locker::close` releases its own. Files
+    // still held are unlocked when the backend is dropped.
 }
 
 fn not_held(key: &LockKey) -> Error {
@@ -866,6 +869,40 @@ mod tests {
         create_lock_file(&other, &key("not the same key")).unwrap();
         let err = backend.try_acquire(&req).await.unwrap_err();
         assert!(err.to_string().contains("collision"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// `inspect` probes with a shared lock for a few microseconds; an
+    /// acquirer that meets the probe looks again instead of reporting a free
+    /// key as held.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn inspect_probes_do_not_make_a_free_key_look_held() {
+        let dir = temp_dir("probes");
+        let inspector = Arc::new(FileBackend::open(&dir).unwrap());
+        let acquirer = FileBackend::open(&dir).unwrap();
+        let key = lock_key("k");
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let probing = {
+            let (inspector, key, stop) = (inspector.clone(), key.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut probes = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = inspector.inspect(&key).await.unwrap();
+                    probes += 1;
+                    tokio::task::yield_now().await;
+                }
+                probes
+            })
+        };
+        for round in 0..2000 {
+            let req = request("k");
+            match acquirer.try_acquire(&req).await.unwrap() {
+                Attempt::Granted { .. } => acquirer.release(&req.lease()).await.unwrap(),
+                other => panic!("round {round}: a free key looked held: {other:?}"),
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(probing.await.unwrap() > 100);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
