@@ -87,6 +87,12 @@ mod tests {
         assert!(reason("rediss://h:6379").contains("cargo feature `redis`"));
     }
 
+    #[cfg(not(feature = "file"))]
+    #[test]
+    fn a_compiled_out_file_backend_names_its_feature() {
+        assert!(reason("file:///tmp/locks").contains("cargo feature `file`"));
+    }
+
     #[cfg(all(feature = "file", unix))]
     #[test]
     fn file_urls_name_a_local_directory() {
