@@ -46,6 +46,33 @@ fn forged(locker: &Locker, key: &str) -> LeaseRef {
     }
 }
 
+/// Whether the store expires locks after their TTL (see
+/// `Capabilities::ttl_expiry`). The cases that depend on it check the
+/// opposite, meaningful behaviour where it is false: the lock outlives its
+/// TTL for as long as its holder keeps it.
+fn expires(locker: &Locker) -> bool {
+    locker.backend().capabilities().ttl_expiry
+}
+
+/// Checks that the fixture's store has the TTL-expiry capability the suite
+/// was instantiated for; the macro calls it before every TTL-dependent case,
+/// so a backend can neither skip nor silently adapt those cases.
+pub async fn expect_ttl_expiry(fx: &dyn Fixture, expected: bool) {
+    let (locker, _) = locker(fx, "capabilities").await;
+    let actual = expires(&locker);
+    assert_eq!(
+        actual,
+        expected,
+        "the {} backend reports ttl_expiry = {actual}; instantiate the suite with {}",
+        locker.backend_name(),
+        if actual {
+            "`conformance_suite!(fixture)`"
+        } else {
+            "`conformance_suite!(fixture; without: ttl_expiry)`"
+        }
+    );
+}
+
 fn assert_not_held<T: std::fmt::Debug>(result: distlock::Result<T>) {
     match result {
         Err(Error::NotHeld { .. }) => {}
@@ -211,13 +238,23 @@ pub async fn fencing_tokens_increase_across_release(fx: &dyn Fixture) {
 }
 
 /// Tokens strictly increase when a lock expires and another holder takes it.
+/// Without TTL expiry: the lock outlives its TTL, and the next holder after
+/// its release still gets a greater token.
 pub async fn fencing_tokens_increase_across_expiry_and_holders(fx: &dyn Fixture) {
     let (a, ns) = locker(fx, "tokens_expiry").await;
     let b = fx.locker(&ns).await;
     let first = a.obtain_with("k", short(fx)).await.unwrap();
+    let first_token = first.fencing_token();
     sleep(fx.short_ttl() + 100 * MS).await;
+    let first = if expires(&a) {
+        Some(first)
+    } else {
+        assert!(b.try_obtain("k").await.unwrap_err().is_not_obtained());
+        drop(first); // released in the background
+        None
+    };
     let second = b.obtain_with("k", short(fx).wait(SLACK)).await.unwrap();
-    assert!(second.fencing_token() > first.fencing_token());
+    assert!(second.fencing_token() > first_token);
     drop(first);
     let second_token = second.fencing_token();
     second.release().await.unwrap();
@@ -226,13 +263,21 @@ pub async fn fencing_tokens_increase_across_expiry_and_holders(fx: &dyn Fixture)
     third.release().await.unwrap();
 }
 
-/// Releasing an expired lock is NotHeld.
+/// Releasing an expired lock is NotHeld. Without TTL expiry: past its TTL
+/// the lock is still held, not lost, and releases cleanly.
 pub async fn release_after_expiry_is_not_held(fx: &dyn Fixture) {
     let (locker, _) = locker(fx, "release_expired").await;
     let lock = locker.obtain_with("k", short(fx)).await.unwrap();
     sleep(fx.short_ttl() + 100 * MS).await;
-    assert!(lock.is_lost());
-    assert_not_held(lock.release().await);
+    if expires(&locker) {
+        assert!(lock.is_lost());
+        assert_not_held(lock.release().await);
+    } else {
+        assert!(!lock.is_lost());
+        assert!(locker.is_locked("k").await.unwrap());
+        lock.release().await.unwrap();
+        assert!(!locker.is_locked("k").await.unwrap());
+    }
 }
 
 /// The store's release is token-checked: a second release is NotHeld.
@@ -307,12 +352,28 @@ pub async fn acquire_is_idempotent_for_the_same_owner(fx: &dyn Fixture) {
 
 /// An unrefreshed lock frees its key after the TTL, and the stale handle's
 /// release cannot touch the next holder.
+///
+/// Without TTL expiry: the key stays held past the TTL while its holder
+/// lives, and goes to the next holder once released.
 pub async fn expiry_frees_the_key_after_the_ttl(fx: &dyn Fixture) {
     let (a, ns) = locker(fx, "expiry").await;
     let b = fx.locker(&ns).await;
     let stale = a.obtain_with("k", short(fx)).await.unwrap();
     assert!(b.try_obtain("k").await.unwrap_err().is_not_obtained());
     sleep(fx.short_ttl() + 100 * MS).await;
+    if !expires(&a) {
+        assert!(
+            b.try_obtain("k").await.unwrap_err().is_not_obtained(),
+            "a lock that cannot expire was free after its TTL"
+        );
+        assert!(!stale.is_lost());
+        let token = stale.fencing_token();
+        stale.release().await.unwrap();
+        let fresh = b.obtain_with("k", short(fx).wait(SLACK)).await.unwrap();
+        assert!(fresh.fencing_token() > token);
+        fresh.release().await.unwrap();
+        return;
+    }
     let fresh = b.obtain_with("k", short(fx).wait(SLACK)).await.unwrap();
     assert_not_held(stale.release().await);
     let holder = b
@@ -340,11 +401,20 @@ pub async fn refresh_extends_the_lock(fx: &dyn Fixture) {
     lock.release().await.unwrap();
 }
 
-/// Refreshing an expired lock is NotHeld and marks it lost.
+/// Refreshing an expired lock is NotHeld and marks it lost. Without TTL
+/// expiry: a refresh past the TTL succeeds and the lock is not lost.
 pub async fn refresh_after_expiry_is_not_held(fx: &dyn Fixture) {
     let (locker, _) = locker(fx, "refresh_expired").await;
     let lock = locker.obtain_with("k", short(fx)).await.unwrap();
     sleep(fx.short_ttl() + 100 * MS).await;
+    if !expires(&locker) {
+        lock.refresh().await.unwrap();
+        assert!(!lock.is_lost());
+        let holder = locker.inspect("k").await.unwrap().expect("still held");
+        assert_eq!(holder.fencing_token, lock.fencing_token());
+        lock.release().await.unwrap();
+        return;
+    }
     assert_not_held(lock.refresh().await);
     assert!(lock.is_lost());
     assert_eq!(
@@ -394,12 +464,20 @@ pub async fn refresh_stop_is_idempotent_and_reports_no_error(fx: &dyn Fixture) {
 }
 
 /// Dropping the refresh handle stops refreshing: the lock then expires.
+/// Without TTL expiry: it stays held until the handle is dropped.
 pub async fn dropping_the_refresh_handle_stops_refreshing(fx: &dyn Fixture) {
     let (a, ns) = locker(fx, "drop_handle").await;
     let b = fx.locker(&ns).await;
     let lock = a.obtain_with("k", short(fx)).await.unwrap();
     drop(lock.start_refresh(|e| panic!("no error expected: {e}")));
     sleep(fx.short_ttl() + 100 * MS).await;
+    if !expires(&a) {
+        assert!(!lock.is_lost());
+        assert!(b.try_obtain("k").await.unwrap_err().is_not_obtained());
+        drop(lock);
+        b.obtain_with("k", short(fx).wait(SLACK)).await.unwrap();
+        return;
+    }
     assert!(lock.is_lost());
     b.obtain_with("k", short(fx).wait(SLACK)).await.unwrap();
 }
@@ -439,10 +517,25 @@ pub async fn lost_fires_when_the_key_is_deleted(fx: &dyn Fixture) {
 
 /// Without refresh, `lost()` fires at the validity deadline, which comes
 /// before the store's TTL runs out.
+///
+/// Without TTL expiry there is no deadline: `valid_until` lies far ahead and
+/// `lost()` does not fire past the TTL while the lock is held.
 pub async fn lost_fires_at_the_validity_deadline_before_the_store_expires_it(fx: &dyn Fixture) {
     let (locker, _) = locker(fx, "lost_deadline").await;
     let before_send = Instant::now();
     let lock = locker.obtain_with("k", short(fx)).await.unwrap();
+    if !expires(&locker) {
+        assert!(
+            lock.valid_until() > before_send + Duration::from_secs(365 * 24 * 3600),
+            "a lock that cannot expire got a deadline"
+        );
+        let fired = timeout(fx.short_ttl() + SLACK, lock.lost()).await;
+        assert!(fired.is_err(), "lost() fired: {fired:?}");
+        assert!(!lock.is_lost());
+        assert!(locker.is_locked("k").await.unwrap());
+        lock.release().await.unwrap();
+        return;
+    }
     let deadline = lock.valid_until();
     assert!(
         deadline < before_send + fx.short_ttl(),
@@ -494,6 +587,12 @@ pub async fn inspect_reports_holder_token_ttl_and_metadata(fx: &dyn Fixture) {
     let holder = locker.inspect("k").await.unwrap().unwrap();
     assert_eq!(holder.fencing_token, lock.fencing_token());
     assert_eq!(holder.metadata.as_deref(), Some("worker-7 {host: a}"));
+    if !expires(&locker) {
+        assert_eq!(
+            holder.expires_in, None,
+            "a lock that cannot expire has no TTL left"
+        );
+    }
     if let Some(left) = holder.expires_in {
         assert!(
             left <= ttl && left > ttl - Duration::from_secs(5),

@@ -1,9 +1,11 @@
 //! Fixtures: a store for the conformance suite to run against.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use distlock::backend::file::FileBackend;
 use distlock::backend::memory::MemoryBackend;
 use distlock::{Key, LockKey, Locker, Namespace};
 use futures::future::BoxFuture;
@@ -69,6 +71,70 @@ impl Fixture for MemoryFixture {
                 key: Key::new(key).expect("valid key"),
             };
             assert!(self.store.evict(&key), "no live lock on {key} to delete");
+        })
+    }
+}
+
+/// A fresh directory for the file backend, removed when the fixture drops.
+/// Every locker gets its own [`FileBackend`] on that directory, so lockers
+/// contend through the OS like separate processes do.
+#[derive(Debug)]
+pub struct FileFixture {
+    dir: PathBuf,
+}
+
+impl FileFixture {
+    /// A fresh, empty lock directory under the system's temp dir.
+    pub async fn new() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "distlock-file-fixture-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create the lock directory");
+        FileFixture { dir }
+    }
+
+    /// The lock directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn backend(&self) -> FileBackend {
+        FileBackend::open(&self.dir).expect("open the lock directory")
+    }
+}
+
+impl Drop for FileFixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Fixture for FileFixture {
+    fn locker<'a>(&'a self, namespace: &'a str) -> BoxFuture<'a, Locker> {
+        Box::pin(async move {
+            Locker::builder(Arc::new(self.backend()))
+                .namespace(namespace)
+                .build()
+                .expect("valid test namespace")
+        })
+    }
+
+    /// Deletes the key's lock file (and holder record), as an operator
+    /// cleaning the directory would; the holder's next refresh notices.
+    fn delete_behind_back<'a>(&'a self, namespace: &'a str, key: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let key = LockKey {
+                namespace: Namespace::new(namespace).expect("valid namespace"),
+                key: Key::new(key).expect("valid key"),
+            };
+            let backend = self.backend();
+            std::fs::remove_file(backend.lock_path(&key))
+                .unwrap_or_else(|e| panic!("no lock file for {key} to delete: {e}"));
+            let _ = std::fs::remove_file(backend.holder_path(&key));
         })
     }
 }

@@ -16,14 +16,57 @@ mod fixture;
 mod section;
 pub mod server;
 
-pub use fixture::{Fixture, MemoryFixture, unique_namespace};
+pub use fixture::{FileFixture, Fixture, MemoryFixture, unique_namespace};
 pub use section::CriticalSection;
 
 /// Expands to one `#[tokio::test]` per conformance case, each calling
 /// `$fixture().await` for a fresh fixture. The list of cases lives here
 /// only; adding a backend means one invocation of this macro.
+///
+/// A store whose locks do not expire by TTL (file locks live exactly as
+/// long as their holder) is declared with `; without: ttl_expiry`. The six
+/// TTL-dependent cases then run in a module named `without_ttl_expiry`, so
+/// every runner lists them as adapted (`without_ttl_expiry::expiry_frees_…`),
+/// and they assert the opposite behaviour: the lock outlives its TTL while
+/// held. Nothing is skipped. Each of them first checks that the store's
+/// `capabilities().ttl_expiry` matches the declaration.
 #[macro_export]
 macro_rules! conformance_suite {
+    ($fixture:path) => {
+        $crate::__conformance_common!($fixture);
+        $crate::conformance_cases!(
+            $fixture; ttl_expiry = true;
+            fencing_tokens_increase_across_expiry_and_holders,
+            release_after_expiry_is_not_held,
+            expiry_frees_the_key_after_the_ttl,
+            refresh_after_expiry_is_not_held,
+            dropping_the_refresh_handle_stops_refreshing,
+            lost_fires_at_the_validity_deadline_before_the_store_expires_it,
+        );
+    };
+    ($fixture:path; without: ttl_expiry) => {
+        $crate::__conformance_common!($fixture);
+        /// The TTL-dependent cases, adapted to a store without TTL expiry.
+        mod without_ttl_expiry {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::conformance_cases!(
+                $fixture; ttl_expiry = false;
+                fencing_tokens_increase_across_expiry_and_holders,
+                release_after_expiry_is_not_held,
+                expiry_frees_the_key_after_the_ttl,
+                refresh_after_expiry_is_not_held,
+                dropping_the_refresh_handle_stops_refreshing,
+                lost_fires_at_the_validity_deadline_before_the_store_expires_it,
+            );
+        }
+    };
+}
+
+/// The cases that do not depend on the store's capabilities.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_common {
     ($fixture:path) => {
         $crate::conformance_cases!(
             $fixture;
@@ -34,20 +77,14 @@ macro_rules! conformance_suite {
             retries_exhausted_is_not_obtained,
             waiter_wakes_promptly_on_release,
             fencing_tokens_increase_across_release,
-            fencing_tokens_increase_across_expiry_and_holders,
-            release_after_expiry_is_not_held,
             release_twice_at_the_store_is_not_held,
             non_owner_cannot_release,
             non_owner_cannot_extend,
             acquire_is_idempotent_for_the_same_owner,
-            expiry_frees_the_key_after_the_ttl,
             refresh_extends_the_lock,
-            refresh_after_expiry_is_not_held,
             start_refresh_keeps_the_lock_past_several_ttls,
             refresh_stop_is_idempotent_and_reports_no_error,
-            dropping_the_refresh_handle_stops_refreshing,
             lost_fires_when_the_key_is_deleted,
-            lost_fires_at_the_validity_deadline_before_the_store_expires_it,
             lost_resolves_on_release,
             is_locked_is_read_only,
             inspect_reports_holder_token_ttl_and_metadata,
@@ -71,6 +108,16 @@ macro_rules! conformance_suite {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! conformance_cases {
+    ($fixture:path; ttl_expiry = $ttl:literal; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let fixture = $fixture().await;
+                $crate::conformance::expect_ttl_expiry(&fixture, $ttl).await;
+                $crate::conformance::$case(&fixture).await;
+            }
+        )*
+    };
     ($fixture:path; $($case:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

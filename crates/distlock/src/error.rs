@@ -30,8 +30,9 @@ pub enum Error {
         waited: Duration,
         /// How many acquisition attempts reached the store.
         attempts: u32,
-        /// The holder seen on the last attempt, when the store reported one.
-        holder: Option<HolderInfo>,
+        /// The holder seen on the last attempt, when the store reported one
+        /// (boxed to keep `Error` small).
+        holder: Option<Box<HolderInfo>>,
     },
 
     /// A refresh or release of a lock that expired, was released, or now

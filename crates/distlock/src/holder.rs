@@ -1,6 +1,6 @@
 //! What a read-only look at a lock reports.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// The current holder of a lock, as the store reports it.
 ///
@@ -16,6 +16,12 @@ pub struct HolderInfo {
     pub expires_in: Option<Duration>,
     /// Metadata the holder attached when it obtained the lock.
     pub metadata: Option<String>,
+    /// The holding process's id, when the store records it (file locks).
+    pub pid: Option<u32>,
+    /// The holding process's host name, when the store records it (file locks).
+    pub host: Option<String>,
+    /// When the lock was granted (wall clock), when the store records it.
+    pub since: Option<SystemTime>,
 }
 
 impl HolderInfo {
@@ -25,6 +31,9 @@ impl HolderInfo {
             fencing_token,
             expires_in: None,
             metadata: None,
+            pid: None,
+            host: None,
+            since: None,
         }
     }
 
@@ -37,6 +46,19 @@ impl HolderInfo {
     /// Sets the holder's metadata.
     pub fn metadata(mut self, metadata: Option<String>) -> Self {
         self.metadata = metadata;
+        self
+    }
+
+    /// Sets the holding process: its id and host name.
+    pub fn process(mut self, pid: u32, host: impl Into<String>) -> Self {
+        self.pid = Some(pid);
+        self.host = Some(host.into());
+        self
+    }
+
+    /// Sets when the lock was granted.
+    pub fn since(mut self, since: SystemTime) -> Self {
+        self.since = Some(since);
         self
     }
 }

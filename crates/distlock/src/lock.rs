@@ -68,6 +68,15 @@ impl LostReason {
 /// [`lost`](Self::lost) resolves. Pass [`fencing_token`](Self::fencing_token)
 /// to every resource the lock protects: it is the only defence against a
 /// holder that paused past its deadline.
+///
+/// A store without TTL expiry ([`Capabilities::ttl_expiry`] false: the file
+/// backend, whose OS lock lives exactly as long as its holder) cannot take
+/// the lock away by time, so such a lock has no deadline: `valid_until` lies
+/// about a century ahead, `lost` fires only when the store proves the lock
+/// gone (say its lock file was deleted) or on release, and refreshing just
+/// checks the lock is still ours.
+///
+/// [`Capabilities::ttl_expiry`]: crate::backend::Capabilities::ttl_expiry
 pub struct Lock {
     state: Arc<LockState>,
     settled: bool,
@@ -185,7 +194,7 @@ impl LockState {
     async fn extend(&self, retry: bool) -> Result<()> {
         self.check_valid()?;
         let locker = &self.locker;
-        let deadline = self.valid_until();
+        let deadline = locker.extend_retry_deadline(self.valid_until());
         let sent = Instant::now();
         let call = || locker.backend.extend(&self.lease, self.ttl);
         let result = if retry {
@@ -202,7 +211,7 @@ impl LockState {
                 }
                 status.valid_until = status
                     .valid_until
-                    .max(locker.validity.deadline(sent, self.ttl));
+                    .max(locker.validity_deadline(sent, self.ttl));
                 drop(status);
                 self.changed.notify_waiters();
                 Ok(())

@@ -25,6 +25,10 @@ use crate::queue::WaitQueues;
 use crate::url::backend_from_url;
 use crate::validity::ValidityPolicy;
 
+/// How far ahead the validity deadline of a lock in a store without TTL
+/// expiry lies: "never", in a form `Instant` arithmetic cannot overflow.
+const NO_EXPIRY: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
 /// The default bound on one store round trip.
 pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -51,6 +55,8 @@ pub struct Locker {
 
 pub(crate) struct LockerInner {
     pub(crate) backend: Arc<dyn Backend>,
+    /// The backend's `capabilities().ttl_expiry`, read once at build.
+    ttl_expiry: bool,
     namespace: Namespace,
     op_timeout: Duration,
     pub(crate) validity: ValidityPolicy,
@@ -114,6 +120,7 @@ impl LockerBuilder {
         self.defaults.validate(&self.validity)?;
         Ok(Locker {
             inner: Arc::new(LockerInner {
+                ttl_expiry: self.backend.capabilities().ttl_expiry,
                 backend: self.backend,
                 namespace,
                 op_timeout: self.op_timeout,
@@ -150,6 +157,9 @@ impl Locker {
     /// A locker for the store a URL names:
     ///
     /// * `memory://` — a fresh in-process store.
+    /// * `file:///dir` — `flock`s on files in a local directory, shared by
+    ///   the processes of one host (cargo feature `file`, on by default;
+    ///   see [`FileBackend`](crate::backend::file::FileBackend)).
     ///
     /// Every URL takes `?namespace=NAME`. `redis://`, `rediss://`,
     /// `etcd://` and `file://` belong to backends behind cargo features;
@@ -334,7 +344,7 @@ impl Locker {
             req.lease(),
             fencing_token,
             options,
-            inner.validity.deadline(sent, options.ttl_value()),
+            inner.validity_deadline(sent, options.ttl_value()),
         );
         inner.held().insert(id, Arc::downgrade(&state));
         Lock::new(state)
@@ -351,7 +361,7 @@ impl Locker {
             key: key.key.to_string(),
             waited: start.elapsed(),
             attempts,
-            holder,
+            holder: holder.map(Box::new),
         }
     }
 
@@ -430,6 +440,31 @@ impl LockerInner {
         self.closed.is_cancelled()
     }
 
+    /// The validity deadline of a grant or extend of `ttl` sent at `sent`.
+    ///
+    /// A store without TTL expiry (a file lock lives exactly as long as its
+    /// holder keeps it) never takes the lock away by time, so its locks have
+    /// no deadline: they stay valid until the store proves them gone
+    /// ([`LostReason::NotHeld`]), and `lost()` never fires by the clock.
+    pub(crate) fn validity_deadline(&self, sent: Instant, ttl: Duration) -> Instant {
+        if self.ttl_expiry {
+            self.validity.deadline(sent, ttl)
+        } else {
+            sent + NO_EXPIRY
+        }
+    }
+
+    /// How long an idempotent extend may keep retrying transient errors:
+    /// until the validity deadline, or one operation timeout for locks that
+    /// have none.
+    pub(crate) fn extend_retry_deadline(&self, valid_until: Instant) -> Instant {
+        if self.ttl_expiry {
+            valid_until
+        } else {
+            valid_until.min(Instant::now() + self.op_timeout)
+        }
+    }
+
     /// Runs one store call bounded by the operation timeout and `deadline`.
     /// The flag says whether a timeout came from the deadline rather than
     /// from the store being slower than the operation timeout.
@@ -488,10 +523,10 @@ impl LockerInner {
                 .call_idempotent("release", None, || inner.backend.release(&lease))
                 .await;
             inner.queues.released(&lease.key);
-            if let Err(e) = result {
-                if !e.is_not_held() {
-                    tracing::debug!(key = %lease.key.key, error = %e, "background release failed; the lock expires after its TTL");
-                }
+            if let Err(e) = result
+                && !e.is_not_held()
+            {
+                tracing::debug!(key = %lease.key.key, error = %e, "background release failed; the lock expires after its TTL");
             }
         });
     }

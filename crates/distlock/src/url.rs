@@ -26,6 +26,20 @@ pub(crate) async fn backend_from_url(raw: &str) -> Result<(Arc<dyn Backend>, Opt
     }
     let backend: Arc<dyn Backend> = match url.scheme() {
         "memory" => Arc::new(MemoryBackend::new()),
+        #[cfg(all(feature = "file", unix))]
+        "file" => {
+            let dir = match url.host_str() {
+                None | Some("") | Some("localhost") => url.to_file_path().ok(),
+                Some(_) => None,
+            }
+            .ok_or_else(|| {
+                invalid(
+                    raw,
+                    "a file:// URL names an absolute directory on this host, like file:///run/user/1000/distlock".into(),
+                )
+            })?;
+            Arc::new(crate::backend::file::FileBackend::open(dir)?)
+        }
         scheme => {
             let reason = match FEATURE_SCHEMES.iter().find(|(s, _)| *s == scheme) {
                 Some((_, feature)) => format!(
@@ -71,6 +85,28 @@ mod tests {
     fn compiled_out_backends_name_their_feature() {
         assert!(reason("etcd://127.0.0.1:2379").contains("cargo feature `etcd`"));
         assert!(reason("rediss://h:6379").contains("cargo feature `redis`"));
+    }
+
+    #[cfg(not(feature = "file"))]
+    #[test]
+    fn a_compiled_out_file_backend_names_its_feature() {
+        assert!(reason("file:///tmp/locks").contains("cargo feature `file`"));
+    }
+
+    #[cfg(all(feature = "file", unix))]
+    #[test]
+    fn file_urls_name_a_local_directory() {
+        assert!(reason("file://otherhost/tmp/x").contains("absolute directory on this host"));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!("distlock-url-{}", std::process::id()));
+        let url = format!("file://{}?namespace=ops", dir.display());
+        let (backend, namespace) = runtime.block_on(backend_from_url(&url)).unwrap();
+        assert_eq!(backend.name(), "file");
+        assert_eq!(namespace.as_deref(), Some("ops"));
+        assert!(dir.is_dir());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -28,6 +28,8 @@ use crate::holder::HolderInfo;
 use crate::key::LockKey;
 use crate::lease::{LeaseRef, OwnerToken};
 
+#[cfg(all(feature = "file", unix))]
+pub mod file;
 pub mod memory;
 
 /// One acquisition attempt, as the engine asks a backend for it.
@@ -84,7 +86,10 @@ pub enum Attempt {
 #[non_exhaustive]
 pub struct Capabilities {
     /// Locks expire after their TTL when not extended. False for stores
-    /// where a lock lives exactly as long as its holder (file locks).
+    /// where a lock lives exactly as long as its holder (file locks): the
+    /// engine then gives locks no validity deadline (see
+    /// [`Lock`](crate::Lock#validity)), and the conformance suite checks
+    /// that they outlive their TTL instead of expiring.
     pub ttl_expiry: bool,
 }
 

@@ -1,0 +1,13 @@
+//! The library behind the `distlock` command: exit codes, how a holder is
+//! described, and the supervision of a command that runs under a lock
+//! ([`supervise`]), kept here so it can be tested in-process against any
+//! backend, including ones whose locks expire.
+#![deny(missing_docs)]
+
+pub mod exit;
+mod holder;
+mod supervise;
+pub mod terminal;
+
+pub use holder::{CliMetadata, describe_holder, holder_json};
+pub use supervise::{Ending, KillPolicy, become_subreaper, group_alive, supervise};

@@ -1,0 +1,515 @@
+//! `distlock`: run any command under a distributed lock.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, ExitStatus};
+use std::time::Duration;
+
+use clap::error::ErrorKind;
+use clap::{Args, Parser, Subcommand};
+use distlock::{Error, HolderInfo, Locker, ObtainOptions};
+use distlock_cli::{
+    CliMetadata, Ending, KillPolicy, become_subreaper, describe_holder, exit, holder_json,
+    supervise, terminal,
+};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+
+const ABOUT: &str = "Run commands under a distributed lock: flock for a fleet";
+
+const LONG_ABOUT: &str = "\
+Run commands under a distributed lock: flock for a fleet.
+
+`distlock run KEY -- COMMAND` obtains the lock KEY, runs COMMAND while
+keeping the lock refreshed, releases it when the command ends and exits with
+the command's exit code. Without --backend (or DISTLOCK_URL) locks are files
+in a per-user directory, shared by the processes of this host, with no
+server: $XDG_RUNTIME_DIR/distlock, or /tmp/distlock-$UID.
+
+Backend URLs: file:///dir (one host), redis://host:port and etcd://host:port
+(many hosts, when built in), memory:// (this process only; for trying
+things out). Add ?namespace=NAME to keep applications apart.";
+
+const RUN_AFTER_HELP: &str = "\
+The command gets DISTLOCK_KEY and DISTLOCK_FENCING_TOKEN in its environment;
+pass the token to whatever the lock protects, so it can refuse writes from an
+older holder. The command runs in its own process group. SIGINT, SIGTERM,
+SIGHUP and SIGQUIT sent to distlock are forwarded to that group, and the lock
+is released once the command and everything left in its group are gone.
+If the lock is lost (its file deleted, or a Redis/etcd lock that could not be
+refreshed), the whole group gets SIGTERM, then SIGKILL after --kill-grace, and
+SIGKILL at the latest 200ms before the lock's validity ends; distlock then
+exits with 76. If distlock itself is killed, the command gets SIGKILL.
+
+Examples:
+  distlock run nightly-backup -- ./backup.sh
+  distlock run deploy --no-wait -- make deploy || echo 'a deploy is running'
+  DISTLOCK_URL=redis://10.0.0.5:6379 distlock run --wait 5m migrate -- ./migrate";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "distlock",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_help = exit::HELP,
+    propagate_version = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Obtain a lock, run a command while holding it, release it; exit with the command's code.
+    #[command(after_help = format!("{RUN_AFTER_HELP}\n\n{}", exit::HELP))]
+    Run(RunArgs),
+    /// Show who holds a lock; exit 0 if it is held, 1 if it is free.
+    #[command(after_help = exit::HELP)]
+    Status(StatusArgs),
+}
+
+#[derive(Args, Debug)]
+struct Store {
+    /// The lock store: file:///dir, redis://host:port, etcd://host:port or memory://,
+    /// optionally with ?namespace=NAME [default: file://$XDG_RUNTIME_DIR/distlock,
+    /// or file:///tmp/distlock-$UID]
+    #[arg(long, env = "DISTLOCK_URL", value_name = "URL")]
+    backend: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// The lock's name: any UTF-8 text up to 1024 bytes.
+    key: String,
+
+    #[command(flatten)]
+    store: Store,
+
+    /// How long the store keeps the lock without a refresh; distlock refreshes
+    /// it every TTL/3. File locks do not expire: they last while distlock runs.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration)]
+    ttl: Duration,
+
+    /// Wait at most this long for the lock (like 500ms, 10s, 5m) [default: wait until obtained]
+    #[arg(long, value_name = "DURATION", value_parser = duration, conflicts_with = "no_wait")]
+    wait: Option<Duration>,
+
+    /// Fail at once if the lock is held.
+    #[arg(long)]
+    no_wait: bool,
+
+    /// Exit code when the lock is held by someone else and was not obtained.
+    #[arg(long, value_name = "N", default_value_t = exit::NOT_OBTAINED)]
+    conflict_exit_code: u8,
+
+    /// Time between SIGTERM and SIGKILL when the command must be stopped
+    /// [default: 5s, or TTL/4 if shorter]
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    kill_grace: Option<Duration>,
+
+    /// Print nothing about the holder while waiting, nor refresh warnings.
+    #[arg(short, long)]
+    quiet: bool,
+
+    /// The command to run and its arguments, best after `--`.
+    #[arg(
+        required = true,
+        value_name = "COMMAND",
+        num_args = 1..,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    command: Vec<OsString>,
+}
+
+#[derive(Args, Debug)]
+struct StatusArgs {
+    /// The lock's name.
+    key: String,
+
+    #[command(flatten)]
+    store: Store,
+
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The default grace between SIGTERM and SIGKILL.
+const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// How often the holder is looked up while waiting.
+const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// An error that ends distlock: one line on stderr and an exit code.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn new(code: u8, message: impl Into<String>) -> Self {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// The exit code class of a library error.
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        let code = match &e {
+            Error::InvalidKey { .. } | Error::InvalidOptions { .. } | Error::InvalidUrl { .. } => {
+                exit::USAGE
+            }
+            Error::Backend { .. } | Error::Timeout { .. } => exit::UNAVAILABLE,
+            Error::NotObtained { .. } => exit::NOT_OBTAINED,
+            _ => exit::SOFTWARE,
+        };
+        Failure::new(code, e.to_string())
+    }
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{e} (use a duration like 500ms, 10s or 5m)"))
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("distlock: cannot start: {e}");
+            return ExitCode::from(exit::SOFTWARE);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => run(args).await,
+            Command::Status(args) => status(args).await,
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => {
+            eprintln!("distlock: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+/// Help and version go to stdout with 0; every other parse error is one
+/// line on stderr and exit code 64.
+fn usage_error(e: clap::Error) -> ExitCode {
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    let rendered = e.render().to_string();
+    let first: Vec<&str> = rendered
+        .lines()
+        .take_while(|line| !line.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let line = first.join(" ");
+    let line = line.strip_prefix("error: ").unwrap_or(&line);
+    eprintln!("distlock: {line} (see distlock --help)");
+    ExitCode::from(exit::USAGE)
+}
+
+/// The default store: a private per-user directory.
+fn default_url() -> Result<String, Failure> {
+    let dir = match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
+        Some(runtime) if runtime.is_absolute() => runtime.join("distlock"),
+        _ => PathBuf::from(format!("/tmp/distlock-{}", nix::unistd::geteuid())),
+    };
+    private_dir(&dir).map_err(|e| {
+        Failure::new(
+            exit::UNAVAILABLE,
+            format!("cannot use the lock directory {}: {e}", dir.display()),
+        )
+    })?;
+    url::Url::from_directory_path(&dir)
+        .map(String::from)
+        .map_err(|()| Failure::new(exit::SOFTWARE, format!("{} is not absolute", dir.display())))
+}
+
+/// Creates `dir` with mode 0700 if missing, and refuses one that another
+/// user could have planted (/tmp is shared): it must be a real directory,
+/// owned by us, writable by nobody else.
+fn private_dir(dir: &Path) -> io::Result<()> {
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+        _ => {}
+    }
+    let meta = std::fs::symlink_metadata(dir)?;
+    if !meta.is_dir() {
+        return Err(io::Error::other("not a directory (or a symbolic link)"));
+    }
+    if meta.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(io::Error::other(format!("owned by uid {}", meta.uid())));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(io::Error::other("writable by other users"));
+    }
+    Ok(())
+}
+
+async fn locker(store: Store) -> Result<Locker, Failure> {
+    let url = match store.backend {
+        Some(url) if !url.is_empty() => url,
+        _ => default_url()?,
+    };
+    Ok(Locker::from_url(&url).await?)
+}
+
+/// Forwards the signals distlock handles to a channel.
+fn forward_signals() -> Result<mpsc::UnboundedReceiver<Signal>, Failure> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    for (kind, sig) in [
+        (SignalKind::interrupt(), Signal::SIGINT),
+        (SignalKind::terminate(), Signal::SIGTERM),
+        (SignalKind::hangup(), Signal::SIGHUP),
+        (SignalKind::quit(), Signal::SIGQUIT),
+    ] {
+        let mut stream = signal(kind)
+            .map_err(|e| Failure::new(exit::SOFTWARE, format!("cannot handle {sig}: {e}")))?;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while stream.recv().await.is_some() {
+                if tx.send(sig).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    Ok(rx)
+}
+
+/// Prints who holds `key` whenever that changes; never returns.
+async fn watch_holder(locker: &Locker, key: &str) {
+    let mut shown = None;
+    loop {
+        if let Ok(Some(holder)) = locker.inspect(key).await
+            && shown != Some(holder.fencing_token)
+        {
+            eprintln!(
+                "distlock: waiting for lock {key:?}, held by {}",
+                describe_holder(&holder)
+            );
+            shown = Some(holder.fencing_token);
+        }
+        tokio::time::sleep(WATCH_INTERVAL).await;
+    }
+}
+
+fn exit_code(status: ExitStatus) -> u8 {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => u8::try_from(code & 0xff).unwrap_or(exit::SOFTWARE),
+        (None, Some(signal)) => exit::signal_code(signal),
+        _ => exit::SOFTWARE,
+    }
+}
+
+async fn run(args: RunArgs) -> Result<u8, Failure> {
+    let grace = args
+        .kill_grace
+        .unwrap_or_else(|| DEFAULT_KILL_GRACE.min(args.ttl / 4));
+    let policy = KillPolicy::new(grace);
+    if grace + policy.margin > args.ttl / 2 {
+        return Err(Failure::new(
+            exit::USAGE,
+            format!(
+                "--kill-grace {} plus a {} safety margin must be at most half the TTL ({}), so that failed refreshes are retried before the command is stopped",
+                humantime::format_duration(grace),
+                humantime::format_duration(policy.margin),
+                humantime::format_duration(args.ttl)
+            ),
+        ));
+    }
+    let locker = locker(args.store).await?;
+    let key = args.key.as_str();
+    let program = &args.command[0];
+    let metadata = CliMetadata {
+        pid: std::process::id(),
+        host: nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        command: Path::new(program)
+            .file_name()
+            .unwrap_or(program)
+            .to_string_lossy()
+            .into_owned(),
+    };
+    let try_once = args.no_wait || args.wait == Some(Duration::ZERO);
+    let options = ObtainOptions::new()
+        .ttl(args.ttl)
+        .metadata(metadata.to_json());
+    let options = match args.wait {
+        _ if try_once => options.try_once(),
+        Some(wait) => options.wait(wait),
+        None => options.wait_forever(),
+    };
+    let mut signals = forward_signals()?;
+    become_subreaper();
+
+    let obtained = tokio::select! {
+        result = locker.obtain_with(key, options) => result,
+        () = watch_holder(&locker, key), if !try_once && !args.quiet => unreachable!(),
+        Some(sig) = signals.recv() => {
+            if !args.quiet {
+                eprintln!("distlock: interrupted by {sig} while waiting for lock {key:?}");
+            }
+            return Ok(exit::signal_code(sig as i32));
+        }
+    };
+    let lock = match obtained {
+        Ok(lock) => lock,
+        Err(Error::NotObtained { waited, holder, .. }) => {
+            let holder: Option<HolderInfo> = match holder {
+                Some(h) if h.pid.is_some() || h.metadata.is_some() => Some(*h),
+                _ => locker.inspect(key).await.ok().flatten(),
+            };
+            let within = if try_once {
+                String::new()
+            } else {
+                format!(
+                    " within {}",
+                    humantime::format_duration(Duration::from_millis(waited.as_millis() as u64))
+                )
+            };
+            let by = holder.map_or("someone else".into(), |h| describe_holder(&h));
+            return Err(Failure::new(
+                args.conflict_exit_code,
+                format!("lock {key:?} not obtained{within}: held by {by}"),
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
+
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(&args.command[1..])
+        .env("DISTLOCK_KEY", key)
+        .env("DISTLOCK_FENCING_TOKEN", lock.fencing_token().to_string())
+        .process_group(0);
+    die_with_distlock(&mut command);
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            let _ = lock.release().await;
+            let code = match e.kind() {
+                io::ErrorKind::NotFound => exit::NOT_FOUND,
+                _ => exit::CANNOT_EXECUTE,
+            };
+            return Err(Failure::new(
+                code,
+                format!("cannot run {}: {e}", program.to_string_lossy()),
+            ));
+        }
+    };
+    let foreground = child
+        .id()
+        .and_then(|pid| terminal::hand_over(Pid::from_raw(pid as i32)));
+    let quiet = args.quiet;
+    let refresher = lock.start_refresh(move |e| {
+        if !quiet && !e.is_not_held() {
+            eprintln!("distlock: refreshing the lock failed (will retry): {e}");
+        }
+    });
+    let mut notify = |message: &str| eprintln!("distlock: {message}");
+    let ending = supervise(&lock, &mut child, policy, &mut signals, &mut notify).await;
+    drop(foreground);
+    refresher.stop().await;
+    let released = lock.release().await;
+    match ending {
+        Ok(Ending::Exited(status)) => match released {
+            Ok(()) => Ok(exit_code(status)),
+            Err(e) if e.is_not_held() => Err(Failure::new(
+                exit::LOCK_LOST,
+                format!("the command finished, but lock {key:?} had been lost by then"),
+            )),
+            Err(e) => {
+                eprintln!("distlock: releasing lock {key:?} failed; it expires after its TTL: {e}");
+                Ok(exit_code(status))
+            }
+        },
+        Ok(Ending::LockLost { .. }) => Ok(exit::LOCK_LOST),
+        Err(e) => Err(Failure::new(
+            exit::SOFTWARE,
+            format!("waiting for the command failed: {e}"),
+        )),
+    }
+}
+
+/// Has the kernel SIGKILL the command if distlock dies (SIGKILL, crash):
+/// its lock is free at once then, so the command must not go on.
+#[cfg(target_os = "linux")]
+fn die_with_distlock(command: &mut tokio::process::Command) {
+    let parent = nix::unistd::getpid();
+    // SAFETY: the closure runs in the child between fork and exec. It makes
+    // two async-signal-safe system calls (prctl, getppid) and allocates
+    // nothing (errors are built from raw OS error numbers).
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)?;
+            if nix::unistd::getppid() != parent {
+                // distlock died before the death signal was armed.
+                return Err(io::Error::from_raw_os_error(nix::libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_distlock(_command: &mut tokio::process::Command) {}
+
+async fn status(args: StatusArgs) -> Result<u8, Failure> {
+    let locker = locker(args.store).await?;
+    let key = args.key.as_str();
+    let holder = locker.inspect(key).await?;
+    if args.json {
+        println!("{}", holder_json(key, holder.as_ref()));
+    } else {
+        match &holder {
+            None => println!("{key:?} is free"),
+            Some(h) => {
+                println!("{key:?} is held by {}", describe_holder(h));
+                let left = match h.expires_in {
+                    Some(left) => {
+                        humantime::format_duration(Duration::from_millis(left.as_millis() as u64))
+                            .to_string()
+                    }
+                    None => "until the holder releases it or exits (no TTL)".into(),
+                };
+                println!("  time left: {left}");
+                if let Some(metadata) = h.metadata.as_deref()
+                    && CliMetadata::from_json(metadata).is_none()
+                {
+                    println!("  metadata: {metadata}");
+                }
+            }
+        }
+    }
+    Ok(if holder.is_some() {
+        exit::HELD
+    } else {
+        exit::FREE
+    })
+}

@@ -1,0 +1,908 @@
+//! The file backend: locks shared by the processes of one host, with no
+//! server. A lock is an OS file lock (`flock`) on one file per key, so the
+//! kernel frees it the moment its holder exits, crashes or is SIGKILLed.
+//!
+//! # Layout
+//!
+//! Inside the directory, each namespace has a folder `ns-<namespace>`, and
+//! each key two files in it:
+//!
+//! * `<name>.lock` — the file that is `flock`ed. It holds the key's fencing
+//!   counter and the full key. It is created once (atomically, complete) and
+//!   never deleted by distlock: deleting a file others may be locking would
+//!   let two processes lock two different files of the same name.
+//! * `<name>.holder` — who holds the lock: fencing token, pid, host, since
+//!   and metadata. Written atomically (temporary file + rename) right after
+//!   the lock is taken, removed right before it is released. [`inspect`]
+//!   reads it and checks that the lock really is held with a non-blocking
+//!   shared `flock` probe, so a crashed holder's stale record is ignored.
+//!
+//! `<name>` is `k-` followed by the key with every byte other than ASCII
+//! letters, digits, `_` and `-` percent-encoded, when that fits in 200
+//! bytes; longer keys use `h-` followed by the SHA-256 of the key in hex,
+//! and the `.lock` file's copy of the key guards against (never expected)
+//! hash collisions. The encoding is injective, never produces `.`, `..` or
+//! `/`, and always fits within `NAME_MAX` (255), so no key escapes the
+//! directory or shares a lock with another.
+//!
+//! # Fencing tokens
+//!
+//! Each grant stores `max(previous token + 1, microseconds since the Unix
+//! epoch)` in the `.lock` file while holding the lock. Tokens therefore
+//! strictly increase per key across processes and restarts, and keep
+//! increasing even if the directory is wiped (a tmpfs after a reboot) as
+//! long as the wall clock is not stepped back past the last token.
+//!
+//! # What differs from a TTL store
+//!
+//! [`Capabilities::ttl_expiry`] is false: a lock lives exactly as long as
+//! its holder keeps it, whatever its TTL. The engine therefore gives such
+//! locks no validity deadline; extending only checks that the lock is still
+//! ours. Deleting or replacing a `.lock` file behind its holder's back is
+//! detected by the next extend ([`Error::NotHeld`], so
+//! [`Lock::lost`](crate::Lock::lost) fires). Ownership is checked against
+//! the owner token inside this process; other processes cannot release a
+//! lock they do not hold, since the OS lock belongs to the holder's open
+//! file.
+//!
+//! A [`Lock`](crate::Lock) dropped where no tokio runtime can release it
+//! stays held until the backend itself is dropped or the process exits
+//! (there is no TTL to end it sooner).
+//!
+//! The directory must be on a local file system: `flock` over NFS is not
+//! reliable. Unix only.
+//!
+//! [`inspect`]: crate::Locker::inspect
+//! [`Capabilities::ttl_expiry`]: crate::backend::Capabilities::ttl_expiry
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{self, Write};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::future::BoxFuture;
+use sha2::{Digest, Sha256};
+use tokio::time::Instant;
+
+use crate::backend::{AcquireRequest, Attempt, Backend, Capabilities};
+use crate::error::{Error, Result};
+use crate::holder::HolderInfo;
+use crate::key::{Key, LockKey, Namespace};
+use crate::lease::{LeaseRef, OwnerToken};
+
+/// The longest percent-encoded key kept readable in a file name.
+const MAX_ENCODED: usize = 200;
+
+/// The start of every `.lock` file, followed by the 20-digit token.
+const LOCK_HEADER: &[u8] = b"distlock file lock v1\ntoken ";
+const TOKEN_DIGITS: usize = 20;
+const KEY_LINE: &[u8] = b"\nkey ";
+
+const HOLDER_HEADER: &str = "distlock holder v1";
+
+/// How often a waiter re-reads the holder record for a release.
+const RELEASE_POLL: Duration = Duration::from_millis(10);
+
+/// How many times a busy lock without a (current) holder record is looked
+/// at again, 1 ms apart, before it is reported without details. The record
+/// is missing only for the microseconds between taking the lock and writing
+/// it, or while another process's `inspect` probes the lock.
+const BUSY_RECHECKS: u32 = 3;
+
+/// Locks on one host, as `flock`s on files in a directory.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> distlock::Result<()> {
+/// use std::sync::Arc;
+/// use distlock::{Locker, backend::file::FileBackend};
+///
+/// let dir = std::env::temp_dir().join(format!("distlock-doc-{}", std::process::id()));
+/// // Two backends on one directory behave like two processes.
+/// let a = Locker::builder(Arc::new(FileBackend::open(&dir)?)).build()?;
+/// let b = Locker::from_url(&format!("file://{}", dir.display())).await?;
+/// let lock = a.obtain("nightly-report").await?;
+/// let holder = b.inspect("nightly-report").await?.expect("held");
+/// assert_eq!(holder.fencing_token, lock.fencing_token());
+/// assert_eq!(holder.pid, Some(std::process::id()));
+/// assert!(b.try_obtain("nightly-report").await.unwrap_err().is_not_obtained());
+/// lock.release().await?;
+/// # std::fs::remove_dir_all(&dir).ok();
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct FileBackend {
+    dir: PathBuf,
+    host: String,
+    held: Mutex<HashMap<LockKey, Held>>,
+}
+
+/// A lock this backend holds: the open file carries the OS lock.
+#[derive(Debug)]
+struct Held {
+    owner: OwnerToken,
+    file: File,
+    fencing_token: u64,
+    since: SystemTime,
+    metadata: Option<Arc<str>>,
+}
+
+/// Where one key's files live.
+#[derive(Debug)]
+struct KeyPaths {
+    dir: PathBuf,
+    lock: PathBuf,
+    holder: PathBuf,
+}
+
+/// The outcome of one synchronous look at a lock.
+enum Step {
+    Granted(u64),
+    /// Held by someone else; `None` when the holder's record is not (yet)
+    /// there.
+    Busy(Option<HolderInfo>),
+}
+
+/// The holder record, as stored in `<name>.holder`.
+#[derive(Debug, PartialEq)]
+struct Record {
+    token: u64,
+    pid: u32,
+    host: String,
+    since: SystemTime,
+    metadata: Option<String>,
+}
+
+impl FileBackend {
+    /// A backend keeping its lock files in `dir`, which is created if
+    /// missing. Use a directory on a local file system.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(|e| io_error("open", &dir, e))?;
+        if !std::fs::metadata(&dir)
+            .map_err(|e| io_error("open", &dir, e))?
+            .is_dir()
+        {
+            return Err(Error::backend(
+                "file",
+                "open",
+                format!("{} is not a directory", dir.display()),
+            ));
+        }
+        let host = nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().replace(['\n', '\r'], " "))
+            .unwrap_or_default();
+        Ok(FileBackend {
+            dir,
+            host,
+            held: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The directory holding the lock files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The file that is `flock`ed for `key` (it may not exist yet).
+    pub fn lock_path(&self, key: &LockKey) -> PathBuf {
+        self.paths(key).lock
+    }
+
+    /// The file describing the current holder of `key`, if any.
+    pub fn holder_path(&self, key: &LockKey) -> PathBuf {
+        self.paths(key).holder
+    }
+
+    fn paths(&self, key: &LockKey) -> KeyPaths {
+        let dir = self.dir.join(namespace_dir(&key.namespace));
+        let name = file_name(&key.key);
+        KeyPaths {
+            lock: dir.join(format!("{name}.lock")),
+            holder: dir.join(format!("{name}.holder")),
+            dir,
+        }
+    }
+
+    fn held(&self) -> MutexGuard<'_, HashMap<LockKey, Held>> {
+        // Every update is one insert or remove: a poisoned map is consistent.
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One synchronous attempt. Never blocks on the lock: `try_lock` only.
+    fn try_acquire_now(&self, req: &AcquireRequest) -> Result<Step> {
+        let mut held = self.held();
+        if let Some(h) = held.get(&req.key) {
+            return Ok(if h.owner == req.owner {
+                Step::Granted(h.fencing_token)
+            } else {
+                Step::Busy(Some(self.info(h)))
+            });
+        }
+        let paths = self.paths(&req.key);
+        // A few rounds: the file may be deleted or replaced between opening
+        // and locking it (an operator cleaning up); then lock the new one.
+        for _ in 0..8 {
+            let file = match open_lock_file(&paths.lock, true) {
+                Ok(file) => file,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    create_lock_file(&paths, &req.key.key)
+                        .map_err(|e| io_error("acquire", &paths.lock, e))?;
+                    continue;
+                }
+                Err(e) => return Err(io_error("acquire", &paths.lock, e)),
+            };
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(TryLockError::WouldBlock) => {
+                    return Ok(Step::Busy(self.busy_holder(&paths, &file, &req.key.key)?));
+                }
+                Err(TryLockError::Error(e)) => return Err(io_error("acquire", &paths.lock, e)),
+            }
+            if !is_current(&file, &paths.lock).map_err(|e| io_error("acquire", &paths.lock, e))? {
+                continue; // unlocked when `file` drops
+            }
+            let last = read_lock_file(&file, &req.key.key, &paths.lock)?;
+            let fencing_token = (last + 1).max(micros_since_epoch());
+            file.write_all_at(
+                format!("{fencing_token:0TOKEN_DIGITS$}").as_bytes(),
+                LOCK_HEADER.len() as u64,
+            )
+            .map_err(|e| io_error("acquire", &paths.lock, e))?;
+            let since = SystemTime::now();
+            let record = Record {
+                token: fencing_token,
+                pid: std::process::id(),
+                host: self.host.clone(),
+                since,
+                metadata: req.metadata.as_deref().map(str::to_owned),
+            };
+            write_record(&paths, &record).map_err(|e| io_error("acquire", &paths.holder, e))?;
+            held.insert(
+                req.key.clone(),
+                Held {
+                    owner: req.owner,
+                    file,
+                    fencing_token,
+                    since,
+                    metadata: req.metadata.clone(),
+                },
+            );
+            return Ok(Step::Granted(fencing_token));
+        }
+        Err(Error::backend(
+            "file",
+            "acquire",
+            format!("{} keeps being replaced", paths.lock.display()),
+        ))
+    }
+
+    /// The holder of a lock `file` that someone holds, when its record is
+    /// current (not left behind by an earlier, crashed holder).
+    fn busy_holder(&self, paths: &KeyPaths, file: &File, key: &Key) -> Result<Option<HolderInfo>> {
+        let current = read_lock_file(file, key, &paths.lock)?;
+        Ok(read_record(&paths.holder)
+            .filter(|r| r.token >= current)
+            .map(|r| self.record_info(r)))
+    }
+
+    fn info(&self, h: &Held) -> HolderInfo {
+        HolderInfo::new(h.fencing_token)
+            .metadata(h.metadata.as_deref().map(str::to_owned))
+            .process(std::process::id(), self.host.clone())
+            .since(h.since)
+    }
+
+    fn record_info(&self, r: Record) -> HolderInfo {
+        HolderInfo::new(r.token)
+            .metadata(r.metadata)
+            .process(r.pid, r.host)
+            .since(r.since)
+    }
+
+    /// One read-only look: `Some(step)` when decided, `None` to look again.
+    fn inspect_now(&self, key: &LockKey, last_try: bool) -> Result<Option<Option<HolderInfo>>> {
+        if let Some(h) = self.held().get(key) {
+            return Ok(Some(Some(self.info(h))));
+        }
+        let paths = self.paths(key);
+        let file = match open_lock_file(&paths.lock, false) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Some(None)),
+            Err(e) => return Err(io_error("inspect", &paths.lock, e)),
+        };
+        // A shared lock succeeds only if nobody holds the exclusive one; it
+        // is dropped at once. Acquirers that meet it look again shortly.
+        match file.try_lock_shared() {
+            Ok(()) => return Ok(Some(None)),
+            Err(TryLockError::WouldBlock) => {}
+            Err(TryLockError::Error(e)) => return Err(io_error("inspect", &paths.lock, e)),
+        }
+        match self.busy_holder(&paths, &file, &key.key)? {
+            Some(info) => Ok(Some(Some(info))),
+            None if last_try => {
+                let token = read_lock_file(&file, &key.key, &paths.lock)?;
+                Ok(Some(Some(HolderInfo::new(token))))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn extend_now(&self, lease: &LeaseRef) -> Result<()> {
+        let mut held = self.held();
+        let Some(h) = held.get(&lease.key).filter(|h| h.owner == lease.owner) else {
+            return Err(not_held(&lease.key));
+        };
+        let path = self.paths(&lease.key).lock;
+        match is_current(&h.file, &path) {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                // Deleted or replaced behind our back: someone else may lock
+                // the new file now. Let go of ours.
+                held.remove(&lease.key);
+                Err(not_held(&lease.key))
+            }
+            Err(e) => Err(io_error("extend", &path, e)),
+        }
+    }
+
+    fn release_now(&self, lease: &LeaseRef) -> Result<()> {
+        let mut held = self.held();
+        if !held.get(&lease.key).is_some_and(|h| h.owner == lease.owner) {
+            return Err(not_held(&lease.key));
+        }
+        let h = held.remove(&lease.key).expect("checked above");
+        let paths = self.paths(&lease.key);
+        let current = is_current(&h.file, &paths.lock).unwrap_or(false);
+        if current {
+            // Still under the lock: the record is ours. Removed before the
+            // lock is let go, so it never describes a released lock.
+            if let Err(e) = std::fs::remove_file(&paths.holder)
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                tracing::debug!(path = %paths.holder.display(), error = %e, "removing the holder record failed");
+            }
+        }
+        drop(h); // closes the file: the OS lock is released
+        if current {
+            Ok(())
+        } else {
+            Err(not_held(&lease.key))
+        }
+    }
+
+    async fn wait(&self, key: &LockKey, until: Instant) {
+        let holder = self.paths(key).holder;
+        let seen = read_record(&holder).map(|r| r.token);
+        loop {
+            let now = Instant::now();
+            if now >= until {
+                return;
+            }
+            tokio::time::sleep_until(until.min(now + RELEASE_POLL)).await;
+            // No record to watch: look again after one poll.
+            if seen.is_none() || read_record(&holder).map(|r| r.token) != seen {
+                return;
+            }
+        }
+    }
+}
+
+impl Backend for FileBackend {
+    fn name(&self) -> &'static str {
+        "file"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { ttl_expiry: false }
+    }
+
+    fn try_acquire<'a>(&'a self, req: &'a AcquireRequest) -> BoxFuture<'a, Result<Attempt>> {
+        // Each attempt is synchronous (a non-blocking `try_lock` and a few
+        // small reads and writes), so dropping this future never leaves a
+        // lock behind that nobody knows about.
+        Box::pin(async move {
+            let mut rechecks = 0;
+            loop {
+                match self.try_acquire_now(req)? {
+                    Step::Granted(fencing_token) => return Ok(Attempt::Granted { fencing_token }),
+                    Step::Busy(None) if rechecks < BUSY_RECHECKS => {
+                        rechecks += 1;
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    Step::Busy(holder) => return Ok(Attempt::Contended { holder }),
+                }
+            }
+        })
+    }
+
+    fn extend<'a>(&'a self, lease: &'a LeaseRef, ttl: Duration) -> BoxFuture<'a, Result<()>> {
+        let _ = ttl; // a file lock has no TTL
+        Box::pin(async move { self.extend_now(lease) })
+    }
+
+    fn release<'a>(&'a self, lease: &'a LeaseRef) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move { self.release_now(lease) })
+    }
+
+    fn inspect<'a>(&'a self, key: &'a LockKey) -> BoxFuture<'a, Result<Option<HolderInfo>>> {
+        Box::pin(async move {
+            let mut tries = 0;
+            loop {
+                if let Some(found) = self.inspect_now(key, tries == BUSY_RECHECKS)? {
+                    return Ok(found);
+                }
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    }
+
+    fn wait_for_release<'a>(
+        &'a self,
+        key: &'a LockKey,
+        until: Instant,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.wait(key, until).await;
+            Ok(())
+        })
+    }
+
+    // `close` keeps the default no-op: lockers sharing this backend may
+    // still hold locks, and each `Locker::close` releases its own. Files
+    // still held are unlocked when the backend is dropped.
+}
+
+fn not_held(key: &LockKey) -> Error {
+    Error::NotHeld {
+        key: key.key.to_string(),
+    }
+}
+
+fn io_error(op: &'static str, path: &Path, e: io::Error) -> Error {
+    Error::backend("file", op, format!("{}: {e}", path.display()))
+}
+
+fn micros_since_epoch() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// The folder of a namespace. Namespaces may be `.` or `..`; the prefix
+/// keeps them inside the directory.
+fn namespace_dir(namespace: &Namespace) -> String {
+    format!("ns-{namespace}")
+}
+
+/// The injective, directory-safe file name stem of a key.
+fn file_name(key: &Key) -> String {
+    let mut encoded = String::with_capacity(key.as_str().len() + 2);
+    encoded.push_str("k-");
+    for b in key.as_str().bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            encoded.push(char::from(b));
+        } else {
+            let _ = write!(encoded, "%{b:02X}");
+        }
+        if encoded.len() > MAX_ENCODED {
+            let digest = Sha256::digest(key.as_str().as_bytes());
+            let mut hashed = String::with_capacity(2 + 64);
+            hashed.push_str("h-");
+            for b in digest {
+                let _ = write!(hashed, "{b:02x}");
+            }
+            return hashed;
+        }
+    }
+    encoded
+}
+
+fn open_lock_file(path: &Path, write: bool) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(write)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// Creates the `.lock` file complete, or leaves an existing one alone: the
+/// content is written to a temporary file first and hard-linked into place,
+/// which fails if the name exists.
+fn create_lock_file(paths: &KeyPaths, key: &Key) -> io::Result<()> {
+    std::fs::create_dir_all(&paths.dir)?;
+    let mut content = Vec::with_capacity(LOCK_HEADER.len() + 32 + key.as_str().len());
+    content.extend_from_slice(LOCK_HEADER);
+    content.extend_from_slice(format!("{:0TOKEN_DIGITS$}", 0).as_bytes());
+    content.extend_from_slice(KEY_LINE);
+    content.extend_from_slice(key.as_str().as_bytes());
+    content.push(b'\n');
+    let tmp = write_temp(&paths.dir, &content)?;
+    let linked = std::fs::hard_link(&tmp, &paths.lock);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Writes `content` to a new temporary file in `dir` and returns its path.
+/// Temporary names start with a dot, which no lock or holder file does.
+fn write_temp(dir: &Path, content: &[u8]) -> io::Result<PathBuf> {
+    let tmp = dir.join(format!(
+        ".tmp-{}-{:016x}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(&tmp)?;
+    if let Err(e) = file.write_all(content) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(tmp)
+}
+
+/// Whether `path` still names the file `file` has open.
+fn is_current(file: &File, path: &Path) -> io::Result<bool> {
+    let open = file.metadata()?;
+    match std::fs::symlink_metadata(path) {
+        Ok(named) => Ok(named.dev() == open.dev() && named.ino() == open.ino()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The whole content of `file`, read from offset 0 whatever its position.
+fn read_from_start(file: &File) -> io::Result<Vec<u8>> {
+    let mut content = vec![0; 2048];
+    let mut len = 0;
+    loop {
+        if len == content.len() {
+            content.resize(len * 2, 0);
+        }
+        match file.read_at(&mut content[len..], len as u64) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    content.truncate(len);
+    Ok(content)
+}
+
+/// Reads a `.lock` file: returns the last fencing token, after checking the
+/// file belongs to `key` (a hashed name shared by two keys is an error).
+fn read_lock_file(file: &File, key: &Key, path: &Path) -> Result<u64> {
+    let content = read_from_start(file).map_err(|e| io_error("read", path, e))?;
+    let corrupt = || {
+        Error::backend(
+            "file",
+            "read",
+            format!(
+                "{} is not a distlock lock file; remove it only when no process uses that lock",
+                path.display()
+            ),
+        )
+    };
+    let rest = content.strip_prefix(LOCK_HEADER).ok_or_else(corrupt)?;
+    if rest.len() < TOKEN_DIGITS {
+        return Err(corrupt());
+    }
+    let (digits, rest) = rest.split_at(TOKEN_DIGITS);
+    let token = std::str::from_utf8(digits)
+        .ok()
+        .and_then(|d| d.parse::<u64>().ok())
+        .ok_or_else(corrupt)?;
+    let stored = rest
+        .strip_prefix(KEY_LINE)
+        .and_then(|k| k.strip_suffix(b"\n"))
+        .ok_or_else(corrupt)?;
+    if stored != key.as_str().as_bytes() {
+        return Err(Error::backend(
+            "file",
+            "read",
+            format!(
+                "{} belongs to key {:?}, not {:?} (a SHA-256 collision of long keys)",
+                path.display(),
+                String::from_utf8_lossy(stored),
+                key.as_str()
+            ),
+        ));
+    }
+    Ok(token)
+}
+
+fn encode_record(r: &Record) -> Vec<u8> {
+    let since = r.since.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let mut out = format!(
+        "{HOLDER_HEADER}\ntoken {}\npid {}\nhost {}\nsince {}.{:09}\n",
+        r.token,
+        r.pid,
+        r.host,
+        since.as_secs(),
+        since.subsec_nanos()
+    )
+    .into_bytes();
+    match &r.metadata {
+        Some(m) => {
+            out.extend_from_slice(format!("metadata {}\n", m.len()).as_bytes());
+            out.extend_from_slice(m.as_bytes());
+        }
+        None => out.extend_from_slice(b"metadata none\n"),
+    }
+    out
+}
+
+fn decode_record(bytes: &[u8]) -> Option<Record> {
+    let mut rest = bytes;
+    let mut line = |prefix: &str| -> Option<String> {
+        let end = rest.iter().position(|&b| b == b'\n')?;
+        let text = std::str::from_utf8(&rest[..end]).ok()?;
+        rest = &rest[end + 1..];
+        text.strip_prefix(prefix).map(str::to_owned)
+    };
+    if !line(HOLDER_HEADER)?.is_empty() {
+        return None;
+    }
+    let token = line("token ")?.parse().ok()?;
+    let pid = line("pid ")?.parse().ok()?;
+    let host = line("host ")?;
+    let since = line("since ")?;
+    let (secs, nanos) = since.split_once('.')?;
+    let since = UNIX_EPOCH + Duration::new(secs.parse().ok()?, nanos.parse().ok()?);
+    let metadata = match line("metadata ")?.as_str() {
+        "none" => None,
+        len => {
+            let len: usize = len.parse().ok()?;
+            Some(String::from_utf8(rest.get(..len)?.to_vec()).ok()?)
+        }
+    };
+    Some(Record {
+        token,
+        pid,
+        host,
+        since,
+        metadata,
+    })
+}
+
+/// The current holder record, if there is a readable one.
+fn read_record(path: &Path) -> Option<Record> {
+    decode_record(&std::fs::read(path).ok()?)
+}
+
+fn write_record(paths: &KeyPaths, record: &Record) -> io::Result<()> {
+    let tmp = write_temp(&paths.dir, &encode_record(record))?;
+    std::fs::rename(&tmp, &paths.holder).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(k: &str) -> Key {
+        Key::new(k).unwrap()
+    }
+
+    #[test]
+    fn file_names_are_safe_injective_and_short() {
+        let long = "x".repeat(crate::MAX_KEY_BYTES);
+        let emoji = "🚀".repeat(crate::MAX_KEY_BYTES / 4);
+        let keys = [
+            "a",
+            "a/b",
+            "a%2Fb",
+            "a.b",
+            "..",
+            ".",
+            "../../etc/passwd",
+            "A",
+            "a b",
+            "a\nb",
+            "k-a",
+            "h-a",
+            &long,
+            &emoji,
+        ];
+        let mut names: Vec<String> = keys.iter().map(|k| file_name(&key(k))).collect();
+        for name in &names {
+            assert!(name.len() <= MAX_ENCODED + 2, "{name}");
+            assert!(
+                name.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-%".contains(&b)),
+                "{name}"
+            );
+            assert!(name.starts_with("k-") || name.starts_with("h-"));
+        }
+        assert_eq!(names[0], "k-a");
+        assert_eq!(names[1], "k-a%2Fb");
+        assert_eq!(names[2], "k-a%252Fb");
+        assert!(names[12].starts_with("h-") && names[12].len() == 66);
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), keys.len(), "two keys share a file name");
+        assert_eq!(namespace_dir(&Namespace::new("..").unwrap()), "ns-..");
+    }
+
+    #[test]
+    fn holder_records_round_trip() {
+        let record = Record {
+            token: 1_745_000_000_000_001,
+            pid: 42,
+            host: "box-1".into(),
+            since: UNIX_EPOCH + Duration::new(1_745_000_000, 123_456_789),
+            metadata: Some("line 1\nline 2 {json: true}".into()),
+        };
+        assert_eq!(decode_record(&encode_record(&record)), Some(record));
+        let bare = Record {
+            token: 7,
+            pid: 1,
+            host: String::new(),
+            since: UNIX_EPOCH,
+            metadata: None,
+        };
+        assert_eq!(decode_record(&encode_record(&bare)), Some(bare));
+        assert_eq!(decode_record(b"garbage"), None);
+        assert_eq!(decode_record(b""), None);
+    }
+
+    fn temp_dir(case: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("distlock-file-{case}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn lock_key(k: &str) -> LockKey {
+        LockKey {
+            namespace: Namespace::default(),
+            key: key(k),
+        }
+    }
+
+    fn request(k: &str) -> AcquireRequest {
+        AcquireRequest::new(
+            lock_key(k),
+            OwnerToken::random().unwrap(),
+            Duration::from_secs(1),
+        )
+    }
+
+    async fn grant(backend: &FileBackend, req: &AcquireRequest) -> u64 {
+        match backend.try_acquire(req).await.unwrap() {
+            Attempt::Granted { fencing_token } => fencing_token,
+            other => panic!("expected a grant, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_crashed_holders_record_is_ignored() {
+        let dir = temp_dir("stale");
+        let a = FileBackend::open(&dir).unwrap();
+        let b = FileBackend::open(&dir).unwrap();
+        let req = request("k");
+        let token = grant(&a, &req).await;
+        let holder = b.inspect(&req.key).await.unwrap().expect("held");
+        assert_eq!(
+            (holder.fencing_token, holder.pid),
+            (token, Some(std::process::id()))
+        );
+        // A crash: the OS drops the lock, the record stays behind.
+        let record = std::fs::read(a.holder_path(&req.key)).unwrap();
+        a.held().clear();
+        std::fs::write(a.holder_path(&req.key), record).unwrap();
+        assert_eq!(b.inspect(&req.key).await.unwrap(), None);
+        let next = grant(&b, &request("k")).await;
+        assert!(next > token);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn tokens_keep_increasing_when_the_directory_is_wiped() {
+        let dir = temp_dir("wiped");
+        let backend = FileBackend::open(&dir).unwrap();
+        let first = request("k");
+        let t1 = grant(&backend, &first).await;
+        backend.release(&first.lease()).await.unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let t2 = grant(&backend, &request("k")).await;
+        assert!(t2 > t1, "{t2} after {t1}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_replaced_lock_file_is_detected_by_extend() {
+        let dir = temp_dir("replaced");
+        let a = FileBackend::open(&dir).unwrap();
+        let req = request("k");
+        grant(&a, &req).await;
+        std::fs::remove_file(a.lock_path(&req.key)).unwrap();
+        // Someone else can take the new file; the old holder learns it lost.
+        let b = FileBackend::open(&dir).unwrap();
+        grant(&b, &request("k")).await;
+        assert!(
+            a.extend(&req.lease(), Duration::from_secs(1))
+                .await
+                .unwrap_err()
+                .is_not_held()
+        );
+        assert!(a.release(&req.lease()).await.unwrap_err().is_not_held());
+        assert!(
+            b.inspect(&req.key).await.unwrap().is_some(),
+            "b's record survives a's release"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_lock_file_of_another_key_is_refused() {
+        let dir = temp_dir("collision");
+        let backend = FileBackend::open(&dir).unwrap();
+        let long = "y".repeat(300);
+        let req = request(&long);
+        let path = backend.lock_path(&req.key);
+        assert!(
+            path.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("h-")
+        );
+        // Forge the file a colliding key would have created.
+        let other = KeyPaths {
+            dir: path.parent().unwrap().to_path_buf(),
+            lock: path.clone(),
+            holder: backend.holder_path(&req.key),
+        };
+        create_lock_file(&other, &key("not the same key")).unwrap();
+        let err = backend.try_acquire(&req).await.unwrap_err();
+        assert!(err.to_string().contains("collision"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// `inspect` probes with a shared lock for a few microseconds; an
+    /// acquirer that meets the probe looks again instead of reporting a free
+    /// key as held.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn inspect_probes_do_not_make_a_free_key_look_held() {
+        let dir = temp_dir("probes");
+        let inspector = Arc::new(FileBackend::open(&dir).unwrap());
+        let acquirer = FileBackend::open(&dir).unwrap();
+        let key = lock_key("k");
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let probing = {
+            let (inspector, key, stop) = (inspector.clone(), key.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut probes = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = inspector.inspect(&key).await.unwrap();
+                    probes += 1;
+                    tokio::task::yield_now().await;
+                }
+                probes
+            })
+        };
+        for round in 0..2000 {
+            let req = request("k");
+            match acquirer.try_acquire(&req).await.unwrap() {
+                Attempt::Granted { .. } => acquirer.release(&req.lease()).await.unwrap(),
+                other => panic!("round {round}: a free key looked held: {other:?}"),
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(probing.await.unwrap() > 100);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
