@@ -152,9 +152,19 @@ wait "$pid" 2>/dev/null
         log
     }
 
-    /// Whether the server process still runs.
+    /// Whether the server process still runs. A killed server stays a
+    /// zombie until its watchdog reaps it, which `sh` does only after its
+    /// `read` returns: a zombie counts as dead.
     pub fn is_alive(&self) -> bool {
-        kill(Pid::from_raw(self.pid), None).is_ok()
+        let zombie = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
+            .ok()
+            .and_then(|stat| {
+                // The state follows the parenthesised command name.
+                let after = stat.rsplit_once(')')?.1;
+                after.split_whitespace().next().map(|state| state == "Z")
+            })
+            .unwrap_or(false);
+        !zombie && kill(Pid::from_raw(self.pid), None).is_ok()
     }
 
     /// SIGSTOP: the server stops answering but keeps its connections.
