@@ -150,6 +150,9 @@ impl Locker {
     /// A locker for the store a URL names:
     ///
     /// * `memory://` — a fresh in-process store.
+    /// * `redis://[user:password@]host:port/db` and `rediss://...` (TLS) —
+    ///   one Redis server (cargo feature `redis`; see
+    ///   `distlock::backend::redis`).
     ///
     /// Every URL takes `?namespace=NAME`. `redis://`, `rediss://`,
     /// `etcd://` and `file://` belong to backends behind cargo features;

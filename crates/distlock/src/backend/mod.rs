@@ -29,6 +29,8 @@ use crate::key::LockKey;
 use crate::lease::{LeaseRef, OwnerToken};
 
 pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 /// One acquisition attempt, as the engine asks a backend for it.
 #[derive(Clone, Debug)]
