@@ -1,7 +1,9 @@
 //! Redis scenarios: distlock next to a raw redis-rs floor, same server,
 //! same run.
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 
 use distlock::backend::redis::RedisBackend;
@@ -22,8 +24,8 @@ const RAW_UNLOCK: &str =
 /// How many keys the uncontended cycle rotates over.
 const KEYS: usize = 64;
 
-async fn locker(env: &Env, namespace: &str) -> Locker {
-    let backend = RedisBackend::connect(&env.redis_url)
+async fn locker(url: &str, namespace: &str) -> Locker {
+    let backend = RedisBackend::connect(url)
         .await
         .expect("connect distlock to the bench redis-server");
     Locker::builder(Arc::new(backend))
@@ -39,7 +41,7 @@ async fn locker(env: &Env, namespace: &str) -> Locker {
 /// They run in alternating blocks so drift in the machine's load hits all
 /// alike.
 pub async fn uncontended(env: &Env) -> Report {
-    let locker = locker(env, "bench-uncontended").await;
+    let locker = locker(&env.redis_url, "bench-uncontended").await;
     let mut raw: ConnectionManager = redis::Client::open(env.redis_url.as_str())
         .unwrap()
         .get_connection_manager()
@@ -173,87 +175,102 @@ pub async fn uncontended(env: &Env) -> Report {
     }
 }
 
-/// Shared state of one contended run.
+/// Shared state of one contended run. Times are `std` instants: the
+/// contenders may run on different runtimes.
+#[derive(Default)]
 struct Hot {
     /// Who released last, and when the release was called.
-    last_release: Mutex<Option<(usize, Instant)>>,
+    last_release: Mutex<Option<(usize, std::time::Instant)>>,
     handoffs: Mutex<Vec<Duration>>,
     waits: Mutex<Vec<Duration>>,
     regrants: Mutex<usize>,
     grants: Mutex<Vec<usize>>,
-    inside: std::sync::atomic::AtomicBool,
+    inside: AtomicBool,
+    granted: AtomicUsize,
 }
 
-/// `waiters` tasks contend for one hot key in a loop (obtain, 1 ms
-/// critical section, release, obtain again) until `env.handoffs` grants.
-/// `separate_lockers`: each task has its own Locker and connections, as
-/// separate processes would (handoff through Redis pub/sub); otherwise they
-/// share one Locker (handoff through its local queue).
-async fn contended(env: &Env, waiters: usize, separate_lockers: bool) -> Report {
-    let namespace = if separate_lockers {
-        "bench-hot-procs"
-    } else {
-        "bench-hot-local"
-    };
-    let shared = locker(env, namespace).await;
-    let mut lockers = Vec::new();
-    for _ in 0..waiters {
-        lockers.push(if separate_lockers {
-            locker(env, namespace).await
-        } else {
-            shared.clone()
-        });
+/// One contender: obtain, 1 ms critical section, release, until `total`
+/// sections were granted to anyone.
+async fn contend(id: usize, locker: &Locker, hot: &Hot, total: usize) {
+    use std::time::Instant;
+    while hot.granted.load(SeqCst) < total {
+        let asked = Instant::now();
+        let opts = ObtainOptions::new().wait(Duration::from_secs(60));
+        let lock = locker.obtain_with("hot", opts).await.unwrap();
+        let got = Instant::now();
+        assert!(!hot.inside.swap(true, SeqCst), "two holders at once");
+        hot.granted.fetch_add(1, SeqCst);
+        hot.waits.lock().unwrap().push(got - asked);
+        hot.grants.lock().unwrap()[id] += 1;
+        match *hot.last_release.lock().unwrap() {
+            Some((prev, at)) if prev != id => hot.handoffs.lock().unwrap().push(got - at),
+            Some(_) => *hot.regrants.lock().unwrap() += 1,
+            None => {}
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        hot.inside.store(false, SeqCst);
+        *hot.last_release.lock().unwrap() = Some((id, Instant::now()));
+        lock.release().await.unwrap();
     }
-    let hot = Arc::new(Hot {
-        last_release: Mutex::new(None),
-        handoffs: Mutex::new(Vec::new()),
-        waits: Mutex::new(Vec::new()),
-        regrants: Mutex::new(0),
-        grants: Mutex::new(vec![0; waiters]),
-        inside: Default::default(),
-    });
+}
+
+/// `waiters` contenders loop on one hot key until `env.handoffs` sections.
+/// `processes`: each contender has its own thread, tokio runtime, Locker
+/// and connections, as separate processes would (handoff through Redis
+/// pub/sub); otherwise they are tasks sharing one Locker (handoff through
+/// its local queue).
+async fn contended(env: &Env, waiters: usize, processes: bool) -> Report {
     let total = env.handoffs;
-    let granted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let start = Instant::now();
-    let tasks: Vec<_> = lockers
-        .iter()
-        .cloned()
-        .enumerate()
-        .map(|(id, locker)| {
-            let (hot, granted) = (hot.clone(), granted.clone());
-            tokio::spawn(async move {
-                use std::sync::atomic::Ordering::SeqCst;
-                while granted.load(SeqCst) < total {
-                    let asked = Instant::now();
-                    let opts = ObtainOptions::new().wait(Duration::from_secs(60));
-                    let lock = locker.obtain_with("hot", opts).await.unwrap();
-                    let got = Instant::now();
-                    assert!(!hot.inside.swap(true, SeqCst), "two holders at once");
-                    granted.fetch_add(1, SeqCst);
-                    hot.waits.lock().unwrap().push(got - asked);
-                    hot.grants.lock().unwrap()[id] += 1;
-                    match *hot.last_release.lock().unwrap() {
-                        Some((prev, at)) if prev != id => {
-                            hot.handoffs.lock().unwrap().push(got - at)
-                        }
-                        Some(_) => *hot.regrants.lock().unwrap() += 1,
-                        None => {}
-                    }
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                    hot.inside.store(false, SeqCst);
-                    *hot.last_release.lock().unwrap() = Some((id, Instant::now()));
-                    lock.release().await.unwrap();
-                }
+    let hot = Arc::new(Hot {
+        grants: Mutex::new(vec![0; waiters]),
+        ..Hot::default()
+    });
+    let wall = if processes {
+        // All connected before the clock starts.
+        let ready = Arc::new(Barrier::new(waiters + 1));
+        let threads: Vec<_> = (0..waiters)
+            .map(|id| {
+                let (hot, ready, url) = (hot.clone(), ready.clone(), env.redis_url.clone());
+                std::thread::spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    runtime.block_on(async {
+                        let locker = locker(&url, "bench-hot-procs").await;
+                        ready.wait();
+                        contend(id, &locker, &hot, total).await;
+                        locker.close().await.unwrap();
+                    });
+                })
             })
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            ready.wait();
+            let start = std::time::Instant::now();
+            for thread in threads {
+                thread.join().unwrap();
+            }
+            start.elapsed()
         })
-        .collect();
-    for task in tasks {
-        task.await.unwrap();
-    }
-    let wall = start.elapsed();
-    for locker in lockers.iter().chain([&shared]) {
-        locker.close().await.unwrap();
-    }
+        .await
+        .unwrap()
+    } else {
+        let shared = locker(&env.redis_url, "bench-hot-local").await;
+        let start = std::time::Instant::now();
+        let tasks: Vec<_> = (0..waiters)
+            .map(|id| {
+                let (locker, hot) = (shared.clone(), hot.clone());
+                tokio::spawn(async move { contend(id, &locker, &hot, total).await })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let wall = start.elapsed();
+        shared.close().await.unwrap();
+        wall
+    };
     let handoffs = std::mem::take(&mut *hot.handoffs.lock().unwrap());
     let waits = std::mem::take(&mut *hot.waits.lock().unwrap());
     let grants = hot.grants.lock().unwrap().clone();
@@ -299,15 +316,15 @@ async fn contended(env: &Env, waiters: usize, separate_lockers: bool) -> Report 
         stats: waits,
     });
     Report {
-        scenario: if separate_lockers {
+        scenario: if processes {
             "redis-handoff-processes"
         } else {
             "redis-handoff-one-locker"
         },
         about: format!(
             "{waiters} tasks loop on one key (obtain, 1 ms section, release), {}, {total} sections",
-            if separate_lockers {
-                "each with its own Locker and connections (like processes)"
+            if processes {
+                "each with its own thread, runtime, Locker and connections (like processes)"
             } else {
                 "sharing one Locker"
             }
@@ -317,7 +334,7 @@ async fn contended(env: &Env, waiters: usize, separate_lockers: bool) -> Report 
     }
 }
 
-/// 8 waiters, each its own Locker: handoff through Redis pub/sub.
+/// 8 waiters, each its own runtime and Locker: handoff through Redis pub/sub.
 pub async fn handoff_processes(env: &Env) -> Report {
     contended(env, 8, true).await
 }
