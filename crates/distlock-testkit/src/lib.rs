@@ -13,6 +13,8 @@
 
 pub mod conformance;
 mod fixture;
+#[cfg(feature = "redis")]
+pub mod redis;
 mod section;
 pub mod server;
 

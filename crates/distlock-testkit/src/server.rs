@@ -152,7 +152,9 @@ wait "$pid" 2>/dev/null
         log
     }
 
-    /// Whether the server process still runs.
+    /// Whether the server process still runs. A killed server stays a
+    /// zombie until its watchdog reaps it, which `sh` does only after its
+    /// `read` returns: a zombie counts as dead.
     pub fn is_alive(&self) -> bool {
         // A killed server stays a zombie until its watchdog reaps it at the
         // end: read the process state rather than probing with a signal.

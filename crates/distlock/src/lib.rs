@@ -37,6 +37,13 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Backends
+//!
+//! * [`backend::memory`] — always compiled in (`memory://`).
+//! * `backend::redis` — cargo feature `redis` (`redis://`, `rediss://`):
+//!   one Redis server, Lua scripts, per-key fencing counters, pub/sub
+//!   wake-ups.
+//!
 //! ## What a lease-based lock can promise
 //!
 //! A lock with a TTL is safe only while its holder meets its validity

@@ -190,8 +190,9 @@ impl LockState {
 
     /// One extend (retried on transient errors when `retry`), bounded by the
     /// validity deadline; moves the deadline on success, ends the lock when
-    /// the store says it is gone or the deadline passes.
-    async fn extend(&self, retry: bool) -> Result<()> {
+    /// the store says it is gone or the deadline passes. `before_loss` sees
+    /// the store's NotHeld before the lock ends (so before `lost()` fires).
+    async fn extend(&self, retry: bool, mut before_loss: impl FnMut(&Error)) -> Result<()> {
         self.check_valid()?;
         let locker = &self.locker;
         let deadline = locker.extend_retry_deadline(self.valid_until());
@@ -217,6 +218,7 @@ impl LockState {
                 Ok(())
             }
             Err(e) if e.is_not_held() => {
+                before_loss(&e);
                 self.end(LostReason::NotHeld);
                 Err(e)
             }
@@ -259,18 +261,29 @@ impl LockState {
                 _ = self.ended.cancelled() => return,
                 _ = tokio::time::sleep_until(wake) => {}
             }
+            // A loss the store reports reaches `on_error` before `lost()`
+            // fires, so whoever wakes on `lost()` sees it reported.
+            let mut reported = false;
+            let report_loss = |e: &Error| {
+                if !stop.is_cancelled() && !self.done.is_cancelled() {
+                    on_error(e);
+                    reported = true;
+                }
+            };
             let result = tokio::select! {
                 biased;
                 _ = stop.cancelled() => return,
                 _ = self.done.cancelled() => return,
-                result = self.extend(false) => result,
+                result = self.extend(false, report_loss) => result,
             };
             match result {
                 Ok(()) => next = Instant::now() + self.refresh_interval,
                 // A release or stop that raced with the extend is not an error.
                 Err(_) if stop.is_cancelled() || self.done.is_cancelled() => return,
                 Err(e) => {
-                    on_error(&e);
+                    if !reported {
+                        on_error(&e);
+                    }
                     if self.ended().is_some() {
                         return;
                     }
@@ -366,7 +379,11 @@ impl Lock {
     /// fires) when the lock expired or belongs to someone else now.
     pub async fn refresh(&self) -> Result<()> {
         let span = lock_span!("distlock.refresh", self.state);
-        let result = self.state.extend(true).instrument(span.clone()).await;
+        let result = self
+            .state
+            .extend(true, |_| {})
+            .instrument(span.clone())
+            .await;
         record_outcome(&span, &result);
         result
     }

@@ -160,6 +160,9 @@ impl Locker {
     /// * `file:///dir` — `flock`s on files in a local directory, shared by
     ///   the processes of one host (cargo feature `file`, on by default;
     ///   see [`FileBackend`](crate::backend::file::FileBackend)).
+    /// * `redis://[user:password@]host:port/db` and `rediss://...` (TLS) —
+    ///   one Redis server (cargo feature `redis`; see
+    ///   `distlock::backend::redis`).
     ///
     /// Every URL takes `?namespace=NAME`. `redis://`, `rediss://`,
     /// `etcd://` and `file://` belong to backends behind cargo features;

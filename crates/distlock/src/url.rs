@@ -40,6 +40,13 @@ pub(crate) async fn backend_from_url(raw: &str) -> Result<(Arc<dyn Backend>, Opt
             })?;
             Arc::new(crate::backend::file::FileBackend::open(dir)?)
         }
+        #[cfg(feature = "redis")]
+        "redis" | "rediss" => {
+            // The query is ours (`namespace`); redis-rs sees the rest.
+            let mut store_url = url.clone();
+            store_url.set_query(None);
+            Arc::new(crate::backend::redis::RedisBackend::connect(store_url.as_str()).await?)
+        }
         scheme => {
             let reason = match FEATURE_SCHEMES.iter().find(|(s, _)| *s == scheme) {
                 Some((_, feature)) => format!(
@@ -84,6 +91,7 @@ mod tests {
     #[test]
     fn compiled_out_backends_name_their_feature() {
         assert!(reason("etcd://127.0.0.1:2379").contains("cargo feature `etcd`"));
+        #[cfg(not(feature = "redis"))]
         assert!(reason("rediss://h:6379").contains("cargo feature `redis`"));
     }
 

@@ -31,6 +31,8 @@ use crate::lease::{LeaseRef, OwnerToken};
 #[cfg(all(feature = "file", unix))]
 pub mod file;
 pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 /// One acquisition attempt, as the engine asks a backend for it.
 #[derive(Clone, Debug)]

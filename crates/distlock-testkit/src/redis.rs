@@ -1,0 +1,151 @@
+//! Redis (cargo feature `redis`): `redis-server` processes on free loopback
+//! ports, and the conformance fixture over them.
+//!
+//! [`shared_server`] starts one server per test process (nextest runs each
+//! test in its own process; `cargo test` shares one server between all
+//! tests of a binary, which namespaces keep apart). Tests that inject
+//! faults start their own [`RedisServer`].
+
+use std::sync::{Arc, OnceLock};
+
+use distlock::backend::redis::{RedisBackend, RedisKeys};
+use distlock::{Key, LockKey, Locker, Namespace};
+use futures::future::BoxFuture;
+
+use crate::fixture::Fixture;
+use crate::server::{ServerProcess, free_port, require_binary};
+
+/// A `redis-server` on a free loopback port, without persistence unless
+/// asked for; killed when dropped or when the test process exits.
+#[derive(Debug)]
+pub struct RedisServer {
+    process: ServerProcess,
+    port: u16,
+}
+
+impl RedisServer {
+    /// A server with `--save "" --appendonly no` (nothing persisted).
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A server with extra `redis-server` arguments, which override the
+    /// defaults (e.g. `["--appendonly", "yes", "--appendfsync", "always"]`).
+    pub fn start_with(extra: &[&str]) -> Self {
+        let binary = require_binary("redis-server", "redis-server");
+        let port = free_port();
+        let mut args: Vec<String> = [
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let process = ServerProcess::start("redis", binary, args, vec![port]);
+        RedisServer { process, port }
+    }
+
+    /// `redis://127.0.0.1:<port>/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// The URL with a user and password.
+    pub fn url_as(&self, user: &str, password: &str) -> String {
+        format!("redis://{user}:{password}@127.0.0.1:{}/", self.port)
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The process, for faults (pause, resume, kill).
+    pub fn process(&self) -> &ServerProcess {
+        &self.process
+    }
+
+    /// Kills the server and starts it again on the same port and directory.
+    pub fn restart(&mut self) {
+        self.process.restart();
+    }
+
+    /// A fresh connection as the default (all-powerful) user.
+    pub async fn admin(&self) -> ::redis::aio::MultiplexedConnection {
+        ::redis::Client::open(self.url())
+            .expect("valid URL")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to the test redis-server")
+    }
+}
+
+/// The redis-server of this test process, started on first use.
+pub fn shared_server() -> &'static RedisServer {
+    static SERVER: OnceLock<RedisServer> = OnceLock::new();
+    SERVER.get_or_init(RedisServer::start)
+}
+
+/// The conformance fixture: every locker gets its own [`RedisBackend`]
+/// (its own connections, as separate processes would have).
+#[derive(Clone, Debug)]
+pub struct RedisFixture {
+    url: Arc<str>,
+}
+
+impl RedisFixture {
+    /// A fixture over [`shared_server`].
+    pub async fn new() -> Self {
+        Self::on(&shared_server().url())
+    }
+
+    /// A fixture over the server at `url`.
+    pub fn on(url: &str) -> Self {
+        RedisFixture { url: url.into() }
+    }
+
+    /// A new backend (own connections) on this fixture's server.
+    pub async fn backend(&self) -> RedisBackend {
+        RedisBackend::connect(&self.url)
+            .await
+            .expect("connect to the test redis-server")
+    }
+}
+
+impl Fixture for RedisFixture {
+    fn locker<'a>(&'a self, namespace: &'a str) -> BoxFuture<'a, Locker> {
+        Box::pin(async move {
+            Locker::builder(Arc::new(self.backend().await))
+                .namespace(namespace)
+                .build()
+                .expect("valid test namespace")
+        })
+    }
+
+    fn delete_behind_back<'a>(&'a self, namespace: &'a str, key: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let names = RedisKeys::new(&LockKey {
+                namespace: Namespace::new(namespace).expect("valid namespace"),
+                key: Key::new(key).expect("valid key"),
+            });
+            let mut conn = ::redis::Client::open(&*self.url)
+                .expect("valid URL")
+                .get_multiplexed_async_connection()
+                .await
+                .expect("connect to the test redis-server");
+            let deleted: i64 = ::redis::cmd("DEL")
+                .arg(&names.lock)
+                .query_async(&mut conn)
+                .await
+                .expect("DEL");
+            assert_eq!(deleted, 1, "no live lock on {} to delete", names.lock);
+        })
+    }
+}
