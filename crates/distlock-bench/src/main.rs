@@ -1,112 +1,266 @@
-//! `distlock-bench`: distlock next to its stores' raw clients, measured in
-//! the same run against servers it starts itself.
+//! `distlock-bench`: distlock next to its stores' raw clients and peer
+//! crates, measured in the same run against servers it starts itself.
 //!
 //! ```text
-//! cargo run --release -p distlock-bench -- [--json] [--iterations N] [--handoffs N] [SCENARIO...]
+//! cargo run --release -p distlock-bench -- [--json] [--smoke] [OPTIONS] [SELECTION...]
 //! ```
 //!
-//! Every scenario is one async function returning a [`report::Report`];
-//! adding one means one entry in [`SCENARIOS`].
+//! A selection is a backend (`memory`, `redis`), a scenario (`uncontended`,
+//! `throughput`, `handoff-processes`, `handoff-one-locker`, `held`, `lost`)
+//! or both (`redis-held`); none means everything. Every scenario is one
+//! async function over a [`stores::Store`] returning a [`report::Report`];
+//! adding one means one entry in [`SCENARIOS`], adding a store one entry in
+//! [`BACKENDS`].
 
-mod redis_scenarios;
+mod alloc;
+mod machine;
+mod redis_store;
 mod report;
+mod runner;
+mod scenarios;
 mod stats;
+mod stores;
+mod wrap;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use distlock_testkit::redis::RedisServer;
+use crate::stores::Store;
 
-/// What every scenario may use.
+#[global_allocator]
+static ALLOC: alloc::Counting = alloc::Counting;
+
+/// Sizes of a run.
 pub struct Env {
-    /// A redis-server started for this run (no persistence).
-    pub redis_url: String,
-    /// Cycles for latency scenarios.
+    /// Cycles per subject in the uncontended scenario.
     pub iterations: usize,
-    /// Critical sections for contended scenarios.
+    /// Concurrent tasks in the throughput scenario (and obtain concurrency).
+    pub tasks: usize,
+    /// Cycles per task per subject in the throughput scenario.
+    pub per_task: usize,
+    /// Critical sections per handoff scenario.
     pub handoffs: usize,
+    /// Locks held in the held-lock scenario.
+    pub held: usize,
+    /// Their TTL (refresh interval TTL/3).
+    pub held_ttl: Duration,
+    /// Refresh intervals measured.
+    pub held_rounds: u32,
+    /// Locks per case in the lost-signal scenario.
+    pub lost_trials: usize,
+    /// Their TTL.
+    pub lost_ttl: Duration,
 }
 
-type Run = for<'a> fn(&'a Env) -> BoxFuture<'a, report::Report>;
+impl Env {
+    fn full() -> Self {
+        Env {
+            iterations: 5000,
+            tasks: 64,
+            per_task: 240,
+            handoffs: 500,
+            held: 10_000,
+            held_ttl: Duration::from_secs(30),
+            held_rounds: 2,
+            lost_trials: 24,
+            lost_ttl: Duration::from_secs(1),
+        }
+    }
 
-/// Every scenario: name, what it measures, and how to run it.
+    /// A few seconds per backend: every code path, no meaningful numbers.
+    fn smoke() -> Self {
+        Env {
+            iterations: 100,
+            tasks: 64,
+            per_task: 12,
+            handoffs: 40,
+            held: 300,
+            held_ttl: Duration::from_millis(1500),
+            held_rounds: 1,
+            lost_trials: 4,
+            lost_ttl: Duration::from_millis(300),
+        }
+    }
+}
+
+type Run = for<'a> fn(&'a Env, Arc<dyn Store>) -> BoxFuture<'a, report::Report>;
+
+/// Every scenario: name, what it measures, and how to run it on a store.
 const SCENARIOS: &[(&str, &str, Run)] = &[
     (
-        "redis-uncontended",
-        "obtain+release vs raw SET NX PX + token-checked delete",
-        |env| Box::pin(redis_scenarios::uncontended(env)),
+        "uncontended",
+        "obtain+release, one task, rotating keys; vs SPI only, raw floor, peers",
+        |env, s| Box::pin(scenarios::uncontended(env, s)),
     ),
     (
-        "redis-handoff-processes",
+        "throughput",
+        "64 tasks on distinct keys through one Locker; vs raw client, peers",
+        |env, s| Box::pin(scenarios::throughput(env, s)),
+    ),
+    (
+        "handoff-processes",
         "8 waiters with their own Lockers on one hot key, 1 ms sections",
-        |env| Box::pin(redis_scenarios::handoff_processes(env)),
+        |env, s| Box::pin(scenarios::handoff(env, s, true)),
     ),
     (
-        "redis-handoff-one-locker",
+        "handoff-one-locker",
         "8 waiters sharing one Locker on one hot key, 1 ms sections",
-        |env| Box::pin(redis_scenarios::handoff_one_locker(env)),
+        |env, s| Box::pin(scenarios::handoff(env, s, false)),
     ),
+    (
+        "held",
+        "10,000 locks held with start_refresh: memory, CPU, store ops per round",
+        |env, s| Box::pin(scenarios::held(env, s)),
+    ),
+    (
+        "lost",
+        "time from deletion / cut-off to lost(), with start_refresh running",
+        |env, s| Box::pin(scenarios::lost(env, s)),
+    ),
+];
+
+type Start = fn() -> Arc<dyn Store>;
+
+/// Every store, and how to start it.
+const BACKENDS: &[(&str, Start)] = &[
+    ("memory", || Arc::new(stores::MemoryStore::new())),
+    ("redis", || Arc::new(redis_store::RedisStore::start())),
 ];
 
 fn usage() -> ! {
     eprintln!(
-        "usage: distlock-bench [--json] [--iterations N] [--handoffs N] [SCENARIO...]\nscenarios:"
+        "usage: distlock-bench [--json] [--smoke] [--iterations N] [--per-task N] [--handoffs N]\n\
+         \x20                     [--held N] [--held-ttl-ms MS] [--held-rounds N] [--lost-trials N]\n\
+         \x20                     [--lost-ttl-ms MS] [SELECTION...]\n\
+         a selection is a backend, a scenario, or BACKEND-SCENARIO; none means all.\nbackends:"
     );
+    for (name, _) in BACKENDS {
+        eprintln!("  {name}");
+    }
+    eprintln!("scenarios:");
     for (name, about, _) in SCENARIOS {
-        eprintln!("  {name:<28} {about}");
+        eprintln!("  {name:<20} {about}");
     }
     std::process::exit(2);
 }
 
 fn main() {
     let mut json = false;
-    let mut iterations = 5000;
-    let mut handoffs = 500;
-    let mut chosen = Vec::new();
+    let mut env = Env::full();
+    let mut overrides: Vec<(String, u64)> = Vec::new();
+    let mut selection: Vec<String> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
-        let number = |args: &mut dyn Iterator<Item = String>| -> usize {
-            args.next()
-                .and_then(|n| n.parse().ok())
-                .filter(|n| *n > 0)
-                .unwrap_or_else(|| usage())
-        };
         match arg.as_str() {
             "--json" => json = true,
-            "--iterations" => iterations = number(&mut args),
-            "--handoffs" => handoffs = number(&mut args),
+            "--smoke" => env = Env::smoke(),
             "-h" | "--help" => usage(),
-            name => match SCENARIOS.iter().find(|(n, _, _)| *n == name) {
-                Some(s) => chosen.push(s),
-                None => usage(),
-            },
+            flag if flag.starts_with("--") => {
+                let value = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|n| *n > 0)
+                    .unwrap_or_else(|| usage());
+                overrides.push((flag.to_owned(), value));
+            }
+            name => selection.push(name.to_owned()),
         }
     }
-    if chosen.is_empty() {
-        chosen = SCENARIOS.iter().collect();
+    for (flag, v) in overrides {
+        let n = v as usize;
+        match flag.as_str() {
+            "--iterations" => env.iterations = n,
+            "--per-task" => env.per_task = n,
+            "--handoffs" => env.handoffs = n,
+            "--held" => env.held = n,
+            "--held-ttl-ms" => env.held_ttl = Duration::from_millis(v),
+            "--held-rounds" => env.held_rounds = v as u32,
+            "--lost-trials" => env.lost_trials = n,
+            "--lost-ttl-ms" => env.lost_ttl = Duration::from_millis(v),
+            _ => usage(),
+        }
+    }
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for (b, (backend, _)) in BACKENDS.iter().enumerate() {
+        for (s, (scenario, _, _)) in SCENARIOS.iter().enumerate() {
+            let wanted = selection.is_empty()
+                || selection.iter().any(|sel| {
+                    sel == backend || sel == scenario || *sel == format!("{backend}-{scenario}")
+                });
+            if wanted {
+                runs.push((b, s));
+            }
+        }
+    }
+    for sel in &selection {
+        let known = BACKENDS.iter().any(|(b, _)| b == sel)
+            || SCENARIOS.iter().any(|(s, _, _)| s == sel)
+            || BACKENDS
+                .iter()
+                .any(|(b, _)| SCENARIOS.iter().any(|(s, _, _)| *sel == format!("{b}-{s}")));
+        if !known {
+            eprintln!("unknown selection {sel:?}");
+            usage();
+        }
     }
 
-    let server = RedisServer::start();
-    let env = Env {
-        redis_url: server.url(),
-        iterations,
-        handoffs,
-    };
+    let started = std::time::Instant::now();
+    let mut stores: Vec<Option<Arc<dyn Store>>> = BACKENDS.iter().map(|_| None).collect();
+    for (b, _) in &runs {
+        if stores[*b].is_none() {
+            eprintln!("starting {} ...", BACKENDS[*b].0);
+            stores[*b] = Some(BACKENDS[*b].1());
+        }
+    }
+    let mut servers = Vec::new();
+    if stores[1].is_some() {
+        servers.push(machine::version("redis-server"));
+    }
+    let machine = machine::Machine::probe(servers);
+    if !json {
+        println!("{}", machine.text());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("a tokio runtime");
     let mut reports = Vec::new();
-    for (name, _, run) in chosen {
-        eprintln!("running {name} ...");
-        let report = runtime.block_on(run(&env));
+    for (b, s) in runs {
+        let store = stores[b].clone().expect("started");
+        let (name, _, run) = SCENARIOS[s];
+        eprintln!("running {}-{name} ...", BACKENDS[b].0);
+        let load = machine::load1();
+        let mut report = runtime.block_on(run(&env, store));
+        report.load = (load, machine::load1());
         if !json {
             println!("{}", report.table());
         }
         reports.push(report);
     }
+    let targets: Vec<&report::Target> = reports.iter().flat_map(|r| &r.targets).collect();
     if json {
         let all: Vec<String> = reports.iter().map(report::Report::json).collect();
-        println!("[{}]", all.join(",\n"));
+        println!(
+            "{{\"machine\":{},\"seconds\":{:.1},\"reports\":[\n{}\n]}}",
+            machine.json(),
+            started.elapsed().as_secs_f64(),
+            all.join(",\n")
+        );
+    } else {
+        if !targets.is_empty() {
+            println!("== targets");
+            for target in &targets {
+                println!("  {}", target.line());
+            }
+        }
+        println!(
+            "\ntotal {:.1} s, load {:.2} at the end",
+            started.elapsed().as_secs_f64(),
+            machine::load1()
+        );
     }
-    drop(server);
+    drop(runtime);
+    drop(stores);
 }

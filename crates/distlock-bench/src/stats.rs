@@ -6,6 +6,7 @@ use std::time::Duration;
 #[derive(Clone, Debug)]
 pub struct Summary {
     pub count: usize,
+    pub min: Duration,
     pub p50: Duration,
     pub p99: Duration,
     pub mean: Duration,
@@ -24,6 +25,7 @@ impl Summary {
         let total: Duration = samples.iter().sum();
         Summary {
             count: samples.len(),
+            min: samples[0],
             p50: at(0.50),
             p99: at(0.99),
             mean: total / samples.len() as u32,
@@ -36,4 +38,21 @@ impl Summary {
 /// Microseconds, for tables and JSON.
 pub fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
+}
+
+/// `a / b` as a float.
+pub fn ratio(a: Duration, b: Duration) -> f64 {
+    a.as_secs_f64() / b.as_secs_f64()
+}
+
+/// The median of `values` (not empty).
+pub fn median(mut values: Vec<f64>) -> f64 {
+    assert!(!values.is_empty(), "no values");
+    values.sort_unstable_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
 }

@@ -1,0 +1,164 @@
+//! Redis: distlock next to a raw redis-rs floor and the `rslock` crate, on
+//! a redis-server this run started.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use distlock::Locker;
+use distlock_testkit::Fixture;
+use distlock_testkit::redis::{RedisFixture, RedisServer};
+use futures::future::BoxFuture;
+use redis::Script;
+use redis::aio::ConnectionManager;
+
+use crate::runner::{Cycle, Subject, keys};
+use crate::stores::Store;
+
+/// The raw floor's token-checked delete.
+const RAW_UNLOCK: &str =
+    r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+
+const TTL: Duration = Duration::from_secs(30);
+
+pub struct RedisStore {
+    server: RedisServer,
+    fixture: RedisFixture,
+}
+
+impl RedisStore {
+    pub fn start() -> Self {
+        let server = RedisServer::start();
+        let fixture = RedisFixture::on(&server.url());
+        RedisStore { server, fixture }
+    }
+
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+
+    async fn admin(&self) -> ConnectionManager {
+        redis::Client::open(self.url())
+            .expect("valid URL")
+            .get_connection_manager()
+            .await
+            .expect("connect to the bench redis-server")
+    }
+}
+
+/// `SET key token NX PX 30000`, then the token-checked delete script, on
+/// one ConnectionManager shared by all tasks (as distlock shares one).
+async fn raw_cycle(mut conn: ConnectionManager, script: Arc<Script>, key: &str) {
+    let token = distlock::OwnerToken::random().expect("token").to_hex();
+    let set: Option<String> = redis::cmd("SET")
+        .arg(key)
+        .arg(&token)
+        .arg("NX")
+        .arg("PX")
+        .arg(TTL.as_millis() as u64)
+        .query_async(&mut conn)
+        .await
+        .expect("SET NX PX");
+    assert!(set.is_some(), "raw SET NX found {key} held");
+    let deleted: i64 = script
+        .key(key)
+        .arg(&token)
+        .invoke_async(&mut conn)
+        .await
+        .expect("unlock script");
+    assert_eq!(deleted, 1);
+}
+
+impl Store for RedisStore {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn locker<'a>(&'a self, namespace: &'a str) -> BoxFuture<'a, Locker> {
+        self.fixture.locker(namespace)
+    }
+
+    fn delete_behind_back<'a>(&'a self, namespace: &'a str, key: &'a str) -> BoxFuture<'a, ()> {
+        self.fixture.delete_behind_back(namespace, key)
+    }
+
+    fn baselines(&self, tasks: usize) -> BoxFuture<'_, Vec<Subject>> {
+        Box::pin(async move {
+            let conn = self.admin().await;
+            let script = Arc::new(Script::new(RAW_UNLOCK));
+            let raw_keys = keys("bench-raw:k", tasks);
+            let raw: Cycle = Arc::new(move |k| {
+                let (conn, script) = (conn.clone(), script.clone());
+                Box::pin(async move { raw_cycle(conn, script, &raw_keys[k]).await })
+            });
+            let manager = rslock::LockManager::new(vec![self.url()]);
+            let peer_keys = keys("bench-rslock:k", tasks);
+            let rslock: Cycle = Arc::new(move |k| {
+                let manager = manager.clone();
+                Box::pin(async move {
+                    let lock = manager
+                        .lock(peer_keys[k].as_str(), TTL)
+                        .await
+                        .expect("rslock lock");
+                    manager.unlock(&lock).await;
+                })
+            });
+            let (raw, rslock) = (
+                Subject::new("raw redis-rs (SET NX PX + Lua DEL)", raw),
+                Subject::new("rslock 0.10 (lock + unlock)", rslock),
+            );
+            if tasks == 1 {
+                vec![
+                    raw.target("redis uncontended: distlock / raw redis-rs floor", 1.1),
+                    rslock.target("redis uncontended: distlock / rslock", 1.0),
+                ]
+            } else {
+                vec![raw, rslock]
+            }
+        })
+    }
+
+    /// `INFO commandstats` and `INFO stats`: calls and server time per
+    /// command, commands processed, and read events (a pipelined batch of
+    /// commands is one read).
+    fn counters(&self) -> BoxFuture<'_, Vec<(String, f64)>> {
+        Box::pin(async move {
+            let mut conn = self.admin().await;
+            let mut out = Vec::new();
+            for section in ["commandstats", "stats"] {
+                let text: String = redis::cmd("INFO")
+                    .arg(section)
+                    .query_async(&mut conn)
+                    .await
+                    .expect("INFO");
+                for line in text.lines() {
+                    if let Some((cmd, fields)) = line
+                        .strip_prefix("cmdstat_")
+                        .and_then(|l| l.split_once(':'))
+                    {
+                        for field in fields.split(',') {
+                            if let Some((k, v)) = field.split_once('=')
+                                && (k == "calls" || k == "usec")
+                            {
+                                out.push((format!("{cmd} {k}"), v.parse().unwrap_or(0.0)));
+                            }
+                        }
+                    } else if let Some((k, v)) = line.split_once(':')
+                        && matches!(
+                            k,
+                            "total_commands_processed"
+                                | "total_reads_processed"
+                                | "total_net_input_bytes"
+                        )
+                    {
+                        out.push((k.to_owned(), v.trim().parse().unwrap_or(0.0)));
+                    }
+                }
+            }
+            out
+        })
+    }
+
+    fn handoff_targets(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,189 @@
+//! Subjects (distlock and its baselines) run in interleaved blocks, so a
+//! change in the machine's load hits every subject alike, and ratios come
+//! from the same run.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::time::Instant;
+
+use crate::alloc;
+use crate::report::{Report, Target};
+use crate::stats::{Summary, median, ratio};
+
+/// One obtain + release cycle of a subject on the key with the given index
+/// (each subject has its own key names).
+pub type Cycle = Arc<dyn Fn(usize) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// How many key names a subject needs: the uncontended cycle rotates over
+/// the first `ROTATE`, task `t` of the concurrent run uses `ROTATE + t`.
+pub const ROTATE: usize = 64;
+
+/// Key names `prefix-0 ...`, leaked so cycles can borrow them for `'static`.
+pub fn keys(prefix: &str, tasks: usize) -> &'static [String] {
+    Box::leak(
+        (0..ROTATE + tasks)
+            .map(|i| format!("{prefix}-{i}"))
+            .collect::<Vec<_>>()
+            .into_boxed_slice(),
+    )
+}
+
+/// A measured subject.
+pub struct Subject {
+    pub name: String,
+    pub cycle: Cycle,
+    /// A target on distlock's cost relative to this subject (median of the
+    /// per-block ratios of mean cycle times must stay at or below it).
+    pub target: Option<(String, f64)>,
+}
+
+impl Subject {
+    pub fn new(name: impl Into<String>, cycle: Cycle) -> Self {
+        Subject {
+            name: name.into(),
+            cycle,
+            target: None,
+        }
+    }
+
+    pub fn target(mut self, what: impl Into<String>, limit: f64) -> Self {
+        self.target = Some((what.into(), limit));
+        self
+    }
+}
+
+/// What one subject measured over all blocks.
+#[derive(Default)]
+struct Measured {
+    samples: Vec<Duration>,
+    wall: Duration,
+    /// Mean cycle time of each block (wall / cycles for concurrent runs).
+    block_cost: Vec<f64>,
+    allocs: usize,
+    cycles: usize,
+}
+
+/// Shape of a run.
+pub struct Plan {
+    /// Concurrent tasks (1: the uncontended cycle).
+    pub tasks: usize,
+    /// Measured blocks per subject.
+    pub blocks: usize,
+    /// Cycles per task per block.
+    pub per_block: usize,
+    /// Cycles per task in the unmeasured warm-up block.
+    pub warmup: usize,
+}
+
+async fn block(cycle: &Cycle, plan: &Plan, n: usize, offset: usize) -> (Vec<Duration>, Duration) {
+    let start = Instant::now();
+    let samples = if plan.tasks == 1 {
+        let mut samples = Vec::with_capacity(n);
+        for i in 0..n {
+            let t = Instant::now();
+            cycle((offset + i) % ROTATE).await;
+            samples.push(t.elapsed());
+        }
+        samples
+    } else {
+        let tasks: Vec<_> = (0..plan.tasks)
+            .map(|task| {
+                let cycle = cycle.clone();
+                tokio::spawn(async move {
+                    let mut samples = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        let t = Instant::now();
+                        cycle(ROTATE + task).await;
+                        samples.push(t.elapsed());
+                    }
+                    samples
+                })
+            })
+            .collect();
+        let mut samples = Vec::with_capacity(n * plan.tasks);
+        for task in tasks {
+            samples.extend(task.await.expect("a cycle panicked"));
+        }
+        samples
+    };
+    (samples, start.elapsed())
+}
+
+/// Runs every subject in interleaved blocks and reports them, distlock
+/// (the first subject) against each of the others.
+pub async fn compare(mut report: Report, subjects: &[Subject], plan: &Plan) -> Report {
+    let mut measured: Vec<Measured> = subjects.iter().map(|_| Measured::default()).collect();
+    for b in 0..=plan.blocks {
+        // Block 0 warms connections, scripts, caches and the allocator.
+        let n = if b == 0 { plan.warmup } else { plan.per_block };
+        // Alternate the order so no subject always runs right after another.
+        let order: Vec<usize> = if b % 2 == 0 {
+            (0..subjects.len()).collect()
+        } else {
+            (0..subjects.len()).rev().collect()
+        };
+        for s in order {
+            let before = alloc::snapshot();
+            let (samples, wall) = block(&subjects[s].cycle, plan, n, b * n).await;
+            if b == 0 {
+                continue;
+            }
+            let m = &mut measured[s];
+            m.allocs += alloc::snapshot().allocs - before.allocs;
+            m.cycles += samples.len();
+            m.wall += wall;
+            m.block_cost.push(if plan.tasks == 1 {
+                samples.iter().sum::<Duration>().as_secs_f64() / samples.len() as f64
+            } else {
+                wall.as_secs_f64() / samples.len() as f64
+            });
+            m.samples.extend(samples);
+        }
+    }
+    let ours = &measured[0];
+    let ours_summary = Summary::of(ours.samples.clone(), Some(ours.wall));
+    for (s, m) in subjects.iter().zip(&measured) {
+        report.row(s.name.clone(), Summary::of(m.samples.clone(), Some(m.wall)));
+    }
+    for (s, m) in subjects.iter().zip(&measured).skip(1) {
+        let theirs = Summary::of(m.samples.clone(), Some(m.wall));
+        let blocks: Vec<f64> = ours
+            .block_cost
+            .iter()
+            .zip(&m.block_cost)
+            .map(|(a, b)| a / b)
+            .collect();
+        let by_blocks = median(blocks);
+        let cost = if plan.tasks == 1 {
+            "mean cycle"
+        } else {
+            "wall per cycle"
+        };
+        report.figure(
+            format!("distlock / {}: {cost}, median of blocks", s.name),
+            by_blocks,
+        );
+        report.figure(
+            format!("distlock / {}: p50", s.name),
+            ratio(ours_summary.p50, theirs.p50),
+        );
+        report.figure(
+            format!("distlock / {}: p99", s.name),
+            ratio(ours_summary.p99, theirs.p99),
+        );
+        if let Some((what, limit)) = &s.target {
+            report
+                .targets
+                .push(Target::new(what.clone(), by_blocks, *limit, "x"));
+        }
+    }
+    for (s, m) in subjects.iter().zip(&measured) {
+        report.figure(
+            format!("allocations per cycle, {}", s.name),
+            m.allocs as f64 / m.cycles as f64,
+        );
+    }
+    report
+}
