@@ -18,6 +18,10 @@ use crate::stores::Store;
 const RAW_UNLOCK: &str =
     r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
 
+/// distlock's own scripts, for a baseline that runs them by hand.
+const ACQUIRE_LUA: &str = include_str!("../../distlock/src/backend/redis/acquire.lua");
+const RELEASE_LUA: &str = include_str!("../../distlock/src/backend/redis/release.lua");
+
 const TTL: Duration = Duration::from_secs(30);
 
 pub struct RedisStore {
@@ -68,6 +72,37 @@ async fn raw_cycle(mut conn: ConnectionManager, script: Arc<Script>, key: &str) 
     assert_eq!(deleted, 1);
 }
 
+/// distlock's acquire and release scripts run by hand: the store's share of
+/// distlock's cycle, without the backend's and the engine's client code.
+async fn same_scripts_cycle(
+    mut conn: ConnectionManager,
+    scripts: Arc<(Script, Script)>,
+    key: &str,
+) {
+    let token = distlock::OwnerToken::random().expect("token").to_hex();
+    let lock = format!("{key}:lock");
+    let reply: Vec<redis::Value> = scripts
+        .0
+        .key(&lock)
+        .key(format!("{key}:fence"))
+        .arg(&token)
+        .arg(TTL.as_millis() as u64)
+        .arg("-")
+        .invoke_async(&mut conn)
+        .await
+        .expect("acquire script");
+    assert_eq!(reply.len(), 2, "granted");
+    let released: i64 = scripts
+        .1
+        .key(&lock)
+        .arg(&token)
+        .arg(format!("{key}:released"))
+        .invoke_async(&mut conn)
+        .await
+        .expect("release script");
+    assert_eq!(released, 1);
+}
+
 impl Store for RedisStore {
     fn name(&self) -> &'static str {
         "redis"
@@ -102,18 +137,30 @@ impl Store for RedisStore {
                     manager.unlock(&lock).await;
                 })
             });
+            let conn = self.admin().await;
+            let scripts = Arc::new((Script::new(ACQUIRE_LUA), Script::new(RELEASE_LUA)));
+            let same_keys = keys("bench-scripts:{k}", tasks);
+            let same: Cycle = Arc::new(move |k| {
+                let (conn, scripts) = (conn.clone(), scripts.clone());
+                Box::pin(async move { same_scripts_cycle(conn, scripts, &same_keys[k]).await })
+            });
             let (raw, rslock) = (
                 Subject::new("raw redis-rs (SET NX PX + Lua DEL)", raw),
                 Subject::new("rslock 0.10 (lock + unlock)", rslock),
             );
-            if tasks == 1 {
-                vec![
+            let (raw, rslock) = if tasks == 1 {
+                (
                     raw.target("redis uncontended: distlock / raw redis-rs floor", 1.1),
                     rslock.target("redis uncontended: distlock / rslock", 1.0),
-                ]
+                )
             } else {
-                vec![raw, rslock]
-            }
+                (raw, rslock)
+            };
+            vec![
+                raw,
+                rslock,
+                Subject::new("raw redis-rs running distlock's 2 scripts", same),
+            ]
         })
     }
 

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use crate::alloc;
 use crate::report::{Report, Target};
 use crate::stats::{Summary, median, ratio};
+use crate::stores::Store;
 
 /// One obtain + release cycle of a subject on the key with the given index
 /// (each subject has its own key names).
@@ -63,6 +64,27 @@ struct Measured {
     block_cost: Vec<f64>,
     allocs: usize,
     cycles: usize,
+    /// Store-side commands and busy time (µs) over the measured blocks,
+    /// when the store reports them.
+    store_calls: f64,
+    store_usec: f64,
+}
+
+/// Commands and server time (µs) in a store's counters (`<cmd> calls`,
+/// `<cmd> usec`), leaving out the bench's own INFO calls.
+fn store_cost(counters: &[(String, f64)]) -> (f64, f64) {
+    let mut out = (0.0, 0.0);
+    for (name, v) in counters {
+        if name.starts_with("info ") {
+            continue;
+        }
+        if name.ends_with(" calls") {
+            out.0 += v;
+        } else if name.ends_with(" usec") {
+            out.1 += v;
+        }
+    }
+    out
 }
 
 /// Shape of a run.
@@ -113,7 +135,12 @@ async fn block(cycle: &Cycle, plan: &Plan, n: usize, offset: usize) -> (Vec<Dura
 
 /// Runs every subject in interleaved blocks and reports them, distlock
 /// (the first subject) against each of the others.
-pub async fn compare(mut report: Report, subjects: &[Subject], plan: &Plan) -> Report {
+pub async fn compare(
+    mut report: Report,
+    subjects: &[Subject],
+    plan: &Plan,
+    store: &dyn Store,
+) -> Report {
     let mut measured: Vec<Measured> = subjects.iter().map(|_| Measured::default()).collect();
     for b in 0..=plan.blocks {
         // Block 0 warms connections, scripts, caches and the allocator.
@@ -125,13 +152,23 @@ pub async fn compare(mut report: Report, subjects: &[Subject], plan: &Plan) -> R
             (0..subjects.len()).rev().collect()
         };
         for s in order {
+            let counters = if b == 0 {
+                Vec::new()
+            } else {
+                store.counters().await
+            };
             let before = alloc::snapshot();
             let (samples, wall) = block(&subjects[s].cycle, plan, n, b * n).await;
             if b == 0 {
                 continue;
             }
+            let allocs = alloc::snapshot().allocs - before.allocs;
+            let (calls0, usec0) = store_cost(&counters);
+            let (calls1, usec1) = store_cost(&store.counters().await);
             let m = &mut measured[s];
-            m.allocs += alloc::snapshot().allocs - before.allocs;
+            m.store_calls += calls1 - calls0;
+            m.store_usec += usec1 - usec0;
+            m.allocs += allocs;
             m.cycles += samples.len();
             m.wall += wall;
             m.block_cost.push(if plan.tasks == 1 {
@@ -184,6 +221,18 @@ pub async fn compare(mut report: Report, subjects: &[Subject], plan: &Plan) -> R
             format!("allocations per cycle, {}", s.name),
             m.allocs as f64 / m.cycles as f64,
         );
+    }
+    for (s, m) in subjects.iter().zip(&measured) {
+        if m.store_calls > 0.0 {
+            report.figure(
+                format!("store commands per cycle, {}", s.name),
+                m.store_calls / m.cycles as f64,
+            );
+            report.figure(
+                format!("store busy µs per cycle, {}", s.name),
+                m.store_usec / m.cycles as f64,
+            );
+        }
     }
     report
 }

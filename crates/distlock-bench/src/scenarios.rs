@@ -43,7 +43,7 @@ pub async fn uncontended(env: &Env, store: Arc<dyn Store>) -> Report {
             per_block * blocks
         ),
     );
-    let report = compare(report, &subjects, &plan).await;
+    let report = compare(report, &subjects, &plan, &*store).await;
     locker.close().await.expect("close");
     report
 }
@@ -75,7 +75,7 @@ pub async fn throughput(env: &Env, store: Arc<dyn Store>) -> Report {
         "per s = cycles per second of wall time (throughput); latencies are per cycle under load"
             .into(),
     );
-    let report = compare(report, &subjects, &plan).await;
+    let report = compare(report, &subjects, &plan, &*store).await;
     locker.close().await.expect("close");
     report
 }
