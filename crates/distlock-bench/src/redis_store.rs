@@ -164,14 +164,15 @@ impl Store for RedisStore {
         })
     }
 
-    /// `INFO commandstats` and `INFO stats`: calls and server time per
-    /// command, commands processed, and read events (a pipelined batch of
-    /// commands is one read).
+    /// `INFO commandstats`, `INFO stats` and `INFO cpu`: calls per command
+    /// (commands a script runs count too), commands processed, read events
+    /// (a pipelined batch of commands is one read) and the server's CPU time.
     fn counters(&self) -> BoxFuture<'_, Vec<(String, f64)>> {
         Box::pin(async move {
             let mut conn = self.admin().await;
             let mut out = Vec::new();
-            for section in ["commandstats", "stats"] {
+            let mut cpu = 0.0;
+            for section in ["commandstats", "stats", "cpu"] {
                 let text: String = redis::cmd("INFO")
                     .arg(section)
                     .query_async(&mut conn)
@@ -184,7 +185,7 @@ impl Store for RedisStore {
                     {
                         for field in fields.split(',') {
                             if let Some((k, v)) = field.split_once('=')
-                                && (k == "calls" || k == "usec")
+                                && k == "calls"
                             {
                                 out.push((format!("{cmd} {k}"), v.parse().unwrap_or(0.0)));
                             }
@@ -198,9 +199,14 @@ impl Store for RedisStore {
                         )
                     {
                         out.push((k.to_owned(), v.trim().parse().unwrap_or(0.0)));
+                    } else if let Some((k, v)) = line.split_once(':')
+                        && matches!(k, "used_cpu_sys" | "used_cpu_user")
+                    {
+                        cpu += v.trim().parse::<f64>().unwrap_or(0.0);
                     }
                 }
             }
+            out.push(("#server CPU µs".to_owned(), cpu * 1e6));
             out
         })
     }

@@ -64,27 +64,46 @@ struct Measured {
     block_cost: Vec<f64>,
     allocs: usize,
     cycles: usize,
-    /// Store-side commands and busy time (µs) over the measured blocks,
-    /// when the store reports them.
-    store_calls: f64,
-    store_usec: f64,
+    /// Store-side costs over the measured blocks, when the store reports them.
+    store: Vec<(String, f64)>,
 }
 
-/// Commands and server time (µs) in a store's counters (`<cmd> calls`,
-/// `<cmd> usec`), leaving out the bench's own INFO calls.
-fn store_cost(counters: &[(String, f64)]) -> (f64, f64) {
-    let mut out = (0.0, 0.0);
+/// What a store's counters say one block cost: requests (`<cmd> calls`,
+/// leaving out the bench's own INFO / Status reads) and every counter
+/// named `#<what>`.
+fn store_cost(counters: &[(String, f64)]) -> Vec<(String, f64)> {
+    let mut requests = 0.0;
+    let mut out = Vec::new();
     for (name, v) in counters {
-        if name.starts_with("info ") {
+        if name.starts_with("info ") || name.starts_with("Status ") {
             continue;
         }
-        if name.ends_with(" calls") {
-            out.0 += v;
-        } else if name.ends_with(" usec") {
-            out.1 += v;
+        if let Some(what) = name.strip_prefix('#') {
+            out.push((what.to_owned(), *v));
+        } else if name.ends_with(" calls") {
+            requests += v;
         }
     }
+    if requests > 0.0 {
+        out.push((
+            "requests (incl. commands run by scripts)".to_owned(),
+            requests,
+        ));
+    }
     out
+}
+
+fn add_delta(total: &mut Vec<(String, f64)>, before: &[(String, f64)], after: &[(String, f64)]) {
+    for (name, v) in after {
+        let was = before
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(0.0, |(_, v)| *v);
+        match total.iter_mut().find(|(n, _)| n == name) {
+            Some((_, t)) => *t += v - was,
+            None => total.push((name.clone(), v - was)),
+        }
+    }
 }
 
 /// Shape of a run.
@@ -163,11 +182,9 @@ pub async fn compare(
                 continue;
             }
             let allocs = alloc::snapshot().allocs - before.allocs;
-            let (calls0, usec0) = store_cost(&counters);
-            let (calls1, usec1) = store_cost(&store.counters().await);
+            let after = store.counters().await;
             let m = &mut measured[s];
-            m.store_calls += calls1 - calls0;
-            m.store_usec += usec1 - usec0;
+            add_delta(&mut m.store, &store_cost(&counters), &store_cost(&after));
             m.allocs += allocs;
             m.cycles += samples.len();
             m.wall += wall;
@@ -223,14 +240,10 @@ pub async fn compare(
         );
     }
     for (s, m) in subjects.iter().zip(&measured) {
-        if m.store_calls > 0.0 {
+        for (what, total) in &m.store {
             report.figure(
-                format!("store commands per cycle, {}", s.name),
-                m.store_calls / m.cycles as f64,
-            );
-            report.figure(
-                format!("store busy µs per cycle, {}", s.name),
-                m.store_usec / m.cycles as f64,
+                format!("store {what} per cycle, {}", s.name),
+                total / m.cycles as f64,
             );
         }
     }
