@@ -303,6 +303,7 @@ pub async fn held(env: &Env, store: Arc<dyn Store>) -> Report {
         lock.release().await.expect("release");
     }
     let errors = Arc::new(AtomicUsize::new(0));
+    let breakdown = memory_breakdown(&locker, &opts, (n / 10).max(10), env.tasks).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
 
     let mem0 = alloc::snapshot();
@@ -359,6 +360,20 @@ pub async fn held(env: &Env, store: Arc<dyn Store>) -> Report {
     report.figure(
         "obtain phase, s (not in the window)",
         obtain_wall.as_secs_f64(),
+    );
+    report.figure(
+        format!(
+            "heap bytes per lock, the Lock alone ({}-lock sample)",
+            breakdown.0
+        ),
+        breakdown.1,
+    );
+    report.figure(
+        format!(
+            "heap bytes per lock, its refresher alone ({}-lock sample)",
+            breakdown.0
+        ),
+        breakdown.2,
     );
     report.figure(
         "client heap bytes per held lock (after obtain)",
@@ -429,6 +444,39 @@ pub async fn held(env: &Env, store: Arc<dyn Store>) -> Report {
     report.figure("stop + release all, s", stop.elapsed().as_secs_f64());
     locker.close().await.expect("close");
     report
+}
+
+/// Heap bytes per lock of holding `n` locks, then of starting their
+/// refreshers, on a sample that is let go of before the real run.
+async fn memory_breakdown(
+    locker: &Locker,
+    opts: &ObtainOptions,
+    n: usize,
+    concurrency: usize,
+) -> (usize, f64, f64) {
+    let before = alloc::snapshot();
+    let locks: Vec<_> = futures::stream::iter(0..n)
+        .map(|i| {
+            let (locker, opts) = (locker.clone(), opts.clone());
+            async move { locker.obtain_with(format!("sample-{i}"), opts).await }
+        })
+        .buffer_unordered(concurrency)
+        .map(|lock| lock.expect("obtain a sample lock"))
+        .collect()
+        .await;
+    let held = alloc::snapshot();
+    let handles: Vec<_> = locks.iter().map(|l| l.start_refresh(|_| {})).collect();
+    let refreshing = alloc::snapshot();
+    futures::future::join_all(handles.iter().map(|h| h.stop())).await;
+    drop(handles);
+    futures::stream::iter(locks)
+        .for_each_concurrent(concurrency, |lock| async move {
+            let _ = lock.release().await;
+        })
+        .await;
+    let per =
+        |a: alloc::Snapshot, b: alloc::Snapshot| (b.live_bytes - a.live_bytes) as f64 / n as f64;
+    (n, per(before, held), per(held, refreshing))
 }
 
 /// Scenario 5: Lost-signal latency, with start_refresh running: (a) the key deleted
