@@ -241,8 +241,12 @@ impl Locker {
         let owner = OwnerToken::random().map_err(|e| (e, 0))?;
         let req = AcquireRequest {
             metadata: options.metadata_value().map(Arc::from),
+            will_wait: !plan.retry.is_once(),
             ..AcquireRequest::new(key, owner, options.ttl_value())
         };
+        // A store that queues waiters keeps our entry after a contended
+        // attempt: `pending` then stays armed, so giving up removes it.
+        let queued_after_contention = req.will_wait && inner.backend.queues_waiters();
         let place = inner.queues.join(&req.key);
         let turn = tokio::select! {
             biased;
@@ -269,7 +273,7 @@ impl Locker {
                     return Ok((lock, attempts));
                 }
                 Ok(Attempt::Contended { holder: h }) => {
-                    pending.armed = false;
+                    pending.armed = queued_after_contention;
                     holder = h;
                     None
                 }
@@ -302,7 +306,7 @@ impl Locker {
                 biased;
                 _ = inner.closed.cancelled() => return Err((Error::Closed, attempts)),
                 _ = turn.local_release() => {}
-                _ = inner.backend.wait_for_release(&req.key, wake_at) => {}
+                _ = inner.backend.wait_for_turn(&req, wake_at) => {}
                 // The backend's wait is a hint; the engine's bound is authoritative.
                 _ = tokio::time::sleep_until(wake_at) => {}
             }
@@ -488,7 +492,9 @@ impl LockerInner {
 }
 
 /// Releases an acquisition whose outcome is unknown (a timed-out attempt, or
-/// an obtain future dropped mid-attempt) unless it turned into a [`Lock`].
+/// an obtain future dropped mid-attempt), or a queue entry a contended
+/// attempt left in a store that queues waiters, unless it turned into a
+/// [`Lock`].
 struct PendingGrant {
     inner: Arc<LockerInner>,
     lease: LeaseRef,
