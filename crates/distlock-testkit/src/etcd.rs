@@ -102,9 +102,9 @@ impl EtcdCluster {
         self.members.iter().map(|m| m.endpoint.clone()).collect()
     }
 
-    /// The index of the current leader, asking each live member in turn;
-    /// waits up to `within` for one to be elected.
-    pub async fn leader(&self, within: Duration) -> usize {
+    /// The index of the current leader and its raft term, asking each live
+    /// member in turn; waits up to `within` for one to be elected.
+    pub async fn leader(&self, within: Duration) -> (usize, u64) {
         let start = tokio::time::Instant::now();
         loop {
             for member in self.members.iter().filter(|m| m.process.is_alive()) {
@@ -126,11 +126,12 @@ impl EtcdCluster {
                     continue;
                 };
                 if leader != 0 && leader == header.member_id() {
-                    return self
+                    let index = self
                         .members
                         .iter()
                         .position(|m| m.name == member.name)
-                        .unwrap();
+                        .expect("a member of this cluster");
+                    return (index, status.raft_term());
                 }
             }
             assert!(

@@ -133,7 +133,7 @@ wait "$pid" 2>/dev/null
             .parse()
             .expect("the watchdog prints the server pid");
         let lifeline = watchdog.stdin.take().expect("piped");
-        let server = ServerProcess {
+        ServerProcess {
             name: name.to_owned(),
             binary,
             args,
@@ -142,8 +142,7 @@ wait "$pid" 2>/dev/null
             watchdog,
             lifeline,
             pid,
-        };
-        server
+        }
     }
 
     /// Waits until every port it was started for accepts connections;

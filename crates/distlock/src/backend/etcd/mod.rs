@@ -369,7 +369,10 @@ impl EtcdBackend {
             // etcd refuses pings more often than every 5 s by default.
             .with_keep_alive(Duration::from_secs(10), options.dial_timeout);
         if let Some((name, password)) = &options.user {
-            connect = connect.with_user(name.clone(), password.clone());
+            // etcd's simple tokens expire (5 min by default): re-authenticate.
+            connect = connect
+                .with_user(name.clone(), password.clone())
+                .with_auto_token_refresh(true);
         }
         if let Some(tls) = &options.tls {
             connect = connect.with_tls(tls.clone());

@@ -1,0 +1,471 @@
+//! The etcd backend under faults, against real etcd processes: a 3-node
+//! cluster losing its leader, a paused server, leases revoked behind the
+//! backend's back, abandoned waits, auth, and the write cost of a cycle.
+//!
+//! Each test that disturbs its server gets a private one.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use distlock::backend::etcd::etcd_client::{Client, GetOptions};
+use distlock::backend::etcd::{EtcdBackend, EtcdOptions};
+use distlock::{Error, Key, LockKey, Locker, LostReason, Namespace, ObtainOptions};
+use distlock_testkit::etcd::{EtcdCluster, backend, holder_entry, raw_client};
+use distlock_testkit::{CriticalSection, unique_namespace};
+use tokio::time::{Instant, sleep, timeout};
+
+const MS: Duration = Duration::from_millis(1);
+
+async fn cluster(size: usize) -> EtcdCluster {
+    tokio::task::spawn_blocking(move || EtcdCluster::start(size))
+        .await
+        .expect("start etcd")
+}
+
+fn locker(backend: &Arc<EtcdBackend>, ns: &str) -> Locker {
+    Locker::builder(backend.clone())
+        .namespace(ns)
+        .build()
+        .unwrap()
+}
+
+async fn entries(client: &mut Client, ns: &str, key: &str) -> usize {
+    let prefix = EtcdBackend::key_prefix(&LockKey {
+        namespace: Namespace::new(ns).unwrap(),
+        key: Key::new(key).unwrap(),
+    });
+    client
+        .get(
+            prefix,
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
+        .await
+        .unwrap()
+        .count() as usize
+}
+
+/// Polls until `key` has `n` entries (holder + waiters), for up to `within`.
+async fn await_entries(client: &mut Client, ns: &str, key: &str, n: usize, within: Duration) {
+    let start = Instant::now();
+    loop {
+        let have = entries(client, ns, key).await;
+        if have == n {
+            return;
+        }
+        assert!(
+            start.elapsed() < within,
+            "{key} has {have} entries, expected {n}"
+        );
+        sleep(10 * MS).await;
+    }
+}
+
+async fn revision(client: &mut Client) -> i64 {
+    client
+        .get("/", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision()
+}
+
+/// A 3-node cluster loses its leader while locks are held and waiters
+/// queue: no two holders overlap, tokens keep increasing, waiters make
+/// progress under the new leader, and no call outlives its bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_keeps_mutual_exclusion_and_waiters_progress() {
+    let cluster = cluster(3).await;
+    let endpoints = cluster.endpoints();
+    let ns = unique_namespace("leader_kill");
+    let section = Arc::new(CriticalSection::new());
+    let stop = Arc::new(AtomicBool::new(false));
+    let entered: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let errors = Arc::new(AtomicUsize::new(0));
+    const WAIT: Duration = Duration::from_secs(8);
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        let locker = locker(&Arc::new(backend(&endpoints).await), &ns);
+        for _ in 0..2 {
+            let (locker, section, stop, entered, errors) = (
+                locker.clone(),
+                section.clone(),
+                stop.clone(),
+                entered.clone(),
+                errors.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    let start = Instant::now();
+                    let opts = ObtainOptions::new().ttl(Duration::from_secs(3)).wait(WAIT);
+                    let result = locker.obtain_with("k", opts).await;
+                    let took = start.elapsed();
+                    assert!(took < WAIT + Duration::from_secs(1), "obtain took {took:?}");
+                    match result {
+                        Ok(lock) => {
+                            section.enter(lock.fencing_token());
+                            entered.lock().unwrap().push(Instant::now());
+                            sleep(10 * MS).await;
+                            assert!(!lock.is_lost());
+                            section.leave();
+                            let start = Instant::now();
+                            if lock.release().await.is_err() {
+                                errors.fetch_add(1, Ordering::SeqCst);
+                            }
+                            let took = start.elapsed();
+                            assert!(took < Duration::from_secs(6), "release took {took:?}");
+                        }
+                        Err(e) => {
+                            assert!(e.is_not_obtained() || e.is_transient(), "{e}");
+                            errors.fetch_add(1, Ordering::SeqCst);
+                            sleep(20 * MS).await;
+                        }
+                    }
+                }
+            }));
+        }
+    }
+    sleep(Duration::from_secs(2)).await;
+    let (leader, term) = cluster.leader(Duration::from_secs(5)).await;
+    let before = entered.lock().unwrap().len();
+    cluster.members[leader].process.kill();
+    let killed_at = Instant::now();
+    let (new_leader, new_term) = cluster.leader(Duration::from_secs(20)).await;
+    assert_ne!(new_leader, leader);
+    assert!(
+        new_term > term,
+        "no new election: term {term} -> {new_term}"
+    );
+    let elected_at = Instant::now();
+    sleep(Duration::from_secs(5)).await;
+    stop.store(true, Ordering::SeqCst);
+    for task in tasks {
+        timeout(WAIT + Duration::from_secs(10), task)
+            .await
+            .expect("a worker hung")
+            .expect("a worker failed");
+    }
+    let entered = entered.lock().unwrap().clone();
+    let after_election = entered.iter().filter(|t| **t > elected_at).count();
+    let total = section.assert_tokens_strictly_increase();
+    eprintln!(
+        "sections: {before} before killing leader m{leader} (term {term}), {total} in all, \
+         {after_election} after m{new_leader} won term {new_term} {:?} after the kill; {} errors",
+        elected_at - killed_at,
+        errors.load(Ordering::SeqCst)
+    );
+    assert!(before >= 5, "too little progress before the kill: {before}");
+    assert!(
+        after_election >= 5,
+        "waiters made no progress under the new leader: {after_election}"
+    );
+}
+
+/// A paused (SIGSTOPped) etcd: the held lock's `lost()` fires by its
+/// validity deadline, and obtains, operations and connects return within
+/// their bounds instead of hanging; after SIGCONT the lock is obtainable again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_etcd_fires_lost_by_the_deadline_and_nothing_hangs() {
+    let cluster = cluster(1).await;
+    let endpoints = cluster.endpoints();
+    let ns = unique_namespace("paused");
+    let a = locker(&Arc::new(backend(&endpoints).await), &ns);
+    let b = Locker::builder(Arc::new(backend(&endpoints).await))
+        .namespace(&ns)
+        .op_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let ttl = Duration::from_secs(2);
+    let lock = a
+        .obtain_with("k", ObtainOptions::new().ttl(ttl))
+        .await
+        .unwrap();
+    let token = lock.fencing_token();
+    let refresher = lock.start_refresh(|_| {});
+    sleep(Duration::from_millis(900)).await; // at least one refresh went through
+    assert!(!lock.is_lost());
+
+    cluster.members[0].process.pause();
+    let paused_at = Instant::now();
+    let deadline = lock.valid_until();
+    assert!(deadline <= paused_at + ttl, "validity beyond one TTL");
+    let reason = timeout(ttl * 2, lock.lost()).await.expect("lost() fired");
+    let fired = Instant::now();
+    assert_eq!(reason, LostReason::Expired);
+    // No refresh can succeed while paused: the deadline is still the one
+    // from before the pause, and lost() fired at it.
+    assert_eq!(lock.valid_until(), deadline);
+    assert!(
+        fired >= deadline && fired < deadline + 100 * MS,
+        "fired {:?} after the deadline",
+        fired - deadline
+    );
+
+    let start = Instant::now();
+    let waited = b
+        .obtain_with("k", ObtainOptions::new().wait(Duration::from_millis(800)))
+        .await;
+    assert!(waited.is_err(), "obtained from a paused etcd");
+    assert!(
+        start.elapsed() < Duration::from_millis(1300),
+        "{:?}",
+        start.elapsed()
+    );
+    let start = Instant::now();
+    match b.try_obtain("k2").await {
+        Err(Error::Timeout { .. }) => {}
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert!(
+        start.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        start.elapsed()
+    );
+    let start = Instant::now();
+    let connect = EtcdBackend::connect(
+        &endpoints,
+        EtcdOptions::new().dial_timeout(Duration::from_secs(1)),
+    )
+    .await;
+    assert!(connect.is_err(), "connected to a paused etcd");
+    assert!(
+        start.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        start.elapsed()
+    );
+
+    cluster.members[0].process.resume();
+    refresher.stop().await;
+    let next = b
+        .obtain_with("k", ObtainOptions::new().wait(Duration::from_secs(15)))
+        .await
+        .expect("obtainable again after SIGCONT");
+    assert!(next.fencing_token() > token);
+    assert!(start.elapsed() < Duration::from_secs(20));
+    next.release().await.unwrap();
+    drop(lock);
+}
+
+/// Revoking the holder's lease behind its back fires `lost()` (NotHeld)
+/// within a refresh interval; a new lease serves later obtains; close
+/// revokes the leases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_lease_fires_lost_and_a_new_lease_serves_later_obtains() {
+    let cluster = cluster(1).await;
+    let endpoints = cluster.endpoints();
+    let mut raw = raw_client(&endpoints).await;
+    let ns = unique_namespace("revoked");
+    let backend = Arc::new(backend(&endpoints).await);
+    let locker = locker(&backend, &ns);
+    let ttl = Duration::from_secs(3);
+    let lock = locker
+        .obtain_with("k", ObtainOptions::new().ttl(ttl))
+        .await
+        .unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let errors = seen.clone();
+    let _refresher = lock.start_refresh(move |e| errors.lock().unwrap().push(e.is_not_held()));
+    let leases = backend.lease_ids();
+    assert_eq!(leases.len(), 1, "one lease for one lock");
+    raw.lease_revoke(leases[0]).await.unwrap();
+    let revoked_at = Instant::now();
+    let reason = timeout(ttl, lock.lost()).await.expect("lost() fired");
+    assert_eq!(reason, LostReason::NotHeld);
+    assert!(revoked_at.elapsed() < ttl / 3 + Duration::from_millis(500));
+    assert!(Instant::now() < lock.valid_until());
+    // The refresher reports the loss to on_error right after ending the lock.
+    timeout(Duration::from_secs(1), async {
+        while seen.lock().unwrap().is_empty() {
+            sleep(5 * MS).await;
+        }
+    })
+    .await
+    .expect("on_error saw the loss");
+    assert_eq!(*seen.lock().unwrap(), vec![true]);
+
+    let again = locker
+        .obtain_with(
+            "k",
+            ObtainOptions::new().ttl(ttl).wait(Duration::from_secs(2)),
+        )
+        .await
+        .unwrap();
+    assert!(again.fencing_token() > lock.fencing_token());
+    let renewed = backend.lease_ids();
+    assert_eq!(renewed.len(), 1);
+    assert_ne!(renewed, leases, "a new lease");
+    let holder = holder_entry(&mut raw, &ns, "k").await.unwrap();
+    assert_eq!(holder.lease(), renewed[0]);
+
+    locker.close().await.unwrap();
+    let left = raw.lease_time_to_live(renewed[0], None).await.unwrap();
+    assert!(left.ttl() <= 0, "close revokes the lease: {}", left.ttl());
+    assert!(holder_entry(&mut raw, &ns, "k").await.is_none());
+    drop((again, lock));
+}
+
+/// A queued waiter whose lease is revoked (its queue key deleted) never
+/// takes that as a grant: it does not obtain while the holder holds, and
+/// later obtains only through a new entry, in turn with another waiter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_waiter_whose_lease_is_revoked_never_falsely_succeeds() {
+    let cluster = cluster(1).await;
+    let endpoints = cluster.endpoints();
+    let mut raw = raw_client(&endpoints).await;
+    let ns = unique_namespace("revoked_waiter");
+    let holder_locker = locker(&Arc::new(backend(&endpoints).await), &ns);
+    let waiter_backend = Arc::new(backend(&endpoints).await);
+    let waiter_locker = locker(&waiter_backend, &ns);
+    let other_locker = locker(&Arc::new(backend(&endpoints).await), &ns);
+    let held = holder_locker
+        .obtain_with("k", ObtainOptions::new().ttl(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    let section = Arc::new(CriticalSection::new());
+    let released_at: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let contend = |locker: Locker| {
+        let (section, released_at) = (section.clone(), released_at.clone());
+        tokio::spawn(async move {
+            let opts = ObtainOptions::new().wait(Duration::from_secs(15));
+            let lock = locker.obtain_with("k", opts).await.unwrap();
+            let at = Instant::now();
+            let released = released_at.lock().unwrap().expect("obtained while held");
+            assert!(at >= released, "obtained before the holder released");
+            section.enter(lock.fencing_token());
+            sleep(100 * MS).await;
+            section.leave();
+            let token = lock.fencing_token();
+            lock.release().await.unwrap();
+            token
+        })
+    };
+    let waiter = contend(waiter_locker);
+    await_entries(&mut raw, &ns, "k", 2, Duration::from_secs(3)).await;
+    let revoked = waiter_backend.lease_ids();
+    assert_eq!(revoked.len(), 1);
+    raw.lease_revoke(revoked[0]).await.unwrap();
+    let other = contend(other_locker);
+    // The waiter keeps polling and watching; neither may get the lock now.
+    sleep(Duration::from_millis(600)).await;
+    assert!(!waiter.is_finished() && !other.is_finished());
+    let queued = entries(&mut raw, &ns, "k").await;
+    assert!(queued >= 2, "the other waiter queued: {queued}");
+    *released_at.lock().unwrap() = Some(Instant::now());
+    let first = held.fencing_token();
+    held.release().await.unwrap();
+    let waiter_token = timeout(Duration::from_secs(10), waiter)
+        .await
+        .unwrap()
+        .unwrap();
+    let other_token = timeout(Duration::from_secs(10), other)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(waiter_token > first && other_token > first);
+    assert_eq!(section.assert_tokens_strictly_increase(), 2);
+    let renewed = waiter_backend.lease_ids();
+    assert!(
+        !renewed.contains(&revoked[0]),
+        "the revoked lease is not reused"
+    );
+}
+
+/// A wait that times out, and one whose future is dropped, delete their
+/// queue entries; a try never writes one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_waits_remove_their_queue_entries() {
+    let cluster = cluster(1).await;
+    let endpoints = cluster.endpoints();
+    let mut raw = raw_client(&endpoints).await;
+    let ns = unique_namespace("abandoned");
+    let a = locker(&Arc::new(backend(&endpoints).await), &ns);
+    let b = locker(&Arc::new(backend(&endpoints).await), &ns);
+    let held = a.obtain("k").await.unwrap();
+
+    let before = revision(&mut raw).await;
+    assert!(b.try_obtain("k").await.unwrap_err().is_not_obtained());
+    assert_eq!(revision(&mut raw).await, before, "a failed try wrote");
+    assert_eq!(entries(&mut raw, &ns, "k").await, 1);
+
+    let waiting = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            b.obtain_with("k", ObtainOptions::new().wait(Duration::from_millis(700)))
+                .await
+        })
+    };
+    await_entries(&mut raw, &ns, "k", 2, Duration::from_millis(600)).await;
+    assert!(waiting.await.unwrap().unwrap_err().is_not_obtained());
+    await_entries(&mut raw, &ns, "k", 1, Duration::from_secs(1)).await;
+
+    let dropped = b.obtain_with("k", ObtainOptions::new().wait_forever());
+    let probe = async {
+        await_entries(&mut raw, &ns, "k", 2, Duration::from_secs(1)).await;
+        sleep(50 * MS).await;
+    };
+    tokio::select! {
+        _ = dropped => panic!("obtained a held lock"),
+        _ = probe => {}
+    }
+    await_entries(&mut raw, &ns, "k", 1, Duration::from_secs(1)).await;
+    held.release().await.unwrap();
+    await_entries(&mut raw, &ns, "k", 0, Duration::from_secs(1)).await;
+}
+
+/// An uncontended obtain + release on a warm locker costs exactly two etcd
+/// writes (the revision moves by two); a contended try costs none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uncontended_cycle_costs_two_writes() {
+    let cluster = cluster(1).await;
+    let endpoints = cluster.endpoints();
+    let mut raw = raw_client(&endpoints).await;
+    let ns = unique_namespace("writes");
+    let locker = locker(&Arc::new(backend(&endpoints).await), &ns);
+    locker
+        .obtain("warm-up")
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    const CYCLES: i64 = 20;
+    let before = revision(&mut raw).await;
+    for i in 0..CYCLES {
+        let lock = locker.obtain(format!("k{}", i % 3)).await.unwrap();
+        lock.release().await.unwrap();
+    }
+    let after = revision(&mut raw).await;
+    assert_eq!(after - before, 2 * CYCLES, "writes per cycle");
+}
+
+/// `etcd://user:password@host` authenticates; a wrong password is refused
+/// at connect, and the error hides the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn urls_authenticate_with_user_and_password() {
+    let cluster = cluster(1).await;
+    let endpoints = cluster.endpoints();
+    let mut raw = raw_client(&endpoints).await;
+    raw.user_add("root", "s3cret/pw", None).await.unwrap();
+    raw.user_grant_role("root", "root").await.unwrap();
+    raw.auth_enable().await.unwrap();
+    let host = &endpoints[0];
+    let url = format!("etcd://root:s3cret%2Fpw@{host}/?namespace=authed");
+    let locker = Locker::from_url(&url).await.unwrap();
+    assert_eq!(locker.backend_name(), "etcd");
+    assert_eq!(locker.namespace().as_str(), "authed");
+    let lock = locker.try_obtain("k").await.unwrap();
+    assert!(locker.is_locked("k").await.unwrap());
+    lock.release().await.unwrap();
+    locker.close().await.unwrap();
+
+    let err = Locker::from_url(&format!("etcd://root:wrong-hunter2@{host}"))
+        .await
+        .unwrap_err();
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+    let anonymous = Locker::from_url(&format!("etcd://{host}")).await;
+    // The status probe needs no auth; then the first real operation is refused.
+    if let Ok(locker) = anonymous {
+        assert!(locker.try_obtain("k").await.is_err());
+    }
+}
