@@ -181,8 +181,10 @@ impl LockState {
 
     /// One extend (retried on transient errors when `retry`), bounded by the
     /// validity deadline; moves the deadline on success, ends the lock when
-    /// the store says it is gone or the deadline passes.
-    async fn extend(&self, retry: bool) -> Result<()> {
+    /// the store says it is gone or the deadline passes. `on_loss` sees the
+    /// store's NotHeld before the lock ends, so a refresher's `on_error`
+    /// has run by the time `lost()` resolves.
+    async fn extend(&self, retry: bool, on_loss: &mut (dyn FnMut(&Error) + Send)) -> Result<()> {
         self.check_valid()?;
         let locker = &self.locker;
         let deadline = self.valid_until();
@@ -208,6 +210,7 @@ impl LockState {
                 Ok(())
             }
             Err(e) if e.is_not_held() => {
+                on_loss(&e);
                 self.end(LostReason::NotHeld);
                 Err(e)
             }
@@ -236,7 +239,7 @@ impl LockState {
     async fn refresh_loop(
         self: Arc<Self>,
         stop: CancellationToken,
-        mut on_error: impl FnMut(&Error),
+        mut on_error: impl FnMut(&Error) + Send,
     ) {
         // After a failed extend, try again soon rather than a whole interval later.
         let retry_gap = (self.refresh_interval / 4).max(Duration::from_millis(1));
@@ -250,18 +253,28 @@ impl LockState {
                 _ = self.ended.cancelled() => return,
                 _ = tokio::time::sleep_until(wake) => {}
             }
+            let mut reported = false;
+            let mut report_loss = |e: &Error| {
+                // A release or stop that raced with the extend is not an error.
+                if !stop.is_cancelled() && !self.done.is_cancelled() {
+                    on_error(e);
+                    reported = true;
+                }
+            };
             let result = tokio::select! {
                 biased;
                 _ = stop.cancelled() => return,
                 _ = self.done.cancelled() => return,
-                result = self.extend(false) => result,
+                result = self.extend(false, &mut report_loss) => result,
             };
             match result {
                 Ok(()) => next = Instant::now() + self.refresh_interval,
                 // A release or stop that raced with the extend is not an error.
                 Err(_) if stop.is_cancelled() || self.done.is_cancelled() => return,
                 Err(e) => {
-                    on_error(&e);
+                    if !reported {
+                        on_error(&e);
+                    }
                     if self.ended().is_some() {
                         return;
                     }
@@ -357,7 +370,11 @@ impl Lock {
     /// fires) when the lock expired or belongs to someone else now.
     pub async fn refresh(&self) -> Result<()> {
         let span = lock_span!("distlock.refresh", self.state);
-        let result = self.state.extend(true).instrument(span.clone()).await;
+        let result = self
+            .state
+            .extend(true, &mut |_| {})
+            .instrument(span.clone())
+            .await;
         record_outcome(&span, &result);
         result
     }
