@@ -150,6 +150,11 @@ impl Locker {
     /// A locker for the store a URL names:
     ///
     /// * `memory://` — a fresh in-process store.
+    /// * `etcd://[user[:password]@]host[:port][,host[:port]...]` — etcd
+    ///   (cargo feature `etcd`), failing over between the endpoints (port
+    ///   2379 by default); `etcds://` connects with TLS, trusting the
+    ///   system's root certificates. Percent-escape `@`, `:` and `/` in the
+    ///   user info. For other options see `backend::etcd::EtcdBackend`.
     ///
     /// Every URL takes `?namespace=NAME`. `redis://`, `rediss://`,
     /// `etcd://` and `file://` belong to backends behind cargo features;

@@ -1,0 +1,203 @@
+//! Uncontended obtain + release on etcd, next to raw etcd-client baselines
+//! measured in the same run against the same etcd, with the etcd writes
+//! each cycle costs (from the store revision).
+//!
+//! ```text
+//! cargo run --release -p distlock-testkit --features etcd --example etcd_cycle -- [CYCLES] [ROUNDS]
+//! ```
+//!
+//! Starts its own single-node etcd (Debian `etcd-server`) on a free loopback
+//! port in a temporary directory. Scenarios run in interleaved rounds, so
+//! background load hits them alike; keys rotate over 16 names.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use distlock::backend::etcd::etcd_client::{
+    Client, Compare, CompareOp, LockOptions, PutOptions, Txn, TxnOp,
+};
+use distlock::{Locker, ObtainOptions};
+use distlock_testkit::etcd::{EtcdCluster, backend};
+use tokio::time::Instant;
+
+const KEYS: usize = 16;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Scenario {
+    Put,
+    TxnDelete,
+    SeedPattern,
+    LockRpc,
+    Distlock,
+}
+
+impl Scenario {
+    const ALL: [Scenario; 5] = [
+        Scenario::Put,
+        Scenario::TxnDelete,
+        Scenario::LockRpc,
+        Scenario::SeedPattern,
+        Scenario::Distlock,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Scenario::Put => "raw: one put",
+            Scenario::TxnDelete => "raw: txn put-if-absent + delete (2 writes)",
+            Scenario::LockRpc => "raw: etcd Lock + Unlock RPCs (warm lease)",
+            Scenario::SeedPattern => "raw: seed grant + put + delete + revoke",
+            Scenario::Distlock => "distlock: obtain + release (warm Locker)",
+        }
+    }
+}
+
+struct Stats {
+    samples: Vec<Duration>,
+    writes: i64,
+    cycles: i64,
+}
+
+async fn revision(client: &mut Client) -> i64 {
+    client
+        .get("/", None)
+        .await
+        .expect("read")
+        .header()
+        .expect("header")
+        .revision()
+}
+
+async fn cycle(
+    scenario: Scenario,
+    i: usize,
+    client: &mut Client,
+    locker: &Locker,
+    lock_lease: i64,
+) {
+    let key = format!("/bench/{:?}/k{}", scenario, i % KEYS);
+    match scenario {
+        Scenario::Put => {
+            client.put(key, "v", None).await.expect("put");
+        }
+        Scenario::TxnDelete => {
+            let txn = Txn::new()
+                .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(key.clone(), "v", None)]);
+            assert!(client.txn(txn).await.expect("txn").succeeded());
+            client.delete(key, None).await.expect("delete");
+        }
+        Scenario::LockRpc => {
+            let opts = LockOptions::new().with_lease(lock_lease);
+            let locked = client.lock(key, Some(opts)).await.expect("lock");
+            client.unlock(locked.key().to_vec()).await.expect("unlock");
+        }
+        Scenario::SeedPattern => {
+            let lease = client.lease_grant(5, None).await.expect("grant").id();
+            let opts = PutOptions::new().with_lease(lease);
+            client.put(key.clone(), "v", Some(opts)).await.expect("put");
+            client.delete(key, None).await.expect("delete");
+            client.lease_revoke(lease).await.expect("revoke");
+        }
+        Scenario::Distlock => {
+            let lock = locker
+                .obtain_with(format!("k{}", i % KEYS), ObtainOptions::new())
+                .await
+                .expect("obtain");
+            lock.release().await.expect("release");
+        }
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let cycles: usize = args.next().map_or(500, |a| a.parse().expect("CYCLES"));
+    let rounds: usize = args.next().map_or(4, |a| a.parse().expect("ROUNDS"));
+    let cluster = tokio::task::spawn_blocking(|| EtcdCluster::start(1))
+        .await
+        .expect("start etcd");
+    let endpoints = cluster.endpoints();
+    let mut client = Client::connect(&endpoints, None).await.expect("connect");
+    let backend = Arc::new(backend(&endpoints).await);
+    let locker = Locker::builder(backend)
+        .namespace("bench")
+        .build()
+        .expect("locker");
+    let lock_lease = client.lease_grant(60, None).await.expect("grant").id();
+    let (mut keeper, mut responses) = client.lease_keep_alive(lock_lease).await.expect("keep");
+    let keep_alive = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(15)).await;
+            if keeper.keep_alive().await.is_err() || responses.message().await.is_err() {
+                return;
+            }
+        }
+    });
+
+    // Warm every path (connections, the Locker's lease, etcd's caches).
+    for scenario in Scenario::ALL {
+        for i in 0..50 {
+            cycle(scenario, i, &mut client, &locker, lock_lease).await;
+        }
+    }
+    let mut stats: Vec<Stats> = Scenario::ALL
+        .iter()
+        .map(|_| Stats {
+            samples: Vec::with_capacity(cycles * rounds),
+            writes: 0,
+            cycles: 0,
+        })
+        .collect();
+    for _ in 0..rounds {
+        for (n, scenario) in Scenario::ALL.into_iter().enumerate() {
+            let before = revision(&mut client).await;
+            for i in 0..cycles {
+                let start = Instant::now();
+                cycle(scenario, i, &mut client, &locker, lock_lease).await;
+                stats[n].samples.push(start.elapsed());
+            }
+            stats[n].writes += revision(&mut client).await - before;
+            stats[n].cycles += cycles as i64;
+        }
+    }
+    keep_alive.abort();
+
+    let floor = {
+        let s = &stats[1].samples;
+        s.iter().sum::<Duration>() / s.len() as u32
+    };
+    println!(
+        "etcd {} on 127.0.0.1, {cycles} cycles x {rounds} rounds per scenario, one task, {KEYS} rotating keys",
+        std::process::Command::new("etcd")
+            .arg("--version")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|v| v.lines().next().map(|l| l.replace("etcd Version: ", "")))
+            .unwrap_or_default()
+    );
+    println!(
+        "{:<46} {:>9} {:>9} {:>9} {:>9} {:>8} {:>12}",
+        "scenario", "mean", "p50", "p99", "max", "writes", "mean/2-write"
+    );
+    for (scenario, s) in Scenario::ALL.into_iter().zip(&mut stats) {
+        s.samples.sort_unstable();
+        let mean = s.samples.iter().sum::<Duration>() / s.samples.len() as u32;
+        println!(
+            "{:<46} {:>9.3?} {:>9.3?} {:>9.3?} {:>9.3?} {:>8.2} {:>11.2}x",
+            scenario.label(),
+            mean,
+            percentile(&s.samples, 0.5),
+            percentile(&s.samples, 0.99),
+            s.samples.last().copied().unwrap_or_default(),
+            s.writes as f64 / s.cycles as f64,
+            mean.as_secs_f64() / floor.as_secs_f64(),
+        );
+    }
+    drop(cluster);
+}
