@@ -126,6 +126,20 @@ async fn killing_the_leader_keeps_mutual_exclusion_and_waiters_progress() {
             }));
         }
     }
+    // A lock held (and refreshed) across the failover, with a waiter queued on it.
+    let holder = locker(&Arc::new(backend(&endpoints).await), &ns);
+    let held = holder
+        .obtain_with("held", ObtainOptions::new().ttl(Duration::from_secs(6)))
+        .await
+        .unwrap();
+    let refresher = held.start_refresh(|e| eprintln!("refresh across the failover: {e}"));
+    let queued = {
+        let waiter = locker(&Arc::new(backend(&endpoints).await), &ns);
+        tokio::spawn(async move {
+            let opts = ObtainOptions::new().wait(Duration::from_secs(30));
+            waiter.obtain_with("held", opts).await
+        })
+    };
     sleep(Duration::from_secs(2)).await;
     let (leader, term) = cluster.leader(Duration::from_secs(5)).await;
     let before = entered.lock().unwrap().len();
@@ -139,6 +153,23 @@ async fn killing_the_leader_keeps_mutual_exclusion_and_waiters_progress() {
     );
     let elected_at = Instant::now();
     sleep(Duration::from_secs(5)).await;
+    // The held lock survived the failover (a new leader only extends
+    // leases) and its waiter never got it meanwhile; released, it passes on.
+    assert!(
+        !held.is_lost(),
+        "the held lock was lost across the failover"
+    );
+    assert!(!queued.is_finished(), "the waiter obtained a held lock");
+    let held_token = held.fencing_token();
+    refresher.stop().await;
+    held.release().await.unwrap();
+    let next = timeout(Duration::from_secs(5), queued)
+        .await
+        .expect("the waiter got the lock after the release")
+        .unwrap()
+        .unwrap();
+    assert!(next.fencing_token() > held_token);
+    next.release().await.unwrap();
     stop.store(true, Ordering::SeqCst);
     for task in tasks {
         timeout(WAIT + Duration::from_secs(10), task)

@@ -25,8 +25,10 @@
 //! # How locks are stored
 //!
 //! Each acquisition writes its own key, `/<namespace>/<escaped key>/<owner
-//! token>` (see [`Key`](crate::Key) for the escaping, which keeps "a" and
-//! "a/b" apart), attached to the backend's session lease. Among the keys
+//! token as 32 hex digits>`, attached to the backend's session lease. The
+//! escaping percent-encodes `/`, `%` and every byte outside printable ASCII,
+//! so "a" and "a/b" live under disjoint prefixes (`/ns/a/`, `/ns/a%2Fb/`)
+//! and an etcd role can be granted exactly the prefix `/<namespace>/`. Among the keys
 //! under one lock's prefix, the one with the lowest create revision holds the
 //! lock; the others are waiters, served in create-revision order. The
 //! holder's create revision is its fencing token: strictly increasing per
@@ -931,7 +933,15 @@ impl Inner {
             }
             released.await;
         };
+        // If this future is dropped mid-delete (the engine's timeout), the
+        // entry goes back to the reaper instead of staying "releasing".
+        let mut guard = ReleaseGuard {
+            inner: self,
+            owner: lease.owner,
+            armed: true,
+        };
         let result = self.delete_entry(&etcd_key, revision).await;
+        guard.armed = false;
         match result {
             Ok(deleted) => {
                 self.end_release(lease.owner, true, Instant::now());
@@ -1048,6 +1058,25 @@ impl Inner {
         self.state().entries.clear();
         self.released.notify_waiters();
         results.into_iter().collect()
+    }
+}
+
+/// Hands an entry whose release was cut short back to the reaper.
+struct ReleaseGuard<'a> {
+    inner: &'a Inner,
+    owner: OwnerToken,
+    armed: bool,
+}
+
+impl Drop for ReleaseGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.inner.end_release(
+                self.owner,
+                false,
+                Instant::now() + Duration::from_millis(100),
+            );
+        }
     }
 }
 
