@@ -1,6 +1,7 @@
 //! Uncontended obtain + release on etcd, next to raw etcd-client baselines
 //! measured in the same run against the same etcd, with the etcd writes
-//! each cycle costs (from the store revision).
+//! each cycle costs: store revisions (key changes) and raft proposals (every
+//! write, lease grant and revoke, from the member's raft index).
 //!
 //! ```text
 //! cargo run --release -p distlock-testkit --features etcd --example etcd_cycle -- [CYCLES] [ROUNDS]
@@ -54,7 +55,14 @@ impl Scenario {
 struct Stats {
     samples: Vec<Duration>,
     writes: i64,
+    proposals: u64,
     cycles: i64,
+}
+
+/// The member's raft log index: one entry per proposal (writes, lease
+/// grants and revokes; not reads or keepalives).
+async fn raft_index(client: &mut Client) -> u64 {
+    client.status().await.expect("status").raft_index()
 }
 
 async fn revision(client: &mut Client) -> i64 {
@@ -150,18 +158,21 @@ async fn main() {
         .map(|_| Stats {
             samples: Vec::with_capacity(cycles * rounds),
             writes: 0,
+            proposals: 0,
             cycles: 0,
         })
         .collect();
     for _ in 0..rounds {
         for (n, scenario) in Scenario::ALL.into_iter().enumerate() {
             let before = revision(&mut client).await;
+            let proposals = raft_index(&mut client).await;
             for i in 0..cycles {
                 let start = Instant::now();
                 cycle(scenario, i, &mut client, &locker, lock_lease).await;
                 stats[n].samples.push(start.elapsed());
             }
             stats[n].writes += revision(&mut client).await - before;
+            stats[n].proposals += raft_index(&mut client).await - proposals;
             stats[n].cycles += cycles as i64;
         }
     }
@@ -182,20 +193,21 @@ async fn main() {
             .unwrap_or_default()
     );
     println!(
-        "{:<46} {:>9} {:>9} {:>9} {:>9} {:>8} {:>12}",
-        "scenario", "mean", "p50", "p99", "max", "writes", "mean/2-write"
+        "{:<46} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>12}",
+        "scenario", "mean", "p50", "p99", "max", "revisions", "proposals", "mean/2-write"
     );
     for (scenario, s) in Scenario::ALL.into_iter().zip(&mut stats) {
         s.samples.sort_unstable();
         let mean = s.samples.iter().sum::<Duration>() / s.samples.len() as u32;
         println!(
-            "{:<46} {:>9.3?} {:>9.3?} {:>9.3?} {:>9.3?} {:>8.2} {:>11.2}x",
+            "{:<46} {:>9.3?} {:>9.3?} {:>9.3?} {:>9.3?} {:>9.2} {:>9.2} {:>11.2}x",
             scenario.label(),
             mean,
             percentile(&s.samples, 0.5),
             percentile(&s.samples, 0.99),
             s.samples.last().copied().unwrap_or_default(),
             s.writes as f64 / s.cycles as f64,
+            s.proposals as f64 / s.cycles as f64,
             mean.as_secs_f64() / floor.as_secs_f64(),
         );
     }

@@ -61,6 +61,12 @@ async fn await_entries(client: &mut Client, ns: &str, key: &str, n: usize, withi
     }
 }
 
+/// The member's raft log index: one entry per proposal (every write,
+/// lease grant and revoke; not reads, not keepalives).
+async fn raft_index(client: &mut Client) -> u64 {
+    client.status().await.unwrap().raft_index()
+}
+
 async fn revision(client: &mut Client) -> i64 {
     client
         .get("/", None)
@@ -462,12 +468,50 @@ async fn an_uncontended_cycle_costs_two_writes() {
         .unwrap();
     const CYCLES: i64 = 20;
     let before = revision(&mut raw).await;
+    let proposals = raft_index(&mut raw).await;
     for i in 0..CYCLES {
         let lock = locker.obtain(format!("k{}", i % 3)).await.unwrap();
         lock.release().await.unwrap();
     }
     let after = revision(&mut raw).await;
-    assert_eq!(after - before, 2 * CYCLES, "writes per cycle");
+    assert_eq!(after - before, 2 * CYCLES, "revisions per cycle");
+    let proposed = raft_index(&mut raw).await - proposals;
+    assert_eq!(proposed, 2 * CYCLES as u64, "raft proposals per cycle");
+}
+
+/// A waiter joins the queue with one write and then polls with reads only;
+/// giving up costs one delete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_polls_without_writing() {
+    let cluster = cluster(1).await;
+    let endpoints = cluster.endpoints();
+    let mut raw = raw_client(&endpoints).await;
+    let ns = unique_namespace("wait_cost");
+    let a = locker(&Arc::new(backend(&endpoints).await), &ns);
+    let b = locker(&Arc::new(backend(&endpoints).await), &ns);
+    // Warm both lockers' leases.
+    a.obtain("warm-a").await.unwrap().release().await.unwrap();
+    b.obtain("warm-b").await.unwrap().release().await.unwrap();
+    let held = a.obtain("k").await.unwrap();
+    let proposals = raft_index(&mut raw).await;
+    let retry = distlock::RetryStrategy::linear(Duration::from_millis(50));
+    let err = b
+        .obtain_with(
+            "k",
+            ObtainOptions::new()
+                .wait(Duration::from_secs(1))
+                .retry(retry),
+        )
+        .await
+        .unwrap_err();
+    match err {
+        Error::NotObtained { attempts, .. } => assert!(attempts >= 10, "{attempts} attempts"),
+        other => panic!("expected NotObtained, got {other:?}"),
+    }
+    await_entries(&mut raw, &ns, "k", 1, Duration::from_secs(1)).await;
+    let proposed = raft_index(&mut raw).await - proposals;
+    assert_eq!(proposed, 2, "one put to queue, one delete to leave");
+    held.release().await.unwrap();
 }
 
 /// `etcd://user:password@host` authenticates; a wrong password is refused
@@ -499,4 +543,136 @@ async fn urls_authenticate_with_user_and_password() {
     if let Ok(locker) = anonymous {
         assert!(locker.try_obtain("k").await.is_err());
     }
+}
+
+/// Writes a throwaway CA and a server certificate for 127.0.0.1 into `dir`
+/// with the `openssl` command; returns the CA's PEM.
+fn make_certificates(dir: &std::path::Path) -> Vec<u8> {
+    let openssl = distlock_testkit::server::require_binary("openssl", "openssl");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&openssl)
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=distlock test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "server.ext",
+    ]);
+    std::fs::read(dir.join("ca.pem")).unwrap()
+}
+
+/// TLS: a backend trusting the server's CA locks through `https://`; an
+/// `etcds://` URL, which trusts only the system's roots, refuses the
+/// unknown CA, which shows it really speaks TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_connections_verify_the_server() {
+    let certs = std::env::temp_dir().join(format!("distlock-etcd-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&certs).unwrap();
+    let ca = make_certificates(&certs);
+    let (client, peer) = (
+        distlock_testkit::server::free_port(),
+        distlock_testkit::server::free_port(),
+    );
+    let path = |f: &str| certs.join(f).display().to_string();
+    let args = vec![
+        "--name".into(),
+        "tls".into(),
+        "--data-dir".into(),
+        "data".into(),
+        "--listen-client-urls".into(),
+        format!("https://127.0.0.1:{client}"),
+        "--advertise-client-urls".into(),
+        format!("https://127.0.0.1:{client}"),
+        "--listen-peer-urls".into(),
+        format!("http://127.0.0.1:{peer}"),
+        "--initial-advertise-peer-urls".into(),
+        format!("http://127.0.0.1:{peer}"),
+        "--initial-cluster".into(),
+        format!("tls=http://127.0.0.1:{peer}"),
+        "--cert-file".into(),
+        path("server.pem"),
+        "--key-file".into(),
+        path("server.key"),
+    ];
+    let binary = distlock_testkit::server::require_binary("etcd", "etcd-server");
+    let server = tokio::task::spawn_blocking(move || {
+        distlock_testkit::server::ServerProcess::start("etcd-tls", binary, args, vec![client])
+    })
+    .await
+    .unwrap();
+
+    use distlock::backend::etcd::etcd_client::{Certificate, TlsOptions};
+    let tls = TlsOptions::new().ca_certificate(Certificate::from_pem(ca));
+    let endpoint = format!("https://127.0.0.1:{client}");
+    let backend = EtcdBackend::connect([endpoint.as_str()], EtcdOptions::new().tls(tls))
+        .await
+        .unwrap_or_else(|e| panic!("TLS connect failed: {e}; log:\n{}", server.log()));
+    let locker = locker(&Arc::new(backend), "tls");
+    let lock = locker.try_obtain("k").await.unwrap();
+    assert!(locker.is_locked("k").await.unwrap());
+    lock.release().await.unwrap();
+
+    let untrusted = Locker::from_url(&format!("etcds://127.0.0.1:{client}")).await;
+    assert!(untrusted.is_err(), "an unknown CA was trusted");
+    let plain = EtcdBackend::connect(
+        [format!("127.0.0.1:{client}")],
+        EtcdOptions::new().dial_timeout(Duration::from_secs(2)),
+    )
+    .await;
+    assert!(plain.is_err(), "plain HTTP/2 reached a TLS port");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&certs);
 }

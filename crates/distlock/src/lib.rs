@@ -37,6 +37,14 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Backends
+//!
+//! * `memory://` — built in ([`backend::memory`]).
+//! * `etcd://` / `etcds://` — cargo feature `etcd` (needs `protoc` to
+//!   build): module `backend::etcd`, with a fair FIFO queue by create
+//!   revision, the create revision as fencing token, and two etcd writes per
+//!   uncontended obtain + release.
+//!
 //! ## What a lease-based lock can promise
 //!
 //! A lock with a TTL is safe only while its holder meets its validity

@@ -726,6 +726,7 @@ impl Inner {
         // Until a grant, the entry lives at least a lease TTL past each
         // attempt, so a slow poller keeps its place.
         let queued_reap_at = now + req.ttl.max(session.ttl);
+        let known;
         {
             let mut state = self.state();
             let state = &mut *state;
@@ -748,6 +749,7 @@ impl Inner {
             entry.ttl = req.ttl;
             entry.reap_at = entry.reap_at.max(queued_reap_at);
             let at = entry.reap_at;
+            known = entry.revision;
             Self::schedule(state, owner, at);
         }
         self.reaper_wake.notify_one();
@@ -755,46 +757,49 @@ impl Inner {
         let target = now + req.ttl;
         session.kick_if_short(target);
 
-        let first = GetOptions::new()
+        let first_entry = GetOptions::new()
             .with_prefix()
             .with_sort(SortTarget::Create, SortOrder::Ascend)
             .with_limit(1);
-        let put = TxnOp::put(
-            etcd_key.clone(),
-            encode::entry_value(req.ttl, req.metadata.as_deref()),
-            Some(PutOptions::new().with_lease(session.id)),
-        );
-        let read_mine = TxnOp::get(etcd_key.clone(), None);
-        let read_first = TxnOp::get(prefix.clone(), Some(first));
-        let txn = if req.will_wait {
-            // Join the queue (once), then see who is first.
-            Txn::new()
-                .when([Compare::create_revision(
+        let reads = || {
+            [
+                TxnOp::get(etcd_key.clone(), None),
+                TxnOp::get(prefix.clone(), Some(first_entry.clone())),
+            ]
+        };
+        let mut found = None;
+        if req.will_wait && known.is_some() {
+            // Already queued: a read-only transaction (served without a
+            // raft proposal) says whether we are first now.
+            let (mine, first) = self.run_txn(Txn::new().and_then(reads()), &session).await?;
+            if mine.is_some() {
+                found = Some((mine, first));
+            }
+            // Else our entry vanished: queue again at the back, below.
+        }
+        let (mine, first) = match found {
+            Some(found) => found,
+            None => {
+                let put = TxnOp::put(
                     etcd_key.clone(),
-                    CompareOp::Equal,
-                    0,
-                )])
-                .and_then([put, read_mine.clone(), read_first.clone()])
-                .or_else([read_mine, read_first])
-        } else {
-            // One attempt: take it only if nobody holds or waits for it.
-            Txn::new()
-                .when([Compare::create_revision(prefix.clone(), CompareOp::Equal, 0).with_prefix()])
-                .and_then([put, read_mine.clone(), read_first.clone()])
-                .or_else([read_mine, read_first])
+                    encode::entry_value(req.ttl, req.metadata.as_deref()),
+                    Some(PutOptions::new().with_lease(session.id)),
+                );
+                let guard = if req.will_wait {
+                    // Join the queue (once).
+                    Compare::create_revision(etcd_key.clone(), CompareOp::Equal, 0)
+                } else {
+                    // One attempt: take it only if nobody holds or waits for it.
+                    Compare::create_revision(prefix.clone(), CompareOp::Equal, 0).with_prefix()
+                };
+                let [read_mine, read_first] = reads();
+                let txn = Txn::new()
+                    .when([guard])
+                    .and_then([put, read_mine, read_first])
+                    .or_else(reads());
+                self.run_txn(txn, &session).await?
+            }
         };
-        let mut client = self.client.clone();
-        let resp = match client.txn(txn).await {
-            Ok(resp) => resp,
-            Err(e) if lease_not_found(&e) => return Err(AttemptError::LeaseGone(session)),
-            Err(e) => return Err(backend_error("acquire", e).into()),
-        };
-        let mut ranges = resp.op_responses().into_iter().filter_map(|op| match op {
-            TxnOpResponse::Get(get) => Some(get.kvs().first().cloned()),
-            _ => None,
-        });
-        let mine: Option<KeyValue> = ranges.next().flatten();
-        let first: Option<KeyValue> = ranges.next().flatten();
         let holder = first
             .as_ref()
             .map(|kv| encode::holder_info(kv.create_revision(), kv.value()));
@@ -856,6 +861,28 @@ impl Inner {
         Ok(Attempt::Granted {
             fencing_token: u64::try_from(revision).unwrap_or_default(),
         })
+    }
+
+    /// Runs an acquire transaction; returns its two range reads: our entry
+    /// and the lowest entry of the prefix.
+    async fn run_txn(
+        &self,
+        txn: Txn,
+        session: &Arc<Session>,
+    ) -> Result<(Option<KeyValue>, Option<KeyValue>), AttemptError> {
+        let mut client = self.client.clone();
+        let resp = match client.txn(txn).await {
+            Ok(resp) => resp,
+            Err(e) if lease_not_found(&e) => return Err(AttemptError::LeaseGone(session.clone())),
+            Err(e) => return Err(backend_error("acquire", e).into()),
+        };
+        let mut ranges = resp.op_responses().into_iter().filter_map(|op| match op {
+            TxnOpResponse::Get(get) => Some(get.kvs().first().cloned()),
+            _ => None,
+        });
+        let mine = ranges.next().flatten();
+        let first = ranges.next().flatten();
+        Ok((mine, first))
     }
 
     async fn extend(&self, lease: &LeaseRef, ttl: Duration) -> Result<()> {
