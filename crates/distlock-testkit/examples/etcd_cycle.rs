@@ -9,13 +9,15 @@
 //!
 //! Starts its own single-node etcd (Debian `etcd-server`) on a free loopback
 //! port in a temporary directory. Scenarios run in interleaved rounds, so
-//! background load hits them alike; keys rotate over 16 names.
+//! background load hits them alike; keys rotate over 16 names. Ratios are
+//! against the 2-write floor (a put-if-absent transaction and a delete).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use distlock::backend::etcd::etcd_client::{
-    Client, Compare, CompareOp, LockOptions, PutOptions, Txn, TxnOp,
+    Client, Compare, CompareOp, GetOptions, LockOptions, PutOptions, SortOrder, SortTarget, Txn,
+    TxnOp,
 };
 use distlock::{Locker, ObtainOptions};
 use distlock_testkit::etcd::{EtcdCluster, backend};
@@ -29,15 +31,17 @@ enum Scenario {
     TxnDelete,
     SeedPattern,
     LockRpc,
+    SameTxns,
     Distlock,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 5] = [
+    const ALL: [Scenario; 6] = [
         Scenario::Put,
         Scenario::TxnDelete,
         Scenario::LockRpc,
         Scenario::SeedPattern,
+        Scenario::SameTxns,
         Scenario::Distlock,
     ];
 
@@ -47,6 +51,7 @@ impl Scenario {
             Scenario::TxnDelete => "raw: txn put-if-absent + delete (2 writes)",
             Scenario::LockRpc => "raw: etcd Lock + Unlock RPCs (warm lease)",
             Scenario::SeedPattern => "raw: seed grant + put + delete + revoke",
+            Scenario::SameTxns => "raw: distlock's two transactions, by hand",
             Scenario::Distlock => "distlock: obtain + release (warm Locker)",
         }
     }
@@ -105,6 +110,35 @@ async fn cycle(
             client.put(key.clone(), "v", Some(opts)).await.expect("put");
             client.delete(key, None).await.expect("delete");
             client.lease_revoke(lease).await.expect("revoke");
+        }
+        Scenario::SameTxns => {
+            // The acquire transaction (put-if-absent with the lease, read
+            // the prefix's first entry) and the guarded delete.
+            let entry = format!("{key}/{:032x}", i);
+            let first = GetOptions::new()
+                .with_prefix()
+                .with_sort(SortTarget::Create, SortOrder::Ascend)
+                .with_limit(1);
+            let acquire = Txn::new()
+                .when([Compare::create_revision(entry.clone(), CompareOp::Equal, 0)])
+                .and_then([
+                    TxnOp::put(
+                        entry.clone(),
+                        "30000:0",
+                        Some(PutOptions::new().with_lease(lock_lease)),
+                    ),
+                    TxnOp::get(format!("{key}/"), Some(first)),
+                ]);
+            let resp = client.txn(acquire).await.expect("acquire txn");
+            let revision = resp.header().expect("header").revision();
+            let release = Txn::new()
+                .when([Compare::create_revision(
+                    entry.clone(),
+                    CompareOp::Equal,
+                    revision,
+                )])
+                .and_then([TxnOp::delete(entry, None)]);
+            assert!(client.txn(release).await.expect("release txn").succeeded());
         }
         Scenario::Distlock => {
             let lock = locker
@@ -178,10 +212,15 @@ async fn main() {
     }
     keep_alive.abort();
 
-    let floor = {
+    for s in &mut stats {
+        s.samples.sort_unstable();
+    }
+    // The 2-write floor.
+    let floor_mean = {
         let s = &stats[1].samples;
         s.iter().sum::<Duration>() / s.len() as u32
     };
+    let floor_p50 = percentile(&stats[1].samples, 0.5);
     println!(
         "etcd {} on 127.0.0.1, {cycles} cycles x {rounds} rounds per scenario, one task, {KEYS} rotating keys",
         std::process::Command::new("etcd")
@@ -193,14 +232,13 @@ async fn main() {
             .unwrap_or_default()
     );
     println!(
-        "{:<46} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>12}",
-        "scenario", "mean", "p50", "p99", "max", "revisions", "proposals", "mean/2-write"
+        "{:<46} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7}",
+        "scenario", "mean", "p50", "p99", "max", "revisions", "proposals", "mean/fl", "p50/fl"
     );
-    for (scenario, s) in Scenario::ALL.into_iter().zip(&mut stats) {
-        s.samples.sort_unstable();
+    for (scenario, s) in Scenario::ALL.into_iter().zip(&stats) {
         let mean = s.samples.iter().sum::<Duration>() / s.samples.len() as u32;
         println!(
-            "{:<46} {:>9.3?} {:>9.3?} {:>9.3?} {:>9.3?} {:>9.2} {:>9.2} {:>11.2}x",
+            "{:<46} {:>9.3?} {:>9.3?} {:>9.3?} {:>9.3?} {:>9.2} {:>9.2} {:>6.2}x {:>6.2}x",
             scenario.label(),
             mean,
             percentile(&s.samples, 0.5),
@@ -208,7 +246,8 @@ async fn main() {
             s.samples.last().copied().unwrap_or_default(),
             s.writes as f64 / s.cycles as f64,
             s.proposals as f64 / s.cycles as f64,
-            mean.as_secs_f64() / floor.as_secs_f64(),
+            mean.as_secs_f64() / floor_mean.as_secs_f64(),
+            percentile(&s.samples, 0.5).as_secs_f64() / floor_p50.as_secs_f64(),
         );
     }
     drop(cluster);

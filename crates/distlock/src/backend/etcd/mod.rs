@@ -273,6 +273,8 @@ struct State {
     /// Locks with an entry being deleted: later attempts on them wait for it.
     releasing: HashMap<LockKey, usize>,
     reap_queue: BinaryHeap<Reverse<Due>>,
+    /// When the reaper wakes next (`None`: when told to).
+    reaper_at: Option<Instant>,
 }
 
 struct Entry {
@@ -547,11 +549,17 @@ impl Inner {
         }
     }
 
-    fn schedule(state: &mut State, owner: OwnerToken, at: Instant) {
+    /// Queues `owner`'s entry for the reaper at `at`; true if the reaper
+    /// sleeps past `at` and must be woken.
+    #[must_use]
+    fn schedule(state: &mut State, owner: OwnerToken, at: Instant) -> bool {
         state.reap_queue.push(Reverse(Due {
             at,
             owner: OwnerKey::of(owner),
         }));
+        state
+            .reaper_at
+            .is_none_or(|sleeping_until| at < sleeping_until)
     }
 
     /// Marks `owner`'s entry as being deleted; false if it already is.
@@ -576,23 +584,25 @@ impl Inner {
             return;
         };
         let key = entry.key.clone();
-        if gone {
+        let wake = if gone {
             state.entries.remove(&owner);
+            false
         } else {
             entry.releasing = false;
             entry.reap_at = entry.reap_at.min(retry_at);
             let at = entry.reap_at;
-            Self::schedule(state, owner, at);
-        }
+            Self::schedule(state, owner, at)
+        };
         if let Some(n) = state.releasing.get_mut(&key) {
             *n -= 1;
             if *n == 0 {
                 state.releasing.remove(&key);
             }
         }
-        drop(key);
         self.released.notify_waiters();
-        self.reaper_wake.notify_one();
+        if wake {
+            self.reaper_wake.notify_one();
+        }
     }
 
     /// Deletes an entry's key, guarded by its create revision when known.
@@ -727,6 +737,7 @@ impl Inner {
         // attempt, so a slow poller keeps its place.
         let queued_reap_at = now + req.ttl.max(session.ttl);
         let known;
+        let wake;
         {
             let mut state = self.state();
             let state = &mut *state;
@@ -750,9 +761,11 @@ impl Inner {
             entry.reap_at = entry.reap_at.max(queued_reap_at);
             let at = entry.reap_at;
             known = entry.revision;
-            Self::schedule(state, owner, at);
+            wake = Self::schedule(state, owner, at);
         }
-        self.reaper_wake.notify_one();
+        if wake {
+            self.reaper_wake.notify_one();
+        }
         // The guarantee must cover the lock's validity, counted from now.
         let target = now + req.ttl;
         session.kick_if_short(target);
@@ -792,10 +805,12 @@ impl Inner {
                     // One attempt: take it only if nobody holds or waits for it.
                     Compare::create_revision(prefix.clone(), CompareOp::Equal, 0).with_prefix()
                 };
-                let [read_mine, read_first] = reads();
+                // On success the put's revision (the transaction's) is our
+                // entry's create revision: no need to read it back.
+                let [_, read_first] = reads();
                 let txn = Txn::new()
                     .when([guard])
-                    .and_then([put, read_mine, read_first])
+                    .and_then([put, read_first])
                     .or_else(reads());
                 self.run_txn(txn, &session).await?
             }
@@ -811,7 +826,7 @@ impl Inner {
             }
             return Ok(Attempt::Contended { holder });
         };
-        let revision = mine.create_revision();
+        let revision = mine;
         let is_first = first
             .as_ref()
             .is_some_and(|kv| kv.create_revision() == revision);
@@ -855,32 +870,47 @@ impl Inner {
         // before the validity deadline the engine computes.
         entry.reap_at = Instant::now() + req.ttl;
         let at = entry.reap_at;
-        Self::schedule(&mut state, owner, at);
+        let wake = Self::schedule(&mut state, owner, at);
         drop(state);
-        self.reaper_wake.notify_one();
+        if wake {
+            self.reaper_wake.notify_one();
+        }
         Ok(Attempt::Granted {
             fencing_token: u64::try_from(revision).unwrap_or_default(),
         })
     }
 
-    /// Runs an acquire transaction; returns its two range reads: our entry
-    /// and the lowest entry of the prefix.
+    /// Runs an acquire transaction; returns the create revision of our
+    /// entry (from the put, else from reading it) and the lowest entry of
+    /// the prefix.
     async fn run_txn(
         &self,
         txn: Txn,
         session: &Arc<Session>,
-    ) -> Result<(Option<KeyValue>, Option<KeyValue>), AttemptError> {
+    ) -> Result<(Option<i64>, Option<KeyValue>), AttemptError> {
         let mut client = self.client.clone();
         let resp = match client.txn(txn).await {
             Ok(resp) => resp,
             Err(e) if lease_not_found(&e) => return Err(AttemptError::LeaseGone(session.clone())),
             Err(e) => return Err(backend_error("acquire", e).into()),
         };
-        let mut ranges = resp.op_responses().into_iter().filter_map(|op| match op {
+        let ops = resp.op_responses();
+        let put = ops.iter().any(|op| matches!(op, TxnOpResponse::Put(_)));
+        let mut ranges = ops.into_iter().filter_map(|op| match op {
             TxnOpResponse::Get(get) => Some(get.kvs().first().cloned()),
             _ => None,
         });
-        let mine = ranges.next().flatten();
+        let mine = if put {
+            let revision = resp.header().map(|h| h.revision());
+            if revision.is_none() {
+                return Err(
+                    backend_error("acquire", "a transaction reply without a header").into(),
+                );
+            }
+            revision
+        } else {
+            ranges.next().flatten().map(|kv| kv.create_revision())
+        };
         let first = ranges.next().flatten();
         Ok((mine, first))
     }
@@ -928,14 +958,17 @@ impl Inner {
         let result = tokio::try_join!(still_ours, lease_alive).map(|_| ());
         if matches!(&result, Err(e) if e.is_not_held()) {
             let mut state = self.state();
+            let mut wake = false;
             if let Some(entry) = state.entries.get_mut(&lease.owner) {
                 // Gone: let the reaper forget it (its guarded delete is a no-op).
                 entry.granted = false;
                 entry.reap_at = now;
-                Self::schedule(&mut state, lease.owner, now);
+                wake = Self::schedule(&mut state, lease.owner, now);
             }
             drop(state);
-            self.reaper_wake.notify_one();
+            if wake {
+                self.reaper_wake.notify_one();
+            }
         }
         result
     }
@@ -1127,7 +1160,12 @@ async fn reaper(inner: Weak<Inner>, wake_up: Arc<Notify>, closed: CancellationTo
         tokio::pin!(wake);
         wake.as_mut().enable();
         let Some(this) = inner.upgrade() else { return };
-        let next = this.state().reap_queue.peek().map(|Reverse(due)| due.at);
+        let next = {
+            let mut state = this.state();
+            let next = state.reap_queue.peek().map(|Reverse(due)| due.at);
+            state.reaper_at = next;
+            next
+        };
         drop(this);
         tokio::select! {
             _ = closed.cancelled() => return,
@@ -1244,5 +1282,71 @@ impl Backend for EtcdBackend {
 
     fn close(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(self.inner.close())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn offline(options: EtcdOptions) -> EtcdBackend {
+        // The client dials lazily: nothing listens there, and nothing needs to.
+        let client = Client::connect(["127.0.0.1:9"], None).await.unwrap();
+        EtcdBackend::with_client(client, options).unwrap()
+    }
+
+    #[tokio::test]
+    async fn lock_ttls_map_to_whole_second_leases_of_at_least_one_and_a_half_ttls() {
+        let backend = offline(EtcdOptions::new()).await;
+        let lease = |ms| backend.lease_ttl_for(Duration::from_millis(ms)).as_secs();
+        assert_eq!(lease(300), 5, "short locks share the session lease");
+        assert_eq!(lease(3_333), 5);
+        assert_eq!(lease(3_334), 6);
+        assert_eq!(lease(30_000), 45, "the default TTL");
+        let short = offline(EtcdOptions::new().session_ttl(Duration::from_millis(1500))).await;
+        assert_eq!(short.lease_ttl_for(Duration::from_millis(300)).as_secs(), 2);
+    }
+
+    #[tokio::test]
+    async fn options_are_validated() {
+        let client = Client::connect(["127.0.0.1:9"], None).await.unwrap();
+        for (options, name) in [
+            (
+                EtcdOptions::new().dial_timeout(Duration::ZERO),
+                "dial_timeout",
+            ),
+            (
+                EtcdOptions::new().session_ttl(Duration::ZERO),
+                "session_ttl",
+            ),
+            (
+                EtcdOptions::new().session_timeout(Duration::ZERO),
+                "session_timeout",
+            ),
+            (
+                EtcdOptions::new().request_timeout(Duration::ZERO),
+                "request_timeout",
+            ),
+        ] {
+            match EtcdBackend::with_client(client.clone(), options) {
+                Err(Error::InvalidOptions { option, .. }) => assert_eq!(option, name),
+                other => panic!("expected InvalidOptions for {name}, got {other:?}"),
+            }
+        }
+        let none: [&str; 0] = [];
+        assert!(
+            EtcdBackend::connect(none, EtcdOptions::new())
+                .await
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn endpoints_get_a_scheme() {
+        assert_eq!(
+            endpoint_urls(&["h:1", "https://x:2"], false),
+            ["http://h:1", "https://x:2"]
+        );
+        assert_eq!(endpoint_urls(&["h:1"], true), ["https://h:1"]);
     }
 }
