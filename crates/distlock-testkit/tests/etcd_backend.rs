@@ -1,8 +1,9 @@
-//! The etcd backend under faults, against real etcd processes: a 3-node
+//! The etcd backend's own promises, against real etcd processes: a 3-node
 //! cluster losing its leader, a paused server, leases revoked behind the
-//! backend's back, abandoned waits, auth, and the write cost of a cycle.
+//! backend's back, abandoned waits, FIFO order across lockers, auth, TLS,
+//! and the write cost of a cycle and of waiting.
 //!
-//! Each test that disturbs its server gets a private one.
+//! Each test gets a private server, so revisions and faults are its own.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -488,7 +489,12 @@ async fn waiting_polls_without_writing() {
     let mut raw = raw_client(&endpoints).await;
     let ns = unique_namespace("wait_cost");
     let a = locker(&Arc::new(backend(&endpoints).await), &ns);
-    let b = locker(&Arc::new(backend(&endpoints).await), &ns);
+    // The waiter runs over a client the application already had.
+    let existing = raw_client(&endpoints).await;
+    let b = locker(
+        &Arc::new(EtcdBackend::with_client(existing, EtcdOptions::new()).unwrap()),
+        &ns,
+    );
     // Warm both lockers' leases.
     a.obtain("warm-a").await.unwrap().release().await.unwrap();
     b.obtain("warm-b").await.unwrap().release().await.unwrap();
@@ -675,4 +681,45 @@ async fn tls_connections_verify_the_server() {
     assert!(plain.is_err(), "plain HTTP/2 reached a TLS port");
     drop(server);
     let _ = std::fs::remove_dir_all(&certs);
+}
+
+/// Waiters in different lockers (different clients and leases) are served
+/// in the order they queued in etcd: while every task keeps contending, no
+/// task gets the lock twice before all the others had it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_in_different_lockers_are_served_in_queue_order() {
+    let cluster = cluster(1).await;
+    let endpoints = cluster.endpoints();
+    let ns = unique_namespace("fifo");
+    const TASKS: usize = 4;
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let start = Arc::new(tokio::sync::Barrier::new(TASKS));
+    let mut tasks = Vec::new();
+    for id in 0..TASKS {
+        let locker = locker(&Arc::new(backend(&endpoints).await), &ns);
+        let (order, start) = (order.clone(), start.clone());
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            for _ in 0..6 {
+                let lock = locker
+                    .obtain_with("k", ObtainOptions::new().wait_forever())
+                    .await
+                    .unwrap();
+                order.lock().unwrap().push(id);
+                sleep(30 * MS).await; // long enough for every other task to queue
+                lock.release().await.unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let order = order.lock().unwrap().clone();
+    let steady = &order[TASKS..order.len() - TASKS];
+    for window in steady.windows(TASKS) {
+        let mut ids = window.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), TASKS, "out-of-queue handoff order {order:?}");
+    }
 }
