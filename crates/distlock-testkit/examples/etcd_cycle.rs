@@ -4,7 +4,7 @@
 //! write, lease grant and revoke, from the member's raft index).
 //!
 //! ```text
-//! cargo run --release -p distlock-testkit --features etcd --example etcd_cycle -- [CYCLES] [ROUNDS]
+//! cargo run --release -p distlock-testkit --features etcd --example etcd_cycle -- [CYCLES] [ROUNDS] [ONLY]
 //! ```
 //!
 //! Starts its own single-node etcd (Debian `etcd-server`) on a free loopback
@@ -19,7 +19,8 @@ use distlock::backend::etcd::etcd_client::{
     Client, Compare, CompareOp, GetOptions, LockOptions, PutOptions, SortOrder, SortTarget, Txn,
     TxnOp,
 };
-use distlock::{Locker, ObtainOptions};
+use distlock::backend::{AcquireRequest, Attempt};
+use distlock::{Key, LockKey, Locker, ObtainOptions, OwnerToken};
 use distlock_testkit::etcd::{EtcdCluster, backend};
 use tokio::time::Instant;
 
@@ -32,16 +33,18 @@ enum Scenario {
     SeedPattern,
     LockRpc,
     SameTxns,
+    Backend,
     Distlock,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 6] = [
+    const ALL: [Scenario; 7] = [
         Scenario::Put,
         Scenario::TxnDelete,
         Scenario::LockRpc,
         Scenario::SeedPattern,
         Scenario::SameTxns,
+        Scenario::Backend,
         Scenario::Distlock,
     ];
 
@@ -52,6 +55,7 @@ impl Scenario {
             Scenario::LockRpc => "raw: etcd Lock + Unlock RPCs (warm lease)",
             Scenario::SeedPattern => "raw: seed grant + put + delete + revoke",
             Scenario::SameTxns => "raw: distlock's two transactions, by hand",
+            Scenario::Backend => "distlock backend SPI: try_acquire + release",
             Scenario::Distlock => "distlock: obtain + release (warm Locker)",
         }
     }
@@ -140,6 +144,19 @@ async fn cycle(
                 .and_then([TxnOp::delete(entry, None)]);
             assert!(client.txn(release).await.expect("release txn").succeeded());
         }
+        Scenario::Backend => {
+            let key = LockKey {
+                namespace: locker.namespace().clone(),
+                key: Key::new(format!("k{}", i % KEYS)).expect("key"),
+            };
+            let owner = OwnerToken::random().expect("owner");
+            let mut req = AcquireRequest::new(key, owner, distlock::DEFAULT_TTL);
+            req.will_wait = true;
+            let backend = locker.backend();
+            let granted = backend.try_acquire(&req).await.expect("acquire");
+            assert!(matches!(granted, Attempt::Granted { .. }));
+            backend.release(&req.lease()).await.expect("release");
+        }
         Scenario::Distlock => {
             let lock = locker
                 .obtain_with(format!("k{}", i % KEYS), ObtainOptions::new())
@@ -160,6 +177,11 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let cycles: usize = args.next().map_or(500, |a| a.parse().expect("CYCLES"));
     let rounds: usize = args.next().map_or(4, |a| a.parse().expect("ROUNDS"));
+    let only = args.next();
+    // Optional: only scenarios whose label contains this text, and the floor.
+    let selected = |s: Scenario| {
+        s == Scenario::TxnDelete || only.as_ref().is_none_or(|o| s.label().contains(o.as_str()))
+    };
     let cluster = tokio::task::spawn_blocking(|| EtcdCluster::start(1))
         .await
         .expect("start etcd");
@@ -198,6 +220,9 @@ async fn main() {
         .collect();
     for _ in 0..rounds {
         for (n, scenario) in Scenario::ALL.into_iter().enumerate() {
+            if !selected(scenario) {
+                continue;
+            }
             let before = revision(&mut client).await;
             let proposals = raft_index(&mut client).await;
             for i in 0..cycles {
@@ -236,6 +261,9 @@ async fn main() {
         "scenario", "mean", "p50", "p99", "max", "revisions", "proposals", "mean/fl", "p50/fl"
     );
     for (scenario, s) in Scenario::ALL.into_iter().zip(&stats) {
+        if s.samples.is_empty() {
+            continue;
+        }
         let mean = s.samples.iter().sum::<Duration>() / s.samples.len() as u32;
         println!(
             "{:<46} {:>9.3?} {:>9.3?} {:>9.3?} {:>9.3?} {:>9.2} {:>9.2} {:>6.2}x {:>6.2}x",
