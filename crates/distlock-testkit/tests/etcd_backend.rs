@@ -727,3 +727,82 @@ async fn waiters_in_different_lockers_are_served_in_queue_order() {
         assert_eq!(ids.len(), TASKS, "out-of-queue handoff order {order:?}");
     }
 }
+
+/// A lease kept for a longer lock TTL is revoked once nobody has used it
+/// for the idle timeout, never while a lock is on it; the session-TTL lease
+/// stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_leases_for_longer_ttls_are_revoked_but_never_under_a_lock() {
+    let cluster = cluster(1).await;
+    let endpoints = cluster.endpoints();
+    let mut raw = raw_client(&endpoints).await;
+    let ns = unique_namespace("idle_leases");
+    let options = EtcdOptions::new()
+        .session_ttl(Duration::from_secs(2))
+        .lease_idle_timeout(Duration::from_secs(1));
+    let backend = Arc::new(EtcdBackend::connect(&endpoints, options).await.unwrap());
+    assert_eq!(backend.lease_ttl_for(Duration::from_secs(4)).as_secs(), 6);
+    let locker = locker(&backend, &ns);
+    let short = || ObtainOptions::new().ttl(Duration::from_secs(1));
+    let long = locker
+        .obtain_with("long", ObtainOptions::new().ttl(Duration::from_secs(4)))
+        .await
+        .unwrap();
+    let long_lease = holder_entry(&mut raw, &ns, "long").await.unwrap().lease();
+    locker
+        .obtain_with("short", short())
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    assert_eq!(backend.lease_ids().len(), 2);
+
+    // Idle past the timeout, but a lock is on it: it stays.
+    sleep(Duration::from_millis(1300)).await;
+    locker
+        .obtain_with("short", short())
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    assert!(backend.lease_ids().contains(&long_lease));
+    long.refresh().await.unwrap();
+    long.release().await.unwrap();
+
+    // Unused for the idle timeout: revoked at the next obtain.
+    sleep(Duration::from_millis(1300)).await;
+    locker
+        .obtain_with("short", short())
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    assert!(!backend.lease_ids().contains(&long_lease));
+    assert_eq!(backend.lease_ids().len(), 1, "the session-TTL lease stays");
+    timeout(Duration::from_secs(2), async {
+        while raw
+            .lease_time_to_live(long_lease, None)
+            .await
+            .unwrap()
+            .ttl()
+            > 0
+        {
+            sleep(20 * MS).await;
+        }
+    })
+    .await
+    .expect("the idle lease was revoked");
+    // A later long lock gets a new lease.
+    let again = locker
+        .obtain_with("long", ObtainOptions::new().ttl(Duration::from_secs(4)))
+        .await
+        .unwrap();
+    assert_ne!(
+        holder_entry(&mut raw, &ns, "long").await.unwrap().lease(),
+        long_lease
+    );
+    again.release().await.unwrap();
+}

@@ -60,7 +60,10 @@
 //!   and on demand). A lock with TTL `t` uses the lease of TTL
 //!   `max(session_ttl, ⌈1.5 t⌉ s)`; with the defaults that is the 5 s
 //!   session for TTLs up to 3 s and a 45 s lease for the default 30 s TTL.
-//!   Most programs use one TTL, hence one lease and one stream.
+//!   Most programs use one TTL, hence one lease and one stream. A lease
+//!   of a longer TTL that no lock or waiter has used for
+//!   [`EtcdOptions::lease_idle_timeout`] (5 min) is revoked; the
+//!   session-TTL lease lives until close.
 //! * **While this process runs**, a lock that is not refreshed is deleted
 //!   by the backend when its own TTL has passed since the grant or last
 //!   extend (guarded by its create revision), so a lock expires after its
@@ -124,6 +127,9 @@ pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(5);
 pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one of the backend's own background calls may take.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a lease kept for longer lock TTLs may go unused before it is
+/// revoked.
+pub const DEFAULT_LEASE_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 
 const NAME: &str = "etcd";
 
@@ -147,6 +153,7 @@ pub struct EtcdOptions {
     session_ttl: Duration,
     session_timeout: Duration,
     request_timeout: Duration,
+    lease_idle_timeout: Duration,
 }
 
 impl Default for EtcdOptions {
@@ -158,6 +165,7 @@ impl Default for EtcdOptions {
             session_ttl: DEFAULT_SESSION_TTL,
             session_timeout: DEFAULT_SESSION_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            lease_idle_timeout: DEFAULT_LEASE_IDLE_TIMEOUT,
         }
     }
 }
@@ -171,6 +179,7 @@ impl fmt::Debug for EtcdOptions {
             .field("session_ttl", &self.session_ttl)
             .field("session_timeout", &self.session_timeout)
             .field("request_timeout", &self.request_timeout)
+            .field("lease_idle_timeout", &self.lease_idle_timeout)
             .finish()
     }
 }
@@ -223,12 +232,21 @@ impl EtcdOptions {
         self
     }
 
+    /// How long a lease for locks whose TTL needs more than the session
+    /// TTL may go unused (no lock or waiter on it) before it is revoked
+    /// (default 5 min). The session-TTL lease itself stays until close.
+    pub fn lease_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.lease_idle_timeout = timeout;
+        self
+    }
+
     fn validate(&self) -> Result<()> {
         for (option, value) in [
             ("dial_timeout", self.dial_timeout),
             ("session_ttl", self.session_ttl),
             ("session_timeout", self.session_timeout),
             ("request_timeout", self.request_timeout),
+            ("lease_idle_timeout", self.lease_idle_timeout),
         ] {
             if value.is_zero() {
                 return Err(Error::invalid_options(option, "must be greater than zero"));
@@ -254,8 +272,11 @@ pub struct EtcdBackend {
 struct Inner {
     client: Client,
     options: EtcdOptions,
-    /// Live sessions by lease TTL in whole seconds.
+    /// Live sessions by lease TTL in whole seconds. Sessions are cloned out
+    /// of it only under its lock, so a count of one means nobody uses it.
     sessions: Mutex<HashMap<u64, Arc<Session>>>,
+    /// When idle sessions were last looked for.
+    idle_scan: Mutex<Instant>,
     /// Serializes lease creation.
     creating: tokio::sync::Mutex<()>,
     state: Mutex<State>,
@@ -421,6 +442,7 @@ impl EtcdBackend {
             client,
             options,
             sessions: Mutex::new(HashMap::new()),
+            idle_scan: Mutex::new(Instant::now()),
             creating: tokio::sync::Mutex::new(()),
             state: Mutex::new(State::default()),
             released: Notify::new(),
@@ -488,15 +510,72 @@ impl Inner {
         }
     }
 
+    /// The live session of `class` (touched), if there is one; retires
+    /// idle sessions of other classes on the way.
+    fn live_session(&self, class: u64) -> Option<Arc<Session>> {
+        let mut sessions = self.sessions();
+        let retired = self.retire_idle(&mut sessions, class);
+        let found = sessions.get(&class).filter(|s| !s.is_dead()).cloned();
+        drop(sessions);
+        for session in retired {
+            let mut client = self.client.clone();
+            let timeout = self.options.request_timeout;
+            tracing::debug!(lease = session.id, "distlock: revoking an idle etcd lease");
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(timeout, client.lease_revoke(session.id)).await;
+            });
+        }
+        if let Some(s) = &found {
+            s.touch();
+        }
+        found
+    }
+
+    /// Removes sessions other than `keep` and the session-TTL one that
+    /// nobody has used for the idle timeout (looked for at most every half
+    /// idle timeout, and every 30 s).
+    fn retire_idle(
+        &self,
+        sessions: &mut HashMap<u64, Arc<Session>>,
+        keep: u64,
+    ) -> Vec<Arc<Session>> {
+        let idle = self.options.lease_idle_timeout;
+        let now = Instant::now();
+        {
+            let mut last = self.idle_scan.lock().unwrap_or_else(|p| p.into_inner());
+            if now < *last + (idle / 2).min(Duration::from_secs(30)) {
+                return Vec::new();
+            }
+            *last = now;
+        }
+        let floor = self.lease_class(Duration::ZERO);
+        let idle_classes: Vec<u64> = sessions
+            .iter()
+            .filter(|(class, s)| {
+                **class != keep
+                    && **class != floor
+                    // Only the map holds it: no entry, no attempt in flight.
+                    && Arc::strong_count(s) == 1
+                    && s.idle_for(now) >= idle
+            })
+            .map(|(class, _)| *class)
+            .collect();
+        idle_classes
+            .into_iter()
+            .filter_map(|class| sessions.remove(&class))
+            .inspect(|s| s.mark_dead())
+            .collect()
+    }
+
     /// The live session for lock TTL `ttl`, creating its lease if needed.
     async fn session(&self, ttl: Duration) -> Result<Arc<Session>> {
         let class = self.lease_class(ttl);
-        if let Some(s) = self.sessions().get(&class).filter(|s| !s.is_dead()) {
-            return Ok(s.clone());
+        if let Some(s) = self.live_session(class) {
+            return Ok(s);
         }
         let _creating = self.creating.lock().await;
-        if let Some(s) = self.sessions().get(&class).filter(|s| !s.is_dead()) {
-            return Ok(s.clone());
+        if let Some(s) = self.live_session(class) {
+            return Ok(s);
         }
         self.ensure_open()?;
         let timeout = self.options.session_timeout;

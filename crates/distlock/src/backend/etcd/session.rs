@@ -43,14 +43,31 @@ pub(super) enum LeaseTrouble {
     TooShort,
 }
 
+/// What the keepalive task shares with its session. The task holds no
+/// reference to the session itself, so the session's reference count says
+/// exactly who uses the lease: the backend's map, its entries, and attempts
+/// in flight.
+#[derive(Debug)]
+struct Shared {
+    status: watch::Sender<LeaseStatus>,
+    kick: Notify,
+}
+
 #[derive(Debug)]
 pub(super) struct Session {
     pub(super) id: i64,
     /// The TTL etcd granted.
     pub(super) ttl: Duration,
-    status: watch::Sender<LeaseStatus>,
-    kick: Notify,
+    shared: Arc<Shared>,
     pub(super) stop: CancellationToken,
+    last_used: std::sync::Mutex<Instant>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Nobody uses the lease any more: stop renewing it (it expires).
+        self.stop.cancel();
+    }
 }
 
 impl Session {
@@ -70,21 +87,36 @@ impl Session {
         let session = Arc::new(Session {
             id,
             ttl,
-            status,
-            kick: Notify::new(),
+            shared: Arc::new(Shared {
+                status,
+                kick: Notify::new(),
+            }),
             stop: CancellationToken::new(),
+            last_used: std::sync::Mutex::new(Instant::now()),
         });
         tokio::spawn(keep_alive(
             client,
-            Arc::downgrade(&session),
+            id,
+            ttl,
+            session.shared.clone(),
             session.stop.clone(),
             request_timeout,
         ));
         session
     }
 
+    /// Notes that an attempt uses this lease now.
+    pub(super) fn touch(&self) {
+        *self.last_used.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    /// How long since an attempt last used this lease.
+    pub(super) fn idle_for(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(*self.last_used.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     pub(super) fn status(&self) -> LeaseStatus {
-        *self.status.borrow()
+        *self.shared.status.borrow()
     }
 
     pub(super) fn is_dead(&self) -> bool {
@@ -93,8 +125,43 @@ impl Session {
 
     /// Marks the lease gone (etcd said so) and stops its keepalives.
     pub(super) fn mark_dead(&self) {
-        self.status.send_modify(|s| s.dead = true);
+        self.shared.mark_dead();
         self.stop.cancel();
+    }
+
+    /// Asks for a keepalive now, without waiting for it.
+    pub(super) fn kick_if_short(&self, target: Instant) {
+        if self.status().until < target {
+            self.shared.kick.notify_one();
+        }
+    }
+
+    /// Waits until the lease is guaranteed to live until `target`, sending
+    /// keepalives as needed. Unbounded in time: callers bound it.
+    pub(super) async fn ensure_until(&self, target: Instant) -> Result<(), LeaseTrouble> {
+        if target > Instant::now() + self.ttl.mul_f64(1.0 - DRIFT) {
+            return Err(LeaseTrouble::TooShort);
+        }
+        let mut rx = self.shared.status.subscribe();
+        loop {
+            let status = *rx.borrow_and_update();
+            if status.dead {
+                return Err(LeaseTrouble::Dead);
+            }
+            if status.until >= target {
+                return Ok(());
+            }
+            self.shared.kick.notify_one();
+            if rx.changed().await.is_err() {
+                return Err(LeaseTrouble::Dead);
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn mark_dead(&self) {
+        self.status.send_modify(|s| s.dead = true);
     }
 
     fn renewed(&self, sent: Instant, ttl: Duration) {
@@ -107,35 +174,6 @@ impl Session {
                 false
             }
         });
-    }
-
-    /// Asks for a keepalive now, without waiting for it.
-    pub(super) fn kick_if_short(&self, target: Instant) {
-        if self.status().until < target {
-            self.kick.notify_one();
-        }
-    }
-
-    /// Waits until the lease is guaranteed to live until `target`, sending
-    /// keepalives as needed. Unbounded in time: callers bound it.
-    pub(super) async fn ensure_until(&self, target: Instant) -> Result<(), LeaseTrouble> {
-        if target > Instant::now() + self.ttl.mul_f64(1.0 - DRIFT) {
-            return Err(LeaseTrouble::TooShort);
-        }
-        let mut rx = self.status.subscribe();
-        loop {
-            let status = *rx.borrow_and_update();
-            if status.dead {
-                return Err(LeaseTrouble::Dead);
-            }
-            if status.until >= target {
-                return Ok(());
-            }
-            self.kick.notify_one();
-            if rx.changed().await.is_err() {
-                return Err(LeaseTrouble::Dead);
-            }
-        }
     }
 }
 
@@ -155,18 +193,19 @@ fn lease_not_found(e: &etcd_client::Error) -> bool {
 
 /// Keeps lease `id` alive: one keepalive every quarter TTL and one per
 /// kick, on one stream, re-opened whenever it breaks or stops answering.
+/// Ends when `stop` is cancelled (the session was dropped, closed or
+/// retired) or etcd says the lease is gone.
 async fn keep_alive(
     mut client: Client,
-    session: std::sync::Weak<Session>,
+    id: i64,
+    ttl: Duration,
+    shared: Arc<Shared>,
     stop: CancellationToken,
     request_timeout: Duration,
 ) {
+    let interval = ttl / 4;
     let mut backoff = Duration::from_millis(50);
     'open: loop {
-        let Some(s) = session.upgrade() else { return };
-        let (id, ttl) = (s.id, s.ttl);
-        drop(s);
-        let interval = ttl / 4;
         let opened_at = Instant::now();
         let opened = tokio::select! {
             _ = stop.cancelled() => return,
@@ -175,10 +214,8 @@ async fn keep_alive(
         let (mut keeper, mut stream) = match opened {
             Ok(Ok(pair)) => pair,
             Ok(Err(e)) if lease_not_found(&e) => {
-                if let Some(s) = session.upgrade() {
-                    tracing::warn!(lease = id, "distlock: etcd lease expired or was revoked");
-                    s.mark_dead();
-                }
+                tracing::warn!(lease = id, "distlock: etcd lease expired or was revoked");
+                shared.mark_dead();
                 return;
             }
             failed => {
@@ -197,10 +234,7 @@ async fn keep_alive(
         };
         backoff = Duration::from_millis(50);
         // Opening the stream sent one keepalive and saw it answered.
-        match session.upgrade() {
-            Some(s) => s.renewed(opened_at, ttl),
-            None => return,
-        }
+        shared.renewed(opened_at, ttl);
         let mut in_flight: VecDeque<Instant> = VecDeque::new();
         let mut next = Instant::now() + interval;
         loop {
@@ -210,7 +244,6 @@ async fn keep_alive(
                 .front()
                 .map(|sent| *sent + request_timeout)
                 .unwrap_or(next + request_timeout);
-            let Some(s) = session.upgrade() else { return };
             let send = tokio::select! {
                 biased;
                 _ = stop.cancelled() => return,
@@ -219,11 +252,11 @@ async fn keep_alive(
                         let sent = in_flight.pop_front();
                         if resp.ttl() <= 0 {
                             tracing::warn!(lease = id, "distlock: etcd lease expired or was revoked");
-                            s.mark_dead();
+                            shared.mark_dead();
                             return;
                         }
                         if let Some(sent) = sent {
-                            s.renewed(sent, Duration::from_secs(resp.ttl() as u64));
+                            shared.renewed(sent, Duration::from_secs(resp.ttl() as u64));
                         }
                         false
                     }
@@ -232,14 +265,13 @@ async fn keep_alive(
                         continue 'open;
                     }
                 },
-                _ = s.kick.notified() => true,
+                _ = shared.kick.notified() => true,
                 _ = tokio::time::sleep_until(next) => true,
                 _ = tokio::time::sleep_until(stuck_at) => {
                     tracing::debug!(lease = id, "etcd keepalive unanswered; re-opening the stream");
                     continue 'open;
                 }
             };
-            drop(s);
             if send {
                 let now = Instant::now();
                 in_flight.push_back(now);
