@@ -806,3 +806,66 @@ async fn idle_leases_for_longer_ttls_are_revoked_but_never_under_a_lock() {
     );
     again.release().await.unwrap();
 }
+
+/// One gauge from etcd's Prometheus metrics (served on the client port).
+fn metric(endpoint: &str, name: &str) -> f64 {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(endpoint).unwrap();
+    write!(conn, "GET /metrics HTTP/1.0\r\nHost: {endpoint}\r\n\r\n").unwrap();
+    let mut body = String::new();
+    conn.read_to_string(&mut body).unwrap();
+    body.lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name}"))
+}
+
+/// All waiters of a backend share one watch stream: 20 waiters on 20 held
+/// keys open one stream with one watch each, not 20 streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_share_one_watch_stream() {
+    let cluster = cluster(1).await;
+    let endpoints = cluster.endpoints();
+    let ns = unique_namespace("one_stream");
+    let holder = locker(&Arc::new(backend(&endpoints).await), &ns);
+    let waiter = locker(&Arc::new(backend(&endpoints).await), &ns);
+    let streams = || metric(&endpoints[0], "etcd_debugging_mvcc_watch_stream_total");
+    let watchers = || metric(&endpoints[0], "etcd_debugging_mvcc_watcher_total");
+    let (streams_before, watchers_before) = (streams(), watchers());
+    const KEYS: usize = 20;
+    let mut held = Vec::new();
+    for i in 0..KEYS {
+        held.push(holder.obtain(format!("k{i}")).await.unwrap());
+    }
+    let waits: Vec<_> = (0..KEYS)
+        .map(|i| {
+            let waiter = waiter.clone();
+            tokio::spawn(async move {
+                // A long poll: waiting is all watches.
+                let retry = distlock::RetryStrategy::linear(Duration::from_secs(5));
+                let opts = ObtainOptions::new()
+                    .wait(Duration::from_secs(20))
+                    .retry(retry);
+                waiter.obtain_with(format!("k{i}"), opts).await
+            })
+        })
+        .collect();
+    timeout(Duration::from_secs(5), async {
+        while watchers() < watchers_before + KEYS as f64 {
+            sleep(20 * MS).await;
+        }
+    })
+    .await
+    .expect("every waiter watches");
+    assert_eq!(streams() - streams_before, 1.0, "one shared watch stream");
+    for lock in held {
+        lock.release().await.unwrap();
+    }
+    for wait in waits {
+        let lock = timeout(Duration::from_secs(3), wait)
+            .await
+            .expect("woken by the watch, not the 5 s poll")
+            .unwrap()
+            .unwrap();
+        lock.release().await.unwrap();
+    }
+}

@@ -94,6 +94,7 @@
 
 mod encode;
 mod session;
+mod watch;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -103,9 +104,8 @@ use std::time::Duration;
 
 pub use etcd_client;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue,
-    LeaseTimeToLiveOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
-    WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, LeaseTimeToLiveOptions,
+    PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
 };
 use futures::future::BoxFuture;
 use tokio::sync::Notify;
@@ -118,6 +118,7 @@ use crate::holder::HolderInfo;
 use crate::key::LockKey;
 use crate::lease::{LeaseRef, OwnerToken};
 use session::{LeaseTrouble, Session};
+use watch::WatchHub;
 
 /// The seed's `DialTimeout`: how long connecting may take.
 pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -284,6 +285,8 @@ struct Inner {
     released: Notify,
     /// Wakes the reaper when an entry with an earlier deadline appears.
     reaper_wake: Arc<Notify>,
+    /// The one watch stream all waiters share.
+    watches: WatchHub,
     closed: CancellationToken,
 }
 
@@ -438,8 +441,9 @@ impl EtcdBackend {
     }
 
     fn start(client: Client, options: EtcdOptions) -> Self {
+        let closed = CancellationToken::new();
         let inner = Arc::new(Inner {
-            client,
+            client: client.clone(),
             options,
             sessions: Mutex::new(HashMap::new()),
             idle_scan: Mutex::new(Instant::now()),
@@ -447,7 +451,8 @@ impl EtcdBackend {
             state: Mutex::new(State::default()),
             released: Notify::new(),
             reaper_wake: Arc::new(Notify::new()),
-            closed: CancellationToken::new(),
+            watches: WatchHub::start(client.clone(), closed.clone()),
+            closed,
         });
         tokio::spawn(reaper(
             Arc::downgrade(&inner),
@@ -1140,28 +1145,23 @@ impl Inner {
         let Some(ahead) = ahead else {
             return Ok(()); // Nobody ahead: try now.
         };
-        let mut client = self.client.clone();
-        let options = WatchOptions::new().with_start_revision(revision + 1);
-        let mut stream = client
-            .watch(ahead.key().to_vec(), Some(options))
-            .await
-            .map_err(|e| backend_error("watch", e))?;
-        loop {
-            match stream.message().await {
-                Ok(Some(resp)) => {
-                    if resp.canceled()
-                        || resp
-                            .events()
-                            .iter()
-                            .any(|e| e.event_type() == EventType::Delete)
-                    {
-                        return Ok(());
-                    }
-                }
-                Ok(None) => return Ok(()),
-                Err(e) => return Err(backend_error("watch", e)),
-            }
+        // From the revision of the read: a delete since then is replayed.
+        if self.watches.deleted(ahead.key().to_vec(), revision).await {
+            Ok(())
+        } else {
+            Err(backend_error("watch", "the watch ended without a delete"))
         }
+    }
+
+    /// `wait_for_turn` bounded by `until`. Returns early only when the entry
+    /// ahead was deleted: when etcd cannot be read or watched, it waits
+    /// until `until`, so a failing store is not polled in a tight loop.
+    async fn wait_until(&self, key: &LockKey, owner: Option<OwnerToken>, until: Instant) {
+        let wait = self.wait_for_turn(key, owner);
+        if let Ok(Ok(())) = tokio::time::timeout_at(until, wait).await {
+            return;
+        }
+        tokio::time::sleep_until(until).await;
     }
 
     async fn inspect(&self, key: &LockKey) -> Result<Option<HolderInfo>> {
@@ -1334,10 +1334,8 @@ impl Backend for EtcdBackend {
         until: Instant,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            match tokio::time::timeout_at(until, self.inner.wait_for_turn(key, None)).await {
-                Ok(result) => result,
-                Err(_) => Ok(()),
-            }
+            self.inner.wait_until(key, None, until).await;
+            Ok(())
         })
     }
 
@@ -1351,11 +1349,10 @@ impl Backend for EtcdBackend {
         until: Instant,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let wait = self.inner.wait_for_turn(&req.key, Some(req.owner));
-            match tokio::time::timeout_at(until, wait).await {
-                Ok(result) => result,
-                Err(_) => Ok(()),
-            }
+            self.inner
+                .wait_until(&req.key, Some(req.owner), until)
+                .await;
+            Ok(())
         })
     }
 
