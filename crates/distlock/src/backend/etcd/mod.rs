@@ -40,7 +40,9 @@
 //!   A single attempt ([`Locker::try_obtain`](crate::Locker::try_obtain))
 //!   puts only when the prefix is empty, so it never leaves a queue entry.
 //! * **Waiting**: a waiter's key stays queued; it watches only its
-//!   predecessor's key (no herd), with the engine's poll as a backstop. A
+//!   predecessor's key (no herd), on one watch stream that all waiters of
+//!   the backend share, and re-checks its turn with a read-only
+//!   transaction (no raft proposal) at the engine's poll interval. A
 //!   wait that ends without the lock — deadline, retries exhausted, close, a
 //!   dropped future — deletes its key. A waiter whose key vanished (its lease
 //!   expired or was revoked, or an operator deleted it) never takes that as a
