@@ -185,7 +185,17 @@ wait "$pid" 2>/dev/null
 
     /// Whether the server process still runs.
     pub fn is_alive(&self) -> bool {
-        kill(Pid::from_raw(self.pid), None).is_ok()
+        if kill(Pid::from_raw(self.pid), None).is_err() {
+            return false;
+        }
+        // A killed server stays a zombie until its watchdog reaps it, which
+        // it does only when told to stop: a zombie is not alive.
+        match std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
+            Ok(stat) => !stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+            Err(_) => false,
+        }
     }
 
     /// SIGSTOP: the server stops answering but keeps its connections.

@@ -150,8 +150,13 @@ async fn killing_the_leader_keeps_mutual_exclusion_and_waiters_progress() {
     sleep(Duration::from_secs(2)).await;
     let (leader, term) = cluster.leader(Duration::from_secs(5)).await;
     let before = entered.lock().unwrap().len();
-    cluster.members[leader].process.kill();
     let killed_at = Instant::now();
+    cluster.members[leader].process.kill();
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(1),
+        "kill took {:?}",
+        killed_at.elapsed()
+    );
     let (new_leader, new_term) = cluster.leader(Duration::from_secs(20)).await;
     assert_ne!(new_leader, leader);
     assert!(
