@@ -12,7 +12,7 @@ use std::time::Duration;
 use distlock::backend::etcd::etcd_client::{Client, GetOptions};
 use distlock::backend::etcd::{EtcdBackend, EtcdOptions};
 use distlock::{Error, Key, LockKey, Locker, LostReason, Namespace, ObtainOptions};
-use distlock_testkit::etcd::{EtcdCluster, backend, holder_entry, raw_client};
+use distlock_testkit::etcd::{EtcdCluster, FIXTURE_SESSION_TTL, backend, holder_entry, raw_client};
 use distlock_testkit::{CriticalSection, unique_namespace};
 use tokio::time::{Instant, sleep, timeout};
 
@@ -483,6 +483,41 @@ async fn an_uncontended_cycle_costs_two_writes() {
     assert_eq!(after - before, 2 * CYCLES, "revisions per cycle");
     let proposed = raft_index(&mut raw).await - proposals;
     assert_eq!(proposed, 2 * CYCLES as u64, "raft proposals per cycle");
+}
+
+/// A lock that was extended and then no longer refreshed, while its process
+/// keeps the shared lease alive for other locks, is deleted one TTL after
+/// its last extend: the reaper follows extends, not just the grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extended_lock_left_unrefreshed_expires_after_its_ttl() {
+    let cluster = cluster(1).await;
+    let endpoints = cluster.endpoints();
+    let mut raw = raw_client(&endpoints).await;
+    let ns = unique_namespace("stale");
+    let locker = locker(&Arc::new(backend(&endpoints).await), &ns);
+    // Not shorter than the session TTL: the attempt's own backstop (one
+    // session TTL after the attempt) must not be what deletes it.
+    let ttl = FIXTURE_SESSION_TTL;
+    let opts = ObtainOptions::new().ttl(ttl);
+    // Another lock, refreshed throughout, keeps the session lease alive.
+    let busy = locker.obtain_with("busy", opts.clone()).await.unwrap();
+    let _refresher = busy.start_refresh(|e| panic!("refresh failed: {e}"));
+    let stale = locker.obtain_with("stale", opts).await.unwrap();
+    // Half a TTL later, so the extend moves the deadline well past the grant's.
+    sleep(ttl / 2).await;
+    let sent = Instant::now();
+    stale.refresh().await.unwrap();
+    // Held (the handle is kept), but never refreshed again: still there
+    // shortly before one TTL after the extend, gone shortly after.
+    sleep(ttl - Duration::from_millis(300)).await;
+    assert_eq!(entries(&mut raw, &ns, "stale").await, 1, "deleted early");
+    await_entries(&mut raw, &ns, "stale", 0, Duration::from_millis(1300)).await;
+    assert!(
+        sent.elapsed() >= ttl,
+        "deleted before one TTL after the extend"
+    );
+    assert_eq!(stale.lost().await, LostReason::Expired);
+    assert_eq!(entries(&mut raw, &ns, "busy").await, 1);
 }
 
 /// A waiter joins the queue with one write and then polls with reads only;

@@ -1280,7 +1280,13 @@ async fn reaper(inner: Weak<Inner>, wake_up: Arc<Notify>, closed: CancellationTo
                     continue;
                 }
                 if entry.reap_at > now {
-                    continue; // Extended; a later item in the queue covers it.
+                    // Extended since this item was queued (extends move the
+                    // deadline without queueing): look again at the new one,
+                    // so a lock left unrefreshed still goes one TTL after
+                    // its last extend. One item per entry stays queued.
+                    let at = entry.reap_at;
+                    state.reap_queue.push(Reverse(Due { at, owner: d.owner }));
+                    continue;
                 }
                 due.push((
                     owner,
