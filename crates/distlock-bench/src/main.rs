@@ -5,7 +5,7 @@
 //! cargo run --release -p distlock-bench -- [--json] [--smoke] [OPTIONS] [SELECTION...]
 //! ```
 //!
-//! A selection is a backend (`memory`, `redis`), a scenario (`uncontended`,
+//! A selection is a backend (`memory`, `redis`, `etcd`), a scenario (`uncontended`,
 //! `throughput`, `handoff-processes`, `handoff-one-locker`, `held`, `lost`)
 //! or both (`redis-held`); none means everything. Every scenario is one
 //! async function over a [`stores::Store`] returning a [`report::Report`];
@@ -13,6 +13,7 @@
 //! [`BACKENDS`].
 
 mod alloc;
+mod etcd_store;
 mod machine;
 mod redis_store;
 mod report;
@@ -127,6 +128,7 @@ type Start = fn() -> Arc<dyn Store>;
 const BACKENDS: &[(&str, Start)] = &[
     ("memory", || Arc::new(stores::MemoryStore::new())),
     ("redis", || Arc::new(redis_store::RedisStore::start())),
+    ("etcd", || Arc::new(etcd_store::EtcdStore::start())),
 ];
 
 fn usage() -> ! {
@@ -217,6 +219,9 @@ fn main() {
     let mut servers = Vec::new();
     if stores[1].is_some() {
         servers.push(machine::version("redis-server"));
+    }
+    if stores[2].is_some() {
+        servers.push(machine::version("etcd"));
     }
     let machine = machine::Machine::probe(servers);
     if !json {

@@ -89,6 +89,18 @@ impl Backend for Wrapped {
         self.inner.wait_for_release(key, until)
     }
 
+    fn queues_waiters(&self) -> bool {
+        self.inner.queues_waiters()
+    }
+
+    fn wait_for_turn<'a>(
+        &'a self,
+        req: &'a AcquireRequest,
+        until: Instant,
+    ) -> BoxFuture<'a, Result<()>> {
+        self.inner.wait_for_turn(req, until)
+    }
+
     fn close(&self) -> BoxFuture<'_, Result<()>> {
         self.inner.close()
     }
