@@ -269,14 +269,10 @@ impl Store for EtcdStore {
     fn counters(&self) -> BoxFuture<'_, Vec<(String, f64)>> {
         Box::pin(async move {
             let mut client = self.client().await;
-            let revision = client
-                .get("/", None)
-                .await
-                .expect("read")
-                .header()
-                .expect("header")
-                .revision();
-            let raft = client.status().await.expect("status").raft_index();
+            // One Status call: its header carries the store revision.
+            let status = client.status().await.expect("status");
+            let revision = status.header().expect("header").revision();
+            let raft = status.raft_index();
             let mut out = vec![
                 ("#revisions".to_owned(), revision as f64),
                 ("#raft proposals".to_owned(), raft as f64),

@@ -273,7 +273,8 @@ fn delta(before: &[(String, f64)], after: &[(String, f64)]) -> Vec<(String, f64)
             let was = before.iter().find(|(b, _)| b == k).map_or(0.0, |(_, v)| *v);
             (k.clone(), v - was)
         })
-        .filter(|(_, d)| *d != 0.0)
+        // Leave out the bench's own reads of the counters.
+        .filter(|(k, d)| *d != 0.0 && !k.starts_with("info ") && !k.starts_with("Status "))
         .collect()
 }
 
