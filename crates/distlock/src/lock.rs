@@ -270,11 +270,16 @@ impl LockState {
                     reported = true;
                 }
             };
+            // Boxed: the extend's state (timeouts, the store call) lives on
+            // the heap only while an extend runs, so the task of an idle
+            // refresher stays small (808 instead of 1064 bytes per lock,
+            // measured by distlock-bench's held scenario); one allocation
+            // per refresh interval.
             let result = tokio::select! {
                 biased;
                 _ = stop.cancelled() => return,
                 _ = self.done.cancelled() => return,
-                result = self.extend(false, report_loss) => result,
+                result = Box::pin(self.extend(false, report_loss)) => result,
             };
             match result {
                 Ok(()) => next = Instant::now() + self.refresh_interval,
