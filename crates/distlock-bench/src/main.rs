@@ -81,7 +81,7 @@ impl Env {
             held_ttl: Duration::from_millis(1500),
             held_rounds: 1,
             lost_trials: 4,
-            lost_ttl: Duration::from_millis(300),
+            lost_ttl: Duration::from_millis(600),
         }
     }
 }
