@@ -85,10 +85,7 @@ fn store_cost(counters: &[(String, f64)]) -> Vec<(String, f64)> {
         }
     }
     if requests > 0.0 {
-        out.push((
-            "requests (incl. commands run by scripts)".to_owned(),
-            requests,
-        ));
+        out.push(("requests".to_owned(), requests));
     }
     out
 }
