@@ -60,7 +60,8 @@ impl Machine {
             cpu,
             load: load(),
             commit: first_line("git", &["rev-parse", "--short", "HEAD"]),
-            command: std::env::args().collect::<Vec<_>>().join(" "),
+            command: std::env::var("DISTLOCK_BENCH_COMMAND")
+                .unwrap_or_else(|_| std::env::args().collect::<Vec<_>>().join(" ")),
             servers,
         }
     }
