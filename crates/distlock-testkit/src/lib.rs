@@ -13,6 +13,7 @@
 
 pub mod conformance;
 mod fixture;
+pub mod proxy;
 #[cfg(feature = "redis")]
 pub mod redis;
 mod section;
