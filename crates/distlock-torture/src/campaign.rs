@@ -27,7 +27,8 @@ pub struct CampaignConfig {
     pub keys: u32,
     /// Lock TTL.
     pub ttl: Duration,
-    /// Duration of each correct run (with faults).
+    /// Duration of each correct run (with faults); it goes on, up to twice
+    /// as long, while short of `min_acquisitions` or `min_faults`.
     pub duration: Duration,
     /// Duration of each negative control run (no faults).
     pub control_duration: Duration,
@@ -147,6 +148,13 @@ pub async fn run(cfg: &CampaignConfig) -> io::Result<Vec<CampaignRun>> {
                 ttl: cfg.ttl,
                 duration: if correct {
                     cfg.duration
+                } else {
+                    cfg.control_duration
+                },
+                min_acquisitions: if correct { cfg.min_acquisitions } else { 0 },
+                min_faults: if correct { cfg.min_faults } else { 0 },
+                max_duration: if correct {
+                    cfg.duration * 2
                 } else {
                     cfg.control_duration
                 },

@@ -155,6 +155,9 @@ fn main() -> ExitCode {
                 keys: c.keys,
                 ttl: Duration::from_millis(c.ttl_ms),
                 duration: Duration::from_secs(args.duration_s),
+                min_acquisitions: 0,
+                min_faults: 0,
+                max_duration: Duration::from_secs(args.duration_s),
                 faults: !args.no_faults,
                 fault_interval: (
                     Duration::from_millis(c.fault_min_ms),

@@ -41,8 +41,16 @@ pub struct RunConfig {
     pub keys: u32,
     /// Lock TTL.
     pub ttl: Duration,
-    /// How long the workload runs.
+    /// How long the workload runs at least.
     pub duration: Duration,
+    /// After `duration`, the run goes on until the register has seen this
+    /// many grants write and the nemesis injected `min_faults` faults, up to
+    /// `max_duration` in all (then it stops; the campaign judges the numbers).
+    pub min_acquisitions: u64,
+    /// See `min_acquisitions`.
+    pub min_faults: u64,
+    /// See `min_acquisitions`.
+    pub max_duration: Duration,
     /// Whether the nemesis injects faults.
     pub faults: bool,
     /// Pause between two faults, drawn uniformly from this range.
@@ -329,7 +337,9 @@ pub async fn run(cfg: &RunConfig) -> io::Result<Report> {
             crashed: Vec::new(),
         };
         pool.start_all()?;
-        let end_at = Instant::now() + cfg.duration;
+        let begun = Instant::now();
+        let mut end_at = begun + cfg.duration;
+        let mut faults_done = 0u64;
         let mut nemesis = Nemesis::new(
             cfg.seed,
             cfg.backend.faults(),
@@ -351,11 +361,18 @@ pub async fn run(cfg: &RunConfig) -> io::Result<Report> {
                 pool.reap_crashes().await?;
             }
             if Instant::now() >= end_at {
-                break;
+                let short = (register.grants_seen() as u64) < cfg.min_acquisitions
+                    || (cfg.faults && faults_done < cfg.min_faults);
+                if !short || Instant::now() >= begun + cfg.max_duration {
+                    break;
+                }
+                // Short of the minimums: go on a little longer.
+                end_at = (Instant::now() + Duration::from_secs(2)).min(begun + cfg.max_duration);
             }
             if let Some(plan) = plan {
                 let fault = apply(&mut pool, &mut store, plan).await?;
                 faults_log.append(&fault);
+                faults_done += 1;
             }
         }
         store.heal();

@@ -10,7 +10,7 @@
 //! answered by `A <highest>` (accepted) or `R <highest>` (rejected), where
 //! `<highest>` is the highest token accepted for the key after the write.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -27,6 +27,7 @@ use crate::history::{JsonLines, RegisterEntry};
 #[derive(Debug)]
 pub struct Register {
     addr: SocketAddr,
+    state: Arc<Mutex<State>>,
     accept: JoinHandle<()>,
 }
 
@@ -34,6 +35,8 @@ pub struct Register {
 struct State {
     fenced: bool,
     highest: HashMap<String, u64>,
+    /// Every (key, token) written so far: the grants that wrote.
+    seen: HashSet<(String, u64)>,
     log: JsonLines,
 }
 
@@ -45,20 +48,36 @@ impl Register {
         let state = Arc::new(Mutex::new(State {
             fenced,
             highest: HashMap::new(),
+            seen: HashSet::new(),
             log,
         }));
+        let shared = state.clone();
         let accept = tokio::spawn(async move {
             while let Ok((conn, _)) = listener.accept().await {
                 let _ = conn.set_nodelay(true);
                 tokio::spawn(serve(conn, state.clone()));
             }
         });
-        Ok(Register { addr, accept })
+        Ok(Register {
+            addr,
+            state: shared,
+            accept,
+        })
     }
 
     /// Where clients connect.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// How many distinct grants (key, token) have written so far: a lower
+    /// bound on the acquisitions, to follow a run's progress.
+    pub fn grants_seen(&self) -> usize {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .seen
+            .len()
     }
 }
 
@@ -99,6 +118,7 @@ fn decide(line: &str, state: &Mutex<State>) -> Option<String> {
         state.highest.insert(key.clone(), token);
     }
     let highest = highest_before.max(if accepted { token } else { 0 });
+    state.seen.insert((key.clone(), token));
     // Logged under the lock, so the log's order is the decision order.
     state.log.append(&RegisterEntry {
         t: clock::now_ns(),
