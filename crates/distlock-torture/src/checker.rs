@@ -701,35 +701,29 @@ fn check_overlaps(c: &mut Checker, grants: &[Grant], idx: &[usize]) {
 fn check_releases(c: &mut Checker, grants: &[Grant], idx: &[usize]) {
     let mut by_ok: Vec<usize> = idx.to_vec();
     by_ok.sort_by_key(|&i| grants[i].ok);
-    // prefix[k]: the grant with the highest token among the first k+1.
-    let mut prefix: Vec<usize> = Vec::with_capacity(by_ok.len());
-    for &i in &by_ok {
-        let best = match prefix.last() {
-            Some(&p) if grants[p].token >= grants[i].token => p,
-            _ => i,
-        };
-        prefix.push(best);
-    }
     for &g in idx {
         for r in grants[g]
             .releases
             .iter()
             .filter(|r| r.outcome == Outcome::Ok)
         {
-            let before = by_ok.partition_point(|&i| grants[i].ok < r.invoke);
-            if before == 0 {
-                continue;
-            }
-            let newest = prefix[before - 1];
-            if grants[newest].token > grants[g].token {
+            // Grants handed out after this one and before the release was sent.
+            let from = by_ok.partition_point(|&i| grants[i].ok <= grants[g].ok);
+            let to = by_ok.partition_point(|&i| grants[i].ok < r.invoke);
+            let newer = by_ok[from.min(to)..to]
+                .iter()
+                .copied()
+                .filter(|&i| grants[i].token > grants[g].token)
+                .min_by_key(|&i| grants[i].ok);
+            if let Some(newer) = newer {
                 c.violation(
                     ViolationKind::ReleaseByNonOwner,
                     format!(
                         "release {} of {} returned Ok although {} was granted {:.1} ms before it was sent",
                         r.op,
                         grants[g].name(),
-                        grants[newest].name(),
-                        ms(r.invoke - grants[newest].ok)
+                        grants[newer].name(),
+                        ms(r.invoke - grants[newer].ok)
                     ),
                 );
             }
