@@ -20,7 +20,8 @@
 //!   grant of the key had been handed out before the release was sent;
 //! * `lost_late` — `lost()` seen later than the validity deadline plus the
 //!   tolerance (grants whose process was SIGSTOPped across the deadline are
-//!   excused, and counted);
+//!   excused, and counted; stores without TTL expiry have no deadline, so
+//!   only their other checks apply);
 //! * `leftover_key` — a key still held after the clients stopped and the
 //!   TTLs passed;
 //! * `client_crash` — a client that failed on its own or would not stop.
@@ -408,7 +409,9 @@ pub fn check(dir: &Path) -> io::Result<Report> {
             }
         }
     }
-    check_lost(&mut c, &grants, &stops, tolerance_ns);
+    if meta.ttl_expiry {
+        check_lost(&mut c, &grants, &stops, tolerance_ns);
+    }
 
     for key in &end.leftover_keys {
         c.violation(

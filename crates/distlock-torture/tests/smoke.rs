@@ -19,6 +19,12 @@ use distlock_torture::variant::Variant;
 const MIN_ACQUISITIONS: u64 = 2000;
 const MIN_FAULTS: u64 = 10;
 
+/// lost() may be seen this much after the validity deadline. Idle runs
+/// see under 30 ms; CI runs this next to other tests on two cores, so the
+/// smoke allows 100 ms (the long campaign keeps the default 50 ms). It still
+/// catches a lost() that waits for the next refresh tick (TTL/3 = 333 ms).
+const LOST_TOLERANCE_MS: &str = "100";
+
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn out_dir(backend: BackendKind) -> PathBuf {
@@ -38,6 +44,7 @@ fn smoke(backend: BackendKind, duration_s: u64) {
         .args(["--seed", "20260601"])
         .args(["--duration-s", &duration_s.to_string()])
         .args(["--control-duration-s", "7"])
+        .args(["--lost-tolerance-ms", LOST_TOLERANCE_MS])
         .args(["--min-acquisitions", &MIN_ACQUISITIONS.to_string()])
         .args(["--min-faults", &MIN_FAULTS.to_string()])
         .arg("--out")
