@@ -31,12 +31,28 @@
 //!
 //! ## Adding a backend (etcd)
 //!
-//! Everything backend-specific is in [`store`]: a [`store::BackendKind`]
-//! variant with its name, `ttl_expiry` and fault kinds; how
-//! [`store::Store::start`] starts its server and proxy and which URL
-//! clients get; how [`store::Store::leftover`] reads held keys directly;
-//! how [`store::ClientStore::delete_by_name`] deletes a lock by name; and
-//! its server faults in `server_kill_restart` / `server_pause`.
+//! Everything backend-specific is in [`store`]. For etcd (testkit feature
+//! `etcd`, with `distlock_testkit::etcd::{EtcdCluster, raw_client,
+//! holder_entry}`), the additions are:
+//!
+//! ```text
+//! Cargo.toml   distlock features += "etcd"; distlock-testkit features += "etcd"
+//! BackendKind  + Etcd; name "etcd"; ALL += Etcd; ttl_expiry true; client_processes true;
+//!              faults: the Redis list (client stop/kill, server kill/stop, proxy reset/black hole)
+//! Store        + etcd: Option<EtcdCluster>;
+//!   start      let cluster = block_in_place(|| EtcdCluster::start(1));
+//!              let proxy = FaultProxy::start(cluster.members[0].endpoint.parse()?).await?;
+//!              client_url = format!("etcd://{}", proxy.addr())
+//!   leftover   Locker::from_url(format!("etcd://{endpoint}?namespace={ns}")) + inspect each key
+//!   server_*   cluster.members[0].process.restart() / .pause() / .resume()
+//! ClientStore::delete_by_name
+//!              let mut c = raw_client(&[endpoint]).await;
+//!              if let Some(kv) = holder_entry(&mut c, ns, key).await { c.delete(kv.key().to_vec(), None).await }
+//! ```
+//!
+//! and runs use `--ttl-ms 2000` (etcd's lease floor is about 1.5 s). Leader
+//! kill and isolation need a 3-member cluster and a proxy per member: a
+//! second step.
 #![deny(missing_docs)]
 
 pub mod campaign;
