@@ -170,10 +170,18 @@ pub async fn run(
         seed: cfg.seed,
         t: clock::now_ns(),
     });
-    let locker = store
-        .locker(&cfg.namespace)
-        .await
-        .map_err(|e| format!("open the store: {e}"))?;
+    // A client respawned right after a server fault may find the store
+    // still coming back: keep trying for a while before calling it a crash.
+    let opening = Instant::now();
+    let locker = loop {
+        match store.locker(&cfg.namespace).await {
+            Ok(locker) => break locker,
+            Err(e) if opening.elapsed() > Duration::from_secs(15) => {
+                return Err(format!("open the store: {e}"));
+            }
+            Err(_) => sleep(Duration::from_millis(200)).await,
+        }
+    };
     let mut client = Client {
         rng: fastrand::Rng::with_seed(cfg.seed),
         register: RegisterClient::new(cfg.register),
