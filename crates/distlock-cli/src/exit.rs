@@ -44,7 +44,7 @@ Exit codes:
   distlock run      the command's own exit code (128+N if it died of signal N),
                     or one of distlock's own:
   64  bad usage: unknown option, bad duration, key or backend URL
-  69  backend unavailable: the lock directory or server cannot be used
+  69  backend unavailable: the lock directory or server cannot be used, or refuses us (permissions)
   70  internal error
   75  lock not obtained: held by someone else (change with --conflict-exit-code)
   76  lock lost while the command ran; the command was stopped

@@ -170,7 +170,9 @@ impl From<Error> for Failure {
             Error::InvalidKey { .. } | Error::InvalidOptions { .. } | Error::InvalidUrl { .. } => {
                 exit::USAGE
             }
-            Error::Backend { .. } | Error::Timeout { .. } => exit::UNAVAILABLE,
+            Error::Backend { .. } | Error::Refused { .. } | Error::Timeout { .. } => {
+                exit::UNAVAILABLE
+            }
             Error::NotObtained { .. } => exit::NOT_OBTAINED,
             _ => exit::SOFTWARE,
         };

@@ -12,6 +12,8 @@
 #![deny(missing_docs)]
 
 pub mod conformance;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 mod fixture;
 pub mod proxy;
 #[cfg(feature = "redis")]

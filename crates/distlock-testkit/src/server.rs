@@ -66,7 +66,37 @@ impl ServerProcess {
         Self::spawn(name, binary, args, dir, ready_ports)
     }
 
+    /// Like [`start`](Self::start), without waiting for the ports: for
+    /// servers that only serve once their peers run too (an etcd cluster).
+    /// Call [`wait_ready`](Self::wait_ready) when all are started.
+    pub fn start_unready(
+        name: &str,
+        binary: PathBuf,
+        args: Vec<String>,
+        ready_ports: Vec<u16>,
+    ) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "distlock-{name}-{}-{}",
+            std::process::id(),
+            ready_ports.first().copied().unwrap_or_default()
+        ));
+        std::fs::create_dir_all(&dir).expect("create the server directory");
+        Self::spawn_unready(name, binary, args, dir, ready_ports)
+    }
+
     fn spawn(
+        name: &str,
+        binary: PathBuf,
+        args: Vec<String>,
+        dir: PathBuf,
+        ports: Vec<u16>,
+    ) -> Self {
+        let server = Self::spawn_unready(name, binary, args, dir, ports);
+        server.wait_ready(Duration::from_secs(30));
+        server
+    }
+
+    fn spawn_unready(
         name: &str,
         binary: PathBuf,
         args: Vec<String>,
@@ -103,7 +133,7 @@ wait "$pid" 2>/dev/null
             .parse()
             .expect("the watchdog prints the server pid");
         let lifeline = watchdog.stdin.take().expect("piped");
-        let server = ServerProcess {
+        ServerProcess {
             name: name.to_owned(),
             binary,
             args,
@@ -112,12 +142,13 @@ wait "$pid" 2>/dev/null
             watchdog,
             lifeline,
             pid,
-        };
-        server.wait_ready(Duration::from_secs(30));
-        server
+        }
     }
 
-    fn wait_ready(&self, within: Duration) {
+    /// Waits until every port it was started for accepts connections;
+    /// panics with the server's log if that takes longer than `within` or
+    /// the server dies.
+    pub fn wait_ready(&self, within: Duration) {
         let start = Instant::now();
         for port in &self.ports {
             while TcpStream::connect(("127.0.0.1", *port)).is_err() {

@@ -413,12 +413,17 @@ async fn acl_limited_user_works_and_others_get_a_clear_error() {
 
     for (user, says) in [("outsider", "key"), ("nocommands", "evalsha")] {
         let locker = Locker::from_url(&url(user)).await.unwrap();
+        let start = Instant::now();
         for err in [
             locker.try_obtain("k").await.unwrap_err(),
             locker.inspect("k").await.unwrap_err(),
+            locker
+                .obtain_with("k", ObtainOptions::new().wait(Duration::from_secs(30)))
+                .await
+                .unwrap_err(),
         ] {
             let msg = err.to_string();
-            assert!(matches!(err, Error::Backend { .. }), "{user}: {msg}");
+            assert!(matches!(err, Error::Refused { .. }), "{user}: {msg}");
             assert!(
                 msg.contains("the Redis ACL denied")
                     && msg.contains(says)
@@ -426,6 +431,12 @@ async fn acl_limited_user_works_and_others_get_a_clear_error() {
                 "{user}: {msg}"
             );
         }
+        // A refusal is final: not retried for an op timeout or a wait.
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
     }
 }
 

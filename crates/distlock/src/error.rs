@@ -80,6 +80,20 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// The store refused the operation for a reason retrying cannot fix:
+    /// missing permissions (a Redis ACL, an etcd role), bad credentials.
+    /// Not transient: the engine reports it at once instead of retrying.
+    #[error("{backend} backend refused {op}: {source}")]
+    Refused {
+        /// The backend's name.
+        backend: &'static str,
+        /// The operation that was refused.
+        op: &'static str,
+        /// The store client's error, explaining what is missing.
+        #[source]
+        source: BoxError,
+    },
+
     /// The store did not answer in time.
     #[error("{op} timed out after {after:?}")]
     Timeout {
@@ -120,6 +134,16 @@ impl Error {
         }
     }
 
+    /// Wraps a store refusal (permissions, credentials) for `backend`
+    /// during `op`: see [`Error::Refused`].
+    pub fn refused(backend: &'static str, op: &'static str, source: impl Into<BoxError>) -> Self {
+        Error::Refused {
+            backend,
+            op,
+            source: source.into(),
+        }
+    }
+
     pub(crate) fn invalid_options(option: &'static str, reason: impl Into<String>) -> Self {
         Error::InvalidOptions {
             option,
@@ -150,5 +174,6 @@ mod tests {
         assert!(timeout.is_transient() && !timeout.is_not_obtained());
         assert!(Error::backend("memory", "acquire", "boom").is_transient());
         assert!(!Error::Closed.is_transient());
+        assert!(!Error::refused("redis", "acquire", "NOPERM").is_transient());
     }
 }

@@ -43,6 +43,10 @@
 //! * `backend::redis` — cargo feature `redis` (`redis://`, `rediss://`):
 //!   one Redis server, Lua scripts, per-key fencing counters, pub/sub
 //!   wake-ups.
+//! * `etcd://` / `etcds://` — cargo feature `etcd` (needs `protoc` to
+//!   build): module `backend::etcd`, with a fair FIFO queue by create
+//!   revision, the create revision as fencing token, and two etcd writes per
+//!   uncontended obtain + release.
 //!
 //! ## What a lease-based lock can promise
 //!

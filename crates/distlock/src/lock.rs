@@ -247,7 +247,7 @@ impl LockState {
     async fn refresh_loop(
         self: Arc<Self>,
         stop: CancellationToken,
-        mut on_error: impl FnMut(&Error),
+        mut on_error: impl FnMut(&Error) + Send,
     ) {
         // After a failed extend, try again soon rather than a whole interval later.
         let retry_gap = (self.refresh_interval / 4).max(Duration::from_millis(1));

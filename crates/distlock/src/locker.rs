@@ -163,6 +163,11 @@ impl Locker {
     /// * `redis://[user:password@]host:port/db` and `rediss://...` (TLS) —
     ///   one Redis server (cargo feature `redis`; see
     ///   `distlock::backend::redis`).
+    /// * `etcd://[user[:password]@]host[:port][,host[:port]...]` — etcd
+    ///   (cargo feature `etcd`), failing over between the endpoints (port
+    ///   2379 by default); `etcds://` connects with TLS, trusting the
+    ///   system's root certificates. Percent-escape `@`, `:` and `/` in the
+    ///   user info. For other options see `backend::etcd::EtcdBackend`.
     ///
     /// Every URL takes `?namespace=NAME`. `redis://`, `rediss://`,
     /// `etcd://` and `file://` belong to backends behind cargo features;
@@ -254,8 +259,12 @@ impl Locker {
         let owner = OwnerToken::random().map_err(|e| (e, 0))?;
         let req = AcquireRequest {
             metadata: options.metadata_value().map(Arc::from),
+            will_wait: !plan.retry.is_once(),
             ..AcquireRequest::new(key, owner, options.ttl_value())
         };
+        // A store that queues waiters keeps our entry after a contended
+        // attempt: `pending` then stays armed, so giving up removes it.
+        let queued_after_contention = req.will_wait && inner.backend.queues_waiters();
         let place = inner.queues.join(&req.key);
         let turn = tokio::select! {
             biased;
@@ -288,8 +297,9 @@ impl Locker {
                 }
                 Ok(Attempt::Contended { holder: h }) => {
                     // An earlier attempt with an unknown outcome may still land
-                    // late: keep the token-checked release armed for it.
-                    pending.armed = outcome_unknown;
+                    // late, and a store that queues waiters keeps our entry:
+                    // keep the token-checked release armed for both.
+                    pending.armed = outcome_unknown || queued_after_contention;
                     holder = h;
                     None
                 }
@@ -325,7 +335,7 @@ impl Locker {
                 biased;
                 _ = inner.closed.cancelled() => return Err((Error::Closed, attempts)),
                 _ = turn.local_release() => {}
-                _ = inner.backend.wait_for_release(&req.key, wake_at) => {}
+                _ = inner.backend.wait_for_turn(&req, wake_at) => {}
                 // The backend's wait is a hint; the engine's bound is authoritative.
                 _ = tokio::time::sleep_until(wake_at) => {}
             }
@@ -536,7 +546,9 @@ impl LockerInner {
 }
 
 /// Releases an acquisition whose outcome is unknown (a timed-out attempt, or
-/// an obtain future dropped mid-attempt) unless it turned into a [`Lock`].
+/// an obtain future dropped mid-attempt), or a queue entry a contended
+/// attempt left in a store that queues waiters, unless it turned into a
+/// [`Lock`].
 struct PendingGrant {
     inner: Arc<LockerInner>,
     lease: LeaseRef,

@@ -13,6 +13,13 @@
 //! * `extend` and `release` act only if the stored owner token matches, and
 //!   answer [`Error::NotHeld`](crate::Error::NotHeld) otherwise.
 //! * `inspect` never writes.
+//! * A store with a native fair queue (etcd) may leave a queue entry behind
+//!   a `Contended` answer when the request says the engine will wait
+//!   ([`AcquireRequest::will_wait`]) and [`Backend::queues_waiters`] is
+//!   true. The engine then retries with the same owner token, waits through
+//!   [`Backend::wait_for_turn`], and calls `release` for that owner whenever
+//!   the obtain ends without a grant (deadline, retries exhausted, close, or
+//!   the future dropped), so the entry never outlives the obtain.
 //! * A backend bounds nothing by time itself: the engine wraps every call in
 //!   its timeout and deadline, and may drop any future at any await point.
 
@@ -28,6 +35,8 @@ use crate::holder::HolderInfo;
 use crate::key::LockKey;
 use crate::lease::{LeaseRef, OwnerToken};
 
+#[cfg(feature = "etcd")]
+pub mod etcd;
 #[cfg(all(feature = "file", unix))]
 pub mod file;
 pub mod memory;
@@ -46,6 +55,12 @@ pub struct AcquireRequest {
     pub ttl: Duration,
     /// Metadata to store with the lock for `inspect`.
     pub metadata: Option<Arc<str>>,
+    /// The engine may try again with the same owner after a `Contended`
+    /// answer (false for a single attempt such as
+    /// [`Locker::try_obtain`](crate::Locker::try_obtain)). A backend that
+    /// [queues waiters](Backend::queues_waiters) may leave a queue entry
+    /// only when this is true.
+    pub will_wait: bool,
 }
 
 impl AcquireRequest {
@@ -56,6 +71,7 @@ impl AcquireRequest {
             owner,
             ttl,
             metadata: None,
+            will_wait: false,
         }
     }
 
@@ -137,6 +153,27 @@ pub trait Backend: Send + Sync + Debug + 'static {
             tokio::time::sleep_until(until).await;
             Ok(())
         })
+    }
+
+    /// True when a `Contended` answer to a request with
+    /// [`will_wait`](AcquireRequest::will_wait) may leave a queue entry in
+    /// the store. The engine then releases that owner whenever the obtain
+    /// ends without a grant. Default: false.
+    fn queues_waiters(&self) -> bool {
+        false
+    }
+
+    /// Like [`wait_for_release`](Self::wait_for_release), for the owner of
+    /// `req`, whose last attempt was `Contended`: a backend that queues
+    /// waiters can watch just this waiter's predecessor. The same rules
+    /// apply: a hint, returning at `until` at the latest. Default:
+    /// `wait_for_release(&req.key, until)`.
+    fn wait_for_turn<'a>(
+        &'a self,
+        req: &'a AcquireRequest,
+        until: Instant,
+    ) -> BoxFuture<'a, Result<()>> {
+        self.wait_for_release(&req.key, until)
     }
 
     /// Releases the store connection. Called once by

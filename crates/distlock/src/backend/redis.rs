@@ -646,8 +646,9 @@ fn held_if(held: bool, key: &LockKey) -> Result<()> {
 }
 
 /// Maps a redis-rs error to distlock's: timeouts to [`Error::Timeout`], an
-/// ACL refusal to a [`PermissionDenied`] explaining what the user needs,
-/// everything else to [`Error::Backend`] with the source kept.
+/// ACL refusal to [`Error::Refused`] with a [`PermissionDenied`] explaining
+/// what the user needs (not retried: waiting will not grant it), everything
+/// else to [`Error::Backend`] with the source kept.
 fn map_err(
     op: &'static str,
     namespace: Option<&Namespace>,
@@ -661,7 +662,7 @@ fn map_err(
         };
     }
     if is_permission_error(&e) {
-        return Error::backend(
+        return Error::refused(
             NAME,
             op,
             PermissionDenied {

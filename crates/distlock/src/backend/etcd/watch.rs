@@ -1,0 +1,198 @@
+//! One etcd watch stream per backend, shared by all its waiters.
+//!
+//! A waiter asks for "tell me when key K is deleted, counting from revision
+//! R"; the hub adds a watch for K on its one stream, and answers true on
+//! the first delete event, false when it cannot tell (the stream broke, the
+//! watch was cancelled or its revision compacted). Starting from the revision of the read that found K means
+//! a delete in between is replayed, so no wake-up is lost. Waiters that give
+//! up are pruned, and their watches cancelled, as the hub goes.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use etcd_client::{Client, EventType, WatchOptions, WatchResponse, WatchStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+struct Request {
+    key: Vec<u8>,
+    start_revision: i64,
+    fire: oneshot::Sender<bool>,
+}
+
+/// The handle waiters use; the hub task ends when it is dropped or `stop`
+/// is cancelled.
+#[derive(Debug)]
+pub(super) struct WatchHub {
+    requests: mpsc::UnboundedSender<Request>,
+}
+
+impl WatchHub {
+    pub(super) fn start(client: Client, stop: CancellationToken) -> Self {
+        let (requests, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(client, rx, stop));
+        WatchHub { requests }
+    }
+
+    /// Resolves with true when `key` is deleted at a revision after
+    /// `after`, with false when the hub cannot tell (stream broken, watch
+    /// cancelled or compacted, etcd unreachable).
+    pub(super) async fn deleted(&self, key: Vec<u8>, after: i64) -> bool {
+        let (fire, fired) = oneshot::channel();
+        let request = Request {
+            key,
+            start_revision: after + 1,
+            fire,
+        };
+        if self.requests.send(request).is_err() {
+            return false;
+        }
+        fired.await.unwrap_or(false)
+    }
+}
+
+#[derive(Default)]
+struct Watches {
+    /// Waiters whose watch was requested but not yet confirmed, in order.
+    creating: VecDeque<oneshot::Sender<bool>>,
+    /// Confirmed watches by id.
+    active: HashMap<i64, oneshot::Sender<bool>>,
+}
+
+impl Watches {
+    /// Wakes every waiter: the stream they were on is gone.
+    fn fire_all(&mut self) {
+        for fire in self
+            .creating
+            .drain(..)
+            .chain(self.active.drain().map(|(_, f)| f))
+        {
+            let _ = fire.send(false);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.creating.is_empty() && self.active.is_empty()
+    }
+}
+
+fn options(start_revision: i64) -> WatchOptions {
+    WatchOptions::new().with_start_revision(start_revision)
+}
+
+async fn run(
+    mut client: Client,
+    mut requests: mpsc::UnboundedReceiver<Request>,
+    stop: CancellationToken,
+) {
+    let mut stream: Option<WatchStream> = None;
+    let mut watches = Watches::default();
+    let mut prune = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let message = async {
+            match stream.as_mut() {
+                Some(s) => s.message().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => {
+                watches.fire_all();
+                return;
+            }
+            request = requests.recv() => {
+                let Some(request) = request else {
+                    watches.fire_all();
+                    return;
+                };
+                let added = match stream.as_mut() {
+                    Some(s) => s
+                        .watch(request.key, Some(options(request.start_revision)))
+                        .await
+                        .is_ok(),
+                    None => match client
+                        .watch(request.key, Some(options(request.start_revision)))
+                        .await
+                    {
+                        Ok(s) => {
+                            stream = Some(s);
+                            true
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "etcd watch stream did not open");
+                            false
+                        }
+                    },
+                };
+                if added {
+                    watches.creating.push_back(request.fire);
+                } else {
+                    let _ = request.fire.send(false);
+                    watches.fire_all();
+                    stream = None;
+                }
+            }
+            message = message => match message {
+                Ok(Some(response)) => {
+                    if let Some(s) = stream.as_mut() {
+                        handle(response, s, &mut watches).await;
+                    }
+                }
+                other => {
+                    tracing::debug!(?other, "etcd watch stream ended");
+                    watches.fire_all();
+                    stream = None;
+                }
+            },
+            _ = prune.tick() => {
+                // Forget waiters that gave up; cancel their watches.
+                watches.creating.retain(|fire| !fire.is_closed());
+                let gone: Vec<i64> = watches
+                    .active
+                    .iter()
+                    .filter(|(_, fire)| fire.is_closed())
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in gone {
+                    watches.active.remove(&id);
+                    if let Some(s) = stream.as_mut() {
+                        let _ = s.cancel(id).await;
+                    }
+                }
+                // An idle stream is closed; the next waiter opens another.
+                if watches.is_empty() {
+                    stream = None;
+                }
+            }
+        }
+    }
+}
+
+async fn handle(response: WatchResponse, stream: &mut WatchStream, watches: &mut Watches) {
+    let id = response.watch_id();
+    if response.created() {
+        // Confirmations come in the order the watches were asked for.
+        let Some(fire) = watches.creating.pop_front() else {
+            return;
+        };
+        if response.canceled() || fire.is_closed() {
+            let _ = fire.send(false);
+            let _ = stream.cancel(id).await;
+            return;
+        }
+        watches.active.insert(id, fire);
+    }
+    let deleted = response
+        .events()
+        .iter()
+        .any(|e| e.event_type() == EventType::Delete);
+    if deleted || response.canceled() || response.compact_revision() > 0 {
+        if let Some(fire) = watches.active.remove(&id) {
+            let _ = fire.send(deleted);
+        }
+        if !response.canceled() {
+            let _ = stream.cancel(id).await;
+        }
+    }
+}
