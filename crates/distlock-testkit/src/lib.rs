@@ -47,6 +47,7 @@ macro_rules! conformance_suite {
             refresh_after_expiry_is_not_held,
             dropping_the_refresh_handle_stops_refreshing,
             lost_fires_at_the_validity_deadline_before_the_store_expires_it,
+            a_grant_arriving_after_its_deadline_is_not_handed_out,
         );
     };
     ($fixture:path; without: ttl_expiry) => {
@@ -63,6 +64,7 @@ macro_rules! conformance_suite {
                 refresh_after_expiry_is_not_held,
                 dropping_the_refresh_handle_stops_refreshing,
                 lost_fires_at_the_validity_deadline_before_the_store_expires_it,
+                a_grant_arriving_after_its_deadline_is_not_handed_out,
             );
         }
     };
