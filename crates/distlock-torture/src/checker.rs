@@ -22,6 +22,8 @@
 //!   tolerance (grants whose process was SIGSTOPped across the deadline are
 //!   excused, and counted; stores without TTL expiry have no deadline, so
 //!   only their other checks apply);
+//! * `expired_grant` — an obtain returned a lock whose validity deadline
+//!   had already passed (more than the tolerance before the client saw it);
 //! * `leftover_key` — a key still held after the clients stopped and the
 //!   TTLs passed;
 //! * `client_crash` — a client that failed on its own or would not stop.
@@ -55,6 +57,9 @@ pub enum ViolationKind {
     ReleaseByNonOwner,
     /// `lost()` fired later than the validity deadline plus the tolerance.
     LostLate,
+    /// An obtain returned a lock whose validity deadline had already passed
+    /// (by more than the tolerance).
+    ExpiredGrant,
     /// A key was still held after the run.
     LeftoverKey,
     /// A client crashed or would not stop.
@@ -73,6 +78,7 @@ impl ViolationKind {
             ViolationKind::WriteOutsideCs => "write_outside_cs",
             ViolationKind::ReleaseByNonOwner => "release_by_non_owner",
             ViolationKind::LostLate => "lost_late",
+            ViolationKind::ExpiredGrant => "expired_grant",
             ViolationKind::LeftoverKey => "leftover_key",
             ViolationKind::ClientCrash => "client_crash",
         }
@@ -281,6 +287,7 @@ struct Grant {
     token: u64,
     invoke: i64,
     ok: i64,
+    valid_until_first: i64,
     valid_until_max: i64,
     lost: Option<(i64, String)>,
     releases: Vec<Release>,
@@ -411,6 +418,18 @@ pub fn check(dir: &Path) -> io::Result<Report> {
     }
     if meta.ttl_expiry {
         check_lost(&mut c, &grants, &stops, tolerance_ns);
+        for g in &grants {
+            if g.ok > g.valid_until_first + tolerance_ns {
+                c.violation(
+                    ViolationKind::ExpiredGrant,
+                    format!(
+                        "{}: obtain returned {:.1} ms after the lock's validity deadline",
+                        g.name(),
+                        ms(g.ok - g.valid_until_first)
+                    ),
+                );
+            }
+        }
     }
 
     for key in &end.leftover_keys {
@@ -488,6 +507,7 @@ fn read_grants(dir: &Path, report: &mut Report) -> io::Result<Vec<Grant>> {
                         token,
                         invoke,
                         ok: t,
+                        valid_until_first: valid_until,
                         valid_until_max: valid_until,
                         lost: None,
                         releases: Vec::new(),

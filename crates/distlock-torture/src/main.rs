@@ -73,7 +73,7 @@ struct Common {
 
 #[derive(Args, Debug)]
 struct RunArgs {
-    /// memory, file or redis.
+    /// memory, file, redis or etcd.
     #[arg(long)]
     backend: BackendKind,
     /// correct, release-by-name, ignore-validity, no-fencing or deadline-from-reply.
@@ -95,7 +95,7 @@ struct RunArgs {
 #[derive(Args, Debug)]
 struct CampaignArgs {
     /// Comma-separated backends.
-    #[arg(long, value_delimiter = ',', default_value = "memory,file,redis")]
+    #[arg(long, value_delimiter = ',', default_value = "memory,file,redis,etcd")]
     backends: Vec<BackendKind>,
     /// Duration of each correct run, seconds.
     #[arg(long, default_value_t = 30)]

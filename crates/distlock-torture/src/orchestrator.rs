@@ -380,8 +380,9 @@ pub async fn run(cfg: &RunConfig) -> io::Result<Report> {
         (pool.crashed, unstoppable)
     };
     let ended = clock::now_ns();
-    // Locks of killed clients expire after their TTL; then nothing may be left.
-    sleep(cfg.ttl + Duration::from_millis(500)).await;
+    // Locks of killed clients expire after their TTL (etcd: their lease);
+    // then nothing may be left.
+    sleep(cfg.backend.settle_time(cfg.ttl, cfg.faults)).await;
     let leftover_keys = store.leftover(NAMESPACE, &keys).await;
     write_json(
         &cfg.out.join("end.json"),

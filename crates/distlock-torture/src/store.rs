@@ -4,19 +4,23 @@
 //! negative control 1, and the leftover check), and server faults.
 //!
 //! Adding a backend means one [`BackendKind`] variant plus one arm in each
-//! `match` of this file (see the crate docs for etcd).
+//! `match` of this file (see the crate docs for what etcd took).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
+use distlock::backend::etcd::EtcdBackend;
+use distlock::backend::etcd::etcd_client::{self, GetOptions, SortOrder, SortTarget};
 use distlock::backend::file::FileBackend;
 use distlock::backend::memory::MemoryBackend;
 use distlock::backend::redis::RedisKeys;
 use distlock::{Key, LockKey, Locker, Namespace};
+use distlock_testkit::etcd::EtcdCluster;
 use distlock_testkit::proxy::FaultProxy;
 use distlock_testkit::redis::RedisServer;
+use distlock_testkit::server::ServerProcess;
 use serde::{Deserialize, Serialize};
 
 use crate::nemesis::FaultKind;
@@ -31,11 +35,18 @@ pub enum BackendKind {
     File,
     /// A redis-server (AOF, `appendfsync always`) behind a fault proxy.
     Redis,
+    /// A one-member etcd behind a fault proxy.
+    Etcd,
 }
 
 impl BackendKind {
     /// Every backend the harness knows.
-    pub const ALL: [BackendKind; 3] = [BackendKind::Memory, BackendKind::File, BackendKind::Redis];
+    pub const ALL: [BackendKind; 4] = [
+        BackendKind::Memory,
+        BackendKind::File,
+        BackendKind::Redis,
+        BackendKind::Etcd,
+    ];
 
     /// The name on the command line.
     pub fn name(self) -> &'static str {
@@ -43,6 +54,7 @@ impl BackendKind {
             BackendKind::Memory => "memory",
             BackendKind::File => "file",
             BackendKind::Redis => "redis",
+            BackendKind::Etcd => "etcd",
         }
     }
 
@@ -56,12 +68,26 @@ impl BackendKind {
         !matches!(self, BackendKind::Memory)
     }
 
+    /// How long after the clients stopped every lock of a killed client is
+    /// gone: its TTL for most stores; for etcd, when clients were killed,
+    /// the lease of a dead process (`max(session TTL 5 s, 1.5 × TTL)`).
+    pub fn settle_time(self, ttl: std::time::Duration, killed: bool) -> std::time::Duration {
+        let margin = std::time::Duration::from_millis(500);
+        match self {
+            BackendKind::Etcd if killed => {
+                let lease = (ttl.as_secs_f64() * 1.5).ceil().max(5.0);
+                std::time::Duration::from_secs_f64(lease) + margin * 2
+            }
+            _ => ttl + margin,
+        }
+    }
+
     /// The faults the nemesis injects on this backend.
     pub fn faults(self) -> &'static [FaultKind] {
         match self {
             BackendKind::Memory => &[FaultKind::TaskPause, FaultKind::TaskAbort],
             BackendKind::File => &[FaultKind::ClientStop, FaultKind::ClientKill],
-            BackendKind::Redis => &[
+            BackendKind::Redis | BackendKind::Etcd => &[
                 FaultKind::ClientStop,
                 FaultKind::ClientKill,
                 FaultKind::ServerKill,
@@ -86,7 +112,7 @@ impl FromStr for BackendKind {
         BackendKind::ALL
             .into_iter()
             .find(|b| b.name() == s)
-            .ok_or_else(|| format!("unknown backend {s:?}; expected memory, file or redis"))
+            .ok_or_else(|| format!("unknown backend {s:?}; expected memory, file, redis or etcd"))
     }
 }
 
@@ -105,6 +131,7 @@ pub struct Store {
     client_url: String,
     memory: Option<Arc<MemoryBackend>>,
     redis: Option<RedisServer>,
+    etcd: Option<EtcdCluster>,
     proxy: Option<FaultProxy>,
 }
 
@@ -117,6 +144,7 @@ impl Store {
                 client_url: "memory://".into(),
                 memory: Some(Arc::new(MemoryBackend::new())),
                 redis: None,
+                etcd: None,
                 proxy: None,
             },
             BackendKind::File => {
@@ -128,6 +156,7 @@ impl Store {
                     client_url: format!("file://{}", dir.display()),
                     memory: None,
                     redis: None,
+                    etcd: None,
                     proxy: None,
                 }
             }
@@ -145,6 +174,23 @@ impl Store {
                     client_url: format!("redis://{}/", proxy.addr()),
                     memory: None,
                     redis: Some(server),
+                    etcd: None,
+                    proxy: Some(proxy),
+                }
+            }
+            BackendKind::Etcd => {
+                let cluster = tokio::task::block_in_place(|| EtcdCluster::start(1));
+                let upstream = cluster.members[0]
+                    .endpoint
+                    .parse()
+                    .expect("a socket address");
+                let proxy = FaultProxy::start(upstream).await.expect("start the proxy");
+                Store {
+                    kind,
+                    client_url: format!("etcd://{}", proxy.addr()),
+                    memory: None,
+                    redis: None,
+                    etcd: Some(cluster),
                     proxy: Some(proxy),
                 }
             }
@@ -191,6 +237,12 @@ impl Store {
                     .await
                     .expect("connect to redis")
             }
+            BackendKind::Etcd => {
+                let endpoint = &self.etcd.as_ref().expect("etcd").members[0].endpoint;
+                Locker::from_url(&format!("etcd://{endpoint}?namespace={namespace}"))
+                    .await
+                    .expect("connect to etcd")
+            }
         };
         let mut found = Vec::new();
         for key in keys {
@@ -217,30 +269,62 @@ impl Store {
                 }
             }
         }
+        if let Some(cluster) = &self.etcd {
+            // Any key at all under the namespace: a lock, or a waiter's
+            // queue entry left behind.
+            let mut client = etcd_client::Client::connect(cluster.endpoints(), None)
+                .await
+                .expect("connect to etcd");
+            let all = client
+                .get(
+                    format!("/{namespace}/"),
+                    Some(GetOptions::new().with_prefix()),
+                )
+                .await
+                .expect("read the namespace");
+            for kv in all.kvs() {
+                found.push(format!(
+                    "{} (etcd key, lease {})",
+                    String::from_utf8_lossy(kv.key()),
+                    kv.lease()
+                ));
+            }
+        }
         let _ = locker.close().await;
         found
     }
 
+    /// The server process, for stores that have one.
+    fn server(&self) -> Option<&ServerProcess> {
+        match (&self.redis, &self.etcd) {
+            (Some(redis), _) => Some(redis.process()),
+            (_, Some(etcd)) => Some(&etcd.members[0].process),
+            _ => None,
+        }
+    }
+
     /// SIGKILLs the server and starts it again on the same port and data.
     pub fn server_kill_restart(&mut self) -> bool {
-        match &mut self.redis {
-            Some(server) => {
-                tokio::task::block_in_place(|| server.restart());
-                true
-            }
-            None => false,
+        if let Some(server) = &mut self.redis {
+            tokio::task::block_in_place(|| server.restart());
+            return true;
         }
+        if let Some(cluster) = &mut self.etcd {
+            tokio::task::block_in_place(|| cluster.members[0].process.restart());
+            return true;
+        }
+        false
     }
 
     /// SIGSTOP (`true`) or SIGCONT (`false`) the server.
     pub fn server_pause(&self, on: bool) -> bool {
-        match &self.redis {
+        match self.server() {
             Some(server) if on => {
-                server.process().pause();
+                server.pause();
                 true
             }
             Some(server) => {
-                server.process().resume();
+                server.resume();
                 true
             }
             None => false,
@@ -254,8 +338,8 @@ impl Store {
 
     /// Undoes every server and network fault still in force.
     pub fn heal(&self) {
-        if let Some(server) = &self.redis {
-            server.process().resume();
+        if let Some(server) = self.server() {
+            server.resume();
         }
         if let Some(proxy) = &self.proxy {
             proxy.set_blackhole(false);
@@ -330,6 +414,32 @@ impl ClientStore {
                         self.redis = None;
                         Err(e.to_string())
                     }
+                }
+            }
+            BackendKind::Etcd => {
+                // The seed's etcd unlock: delete the lock's key by name,
+                // whoever holds it now (here: the prefix's holder entry).
+                let endpoint = self.url.trim_start_matches("etcd://").trim_end_matches('/');
+                let mut client = etcd_client::Client::connect([endpoint], None)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let first = GetOptions::new()
+                    .with_prefix()
+                    .with_sort(SortTarget::Create, SortOrder::Ascend)
+                    .with_limit(1);
+                let holder = client
+                    .get(EtcdBackend::key_prefix(&key), Some(first))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match holder.kvs().first() {
+                    Some(kv) => {
+                        let deleted = client
+                            .delete(kv.key().to_vec(), None)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        Ok(deleted.deleted() > 0)
+                    }
+                    None => Ok(false),
                 }
             }
         }
