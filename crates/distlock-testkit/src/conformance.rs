@@ -6,14 +6,15 @@
 //! its deadline), not on a busy machine.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use distlock::backend::{AcquireRequest, Attempt};
+use distlock::backend::{AcquireRequest, Attempt, Backend, Capabilities};
 use distlock::{
-    Error, Key, LeaseRef, LockKey, Locker, LostReason, MAX_KEY_BYTES, Namespace, ObtainOptions,
-    OwnerToken, RetryStrategy,
+    Error, HolderInfo, Key, LeaseRef, LockKey, Locker, LostReason, MAX_KEY_BYTES, Namespace,
+    ObtainOptions, OwnerToken, RetryStrategy,
 };
+use futures::future::BoxFuture;
 use tokio::time::{Instant, sleep, timeout};
 
 use crate::fixture::{Fixture, unique_namespace};
@@ -549,6 +550,133 @@ pub async fn lost_fires_at_the_validity_deadline_before_the_store_expires_it(fx:
         "{:?}",
         fired - deadline
     );
+}
+
+/// A store whose first acquisition reply reaches the engine `delay` late,
+/// as over a stalled network: the store itself answers at once.
+#[derive(Debug)]
+struct LateFirstGrant {
+    inner: Arc<dyn Backend>,
+    delay: Duration,
+    delayed: AtomicBool,
+}
+
+impl Backend for LateFirstGrant {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    fn try_acquire<'a>(
+        &'a self,
+        req: &'a AcquireRequest,
+    ) -> BoxFuture<'a, distlock::Result<Attempt>> {
+        Box::pin(async move {
+            let reply = self.inner.try_acquire(req).await;
+            if !self.delayed.swap(true, Ordering::SeqCst) {
+                sleep(self.delay).await;
+            }
+            reply
+        })
+    }
+
+    fn extend<'a>(
+        &'a self,
+        lease: &'a LeaseRef,
+        ttl: Duration,
+    ) -> BoxFuture<'a, distlock::Result<()>> {
+        self.inner.extend(lease, ttl)
+    }
+
+    fn release<'a>(&'a self, lease: &'a LeaseRef) -> BoxFuture<'a, distlock::Result<()>> {
+        self.inner.release(lease)
+    }
+
+    fn inspect<'a>(
+        &'a self,
+        key: &'a LockKey,
+    ) -> BoxFuture<'a, distlock::Result<Option<HolderInfo>>> {
+        self.inner.inspect(key)
+    }
+
+    fn wait_for_release<'a>(
+        &'a self,
+        key: &'a LockKey,
+        until: Instant,
+    ) -> BoxFuture<'a, distlock::Result<()>> {
+        self.inner.wait_for_release(key, until)
+    }
+
+    fn queues_waiters(&self) -> bool {
+        self.inner.queues_waiters()
+    }
+
+    fn wait_for_turn<'a>(
+        &'a self,
+        req: &'a AcquireRequest,
+        until: Instant,
+    ) -> BoxFuture<'a, distlock::Result<()>> {
+        self.inner.wait_for_turn(req, until)
+    }
+}
+
+/// A grant whose reply arrives after the lock's validity deadline is never
+/// handed out: the store may have expired it and granted the key to someone
+/// else meanwhile. (Found by the torture harness: etcd obtains stalled by a
+/// server restart returned locks already 400 ms past their deadline.) One
+/// attempt fails with `Timeout`; a waiting obtain tries again and returns a
+/// lock with its deadline ahead. A store without TTL expiry cannot lose the
+/// lock by time, so there the late grant is handed out.
+pub async fn a_grant_arriving_after_its_deadline_is_not_handed_out(fx: &dyn Fixture) {
+    let (plain, ns) = locker(fx, "late_grant").await;
+    let ttl = fx.short_ttl();
+    let late = || {
+        let backend = LateFirstGrant {
+            inner: plain.backend(),
+            delay: ttl * 2,
+            delayed: AtomicBool::new(false),
+        };
+        Locker::builder(Arc::new(backend))
+            .namespace(ns.as_str())
+            .build()
+            .unwrap()
+    };
+    let result = late().obtain_with("k", short(fx).try_once()).await;
+    if !expires(&plain) {
+        let lock = result.expect("a lock without TTL expiry is still ours");
+        assert!(!lock.is_lost());
+        lock.release().await.unwrap();
+        return;
+    }
+    match result {
+        Err(Error::Timeout { op: "acquire", .. }) => {}
+        Ok(lock) => panic!(
+            "handed out a lock {:?} past its validity deadline",
+            Instant::now() - lock.valid_until()
+        ),
+        Err(other) => panic!("expected Timeout, got {other:?}"),
+    }
+    // The refused grant does not linger.
+    let start = Instant::now();
+    while plain.is_locked("k").await.unwrap() {
+        assert!(
+            start.elapsed() < ttl + SLACK,
+            "the refused grant is still held"
+        );
+        sleep(10 * MS).await;
+    }
+    let lock = late()
+        .obtain_with("k", short(fx).wait(ttl * 4 + SLACK))
+        .await
+        .unwrap();
+    assert!(
+        lock.valid_until() > Instant::now() && !lock.is_lost(),
+        "handed out a lock past its validity deadline"
+    );
+    lock.release().await.unwrap();
 }
 
 /// `lost()` also resolves, with `Released`, once the lock is released.

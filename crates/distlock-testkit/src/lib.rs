@@ -15,6 +15,7 @@ pub mod conformance;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 mod fixture;
+pub mod proxy;
 #[cfg(feature = "redis")]
 pub mod redis;
 mod section;
@@ -46,6 +47,7 @@ macro_rules! conformance_suite {
             refresh_after_expiry_is_not_held,
             dropping_the_refresh_handle_stops_refreshing,
             lost_fires_at_the_validity_deadline_before_the_store_expires_it,
+            a_grant_arriving_after_its_deadline_is_not_handed_out,
         );
     };
     ($fixture:path; without: ttl_expiry) => {
@@ -62,6 +64,7 @@ macro_rules! conformance_suite {
                 refresh_after_expiry_is_not_held,
                 dropping_the_refresh_handle_stops_refreshing,
                 lost_fires_at_the_validity_deadline_before_the_store_expires_it,
+                a_grant_arriving_after_its_deadline_is_not_handed_out,
             );
         }
     };

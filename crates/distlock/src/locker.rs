@@ -290,6 +290,22 @@ impl Locker {
                 Ok(Attempt::Granted { .. }) if inner.closed.is_cancelled() => {
                     return Err((Error::Closed, attempts));
                 }
+                // The grant came back after its own validity deadline (the
+                // store or the network stalled longer than the TTL allows):
+                // the store may have expired it and granted the key to someone
+                // else already, so it is never handed out. `pending` stays
+                // armed (a token-checked release if we give up), and the same
+                // owner token makes the next attempt re-grant with a fresh
+                // deadline.
+                Ok(Attempt::Granted { .. })
+                    if inner.validity_deadline(sent, options.ttl_value()) <= Instant::now() =>
+                {
+                    outcome_unknown = true;
+                    Some(Error::Timeout {
+                        op: "acquire",
+                        after: sent.elapsed(),
+                    })
+                }
                 Ok(Attempt::Granted { fencing_token }) => {
                     pending.armed = false;
                     let lock = self.grant(req, options, fencing_token, sent);

@@ -1,0 +1,101 @@
+//! The fault-injecting proxy: forwards bytes, holds them in a black hole
+//! without losing any, and resets connections.
+
+use std::time::Duration;
+
+use distlock_testkit::proxy::FaultProxy;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
+
+/// An upstream that echoes every byte back.
+async fn echo_server() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                loop {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if conn.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+async fn round_trip(conn: &mut TcpStream, msg: &[u8]) -> Vec<u8> {
+    conn.write_all(msg).await.unwrap();
+    let mut got = vec![0u8; msg.len()];
+    conn.read_exact(&mut got).await.unwrap();
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwards_then_black_holes_without_losing_bytes() {
+    let proxy = FaultProxy::start(echo_server().await).await.unwrap();
+    let mut conn = TcpStream::connect(proxy.addr()).await.unwrap();
+    assert_eq!(round_trip(&mut conn, b"hello").await, b"hello");
+
+    proxy.set_blackhole(true);
+    assert!(proxy.is_blackholed());
+    conn.write_all(b"held").await.unwrap();
+    let mut got = [0u8; 4];
+    assert!(
+        timeout(Duration::from_millis(300), conn.read_exact(&mut got))
+            .await
+            .is_err(),
+        "nothing may come back through a black hole"
+    );
+    // A connection opened during the black hole is held too.
+    let mut late = TcpStream::connect(proxy.addr()).await.unwrap();
+    late.write_all(b"late").await.unwrap();
+    let mut late_got = [0u8; 4];
+    assert!(
+        timeout(Duration::from_millis(200), late.read_exact(&mut late_got))
+            .await
+            .is_err()
+    );
+
+    proxy.set_blackhole(false);
+    timeout(Duration::from_secs(5), conn.read_exact(&mut got))
+        .await
+        .expect("held bytes flow after healing")
+        .unwrap();
+    assert_eq!(&got, b"held");
+    timeout(Duration::from_secs(5), late.read_exact(&mut late_got))
+        .await
+        .expect("the held connection reaches the upstream after healing")
+        .unwrap();
+    assert_eq!(&late_got, b"late");
+    assert_eq!(proxy.stats().accepted, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_all_tears_down_live_connections_only() {
+    let proxy = FaultProxy::start(echo_server().await).await.unwrap();
+    let mut conn = TcpStream::connect(proxy.addr()).await.unwrap();
+    assert_eq!(round_trip(&mut conn, b"x").await, b"x");
+    assert_eq!(proxy.reset_all(), 1);
+    let mut buf = [0u8; 1];
+    let read = timeout(Duration::from_secs(5), conn.read(&mut buf))
+        .await
+        .expect("the reset reaches the client");
+    match read {
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset),
+        Ok(n) => panic!("expected a connection reset, read {n} bytes"),
+    }
+    // The proxy keeps serving new connections.
+    let mut again = TcpStream::connect(proxy.addr()).await.unwrap();
+    assert_eq!(round_trip(&mut again, b"y").await, b"y");
+    assert_eq!(proxy.stats().resets, 1);
+}

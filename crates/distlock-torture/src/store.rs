@@ -1,0 +1,451 @@
+//! The backends the harness can torture, and everything backend-specific
+//! it needs: starting the store (server and fault proxy), lockers for the
+//! clients, raw access behind the library's back (a delete by name for
+//! negative control 1, and the leftover check), and server faults.
+//!
+//! Adding a backend means one [`BackendKind`] variant plus one arm in each
+//! `match` of this file (see the crate docs for what etcd took).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use distlock::backend::etcd::EtcdBackend;
+use distlock::backend::etcd::etcd_client::{self, GetOptions, SortOrder, SortTarget};
+use distlock::backend::file::FileBackend;
+use distlock::backend::memory::MemoryBackend;
+use distlock::backend::redis::RedisKeys;
+use distlock::{Key, LockKey, Locker, Namespace};
+use distlock_testkit::etcd::EtcdCluster;
+use distlock_testkit::proxy::FaultProxy;
+use distlock_testkit::redis::RedisServer;
+use distlock_testkit::server::ServerProcess;
+use serde::{Deserialize, Serialize};
+
+use crate::nemesis::FaultKind;
+
+/// A store the harness can run against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendKind {
+    /// The in-process memory store: clients are tasks of the orchestrator.
+    Memory,
+    /// `flock`ed files in a directory: clients are processes of this host.
+    File,
+    /// A redis-server (AOF, `appendfsync always`) behind a fault proxy.
+    Redis,
+    /// A one-member etcd behind a fault proxy.
+    Etcd,
+}
+
+impl BackendKind {
+    /// Every backend the harness knows.
+    pub const ALL: [BackendKind; 4] = [
+        BackendKind::Memory,
+        BackendKind::File,
+        BackendKind::Redis,
+        BackendKind::Etcd,
+    ];
+
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Memory => "memory",
+            BackendKind::File => "file",
+            BackendKind::Redis => "redis",
+            BackendKind::Etcd => "etcd",
+        }
+    }
+
+    /// Whether locks expire by TTL (file locks live as long as their holder).
+    pub fn ttl_expiry(self) -> bool {
+        !matches!(self, BackendKind::File)
+    }
+
+    /// Whether clients are separate processes (memory's are tasks).
+    pub fn client_processes(self) -> bool {
+        !matches!(self, BackendKind::Memory)
+    }
+
+    /// How long after the clients stopped every lock of a killed client is
+    /// gone: its TTL for most stores; for etcd, when clients were killed,
+    /// the lease of a dead process (`max(session TTL 5 s, 1.5 × TTL)`).
+    pub fn settle_time(self, ttl: std::time::Duration, killed: bool) -> std::time::Duration {
+        let margin = std::time::Duration::from_millis(500);
+        match self {
+            BackendKind::Etcd if killed => {
+                let lease = (ttl.as_secs_f64() * 1.5).ceil().max(5.0);
+                std::time::Duration::from_secs_f64(lease) + margin * 2
+            }
+            _ => ttl + margin,
+        }
+    }
+
+    /// The faults the nemesis injects on this backend.
+    pub fn faults(self) -> &'static [FaultKind] {
+        match self {
+            BackendKind::Memory => &[FaultKind::TaskPause, FaultKind::TaskAbort],
+            BackendKind::File => &[FaultKind::ClientStop, FaultKind::ClientKill],
+            BackendKind::Redis | BackendKind::Etcd => &[
+                FaultKind::ClientStop,
+                FaultKind::ClientKill,
+                FaultKind::ServerKill,
+                FaultKind::ServerStop,
+                FaultKind::ProxyReset,
+                FaultKind::ProxyBlackhole,
+            ],
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for BackendKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        BackendKind::ALL
+            .into_iter()
+            .find(|b| b.name() == s)
+            .ok_or_else(|| format!("unknown backend {s:?}; expected memory, file, redis or etcd"))
+    }
+}
+
+fn lock_key(namespace: &str, key: &str) -> LockKey {
+    LockKey {
+        namespace: Namespace::new(namespace).expect("valid namespace"),
+        key: Key::new(key).expect("valid key"),
+    }
+}
+
+/// The orchestrator's side of a store: it owns the server and the proxy.
+#[derive(Debug)]
+pub struct Store {
+    kind: BackendKind,
+    /// The URL clients use (through the proxy where there is one).
+    client_url: String,
+    memory: Option<Arc<MemoryBackend>>,
+    redis: Option<RedisServer>,
+    etcd: Option<EtcdCluster>,
+    proxy: Option<FaultProxy>,
+}
+
+impl Store {
+    /// Starts the store for `kind`, keeping its files under `run_dir`.
+    pub async fn start(kind: BackendKind, run_dir: &Path) -> Store {
+        match kind {
+            BackendKind::Memory => Store {
+                kind,
+                client_url: "memory://".into(),
+                memory: Some(Arc::new(MemoryBackend::new())),
+                redis: None,
+                etcd: None,
+                proxy: None,
+            },
+            BackendKind::File => {
+                let dir = run_dir.join("locks");
+                std::fs::create_dir_all(&dir).expect("create the lock directory");
+                let dir = dir.canonicalize().expect("an absolute lock directory");
+                Store {
+                    kind,
+                    client_url: format!("file://{}", dir.display()),
+                    memory: None,
+                    redis: None,
+                    etcd: None,
+                    proxy: None,
+                }
+            }
+            BackendKind::Redis => {
+                // Durable fencing counters: tokens must survive SIGKILL + restart.
+                let server = tokio::task::block_in_place(|| {
+                    RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"])
+                });
+                let upstream = format!("127.0.0.1:{}", server.port())
+                    .parse()
+                    .expect("a socket address");
+                let proxy = FaultProxy::start(upstream).await.expect("start the proxy");
+                Store {
+                    kind,
+                    client_url: format!("redis://{}/", proxy.addr()),
+                    memory: None,
+                    redis: Some(server),
+                    etcd: None,
+                    proxy: Some(proxy),
+                }
+            }
+            BackendKind::Etcd => {
+                let cluster = tokio::task::block_in_place(|| EtcdCluster::start(1));
+                let upstream = cluster.members[0]
+                    .endpoint
+                    .parse()
+                    .expect("a socket address");
+                let proxy = FaultProxy::start(upstream).await.expect("start the proxy");
+                Store {
+                    kind,
+                    client_url: format!("etcd://{}", proxy.addr()),
+                    memory: None,
+                    redis: None,
+                    etcd: Some(cluster),
+                    proxy: Some(proxy),
+                }
+            }
+        }
+    }
+
+    /// The backend.
+    pub fn kind(&self) -> BackendKind {
+        self.kind
+    }
+
+    /// The URL client processes use.
+    pub fn client_url(&self) -> &str {
+        &self.client_url
+    }
+
+    /// The client-side handle for in-process clients (and for the URL).
+    pub fn client_store(&self) -> ClientStore {
+        ClientStore {
+            kind: self.kind,
+            url: self.client_url.clone(),
+            memory: self.memory.clone(),
+            redis: None,
+        }
+    }
+
+    /// Keys of `namespace` still held (the known `keys`, plus for Redis
+    /// any lock key at all), read directly from the store, not through the
+    /// proxy. Read-only.
+    pub async fn leftover(&self, namespace: &str, keys: &[String]) -> Vec<String> {
+        let locker = match self.kind {
+            BackendKind::Memory => Locker::builder(self.memory.clone().expect("memory store"))
+                .namespace(namespace)
+                .build()
+                .expect("valid namespace"),
+            BackendKind::File => {
+                Locker::from_url(&format!("{}?namespace={namespace}", self.client_url))
+                    .await
+                    .expect("open the lock directory")
+            }
+            BackendKind::Redis => {
+                let url = self.redis.as_ref().expect("redis server").url();
+                Locker::from_url(&format!("{url}?namespace={namespace}"))
+                    .await
+                    .expect("connect to redis")
+            }
+            BackendKind::Etcd => {
+                let endpoint = &self.etcd.as_ref().expect("etcd").members[0].endpoint;
+                Locker::from_url(&format!("etcd://{endpoint}?namespace={namespace}"))
+                    .await
+                    .expect("connect to etcd")
+            }
+        };
+        let mut found = Vec::new();
+        for key in keys {
+            match locker.inspect(key.as_str()).await {
+                Ok(Some(holder)) => found.push(format!(
+                    "{key} (token {}, expires in {:?})",
+                    holder.fencing_token, holder.expires_in
+                )),
+                Ok(None) => {}
+                Err(e) => found.push(format!("{key} (inspect failed: {e})")),
+            }
+        }
+        if let Some(server) = &self.redis {
+            let mut conn = server.admin().await;
+            let pattern = format!("{namespace}:*:lock:*");
+            let all: Vec<String> = redis::cmd("KEYS")
+                .arg(&pattern)
+                .query_async(&mut conn)
+                .await
+                .expect("KEYS");
+            for name in all {
+                if !keys.iter().any(|k| name.ends_with(&format!(":lock:{k}"))) {
+                    found.push(format!("{name} (unexpected lock key)"));
+                }
+            }
+        }
+        if let Some(cluster) = &self.etcd {
+            // Any key at all under the namespace: a lock, or a waiter's
+            // queue entry left behind.
+            let mut client = etcd_client::Client::connect(cluster.endpoints(), None)
+                .await
+                .expect("connect to etcd");
+            let all = client
+                .get(
+                    format!("/{namespace}/"),
+                    Some(GetOptions::new().with_prefix()),
+                )
+                .await
+                .expect("read the namespace");
+            for kv in all.kvs() {
+                found.push(format!(
+                    "{} (etcd key, lease {})",
+                    String::from_utf8_lossy(kv.key()),
+                    kv.lease()
+                ));
+            }
+        }
+        let _ = locker.close().await;
+        found
+    }
+
+    /// The server process, for stores that have one.
+    fn server(&self) -> Option<&ServerProcess> {
+        match (&self.redis, &self.etcd) {
+            (Some(redis), _) => Some(redis.process()),
+            (_, Some(etcd)) => Some(&etcd.members[0].process),
+            _ => None,
+        }
+    }
+
+    /// SIGKILLs the server and starts it again on the same port and data.
+    pub fn server_kill_restart(&mut self) -> bool {
+        if let Some(server) = &mut self.redis {
+            tokio::task::block_in_place(|| server.restart());
+            return true;
+        }
+        if let Some(cluster) = &mut self.etcd {
+            tokio::task::block_in_place(|| cluster.members[0].process.restart());
+            return true;
+        }
+        false
+    }
+
+    /// SIGSTOP (`true`) or SIGCONT (`false`) the server.
+    pub fn server_pause(&self, on: bool) -> bool {
+        match self.server() {
+            Some(server) if on => {
+                server.pause();
+                true
+            }
+            Some(server) => {
+                server.resume();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The fault proxy between the clients and the server, if any.
+    pub fn proxy(&self) -> Option<&FaultProxy> {
+        self.proxy.as_ref()
+    }
+
+    /// Undoes every server and network fault still in force.
+    pub fn heal(&self) {
+        if let Some(server) = self.server() {
+            server.resume();
+        }
+        if let Some(proxy) = &self.proxy {
+            proxy.set_blackhole(false);
+        }
+    }
+}
+
+/// A client's side of a store: lockers, and raw access behind the
+/// library's back for the negative controls.
+#[derive(Clone, Debug)]
+pub struct ClientStore {
+    kind: BackendKind,
+    url: String,
+    memory: Option<Arc<MemoryBackend>>,
+    redis: Option<redis::aio::MultiplexedConnection>,
+}
+
+impl ClientStore {
+    /// The store a client process reaches at `url`.
+    pub fn from_url(kind: BackendKind, url: &str) -> ClientStore {
+        ClientStore {
+            kind,
+            url: url.to_owned(),
+            memory: None,
+            redis: None,
+        }
+    }
+
+    /// A new locker (its own connections, as a separate process would
+    /// have; memory lockers share the orchestrator's store).
+    pub async fn locker(&self, namespace: &str) -> distlock::Result<Locker> {
+        match &self.memory {
+            Some(store) => Locker::builder(store.clone()).namespace(namespace).build(),
+            None => Locker::from_url(&format!("{}?namespace={namespace}", self.url)).await,
+        }
+    }
+
+    /// Deletes the lock on `key` by name, whoever holds it, without any
+    /// owner check: the bug negative control 1 commits. Returns whether a
+    /// lock was there.
+    pub async fn delete_by_name(&mut self, namespace: &str, key: &str) -> Result<bool, String> {
+        let key = lock_key(namespace, key);
+        match self.kind {
+            BackendKind::Memory => Ok(self.memory.as_ref().expect("memory store").evict(&key)),
+            BackendKind::File => {
+                let backend = FileBackend::open(file_dir(&self.url)).map_err(|e| e.to_string())?;
+                let _ = std::fs::remove_file(backend.holder_path(&key));
+                match std::fs::remove_file(backend.lock_path(&key)) {
+                    Ok(()) => Ok(true),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            BackendKind::Redis => {
+                if self.redis.is_none() {
+                    let client =
+                        redis::Client::open(self.url.as_str()).map_err(|e| e.to_string())?;
+                    let conn = client
+                        .get_multiplexed_async_connection()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    self.redis = Some(conn);
+                }
+                let conn = self.redis.as_mut().expect("connected above");
+                let deleted: Result<i64, _> = redis::cmd("DEL")
+                    .arg(RedisKeys::new(&key).lock)
+                    .query_async(conn)
+                    .await;
+                match deleted {
+                    Ok(n) => Ok(n > 0),
+                    Err(e) => {
+                        self.redis = None;
+                        Err(e.to_string())
+                    }
+                }
+            }
+            BackendKind::Etcd => {
+                // The seed's etcd unlock: delete the lock's key by name,
+                // whoever holds it now (here: the prefix's holder entry).
+                let endpoint = self.url.trim_start_matches("etcd://").trim_end_matches('/');
+                let mut client = etcd_client::Client::connect([endpoint], None)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let first = GetOptions::new()
+                    .with_prefix()
+                    .with_sort(SortTarget::Create, SortOrder::Ascend)
+                    .with_limit(1);
+                let holder = client
+                    .get(EtcdBackend::key_prefix(&key), Some(first))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match holder.kvs().first() {
+                    Some(kv) => {
+                        let deleted = client
+                            .delete(kv.key().to_vec(), None)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        Ok(deleted.deleted() > 0)
+                    }
+                    None => Ok(false),
+                }
+            }
+        }
+    }
+}
+
+fn file_dir(url: &str) -> PathBuf {
+    PathBuf::from(url.strip_prefix("file://").unwrap_or(url))
+}

@@ -1,0 +1,126 @@
+//! The CI smoke campaign: for every backend, a correct run under faults
+//! (at least 2,000 acquisitions and 10 faults, zero violations), then every
+//! negative control that applies, each of which the checker must catch.
+//!
+//! One test per backend, run one at a time (a process-wide lock) so their
+//! client processes do not compete for the two cores with each other.
+//! Budget: 60–90 s per backend (each correct run lasts 30 s, longer — up to
+//! 60 s — only while short of the minimums).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Mutex;
+
+use distlock_torture::campaign::CampaignRun;
+use distlock_torture::history::read_json;
+use distlock_torture::store::BackendKind;
+use distlock_torture::variant::Variant;
+
+/// Acquisitions and faults each correct run must reach.
+const MIN_ACQUISITIONS: u64 = 2000;
+const MIN_FAULTS: u64 = 10;
+
+/// lost() may be seen this much after the validity deadline. Idle runs
+/// see under 30 ms; CI runs this next to other tests on two cores, so the
+/// smoke allows 100 ms (the long campaign keeps the default 50 ms). It still
+/// catches a lost() that waits for the next refresh tick (TTL/3 = 333 ms).
+const LOST_TOLERANCE_MS: &str = "100";
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn out_dir(backend: BackendKind) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "distlock-torture-smoke-{}-{backend}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn smoke(backend: BackendKind, duration_s: u64) {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let out = out_dir(backend);
+    let status = Command::new(env!("CARGO_BIN_EXE_distlock-torture"))
+        .args(["campaign", "--backends", backend.name()])
+        .args(["--seed", "20260601"])
+        .args(["--duration-s", &duration_s.to_string()])
+        .args(["--control-duration-s", "6"])
+        .args(["--clients", "12", "--keys", "6"])
+        .args(["--lost-tolerance-ms", LOST_TOLERANCE_MS])
+        .args(["--min-acquisitions", &MIN_ACQUISITIONS.to_string()])
+        .args(["--min-faults", &MIN_FAULTS.to_string()])
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .expect("run distlock-torture");
+    let runs: Vec<CampaignRun> = read_json(&out.join("campaign.json"))
+        .unwrap_or_else(|e| panic!("no campaign.json in {} ({e}); exit {status}", out.display()));
+
+    // Every variant ran (or was declared not applicable, with the reason).
+    assert_eq!(runs.len(), Variant::ALL.len(), "{runs:#?}");
+    for run in &runs {
+        match &run.report {
+            None => {
+                assert!(run.variant.is_control(), "the correct run must run");
+                assert!(
+                    run.variant.not_applicable(backend.ttl_expiry()).is_some(),
+                    "{} skipped without a reason",
+                    run.variant
+                );
+            }
+            Some(report) if run.variant == Variant::Correct => {
+                assert!(
+                    report.passed(),
+                    "{backend}: violations under faults:\n{}",
+                    report.table()
+                );
+                assert!(
+                    report.acquisitions >= MIN_ACQUISITIONS,
+                    "{backend}: only {} acquisitions",
+                    report.acquisitions
+                );
+                assert!(
+                    report.fault_count() >= MIN_FAULTS,
+                    "{backend}: only {} faults",
+                    report.fault_count()
+                );
+            }
+            Some(report) => {
+                let caught = run
+                    .variant
+                    .expected_violations()
+                    .iter()
+                    .any(|kind| report.has(*kind));
+                assert!(
+                    caught,
+                    "{backend}: the checker missed negative control {}:\n{}",
+                    run.variant,
+                    report.table()
+                );
+            }
+        }
+        assert!(run.ok, "{backend} {}: {}", run.variant, run.verdict);
+    }
+    assert!(status.success(), "the campaign exited with {status}");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn memory() {
+    smoke(BackendKind::Memory, 30);
+}
+
+#[test]
+fn file() {
+    smoke(BackendKind::File, 30);
+}
+
+#[test]
+fn redis() {
+    smoke(BackendKind::Redis, 30);
+}
+
+#[test]
+fn etcd() {
+    smoke(BackendKind::Etcd, 30);
+}
