@@ -783,43 +783,35 @@ async fn idle_leases_for_longer_ttls_are_revoked_but_never_under_a_lock() {
     let backend = Arc::new(EtcdBackend::connect(&endpoints, options).await.unwrap());
     assert_eq!(backend.lease_ttl_for(Duration::from_secs(4)).as_secs(), 6);
     let locker = locker(&backend, &ns);
-    let short = || ObtainOptions::new().ttl(Duration::from_secs(1));
+    // One short lock taken and released: what touches the session lease.
+    let short_cycle = || async {
+        let opts = ObtainOptions::new().ttl(Duration::from_secs(1));
+        locker
+            .obtain_with("short", opts)
+            .await
+            .unwrap()
+            .release()
+            .await
+            .unwrap();
+    };
     let long = locker
         .obtain_with("long", ObtainOptions::new().ttl(Duration::from_secs(4)))
         .await
         .unwrap();
     let long_lease = holder_entry(&mut raw, &ns, "long").await.unwrap().lease();
-    locker
-        .obtain_with("short", short())
-        .await
-        .unwrap()
-        .release()
-        .await
-        .unwrap();
+    short_cycle().await;
     assert_eq!(backend.lease_ids().len(), 2);
 
     // Idle past the timeout, but a lock is on it: it stays.
     sleep(Duration::from_millis(1300)).await;
-    locker
-        .obtain_with("short", short())
-        .await
-        .unwrap()
-        .release()
-        .await
-        .unwrap();
+    short_cycle().await;
     assert!(backend.lease_ids().contains(&long_lease));
     long.refresh().await.unwrap();
     long.release().await.unwrap();
 
     // Unused for the idle timeout: revoked at the next obtain.
     sleep(Duration::from_millis(1300)).await;
-    locker
-        .obtain_with("short", short())
-        .await
-        .unwrap()
-        .release()
-        .await
-        .unwrap();
+    short_cycle().await;
     assert!(!backend.lease_ids().contains(&long_lease));
     assert_eq!(backend.lease_ids().len(), 1, "the session-TTL lease stays");
     timeout(Duration::from_secs(2), async {
