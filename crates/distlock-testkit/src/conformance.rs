@@ -262,7 +262,10 @@ pub async fn fencing_tokens_increase_across_expiry_and_holders(fx: &dyn Fixture)
         drop(first); // released in the background
         None
     };
-    let second = b.obtain_with("k", short(fx).wait(next_holder_wait(fx))).await.unwrap();
+    let second = b
+        .obtain_with("k", short(fx).wait(next_holder_wait(fx)))
+        .await
+        .unwrap();
     assert!(second.fencing_token() > first_token);
     drop(first);
     let second_token = second.fencing_token();
@@ -378,12 +381,18 @@ pub async fn expiry_frees_the_key_after_the_ttl(fx: &dyn Fixture) {
         assert!(!stale.is_lost());
         let token = stale.fencing_token();
         stale.release().await.unwrap();
-        let fresh = b.obtain_with("k", short(fx).wait(next_holder_wait(fx))).await.unwrap();
+        let fresh = b
+            .obtain_with("k", short(fx).wait(next_holder_wait(fx)))
+            .await
+            .unwrap();
         assert!(fresh.fencing_token() > token);
         fresh.release().await.unwrap();
         return;
     }
-    let fresh = b.obtain_with("k", short(fx).wait(next_holder_wait(fx))).await.unwrap();
+    let fresh = b
+        .obtain_with("k", short(fx).wait(next_holder_wait(fx)))
+        .await
+        .unwrap();
     assert_not_held(stale.release().await);
     let holder = b
         .inspect("k")
@@ -484,11 +493,15 @@ pub async fn dropping_the_refresh_handle_stops_refreshing(fx: &dyn Fixture) {
         assert!(!lock.is_lost());
         assert!(b.try_obtain("k").await.unwrap_err().is_not_obtained());
         drop(lock);
-        b.obtain_with("k", short(fx).wait(next_holder_wait(fx))).await.unwrap();
+        b.obtain_with("k", short(fx).wait(next_holder_wait(fx)))
+            .await
+            .unwrap();
         return;
     }
     assert!(lock.is_lost());
-    b.obtain_with("k", short(fx).wait(next_holder_wait(fx))).await.unwrap();
+    b.obtain_with("k", short(fx).wait(next_holder_wait(fx)))
+        .await
+        .unwrap();
 }
 
 /// A key deleted behind the holder's back fires `lost()` within about one
