@@ -5,6 +5,7 @@
 //! tests. Every member runs under the [`ServerProcess`] watchdog, on free
 //! loopback ports, in a temporary directory.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -19,6 +20,17 @@ use crate::server::{ServerProcess, free_port, require_binary};
 /// The lease TTL the fixtures' lockers use: etcd's floor with its default
 /// timings (1.5 s, rounded up to whole seconds).
 pub const FIXTURE_SESSION_TTL: Duration = Duration::from_secs(2);
+
+/// Who leads an [`EtcdCluster`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaderStatus {
+    /// The leader's index in [`EtcdCluster::members`].
+    pub index: usize,
+    /// Its raft term.
+    pub term: u64,
+    /// Its member id (etcd's peers name it in hex, in `X-Server-From`).
+    pub id: u64,
+}
 
 /// One etcd member.
 #[derive(Debug)]
@@ -42,13 +54,27 @@ impl EtcdCluster {
     /// Starts `size` members forming one new cluster and waits until each
     /// accepts connections. Panics, naming the package, if `etcd` is missing.
     pub fn start(size: usize) -> Self {
+        let peers = (0..size)
+            .map(|_| {
+                let port = free_port();
+                (port, SocketAddr::from(([127, 0, 0, 1], port)))
+            })
+            .collect::<Vec<_>>();
+        Self::start_with_peers(&peers)
+    }
+
+    /// Starts one member per `(listen port, advertised address)` of
+    /// `peers`: member `i` listens for peers on the port and tells the
+    /// others to dial the address, where a fault proxy can stand in front
+    /// of it. Panics, naming the package, if `etcd` is missing.
+    pub fn start_with_peers(peers: &[(u16, SocketAddr)]) -> Self {
         let binary = require_binary("etcd", "etcd-server");
-        let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
+        let ports: Vec<(u16, u16)> = peers.iter().map(|(peer, _)| (free_port(), *peer)).collect();
         let token = format!("distlock-{}-{}", std::process::id(), ports[0].0);
-        let initial_cluster = ports
+        let initial_cluster = peers
             .iter()
             .enumerate()
-            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .map(|(i, (_, advertised))| format!("m{i}=http://{advertised}"))
             .collect::<Vec<_>>()
             .join(",");
         // Every member must be spawned before any can serve, so start them
@@ -70,7 +96,7 @@ impl EtcdCluster {
                     "--listen-peer-urls".into(),
                     format!("http://127.0.0.1:{peer}"),
                     "--initial-advertise-peer-urls".into(),
-                    format!("http://127.0.0.1:{peer}"),
+                    format!("http://{}", peers[i].1),
                     "--initial-cluster".into(),
                     initial_cluster.clone(),
                     "--initial-cluster-token".into(),
@@ -105,6 +131,12 @@ impl EtcdCluster {
     /// The index of the current leader and its raft term, asking each live
     /// member in turn; waits up to `within` for one to be elected.
     pub async fn leader(&self, within: Duration) -> (usize, u64) {
+        let leader = self.leader_status(within).await;
+        (leader.index, leader.term)
+    }
+
+    /// The current leader, as [`EtcdCluster::leader`], with its member id.
+    pub async fn leader_status(&self, within: Duration) -> LeaderStatus {
         let start = tokio::time::Instant::now();
         loop {
             for member in self.members.iter().filter(|m| m.process.is_alive()) {
@@ -131,7 +163,11 @@ impl EtcdCluster {
                         .iter()
                         .position(|m| m.name == member.name)
                         .expect("a member of this cluster");
-                    return (index, status.raft_term());
+                    return LeaderStatus {
+                        index,
+                        term: status.raft_term(),
+                        id: leader,
+                    };
                 }
             }
             assert!(

@@ -18,8 +18,14 @@
 //! retransmit), and connections opened meanwhile are accepted but reach the
 //! upstream only when it heals. Combine it with [`FaultProxy::reset_all`]
 //! for a partition that ends with the connections torn down.
+//!
+//! In front of an HTTP/1 server, [`FaultProxy::start_tagging`] tags each
+//! connection with a header of its first request, and a black hole can
+//! cover one tag only: in front of an etcd member's peer port, the
+//! `X-Server-From` header names the member that dialed, so one member can
+//! be cut off from the others.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,11 +50,26 @@ pub struct FaultProxy {
 #[derive(Debug)]
 struct Shared {
     upstream: SocketAddr,
-    blackhole: watch::Sender<bool>,
+    /// The header whose value tags a connection (lowercase), if any.
+    tag_header: Option<String>,
+    blackhole: watch::Sender<Hole>,
     /// Bumped by `reset_all`; every connection resets when it changes.
     resets: watch::Sender<u64>,
     live: Mutex<HashMap<u64, ()>>,
     accepted: AtomicU64,
+}
+
+/// What a black hole covers.
+#[derive(Clone, Debug, Default)]
+struct Hole {
+    all: bool,
+    tags: BTreeSet<String>,
+}
+
+impl Hole {
+    fn blocks(&self, tag: Option<&str>) -> bool {
+        self.all || tag.is_some_and(|t| self.tags.contains(t))
+    }
 }
 
 /// Counters of one proxy.
@@ -66,11 +87,25 @@ impl FaultProxy {
     /// Listens on a free port of 127.0.0.1 and forwards every connection to
     /// `upstream`.
     pub async fn start(upstream: SocketAddr) -> io::Result<FaultProxy> {
+        Self::listen(upstream, None).await
+    }
+
+    /// Like [`FaultProxy::start`], for an HTTP/1 upstream: each connection
+    /// is tagged with the value of `header` in its first request (read
+    /// before the upstream is dialed), so that
+    /// [`FaultProxy::set_blackhole_tag`] can hold the connections of one
+    /// tag only.
+    pub async fn start_tagging(upstream: SocketAddr, header: &str) -> io::Result<FaultProxy> {
+        Self::listen(upstream, Some(header.to_ascii_lowercase())).await
+    }
+
+    async fn listen(upstream: SocketAddr, tag_header: Option<String>) -> io::Result<FaultProxy> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             upstream,
-            blackhole: watch::Sender::new(false),
+            tag_header,
+            blackhole: watch::Sender::new(Hole::default()),
             resets: watch::Sender::new(0),
             live: Mutex::new(HashMap::new()),
             accepted: AtomicU64::new(0),
@@ -97,12 +132,29 @@ impl FaultProxy {
     /// byte is forwarded in either direction and new connections are held
     /// before they reach the upstream.
     pub fn set_blackhole(&self, on: bool) {
-        self.shared.blackhole.send_replace(on);
+        self.shared.blackhole.send_modify(|hole| hole.all = on);
     }
 
-    /// Whether a black hole is in force.
+    /// Starts (`true`) or heals (`false`) a black hole for the connections
+    /// tagged `tag` only (see [`FaultProxy::start_tagging`]).
+    pub fn set_blackhole_tag(&self, tag: &str, on: bool) {
+        self.shared.blackhole.send_modify(|hole| {
+            if on {
+                hole.tags.insert(tag.to_owned());
+            } else {
+                hole.tags.remove(tag);
+            }
+        });
+    }
+
+    /// Heals every black hole, tagged or not.
+    pub fn heal(&self) {
+        self.shared.blackhole.send_replace(Hole::default());
+    }
+
+    /// Whether a black hole covering every connection is in force.
     pub fn is_blackholed(&self) -> bool {
-        *self.shared.blackhole.borrow()
+        self.shared.blackhole.borrow().all
     }
 
     /// Resets every live connection (a TCP RST to both the client and the
@@ -154,16 +206,27 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 }
 
 /// One proxied connection, from accept to close or reset.
-async fn serve(client: TcpStream, id: u64, shared: Arc<Shared>) {
+async fn serve(mut client: TcpStream, id: u64, shared: Arc<Shared>) {
     let mut resets = shared.resets.subscribe();
     resets.mark_unchanged();
     let _ = client.set_nodelay(true);
     let live = LiveGuard::new(&shared, id);
+    let (head, tag) = match &shared.tag_header {
+        Some(header) => tokio::select! {
+            _ = resets.changed() => return rst(&client),
+            head = read_head(&mut client) => {
+                let tag = header_value(&head, header);
+                (head, tag)
+            }
+        },
+        None => (Vec::new(), None),
+    };
+    let tag = tag.as_deref();
     // Held here while a black hole lasts, as a SYN would be.
     let mut hole = shared.blackhole.subscribe();
     let healed = tokio::select! {
         _ = resets.changed() => false,
-        healed = hole.wait_for(|on| !on) => healed.is_ok(),
+        healed = hole.wait_for(|h| !h.blocks(tag)) => healed.is_ok(),
     };
     if !healed {
         return rst(&client);
@@ -172,16 +235,19 @@ async fn serve(client: TcpStream, id: u64, shared: Arc<Shared>) {
         _ = resets.changed() => return rst(&client),
         upstream = TcpStream::connect(shared.upstream) => upstream,
     };
-    let Ok(upstream) = upstream else {
+    let Ok(mut upstream) = upstream else {
         return rst(&client);
     };
     let _ = upstream.set_nodelay(true);
+    if upstream.write_all(&head).await.is_err() {
+        return rst(&client);
+    }
     let (mut client_read, mut client_write) = client.into_split();
     let (mut upstream_read, mut upstream_write) = upstream.into_split();
     let reset_now = tokio::select! {
         _ = resets.changed() => true,
-        _ = pump(&mut client_read, &mut upstream_write, shared.blackhole.subscribe()) => false,
-        _ = pump(&mut upstream_read, &mut client_write, shared.blackhole.subscribe()) => false,
+        _ = pump(&mut client_read, &mut upstream_write, shared.blackhole.subscribe(), tag) => false,
+        _ = pump(&mut upstream_read, &mut client_write, shared.blackhole.subscribe(), tag) => false,
     };
     if reset_now {
         // Reunited first: a dropped write half would send a FIN before the RST.
@@ -197,6 +263,35 @@ async fn serve(client: TcpStream, id: u64, shared: Arc<Shared>) {
     drop(live);
 }
 
+/// The longest request head read to find a tag.
+const MAX_HEAD: usize = 16 * 1024;
+
+/// Reads from `client` until the end of an HTTP request head (or EOF, an
+/// error or `MAX_HEAD` bytes); everything read is forwarded later.
+async fn read_head(client: &mut TcpStream) -> Vec<u8> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while head.len() < MAX_HEAD && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match client.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    head
+}
+
+/// The value of header `name` (lowercase) in an HTTP request head.
+fn header_value(head: &[u8], name: &str) -> Option<String> {
+    let text = String::from_utf8_lossy(head);
+    let head = text.split("\r\n\r\n").next()?;
+    head.split("\r\n").skip(1).find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| value.trim().to_owned())
+    })
+}
+
 /// Closing a socket with a zero linger sends a RST instead of a FIN.
 fn rst(client: &TcpStream) {
     let _ = client.set_zero_linger();
@@ -207,11 +302,12 @@ fn rst(client: &TcpStream) {
 async fn pump(
     from: &mut OwnedReadHalf,
     to: &mut OwnedWriteHalf,
-    mut hole: watch::Receiver<bool>,
+    mut hole: watch::Receiver<Hole>,
+    tag: Option<&str>,
 ) -> io::Result<()> {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        if hole.wait_for(|on| !on).await.is_err() {
+        if hole.wait_for(|h| !h.blocks(tag)).await.is_err() {
             return Ok(());
         }
         let n = from.read(&mut buf).await?;
@@ -219,7 +315,7 @@ async fn pump(
             return Ok(());
         }
         // Read just as the hole opened: hold these bytes until it heals.
-        if hole.wait_for(|on| !on).await.is_err() {
+        if hole.wait_for(|h| !h.blocks(tag)).await.is_err() {
             return Ok(());
         }
         to.write_all(&buf[..n]).await?;

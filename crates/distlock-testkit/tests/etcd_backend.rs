@@ -1,5 +1,5 @@
 //! The etcd backend's own promises, against real etcd processes: a 3-node
-//! cluster losing its leader, a paused server, leases revoked behind the
+//! cluster losing its leader (and the isolation the torture harness uses), a paused server, leases revoked behind the
 //! backend's back, abandoned waits, FIFO order across lockers, auth, TLS,
 //! and the write cost of a cycle and of waiting.
 //!
@@ -13,6 +13,7 @@ use distlock::backend::etcd::etcd_client::{Client, GetOptions};
 use distlock::backend::etcd::{EtcdBackend, EtcdOptions};
 use distlock::{Error, Key, LockKey, Locker, LostReason, Namespace, ObtainOptions};
 use distlock_testkit::etcd::{EtcdCluster, FIXTURE_SESSION_TTL, backend, holder_entry, raw_client};
+use distlock_testkit::proxy::FaultProxy;
 use distlock_testkit::{CriticalSection, unique_namespace};
 use tokio::time::{Instant, sleep, timeout};
 
@@ -76,6 +77,108 @@ async fn revision(client: &mut Client) -> i64 {
         .header()
         .unwrap()
         .revision()
+}
+
+/// Whom member `endpoint` follows and in which term, asked directly (not
+/// through a proxy); `None` if it does not answer within a second.
+async fn member_view(endpoint: &str) -> Option<(u64, u64)> {
+    let connect = Client::connect([endpoint], None);
+    let mut client = timeout(Duration::from_secs(1), connect).await.ok()?.ok()?;
+    let status = timeout(Duration::from_secs(1), client.status())
+        .await
+        .ok()?
+        .ok()?;
+    Some((status.leader(), status.raft_term()))
+}
+
+/// The tagging peer proxies the torture harness uses cut one member off in
+/// both directions: the others elect a new leader and keep it (the cut-off
+/// member's votes do not reach them), the cut-off member never hears of
+/// it, and after healing all three follow one leader again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tagging_peer_proxies_isolate_the_leader_both_ways() {
+    let mut proxies = Vec::new();
+    let mut peers = Vec::new();
+    for _ in 0..3 {
+        let port = distlock_testkit::server::free_port();
+        let upstream = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let proxy = FaultProxy::start_tagging(upstream, "X-Server-From")
+            .await
+            .unwrap();
+        peers.push((port, proxy.addr()));
+        proxies.push(proxy);
+    }
+    let cluster = tokio::task::spawn_blocking(move || EtcdCluster::start_with_peers(&peers))
+        .await
+        .expect("start etcd");
+    let old = cluster.leader_status(Duration::from_secs(10)).await;
+    let tag = format!("{:x}", old.id);
+    for (i, proxy) in proxies.iter().enumerate() {
+        if i == old.index {
+            proxy.set_blackhole(true);
+        } else {
+            proxy.set_blackhole_tag(&tag, true);
+        }
+    }
+    let others: Vec<&str> = (0..3)
+        .filter(|i| *i != old.index)
+        .map(|i| cluster.members[i].endpoint.as_str())
+        .collect();
+    let isolated = cluster.members[old.index].endpoint.as_str();
+    // The others agree on a new leader in a later term.
+    let start = Instant::now();
+    let (leader, term) = loop {
+        let a = member_view(others[0]).await;
+        if let Some((leader, term)) = a
+            && leader != 0
+            && leader != old.id
+            && term > old.term
+            && member_view(others[1]).await == a
+        {
+            break (leader, term);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "no new leader among the others"
+        );
+        sleep(50 * MS).await;
+    };
+    // Several election timeouts later they still follow it in the same
+    // term (the cut-off member's campaigns never reached them), and the
+    // cut-off member never learned of it.
+    sleep(Duration::from_secs(3)).await;
+    for endpoint in &others {
+        assert_eq!(
+            member_view(endpoint).await,
+            Some((leader, term)),
+            "{endpoint}"
+        );
+    }
+    let (followed, _) = member_view(isolated).await.expect("it runs on");
+    assert_ne!(
+        followed, leader,
+        "the cut-off member heard from the new leader"
+    );
+
+    for proxy in &proxies {
+        proxy.heal();
+    }
+    let start = Instant::now();
+    loop {
+        let views = [
+            member_view(isolated).await,
+            member_view(others[0]).await,
+            member_view(others[1]).await,
+        ];
+        if views[0].is_some_and(|(l, _)| l != 0) && views.iter().all(|v| *v == views[0]) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the members did not agree on a leader after healing: {views:?}"
+        );
+        sleep(50 * MS).await;
+    }
 }
 
 /// A 3-node cluster loses its leader while locks are held and waiters

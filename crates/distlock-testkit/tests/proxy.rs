@@ -99,3 +99,56 @@ async fn reset_all_tears_down_live_connections_only() {
     assert_eq!(round_trip(&mut again, b"y").await, b"y");
     assert_eq!(proxy.stats().resets, 1);
 }
+
+/// The head of an HTTP request from `from`, as an etcd peer sends it.
+fn request_from(from: &str) -> Vec<u8> {
+    format!("GET /raft/stream/message/1 HTTP/1.1\r\nHost: x\r\nX-Server-From: {from}\r\n\r\n")
+        .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tagged_black_hole_holds_only_that_senders_connections() {
+    let proxy = FaultProxy::start_tagging(echo_server().await, "X-Server-From")
+        .await
+        .unwrap();
+    let mut cut = TcpStream::connect(proxy.addr()).await.unwrap();
+    let mut other = TcpStream::connect(proxy.addr()).await.unwrap();
+    let (cut_head, other_head) = (request_from("a1"), request_from("b2"));
+    // The head is forwarded whole, and the tag read from it.
+    assert_eq!(round_trip(&mut cut, &cut_head).await, cut_head);
+    assert_eq!(round_trip(&mut other, &other_head).await, other_head);
+
+    proxy.set_blackhole_tag("a1", true);
+    assert!(!proxy.is_blackholed(), "only one tag is cut off");
+    cut.write_all(b"held").await.unwrap();
+    let mut got = [0u8; 4];
+    assert!(
+        timeout(Duration::from_millis(300), cut.read_exact(&mut got))
+            .await
+            .is_err(),
+        "nothing may come back to the cut-off sender"
+    );
+    assert_eq!(round_trip(&mut other, b"free").await, b"free");
+    // A new connection from the cut-off sender is held after its head.
+    let mut late = TcpStream::connect(proxy.addr()).await.unwrap();
+    let late_head = request_from("a1");
+    late.write_all(&late_head).await.unwrap();
+    let mut late_got = vec![0u8; late_head.len()];
+    assert!(
+        timeout(Duration::from_millis(200), late.read_exact(&mut late_got))
+            .await
+            .is_err()
+    );
+
+    proxy.heal();
+    timeout(Duration::from_secs(5), cut.read_exact(&mut got))
+        .await
+        .expect("held bytes flow after healing")
+        .unwrap();
+    assert_eq!(&got, b"held");
+    timeout(Duration::from_secs(5), late.read_exact(&mut late_got))
+        .await
+        .expect("the held connection reaches the upstream after healing")
+        .unwrap();
+    assert_eq!(late_got, late_head);
+}
