@@ -214,7 +214,8 @@ pub struct RegisterEntry {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Fault {
     /// What: `client_stop`, `client_kill`, `task_pause`, `task_abort`,
-    /// `server_kill`, `server_stop`, `proxy_reset`, `proxy_blackhole`.
+    /// `server_kill`, `server_stop`, `leader_kill`, `leader_isolate`,
+    /// `proxy_reset`, `proxy_blackhole`.
     pub kind: String,
     /// The client it hit, if any.
     pub client: Option<u32>,

@@ -36,21 +36,22 @@
 //!
 //! ```text
 //! Cargo.toml   distlock features += "etcd"; distlock-testkit features += "etcd"
-//! BackendKind  + Etcd; name "etcd"; ALL += Etcd; faults: the Redis list
-//!              (client stop/kill, server kill/stop, proxy reset/black hole);
+//! BackendKind  + Etcd; name "etcd"; ALL += Etcd; faults: client stop/kill,
+//!              leader kill/isolate, leader SIGSTOP, proxy reset/black hole;
 //!              settle_time: a killed client's lease (max(5 s, 1.5 × TTL))
 //! Store        + etcd: Option<EtcdCluster>;
-//!   start      EtcdCluster::start(1), a FaultProxy in front of member 0,
-//!              clients get etcd://<proxy>
+//!   start      three members: a tagging FaultProxy in front of each peer
+//!              port (peers dial each other through them), a FaultProxy
+//!              in front of each client port; clients get etcd://<p0>,<p1>,<p2>
 //!   leftover   inspect each key directly, plus any key under /<namespace>/
-//!   server_*   cluster.members[0].process: restart / pause / resume
+//!   faults     kill_server: SIGKILL the leader, await a new one, restart it;
+//!              pause_server: SIGSTOP the leader; isolate_leader: black-hole
+//!              its peer proxy, its X-Server-From tag at the other peer
+//!              proxies, and its client proxy
 //! ClientStore::delete_by_name
 //!              delete the holder entry (lowest create revision) of the
 //!              key's prefix, as the seed's etcd unlock did
 //! ```
-//!
-//! Not yet: etcd leader kill and isolation need a 3-member cluster with a
-//! proxy per member.
 #![deny(missing_docs)]
 
 pub mod campaign;

@@ -17,7 +17,9 @@ use distlock_torture::variant::Variant;
 #[derive(Parser, Debug)]
 #[command(
     name = "distlock-torture",
-    about = "Torture distlock: clients under faults, a fenced register, an offline checker"
+    about = "Torture distlock: clients under faults, a fenced register, an offline checker",
+    // A repeated option keeps its last value, so scripts can override their defaults.
+    args_override_self = true
 )]
 struct Cli {
     #[command(subcommand)]

@@ -21,8 +21,16 @@ pub enum FaultKind {
     TaskAbort,
     /// SIGKILL the server and restart it on the same port and data.
     ServerKill,
-    /// SIGSTOP the server for 0.3–1.5× the TTL, then SIGCONT.
+    /// SIGSTOP the server (etcd: the leader) for 0.3–1.5× the TTL, then
+    /// SIGCONT.
     ServerStop,
+    /// etcd: SIGKILL the leader, wait for the others to elect a new one,
+    /// then restart it on the same ports and data.
+    LeaderKill,
+    /// etcd: cut the leader off from its peers and its clients for 1.5–3×
+    /// the TTL, and at least 1.5 s (longer than an election timeout, so the
+    /// others elect a new leader), then heal.
+    LeaderIsolate,
     /// Reset every client connection at the proxy (TCP RST).
     ProxyReset,
     /// Black-hole the proxy for 0.3–1.5× the TTL (nothing flows, nothing
@@ -40,6 +48,8 @@ impl FaultKind {
             FaultKind::TaskAbort => "task_abort",
             FaultKind::ServerKill => "server_kill",
             FaultKind::ServerStop => "server_stop",
+            FaultKind::LeaderKill => "leader_kill",
+            FaultKind::LeaderIsolate => "leader_isolate",
             FaultKind::ProxyReset => "proxy_reset",
             FaultKind::ProxyBlackhole => "proxy_blackhole",
         }
@@ -121,6 +131,11 @@ impl Nemesis {
             }
             FaultKind::ServerStop | FaultKind::ProxyBlackhole => {
                 self.between(ttl.mul_f64(0.3), ttl.mul_f64(1.5))
+            }
+            FaultKind::LeaderIsolate => {
+                // Past etcd's election timeout (1 s by default) however short the TTL.
+                let floor = Duration::from_millis(1500);
+                self.between(ttl.mul_f64(1.5).max(floor), ttl.mul_f64(3.0).max(floor * 2))
             }
             _ => Duration::ZERO,
         };

@@ -437,24 +437,35 @@ async fn apply(pool: &mut Pool<'_>, store: &mut Store, plan: PlannedFault) -> io
                 plan.duration.as_millis()
             );
         }
-        FaultKind::ServerKill => {
-            store.server_kill_restart();
-            fault.detail = "SIGKILL, restarted on the same port and data".into();
+        FaultKind::ServerKill | FaultKind::LeaderKill => {
+            fault.detail = store.kill_server().await;
         }
         FaultKind::ServerStop => {
-            store.server_pause(true);
+            let (server, what) = store.pause_server().await;
             sleep(plan.duration).await;
-            store.server_pause(false);
-            fault.detail = format!("stopped {} ms", plan.duration.as_millis());
+            store.resume_server(server);
+            fault.detail = format!("{what} for {} ms", plan.duration.as_millis());
+        }
+        FaultKind::LeaderIsolate => {
+            let what = store.isolate_leader().await;
+            sleep(plan.duration).await;
+            let after = store.leader().await;
+            store.heal();
+            fault.detail = format!(
+                "{what} for {} ms; before healing: {after}",
+                plan.duration.as_millis()
+            );
         }
         FaultKind::ProxyReset => {
-            let n = store.proxy().map_or(0, |p| p.reset_all());
+            let n: usize = store.proxies().iter().map(|p| p.reset_all()).sum();
             fault.detail = format!("{n} connections reset");
         }
         FaultKind::ProxyBlackhole => {
-            if let Some(proxy) = store.proxy() {
+            for proxy in store.proxies() {
                 proxy.set_blackhole(true);
-                sleep(plan.duration).await;
+            }
+            sleep(plan.duration).await;
+            for proxy in store.proxies() {
                 proxy.set_blackhole(false);
             }
             fault.detail = format!("black hole for {} ms", plan.duration.as_millis());

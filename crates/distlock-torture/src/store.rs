@@ -7,9 +7,11 @@
 //! `match` of this file (see the crate docs for what etcd took).
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use distlock::backend::etcd::EtcdBackend;
 use distlock::backend::etcd::etcd_client::{self, GetOptions, SortOrder, SortTarget};
@@ -17,10 +19,10 @@ use distlock::backend::file::FileBackend;
 use distlock::backend::memory::MemoryBackend;
 use distlock::backend::redis::RedisKeys;
 use distlock::{Key, LockKey, Locker, Namespace};
-use distlock_testkit::etcd::EtcdCluster;
+use distlock_testkit::etcd::{EtcdCluster, LeaderStatus};
 use distlock_testkit::proxy::FaultProxy;
 use distlock_testkit::redis::RedisServer;
-use distlock_testkit::server::ServerProcess;
+use distlock_testkit::server::{ServerProcess, free_port};
 use serde::{Deserialize, Serialize};
 
 use crate::nemesis::FaultKind;
@@ -35,7 +37,8 @@ pub enum BackendKind {
     File,
     /// A redis-server (AOF, `appendfsync always`) behind a fault proxy.
     Redis,
-    /// A one-member etcd behind a fault proxy.
+    /// A three-member etcd cluster, each member behind a fault proxy for
+    /// its clients and a tagging one for its peers.
     Etcd,
 }
 
@@ -87,10 +90,19 @@ impl BackendKind {
         match self {
             BackendKind::Memory => &[FaultKind::TaskPause, FaultKind::TaskAbort],
             BackendKind::File => &[FaultKind::ClientStop, FaultKind::ClientKill],
-            BackendKind::Redis | BackendKind::Etcd => &[
+            BackendKind::Redis => &[
                 FaultKind::ClientStop,
                 FaultKind::ClientKill,
                 FaultKind::ServerKill,
+                FaultKind::ServerStop,
+                FaultKind::ProxyReset,
+                FaultKind::ProxyBlackhole,
+            ],
+            BackendKind::Etcd => &[
+                FaultKind::ClientStop,
+                FaultKind::ClientKill,
+                FaultKind::LeaderKill,
+                FaultKind::LeaderIsolate,
                 FaultKind::ServerStop,
                 FaultKind::ProxyReset,
                 FaultKind::ProxyBlackhole,
@@ -123,16 +135,26 @@ fn lock_key(namespace: &str, key: &str) -> LockKey {
     }
 }
 
-/// The orchestrator's side of a store: it owns the server and the proxy.
+/// The members of the etcd cluster the harness runs.
+const ETCD_MEMBERS: usize = 3;
+
+/// How long a leader kill waits for the others to elect a new leader.
+const ELECTION_WITHIN: Duration = Duration::from_secs(20);
+
+/// The orchestrator's side of a store: it owns the servers and the proxies.
 #[derive(Debug)]
 pub struct Store {
     kind: BackendKind,
-    /// The URL clients use (through the proxy where there is one).
+    /// The URL clients use (through the proxies where there are some).
     client_url: String,
     memory: Option<Arc<MemoryBackend>>,
     redis: Option<RedisServer>,
     etcd: Option<EtcdCluster>,
-    proxy: Option<FaultProxy>,
+    /// Between the clients and each server (member).
+    proxies: Vec<FaultProxy>,
+    /// In front of each etcd member's peer port, tagging connections with
+    /// the member that dialed.
+    peer_proxies: Vec<FaultProxy>,
 }
 
 impl Store {
@@ -145,7 +167,8 @@ impl Store {
                 memory: Some(Arc::new(MemoryBackend::new())),
                 redis: None,
                 etcd: None,
-                proxy: None,
+                proxies: Vec::new(),
+                peer_proxies: Vec::new(),
             },
             BackendKind::File => {
                 let dir = run_dir.join("locks");
@@ -157,7 +180,8 @@ impl Store {
                     memory: None,
                     redis: None,
                     etcd: None,
-                    proxy: None,
+                    proxies: Vec::new(),
+                    peer_proxies: Vec::new(),
                 }
             }
             BackendKind::Redis => {
@@ -175,23 +199,45 @@ impl Store {
                     memory: None,
                     redis: Some(server),
                     etcd: None,
-                    proxy: Some(proxy),
+                    proxies: vec![proxy],
+                    peer_proxies: Vec::new(),
                 }
             }
             BackendKind::Etcd => {
-                let cluster = tokio::task::block_in_place(|| EtcdCluster::start(1));
-                let upstream = cluster.members[0]
-                    .endpoint
-                    .parse()
-                    .expect("a socket address");
-                let proxy = FaultProxy::start(upstream).await.expect("start the proxy");
+                // Peers dial each other through the peer proxies, which read
+                // etcd's `X-Server-From` header: that is how one member is
+                // cut off from the others in both directions.
+                let mut peer_proxies = Vec::new();
+                let mut peers = Vec::new();
+                for _ in 0..ETCD_MEMBERS {
+                    let port = free_port();
+                    let proxy = FaultProxy::start_tagging(
+                        SocketAddr::from(([127, 0, 0, 1], port)),
+                        "X-Server-From",
+                    )
+                    .await
+                    .expect("start a peer proxy");
+                    peers.push((port, proxy.addr()));
+                    peer_proxies.push(proxy);
+                }
+                let cluster = tokio::task::block_in_place(|| EtcdCluster::start_with_peers(&peers));
+                let mut proxies = Vec::new();
+                for member in &cluster.members {
+                    let upstream = member.endpoint.parse().expect("a socket address");
+                    proxies.push(FaultProxy::start(upstream).await.expect("start a proxy"));
+                }
+                let endpoints = proxies
+                    .iter()
+                    .map(|p| p.addr().to_string())
+                    .collect::<Vec<_>>();
                 Store {
                     kind,
-                    client_url: format!("etcd://{}", proxy.addr()),
+                    client_url: format!("etcd://{}", endpoints.join(",")),
                     memory: None,
                     redis: None,
                     etcd: Some(cluster),
-                    proxy: Some(proxy),
+                    proxies,
+                    peer_proxies,
                 }
             }
         }
@@ -238,8 +284,11 @@ impl Store {
                     .expect("connect to redis")
             }
             BackendKind::Etcd => {
-                let endpoint = &self.etcd.as_ref().expect("etcd").members[0].endpoint;
-                Locker::from_url(&format!("etcd://{endpoint}?namespace={namespace}"))
+                let cluster = self.etcd.as_ref().expect("etcd");
+                // Faults are healed, but an election may still be under way.
+                cluster.leader(ELECTION_WITHIN).await;
+                let endpoints = cluster.endpoints().join(",");
+                Locker::from_url(&format!("etcd://{endpoints}?namespace={namespace}"))
                     .await
                     .expect("connect to etcd")
             }
@@ -294,55 +343,111 @@ impl Store {
         found
     }
 
-    /// The server process, for stores that have one.
-    fn server(&self) -> Option<&ServerProcess> {
-        match (&self.redis, &self.etcd) {
-            (Some(redis), _) => Some(redis.process()),
-            (_, Some(etcd)) => Some(&etcd.members[0].process),
-            _ => None,
-        }
+    /// Every server process (etcd: one per member).
+    fn servers(&self) -> Vec<&ServerProcess> {
+        let redis = self.redis.iter().map(|r| r.process());
+        let etcd = self.etcd.iter().flat_map(|c| c.members.iter());
+        redis.chain(etcd.map(|m| &m.process)).collect()
     }
 
-    /// SIGKILLs the server and starts it again on the same port and data.
-    pub fn server_kill_restart(&mut self) -> bool {
+    /// The etcd leader, and the words that name it in fault details.
+    async fn etcd_leader(&self) -> Option<(LeaderStatus, String)> {
+        let cluster = self.etcd.as_ref()?;
+        let leader = cluster.leader_status(ELECTION_WITHIN).await;
+        let name = format!(
+            "leader {} (term {})",
+            cluster.members[leader.index].name, leader.term
+        );
+        Some((leader, name))
+    }
+
+    /// SIGKILLs the server (etcd: the leader, and waits for a new one to
+    /// be elected) and starts it again on the same ports and data.
+    /// Describes what it did.
+    pub async fn kill_server(&mut self) -> String {
         if let Some(server) = &mut self.redis {
             tokio::task::block_in_place(|| server.restart());
-            return true;
+            return "SIGKILL, restarted on the same port and data".into();
         }
-        if let Some(cluster) = &mut self.etcd {
-            tokio::task::block_in_place(|| cluster.members[0].process.restart());
-            return true;
-        }
-        false
+        let Some((leader, name)) = self.etcd_leader().await else {
+            return "no server".into();
+        };
+        let index = leader.index;
+        let cluster = self.etcd.as_mut().expect("etcd");
+        let killed_at = Instant::now();
+        cluster.members[index].process.kill();
+        let next = cluster.leader_status(ELECTION_WITHIN).await;
+        let elected_after = killed_at.elapsed();
+        tokio::task::block_in_place(|| cluster.members[index].process.restart());
+        format!(
+            "SIGKILL {name}; {} elected for term {} after {} ms; restarted",
+            cluster.members[next.index].name,
+            next.term,
+            elected_after.as_millis()
+        )
     }
 
-    /// SIGSTOP (`true`) or SIGCONT (`false`) the server.
-    pub fn server_pause(&self, on: bool) -> bool {
-        match self.server() {
-            Some(server) if on => {
-                server.pause();
-                true
-            }
-            Some(server) => {
-                server.resume();
-                true
-            }
-            None => false,
+    /// SIGSTOPs the server (etcd: the leader) and returns its index in
+    /// [`Store::resume_server`]'s terms, with a description.
+    pub async fn pause_server(&self) -> (usize, String) {
+        if let Some(redis) = &self.redis {
+            redis.process().pause();
+            return (0, "SIGSTOP".into());
+        }
+        let Some((leader, name)) = self.etcd_leader().await else {
+            return (0, "no server".into());
+        };
+        self.servers()[leader.index].pause();
+        (leader.index, format!("SIGSTOP {name}"))
+    }
+
+    /// SIGCONTs server `index` (from [`Store::pause_server`]).
+    pub fn resume_server(&self, index: usize) {
+        if let Some(server) = self.servers().get(index) {
+            server.resume();
         }
     }
 
-    /// The fault proxy between the clients and the server, if any.
-    pub fn proxy(&self) -> Option<&FaultProxy> {
-        self.proxy.as_ref()
+    /// Cuts the etcd leader off from its peers (both ways: its own peer
+    /// port, and whatever it dials at the others) and from its clients.
+    /// [`Store::heal`] ends it. Describes what it did.
+    pub async fn isolate_leader(&self) -> String {
+        let Some((leader, name)) = self.etcd_leader().await else {
+            return "no etcd cluster".into();
+        };
+        // etcd names a member in hex in `X-Server-From`.
+        let tag = format!("{:x}", leader.id);
+        for (i, peer) in self.peer_proxies.iter().enumerate() {
+            if i == leader.index {
+                peer.set_blackhole(true);
+            } else {
+                peer.set_blackhole_tag(&tag, true);
+            }
+        }
+        self.proxies[leader.index].set_blackhole(true);
+        format!("isolated {name}")
+    }
+
+    /// Who leads the etcd cluster now, in words.
+    pub async fn leader(&self) -> String {
+        match self.etcd_leader().await {
+            Some((_, name)) => name,
+            None => "no etcd cluster".into(),
+        }
+    }
+
+    /// The fault proxies between the clients and the servers.
+    pub fn proxies(&self) -> &[FaultProxy] {
+        &self.proxies
     }
 
     /// Undoes every server and network fault still in force.
     pub fn heal(&self) {
-        if let Some(server) = self.server() {
+        for server in self.servers() {
             server.resume();
         }
-        if let Some(proxy) = &self.proxy {
-            proxy.set_blackhole(false);
+        for proxy in self.proxies.iter().chain(&self.peer_proxies) {
+            proxy.heal();
         }
     }
 }
@@ -419,10 +524,11 @@ impl ClientStore {
             BackendKind::Etcd => {
                 // The seed's etcd unlock: delete the lock's key by name,
                 // whoever holds it now (here: the prefix's holder entry).
-                let endpoint = self.url.trim_start_matches("etcd://").trim_end_matches('/');
-                let mut client = etcd_client::Client::connect([endpoint], None)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let endpoints = self.url.trim_start_matches("etcd://").trim_end_matches('/');
+                let mut client =
+                    etcd_client::Client::connect(endpoints.split(',').collect::<Vec<_>>(), None)
+                        .await
+                        .map_err(|e| e.to_string())?;
                 let first = GetOptions::new()
                     .with_prefix()
                     .with_sort(SortTarget::Create, SortOrder::Ascend)

@@ -37,7 +37,7 @@ fn out_dir(backend: BackendKind) -> PathBuf {
     dir
 }
 
-fn smoke(backend: BackendKind, duration_s: u64) {
+fn smoke(backend: BackendKind, duration_s: u64, keys: u32) {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let out = out_dir(backend);
     let status = Command::new(env!("CARGO_BIN_EXE_distlock-torture"))
@@ -45,7 +45,7 @@ fn smoke(backend: BackendKind, duration_s: u64) {
         .args(["--seed", "20260601"])
         .args(["--duration-s", &duration_s.to_string()])
         .args(["--control-duration-s", "6"])
-        .args(["--clients", "12", "--keys", "6"])
+        .args(["--clients", "12", "--keys", &keys.to_string()])
         .args(["--lost-tolerance-ms", LOST_TOLERANCE_MS])
         .args(["--min-acquisitions", &MIN_ACQUISITIONS.to_string()])
         .args(["--min-faults", &MIN_FAULTS.to_string()])
@@ -107,20 +107,24 @@ fn smoke(backend: BackendKind, duration_s: u64) {
 
 #[test]
 fn memory() {
-    smoke(BackendKind::Memory, 30);
+    smoke(BackendKind::Memory, 30, 6);
 }
 
 #[test]
 fn file() {
-    smoke(BackendKind::File, 30);
+    smoke(BackendKind::File, 30, 6);
 }
 
 #[test]
 fn redis() {
-    smoke(BackendKind::Redis, 30);
+    smoke(BackendKind::Redis, 30, 6);
 }
 
+/// Twelve keys rather than six: a three-member cluster under leader kills
+/// and isolations hands a key over more slowly, and 2,000 acquisitions must
+/// fit the budget (12 clients on 12 random keys still contend: most rounds
+/// share their key with another client).
 #[test]
 fn etcd() {
-    smoke(BackendKind::Etcd, 30);
+    smoke(BackendKind::Etcd, 30, 12);
 }
