@@ -64,8 +64,9 @@ impl LostReason {
 ///
 /// [`valid_until`](Self::valid_until) is the instant until which the lock
 /// is safe to rely on, counted from when the acquire or last successful
-/// extend was *sent*. Past it, or once the store proves the lock gone,
-/// [`lost`](Self::lost) resolves. Pass [`fencing_token`](Self::fencing_token)
+/// extend was *sent*. At it (up to one millisecond early: the resolution of
+/// tokio's timers, so that it is never late), or once the store proves the
+/// lock gone, [`lost`](Self::lost) resolves. Pass [`fencing_token`](Self::fencing_token)
 /// to every resource the lock protects: it is the only defence against a
 /// holder that paused past its deadline.
 ///
@@ -104,6 +105,15 @@ struct Status {
     ended: Option<LostReason>,
 }
 
+/// The resolution of tokio's timers.
+const TIMER_TICK: Duration = Duration::from_millis(1);
+
+/// When a lock valid until `valid_until` counts as expired (see
+/// [`LockState::expires_at`]).
+fn expiry(valid_until: Instant) -> Instant {
+    valid_until.checked_sub(TIMER_TICK).unwrap_or(valid_until)
+}
+
 impl LockState {
     pub(crate) fn new(
         locker: Arc<LockerInner>,
@@ -140,6 +150,14 @@ impl LockState {
         self.status().valid_until
     }
 
+    /// When the lock counts as expired: one timer tick before its validity
+    /// deadline. tokio's timers fire on the first millisecond tick at or
+    /// after their deadline, so a timer armed at the deadline itself fires
+    /// up to a tick late; armed a tick early, `lost()` is not late.
+    fn expires_at(&self) -> Instant {
+        expiry(self.valid_until())
+    }
+
     fn ended(&self) -> Option<LostReason> {
         self.status().ended
     }
@@ -150,7 +168,7 @@ impl LockState {
         {
             let mut status = self.status();
             if status.ended.is_some()
-                || (reason == LostReason::Expired && Instant::now() < status.valid_until)
+                || (reason == LostReason::Expired && Instant::now() < expiry(status.valid_until))
             {
                 return false;
             }
@@ -172,7 +190,7 @@ impl LockState {
 
     /// Ok while the lock is ours and within its validity deadline.
     fn check_valid(&self) -> Result<()> {
-        if Instant::now() >= self.valid_until() {
+        if Instant::now() >= self.expires_at() {
             self.end(LostReason::Expired);
         }
         match self.ended() {
@@ -253,7 +271,7 @@ impl LockState {
         let retry_gap = (self.refresh_interval / 4).max(Duration::from_millis(1));
         let mut next = Instant::now() + self.refresh_interval;
         loop {
-            let wake = next.min(self.valid_until());
+            let wake = next.min(self.expires_at());
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => return,
@@ -334,14 +352,16 @@ impl Lock {
     }
 
     /// True once the lock is lost: the store said it is gone, or the
-    /// validity deadline passed without a successful refresh.
+    /// validity deadline came (to within a millisecond) without a
+    /// successful refresh.
     pub fn is_lost(&self) -> bool {
         self.state.check_valid().is_err() && self.state.ended().is_some_and(LostReason::is_loss)
     }
 
     /// Resolves when the lock ends: lost (the store proved it gone, or the
-    /// validity deadline passed without a refresh — never later than the
-    /// deadline), released, or closed. `'static`, so it can be moved into a
+    /// validity deadline came without a refresh: its timer is armed a
+    /// millisecond early, so it is not late on an idle runtime), released,
+    /// or closed. `'static`, so it can be moved into a
     /// task or a `select!`.
     ///
     /// ```
@@ -371,7 +391,7 @@ impl Lock {
                 tokio::select! {
                     _ = state.ended.cancelled() => {}
                     _ = changed => {}
-                    _ = tokio::time::sleep_until(state.valid_until()) => {
+                    _ = tokio::time::sleep_until(state.expires_at()) => {
                         state.end(LostReason::Expired);
                     }
                 }
