@@ -8,6 +8,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 
+const MS: Duration = Duration::from_millis(1);
+
 /// An upstream that echoes every byte back.
 async fn echo_server() -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -33,6 +35,23 @@ async fn echo_server() -> std::net::SocketAddr {
     addr
 }
 
+/// Asserts that nothing arrives on `conn` for `within`.
+async fn assert_held(conn: &mut TcpStream, within: Duration, what: &str) {
+    let mut buf = [0u8; 1];
+    let read = timeout(within, conn.read(&mut buf)).await;
+    assert!(read.is_err(), "{what}: {read:?}");
+}
+
+/// Reads `want` from `conn` within 5 s.
+async fn expect_bytes(conn: &mut TcpStream, want: &[u8], what: &str) {
+    let mut got = vec![0u8; want.len()];
+    timeout(Duration::from_secs(5), conn.read_exact(&mut got))
+        .await
+        .expect(what)
+        .unwrap();
+    assert_eq!(got, want, "{what}");
+}
+
 async fn round_trip(conn: &mut TcpStream, msg: &[u8]) -> Vec<u8> {
     conn.write_all(msg).await.unwrap();
     let mut got = vec![0u8; msg.len()];
@@ -49,34 +68,21 @@ async fn forwards_then_black_holes_without_losing_bytes() {
     proxy.set_blackhole(true);
     assert!(proxy.is_blackholed());
     conn.write_all(b"held").await.unwrap();
-    let mut got = [0u8; 4];
-    assert!(
-        timeout(Duration::from_millis(300), conn.read_exact(&mut got))
-            .await
-            .is_err(),
-        "nothing may come back through a black hole"
-    );
+    assert_held(
+        &mut conn,
+        300 * MS,
+        "nothing may come back through a black hole",
+    )
+    .await;
     // A connection opened during the black hole is held too.
     let mut late = TcpStream::connect(proxy.addr()).await.unwrap();
     late.write_all(b"late").await.unwrap();
-    let mut late_got = [0u8; 4];
-    assert!(
-        timeout(Duration::from_millis(200), late.read_exact(&mut late_got))
-            .await
-            .is_err()
-    );
+    assert_held(&mut late, 200 * MS, "a new connection is held").await;
 
     proxy.set_blackhole(false);
-    timeout(Duration::from_secs(5), conn.read_exact(&mut got))
-        .await
-        .expect("held bytes flow after healing")
-        .unwrap();
-    assert_eq!(&got, b"held");
-    timeout(Duration::from_secs(5), late.read_exact(&mut late_got))
-        .await
-        .expect("the held connection reaches the upstream after healing")
-        .unwrap();
-    assert_eq!(&late_got, b"late");
+    expect_bytes(&mut conn, b"held", "held bytes flow after healing").await;
+    let what = "the held connection reaches the upstream after healing";
+    expect_bytes(&mut late, b"late", what).await;
     assert_eq!(proxy.stats().accepted, 2);
 }
 
@@ -121,34 +127,21 @@ async fn a_tagged_black_hole_holds_only_that_senders_connections() {
     proxy.set_blackhole_tag("a1", true);
     assert!(!proxy.is_blackholed(), "only one tag is cut off");
     cut.write_all(b"held").await.unwrap();
-    let mut got = [0u8; 4];
-    assert!(
-        timeout(Duration::from_millis(300), cut.read_exact(&mut got))
-            .await
-            .is_err(),
-        "nothing may come back to the cut-off sender"
-    );
+    assert_held(
+        &mut cut,
+        300 * MS,
+        "nothing may come back to the cut-off sender",
+    )
+    .await;
     assert_eq!(round_trip(&mut other, b"free").await, b"free");
     // A new connection from the cut-off sender is held after its head.
     let mut late = TcpStream::connect(proxy.addr()).await.unwrap();
     let late_head = request_from("a1");
     late.write_all(&late_head).await.unwrap();
-    let mut late_got = vec![0u8; late_head.len()];
-    assert!(
-        timeout(Duration::from_millis(200), late.read_exact(&mut late_got))
-            .await
-            .is_err()
-    );
+    assert_held(&mut late, 200 * MS, "a new connection of the tag is held").await;
 
     proxy.heal();
-    timeout(Duration::from_secs(5), cut.read_exact(&mut got))
-        .await
-        .expect("held bytes flow after healing")
-        .unwrap();
-    assert_eq!(&got, b"held");
-    timeout(Duration::from_secs(5), late.read_exact(&mut late_got))
-        .await
-        .expect("the held connection reaches the upstream after healing")
-        .unwrap();
-    assert_eq!(late_got, late_head);
+    expect_bytes(&mut cut, b"held", "held bytes flow after healing").await;
+    let what = "the held connection reaches the upstream after healing";
+    expect_bytes(&mut late, &late_head, what).await;
 }
