@@ -841,37 +841,7 @@ pub async fn separate_lockers_never_overlap(fx: &dyn Fixture) {
 /// had it once.
 pub async fn waiters_are_served_fairly(fx: &dyn Fixture) {
     let (locker, _) = locker(fx, "fairness").await;
-    const TASKS: usize = 4;
-    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let start = Arc::new(tokio::sync::Barrier::new(TASKS));
-    let tasks: Vec<_> = (0..TASKS)
-        .map(|id| {
-            let (locker, order, start) = (locker.clone(), order.clone(), start.clone());
-            tokio::spawn(async move {
-                start.wait().await;
-                for _ in 0..6 {
-                    let lock = locker
-                        .obtain_with("k", ObtainOptions::new().wait_forever())
-                        .await
-                        .unwrap();
-                    order.lock().unwrap().push(id);
-                    sleep(20 * MS).await; // long enough for every other task to queue
-                    lock.release().await.unwrap();
-                }
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.unwrap();
-    }
-    let order = order.lock().unwrap().clone();
-    let steady = &order[TASKS..order.len() - TASKS];
-    for window in steady.windows(TASKS) {
-        let mut ids = window.to_vec();
-        ids.sort_unstable();
-        ids.dedup();
-        assert_eq!(ids.len(), TASKS, "unfair handoff order {order:?}");
-    }
+    crate::fairness::assert_served_in_turn(vec![locker; 4], "k", 20 * MS).await;
 }
 
 /// Keys with slashes, braces, spaces, emoji and the maximum length work and

@@ -14,6 +14,7 @@
 pub mod conformance;
 #[cfg(feature = "etcd")]
 pub mod etcd;
+pub mod fairness;
 mod fixture;
 pub mod proxy;
 #[cfg(feature = "redis")]

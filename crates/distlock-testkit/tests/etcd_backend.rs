@@ -13,6 +13,7 @@ use distlock::backend::etcd::etcd_client::{Client, GetOptions};
 use distlock::backend::etcd::{EtcdBackend, EtcdOptions};
 use distlock::{Error, Key, LockKey, Locker, LostReason, Namespace, ObtainOptions};
 use distlock_testkit::etcd::{EtcdCluster, FIXTURE_SESSION_TTL, backend, holder_entry, raw_client};
+use distlock_testkit::fairness::assert_served_in_turn;
 use distlock_testkit::proxy::FaultProxy;
 use distlock_testkit::{CriticalSection, unique_namespace};
 use tokio::time::{Instant, sleep, timeout};
@@ -838,37 +839,12 @@ async fn waiters_in_different_lockers_are_served_in_queue_order() {
     let cluster = cluster(1).await;
     let endpoints = cluster.endpoints();
     let ns = unique_namespace("fifo");
-    const TASKS: usize = 4;
-    let order = Arc::new(Mutex::new(Vec::new()));
-    let start = Arc::new(tokio::sync::Barrier::new(TASKS));
-    let mut tasks = Vec::new();
-    for id in 0..TASKS {
-        let locker = locker(&Arc::new(backend(&endpoints).await), &ns);
-        let (order, start) = (order.clone(), start.clone());
-        tasks.push(tokio::spawn(async move {
-            start.wait().await;
-            for _ in 0..6 {
-                let lock = locker
-                    .obtain_with("k", ObtainOptions::new().wait_forever())
-                    .await
-                    .unwrap();
-                order.lock().unwrap().push(id);
-                sleep(30 * MS).await; // long enough for every other task to queue
-                lock.release().await.unwrap();
-            }
-        }));
+    let mut lockers = Vec::new();
+    for _ in 0..4 {
+        lockers.push(locker(&Arc::new(backend(&endpoints).await), &ns));
     }
-    for task in tasks {
-        task.await.unwrap();
-    }
-    let order = order.lock().unwrap().clone();
-    let steady = &order[TASKS..order.len() - TASKS];
-    for window in steady.windows(TASKS) {
-        let mut ids = window.to_vec();
-        ids.sort_unstable();
-        ids.dedup();
-        assert_eq!(ids.len(), TASKS, "out-of-queue handoff order {order:?}");
-    }
+    // Long enough for every other task to queue.
+    assert_served_in_turn(lockers, "k", 30 * MS).await;
 }
 
 /// A lease kept for a longer lock TTL is revoked once nobody has used it

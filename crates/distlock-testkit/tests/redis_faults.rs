@@ -5,13 +5,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use distlock::backend::redis::{RedisBackend, RedisKeys};
-use distlock::{Error, Key, LockKey, Locker, LostReason, Namespace, ObtainOptions, RetryStrategy};
+use distlock::backend::{AcquireRequest, Attempt, Backend};
+use distlock::{
+    Error, Key, LockKey, Locker, LostReason, Namespace, ObtainOptions, OwnerToken, RetryStrategy,
+};
+use distlock_testkit::fairness::assert_served_in_turn;
 use distlock_testkit::redis::RedisServer;
 use distlock_testkit::server::{ServerProcess, free_port, require_binary};
 use tokio::time::{Instant, sleep, timeout};
 
 /// Extra time allowed for scheduling on a loaded machine.
 const SLACK: Duration = Duration::from_millis(500);
+const MS: Duration = Duration::from_millis(1);
 
 async fn locker(url: &str, namespace: &str) -> Locker {
     Locker::builder(Arc::new(RedisBackend::connect(url).await.unwrap()))
@@ -657,9 +662,10 @@ fn make_certificates(dir: &std::path::Path) {
 }
 
 /// A process that releases a lock another process waits for does not take
-/// it straight back with its next attempt: the woken waiter gets it (the
-/// releaser yields for `handoff_yield`, 3 ms by default). Without the
-/// yield the releaser wins this race more often than not.
+/// it straight back with its next attempt: the waiter is queued in Redis,
+/// so the releaser's `try_obtain` finds someone waiting and the woken waiter
+/// gets the lock. Without the queue the releaser won this race 8 times in
+/// 20.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_released_lock_goes_to_the_waiting_process_not_back_to_the_releaser() {
     let server = RedisServer::start();
@@ -697,9 +703,99 @@ async fn a_released_lock_goes_to_the_waiting_process_not_back_to_the_releaser() 
             .unwrap();
         lock.release().await.unwrap();
     }
-    // Measured here: 20 of 20 with the yield, 8 of 20 without.
-    assert!(
-        to_waiter >= rounds * 4 / 5,
-        "only {to_waiter} of {rounds} releases went to the waiting process"
+    assert_eq!(
+        to_waiter, rounds,
+        "releases that went to the waiting process"
     );
+}
+
+/// Waiters in different processes (different backends and connections)
+/// are served in the order they queued in Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_in_different_processes_are_served_in_queue_order() {
+    let server = RedisServer::start();
+    let mut lockers = Vec::new();
+    for _ in 0..4 {
+        lockers.push(locker(&server.url(), "fifo").await);
+    }
+    // Long enough for every other task to queue.
+    assert_served_in_turn(lockers, "k", 30 * MS).await;
+    let queue = names("fifo", "k");
+    let left: i64 = query(
+        &server,
+        redis::cmd("EXISTS").arg(&queue.queue).arg(&queue.waiting),
+    )
+    .await;
+    assert_eq!(left, 0, "the queue is gone once nobody waits");
+}
+
+/// A waiter that stops asking (its process died) holds up the queue behind
+/// it for at most its waiter lease, and a wait that gives up leaves the
+/// queue at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_and_departed_waiters_never_block_the_queue() {
+    let server = RedisServer::start();
+    let lease = Duration::from_millis(600);
+    let client = redis::Client::open(server.url()).unwrap();
+    let backend = RedisBackend::builder(client)
+        .waiter_lease(lease)
+        .build()
+        .await
+        .unwrap();
+    let locker = |backend: &Arc<RedisBackend>| {
+        Locker::builder(backend.clone())
+            .namespace("dead")
+            .build()
+            .unwrap()
+    };
+    let backend = Arc::new(backend);
+    let (holder, other) = (locker(&backend), self::locker(&server.url(), "dead").await);
+    let names = names("dead", "k");
+    let queued = || async { query::<i64>(&server, redis::cmd("ZCARD").arg(&names.queue)).await };
+
+    // A wait that gives up leaves the queue.
+    let held = holder.obtain("k").await.unwrap();
+    let gave_up = other
+        .obtain_with("k", ObtainOptions::new().wait(Duration::from_millis(200)))
+        .await
+        .unwrap_err();
+    assert!(gave_up.is_not_obtained(), "{gave_up}");
+    let deadline = Instant::now() + SLACK;
+    while queued().await != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the departed waiter stayed queued"
+        );
+        sleep(5 * MS).await;
+    }
+
+    // A waiter that dies: one attempt that joins the queue, then nothing.
+    let mut dead = AcquireRequest::new(
+        LockKey {
+            namespace: Namespace::new("dead").unwrap(),
+            key: Key::new("k").unwrap(),
+        },
+        OwnerToken::random().unwrap(),
+        Duration::from_secs(30),
+    );
+    dead.will_wait = true;
+    let joined_at = Instant::now();
+    assert!(matches!(
+        backend.try_acquire(&dead).await.unwrap(),
+        Attempt::Contended { .. }
+    ));
+    assert_eq!(queued().await, 1);
+    held.release().await.unwrap();
+    // The next waiter queues behind it and gets the lock once its lease ran out.
+    let lock = other
+        .obtain_with("k", ObtainOptions::new().wait(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    let waited = joined_at.elapsed();
+    assert!(
+        waited >= lease && waited < lease + SLACK,
+        "took the lock {waited:?} after a dead waiter with a {lease:?} lease queued"
+    );
+    assert_eq!(queued().await, 0);
+    lock.release().await.unwrap();
 }

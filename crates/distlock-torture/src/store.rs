@@ -17,7 +17,7 @@ use distlock::backend::etcd::EtcdBackend;
 use distlock::backend::etcd::etcd_client::{self, GetOptions, SortOrder, SortTarget};
 use distlock::backend::file::FileBackend;
 use distlock::backend::memory::MemoryBackend;
-use distlock::backend::redis::RedisKeys;
+use distlock::backend::redis::{DEFAULT_WAITER_LEASE, RedisKeys};
 use distlock::{Key, LockKey, Locker, Namespace};
 use distlock_testkit::etcd::{EtcdCluster, LeaderStatus};
 use distlock_testkit::proxy::FaultProxy;
@@ -72,15 +72,17 @@ impl BackendKind {
     }
 
     /// How long after the clients stopped every lock of a killed client is
-    /// gone: its TTL for most stores; for etcd, when clients were killed,
+    /// gone: its TTL for most stores (Redis: and a killed waiter's place in
+    /// the queue, its waiter lease); for etcd, when clients were killed,
     /// the lease of a dead process (`max(session TTL 5 s, 1.5 × TTL)`).
-    pub fn settle_time(self, ttl: std::time::Duration, killed: bool) -> std::time::Duration {
-        let margin = std::time::Duration::from_millis(500);
+    pub fn settle_time(self, ttl: Duration, killed: bool) -> Duration {
+        let margin = Duration::from_millis(500);
         match self {
             BackendKind::Etcd if killed => {
                 let lease = (ttl.as_secs_f64() * 1.5).ceil().max(5.0);
-                std::time::Duration::from_secs_f64(lease) + margin * 2
+                Duration::from_secs_f64(lease) + margin * 2
             }
+            BackendKind::Redis => ttl.max(DEFAULT_WAITER_LEASE) + margin,
             _ => ttl + margin,
         }
     }
@@ -264,8 +266,8 @@ impl Store {
     }
 
     /// Keys of `namespace` still held (the known `keys`, plus for Redis
-    /// any lock key at all), read directly from the store, not through the
-    /// proxy. Read-only.
+    /// any lock key or waiters' queue at all), read directly from the
+    /// store, not through the proxy. Read-only.
     pub async fn leftover(&self, namespace: &str, keys: &[String]) -> Vec<String> {
         let locker = match self.kind {
             BackendKind::Memory => Locker::builder(self.memory.clone().expect("memory store"))
@@ -306,15 +308,18 @@ impl Store {
         }
         if let Some(server) = &self.redis {
             let mut conn = server.admin().await;
-            let pattern = format!("{namespace}:*:lock:*");
-            let all: Vec<String> = redis::cmd("KEYS")
-                .arg(&pattern)
-                .query_async(&mut conn)
-                .await
-                .expect("KEYS");
-            for name in all {
-                if !keys.iter().any(|k| name.ends_with(&format!(":lock:{k}"))) {
-                    found.push(format!("{name} (unexpected lock key)"));
+            for kind in ["lock", "queue", "waiting"] {
+                let pattern = format!("{namespace}:*:{kind}:*");
+                let all: Vec<String> = redis::cmd("KEYS")
+                    .arg(&pattern)
+                    .query_async(&mut conn)
+                    .await
+                    .expect("KEYS");
+                for name in all {
+                    let known = keys.iter().any(|k| name.ends_with(&format!(":lock:{k}")));
+                    if kind != "lock" || !known {
+                        found.push(format!("{name} (unexpected {kind} key)"));
+                    }
                 }
             }
         }

@@ -28,12 +28,17 @@
 //!   with the lock's TTL;
 //! * `NS:{H}:fence:K` — the key's fencing counter (`INCR`), without a TTL,
 //!   so it outlives the lock (one small key per distinct lock key ever used);
+//! * `NS:{H}:queue:K` and `NS:{H}:waiting:K` — while processes wait: the
+//!   waiters' queue (a sorted set of owner tokens by arrival) and their
+//!   leases (a hash), both expiring a waiter lease after the last waiter's
+//!   last attempt;
 //! * `NS:{H}:released:K` — the pub/sub channel a release publishes on.
 //!
 //! The names are injective, all begin with `NS:` (so an ACL user can be
 //! limited to `~NS:*` keys and `&NS:*` channels), and the first `{...}` in
-//! each is `{H}` — namespaces contain no braces — so a lock and its counter
-//! always share one Redis Cluster hash slot, whatever braces `K` contains.
+//! each is `{H}` — namespaces contain no braces — so a lock and the keys
+//! beside it always share one Redis Cluster hash slot, whatever braces `K`
+//! contains.
 //!
 //! # Durability and safety
 //!
@@ -57,19 +62,25 @@
 //!
 //! # Waiting
 //!
-//! A waiter subscribes to its key's release channel and wakes when the
-//! holder releases. Each backend has at most one subscription connection,
-//! shared by all its waiters and opened on first use; a supervisor task
-//! re-connects and re-subscribes it after failures and wakes every waiter
-//! when it does (a release may have been missed). Every wait is also bounded
-//! by the engine's retry delay and the holder's remaining TTL, so a lost
-//! notification costs at most one poll interval.
+//! Waiters are served in order of arrival across processes. An attempt
+//! that waits and does not get the lock joins the key's queue in Redis; a
+//! free lock goes only to the head of the queue (or to anyone when the
+//! queue is empty: so [`Locker::try_obtain`](crate::Locker::try_obtain)
+//! fails while others wait). Each attempt renews the waiter's lease
+//! ([`RedisBackendBuilder::waiter_lease`]); a waiter that stops asking —
+//! its process died, or its retry delay is longer than the lease — is
+//! dropped from the queue when its lease runs out, so it delays the others
+//! by at most one lease and never blocks them. A wait that ends without
+//! the lock leaves the queue at once.
 //!
-//! A process that releases a lock other processes wait for holds back its
-//! own next attempt on it for a moment
-//! ([`RedisBackendBuilder::handoff_yield`]), so the lock goes to a woken
-//! waiter instead of straight back to the releaser. This is not a queue:
-//! which of several waiting processes wins is a race.
+//! A waiter subscribes to its key's release channel and wakes when the
+//! holder releases (or a waiter leaves the queue of a free lock). Each
+//! backend has at most one subscription connection, shared by all its
+//! waiters and opened on first use; a supervisor task re-connects and
+//! re-subscribes it after failures and wakes every waiter when it does (a
+//! release may have been missed). Every wait is also bounded by the
+//! engine's retry delay and the holder's remaining TTL, so a lost
+//! notification costs at most one poll interval.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -91,7 +102,7 @@ use crate::backend::{AcquireRequest, Attempt, Backend};
 use crate::error::{Error, Result};
 use crate::holder::HolderInfo;
 use crate::key::{LockKey, Namespace};
-use crate::lease::LeaseRef;
+use crate::lease::{LeaseRef, OwnerToken};
 
 /// The backend's name in errors and traces.
 const NAME: &str = "redis";
@@ -110,8 +121,8 @@ const HEARTBEAT: Duration = Duration::from_secs(2);
 /// How long a channel stays subscribed without waiters, so a hot key's
 /// waiters do not subscribe and unsubscribe on every wait.
 const LINGER: Duration = Duration::from_secs(10);
-/// The default [`RedisBackendBuilder::handoff_yield`].
-pub const DEFAULT_HANDOFF_YIELD: Duration = Duration::from_millis(3);
+/// The default [`RedisBackendBuilder::waiter_lease`].
+pub const DEFAULT_WAITER_LEASE: Duration = Duration::from_secs(2);
 /// Back-off bounds between subscription reconnection attempts.
 const MIN_BACKOFF: Duration = Duration::from_millis(20);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -120,6 +131,7 @@ static ACQUIRE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("re
 static EXTEND: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("redis/extend.lua")));
 static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("redis/release.lua")));
 static INSPECT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("redis/inspect.lua")));
+static TURN: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("redis/turn.lua")));
 
 /// The Redis names distlock uses for one lock (see the [module docs](self)).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -129,6 +141,10 @@ pub struct RedisKeys {
     pub lock: String,
     /// The key's fencing counter: `NS:{H}:fence:K`.
     pub fence: String,
+    /// The waiters' queue: `NS:{H}:queue:K`.
+    pub queue: String,
+    /// The waiters' leases: `NS:{H}:waiting:K`.
+    pub waiting: String,
     /// The channel a release publishes on: `NS:{H}:released:K`.
     pub channel: String,
 }
@@ -151,6 +167,8 @@ impl RedisKeys {
         RedisKeys {
             lock: name("lock"),
             fence: name("fence"),
+            queue: name("queue"),
+            waiting: name("waiting"),
             channel: name("released"),
         }
     }
@@ -185,10 +203,7 @@ struct Shared {
     connection_timeout: Duration,
     maxmemory_policy: Option<String>,
     channels: Arc<Channels>,
-    handoff_yield: Duration,
-    /// Locks this backend released while other processes waited for them:
-    /// its own next attempt waits until the instant given.
-    yields: Mutex<HashMap<String, Instant>>,
+    waiter_lease: Duration,
     /// The subscription supervisor's inbox, once started.
     supervisor: OnceLock<UnboundedSender<String>>,
     shutdown: CancellationToken,
@@ -208,7 +223,7 @@ pub struct RedisBackendBuilder {
     connection_timeout: Duration,
     response_timeout: Duration,
     reconnect_retries: usize,
-    handoff_yield: Duration,
+    waiter_lease: Duration,
 }
 
 impl fmt::Debug for RedisBackendBuilder {
@@ -222,7 +237,7 @@ impl fmt::Debug for RedisBackendBuilder {
             .field("connection_timeout", &self.connection_timeout)
             .field("response_timeout", &self.response_timeout)
             .field("reconnect_retries", &self.reconnect_retries)
-            .field("handoff_yield", &self.handoff_yield)
+            .field("waiter_lease", &self.waiter_lease)
             .finish()
     }
 }
@@ -260,16 +275,14 @@ impl RedisBackendBuilder {
         self
     }
 
-    /// How long this backend holds back its own next attempt on a lock it
-    /// just released while other processes were waiting for it (default
-    /// [`DEFAULT_HANDOFF_YIELD`]; zero disables it). Without it the
-    /// releasing process, whose next attempt needs no wake-up, re-takes a
-    /// hot lock almost every time and starves the others; with it the lock
-    /// goes to a waiter that was woken by the release. Only a release that
-    /// reached another process's subscription triggers it, and it never
-    /// delays anyone else.
-    pub fn handoff_yield(mut self, pause: Duration) -> Self {
-        self.handoff_yield = pause;
+    /// How long a waiter keeps its place in a key's queue after its last
+    /// attempt (default [`DEFAULT_WAITER_LEASE`]). Waiters try again at
+    /// least every retry delay (100 ms by default), renewing it; a waiter
+    /// that stops (its process died) holds up the waiters behind it for at
+    /// most this long. A waiter whose retry delay is longer loses its
+    /// place between attempts and queues again at the back.
+    pub fn waiter_lease(mut self, lease: Duration) -> Self {
+        self.waiter_lease = lease;
         self
     }
 
@@ -280,6 +293,12 @@ impl RedisBackendBuilder {
             return Err(Error::invalid_options(
                 "timeout",
                 "the Redis connection and response timeouts must be greater than zero",
+            ));
+        }
+        if self.waiter_lease < Duration::from_millis(1) {
+            return Err(Error::invalid_options(
+                "waiter_lease",
+                "the Redis waiter lease must be at least one millisecond",
             ));
         }
         install_crypto_provider();
@@ -321,8 +340,7 @@ impl RedisBackendBuilder {
             connection_timeout: self.connection_timeout,
             maxmemory_policy: None,
             channels: Arc::new(Channels::default()),
-            handoff_yield: self.handoff_yield,
-            yields: Mutex::new(HashMap::new()),
+            waiter_lease: self.waiter_lease,
             supervisor: OnceLock::new(),
             shutdown: CancellationToken::new(),
         };
@@ -360,7 +378,7 @@ impl RedisBackend {
             connection_timeout: DEFAULT_CONNECTION_TIMEOUT,
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             reconnect_retries: DEFAULT_RECONNECT_RETRIES,
-            handoff_yield: DEFAULT_HANDOFF_YIELD,
+            waiter_lease: DEFAULT_WAITER_LEASE,
         }
     }
 
@@ -438,7 +456,7 @@ impl Shared {
     /// Loads the scripts up front so the first operations need no NOSCRIPT
     /// round trip; a failure only costs that round trip later.
     async fn load_scripts(&self) {
-        for script in [&*ACQUIRE, &*EXTEND, &*RELEASE, &*INSPECT] {
+        for script in [&*ACQUIRE, &*EXTEND, &*RELEASE, &*INSPECT, &*TURN] {
             let mut conn = self.conn();
             match timeout(self.response_timeout, script.load_async(&mut conn)).await {
                 Ok(Ok(_)) => {}
@@ -457,10 +475,6 @@ impl Shared {
 
     async fn acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
         let names = RedisKeys::new(&req.key);
-        let held_back = self.yields().remove(&names.lock);
-        if let Some(until) = held_back.filter(|until| *until > Instant::now()) {
-            sleep_until(until).await;
-        }
         let metadata = match &req.metadata {
             Some(m) => format!("={m}"),
             None => "-".to_owned(),
@@ -468,9 +482,13 @@ impl Shared {
         let reply: Vec<Value> = ACQUIRE
             .key(&names.lock)
             .key(&names.fence)
+            .key(&names.queue)
+            .key(&names.waiting)
             .arg(req.owner.to_hex())
             .arg(millis(req.ttl))
             .arg(metadata)
+            .arg(u8::from(req.will_wait))
+            .arg(millis(self.waiter_lease))
             .invoke_async(&mut self.conn())
             .await
             .map_err(|e| self.err("acquire", &req.key, e))?;
@@ -481,6 +499,8 @@ impl Shared {
             [flag, token, pttl, metadata] if int(flag) == Some(0) => Ok(Attempt::Contended {
                 holder: Some(holder(token, pttl, metadata)?),
             }),
+            // Free, but another waiter is first.
+            [flag] if int(flag) == Some(0) => Ok(Attempt::Contended { holder: None }),
             other => Err(unexpected("acquire", other)),
         }
     }
@@ -501,34 +521,14 @@ impl Shared {
         let names = RedisKeys::new(&lease.key);
         let reply: i64 = RELEASE
             .key(&names.lock)
+            .key(&names.queue)
+            .key(&names.waiting)
             .arg(lease.owner.to_hex())
             .arg(&names.channel)
             .invoke_async(&mut self.conn())
             .await
             .map_err(|e| self.err("release", &lease.key, e))?;
-        held_if(reply >= 1, &lease.key)?;
-        // Other processes were told: give their waiters a head start.
-        let told = reply - 1;
-        let own = i64::from(self.channels.is_subscribed(&names.channel));
-        if told > own && !self.handoff_yield.is_zero() {
-            self.yield_to_others(names.lock, Instant::now() + self.handoff_yield);
-        }
-        Ok(())
-    }
-
-    /// Holds back this backend's next acquisition of `lock` until `until`.
-    fn yield_to_others(&self, lock: String, until: Instant) {
-        let mut yields = self.yields();
-        if yields.len() >= 1024 {
-            let now = Instant::now();
-            yields.retain(|_, until| *until > now);
-        }
-        yields.insert(lock, until);
-    }
-
-    fn yields(&self) -> MutexGuard<'_, HashMap<String, Instant>> {
-        // Every update is a single insert or remove.
-        self.yields.lock().unwrap_or_else(|p| p.into_inner())
+        held_if(reply >= 1, &lease.key)
     }
 
     async fn inspect(&self, key: &LockKey) -> Result<Option<HolderInfo>> {
@@ -561,7 +561,10 @@ impl Shared {
         })
     }
 
-    async fn wait_for_release(&self, key: &LockKey, until: Instant) {
+    /// Returns when `key` may be free for `owner` (any caller when `None`):
+    /// on a release notification, or at once if it is free and `owner` is
+    /// first in its queue; at `until` at the latest.
+    async fn wait_for_turn(&self, key: &LockKey, owner: Option<OwnerToken>, until: Instant) {
         if self.shutdown.is_cancelled() {
             return sleep_until(until).await;
         }
@@ -587,11 +590,12 @@ impl Shared {
         // Subscribed: a release from now on wakes us. One that happened
         // since the caller's last attempt is seen here.
         let mut conn = self.conn();
-        let mut cmd = ::redis::cmd("EXISTS");
-        cmd.arg(&names.lock);
-        let exists = cmd.query_async::<bool>(&mut conn);
+        let owner = owner.map_or_else(String::new, |owner| owner.to_hex());
+        let mut turn = TURN.prepare_invoke();
+        turn.key(&names.lock).key(&names.queue).arg(owner);
+        let turn = turn.invoke_async::<bool>(&mut conn);
         tokio::select! {
-            held = exists => if let Ok(false) = held { return },
+            ours = turn => if let Ok(true) = ours { return },
             _ = sleep_until(until) => return,
         }
         tokio::select! {
@@ -677,7 +681,8 @@ fn map_err(
 fn acl_rules(namespace: &str) -> String {
     format!(
         "~{namespace}:* &{namespace}:* +evalsha +script|load +get +set +incr +pexpire +pttl \
-         +del +publish +exists +subscribe +unsubscribe +ping"
+         +del +publish +time +zrange +zadd +zrem +hget +hset +hdel +exists +subscribe \
+         +unsubscribe +ping"
     )
 }
 
@@ -739,7 +744,24 @@ impl Backend for RedisBackend {
         until: Instant,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            self.shared.wait_for_release(key, until).await;
+            self.shared.wait_for_turn(key, None, until).await;
+            Ok(())
+        })
+    }
+
+    fn queues_waiters(&self) -> bool {
+        true
+    }
+
+    fn wait_for_turn<'a>(
+        &'a self,
+        req: &'a AcquireRequest,
+        until: Instant,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.shared
+                .wait_for_turn(&req.key, Some(req.owner), until)
+                .await;
             Ok(())
         })
     }
@@ -835,12 +857,6 @@ impl Channels {
             c.set_subscribed(true);
             c.ready.notify_waiters();
         });
-    }
-
-    fn is_subscribed(&self, name: &str) -> bool {
-        self.map()
-            .get(name)
-            .is_some_and(|entry| entry.channel.is_subscribed())
     }
 
     fn released(&self, name: &str) {

@@ -1,24 +1,65 @@
--- distlock: one atomic acquisition attempt.
--- KEYS[1] the lock, KEYS[2] its fencing counter (same hash slot).
+-- distlock: one atomic acquisition attempt, with a fair queue of waiters.
+-- KEYS[1] the lock, KEYS[2] its fencing counter, KEYS[3] the waiters'
+-- queue (a sorted set of owner tokens by arrival), KEYS[4] the waiters'
+-- leases (a hash: owner token -> server time in ms until which the waiter
+-- counts as alive); all in one hash slot.
 -- ARGV[1] owner token (32 hex digits), ARGV[2] TTL in milliseconds,
--- ARGV[3] metadata: "-" for none, or "=" followed by the metadata.
+-- ARGV[3] metadata: "-" for none, or "=" followed by the metadata,
+-- ARGV[4] "1" if the caller waits (it joins the queue when it does not get
+-- the lock), ARGV[5] the waiter lease in milliseconds.
 -- The lock's value is "<owner>:<fencing token>:<ARGV[3]>".
 -- Returns {1, token} when granted (again, with the stored token and a
--- fresh TTL, when the owner already holds it), or
--- {0, token, pttl, metadata or false} when someone else holds it.
-local value = redis.call('GET', KEYS[1])
+-- fresh TTL, when the owner already holds it); {0, token, pttl, metadata
+-- or false} when someone else holds it; {0} when it is free but a waiter
+-- ahead of the caller has the next turn.
+local lock, fence, queue, leases = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local owner = ARGV[1]
+local value = redis.call('GET', lock)
+local token, meta
 if value then
-  local owner, token, meta = string.match(value, '^(%x+):(%d+):(.*)$')
-  if owner == ARGV[1] then
-    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  local holder
+  holder, token, meta = string.match(value, '^(%x+):(%d+):(.*)$')
+  if holder == owner then
+    redis.call('PEXPIRE', lock, ARGV[2])
     return {1, token}
   end
-  local metadata = false
-  if meta and string.sub(meta, 1, 1) == '=' then
-    metadata = string.sub(meta, 2)
-  end
-  return {0, token or '0', redis.call('PTTL', KEYS[1]), metadata}
 end
-local token = redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[1], ARGV[1] .. ':' .. string.format('%d', token) .. ':' .. ARGV[3], 'PX', ARGV[2])
-return {1, token}
+local now
+local function clock()
+  if not now then
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return now
+end
+-- The head of the queue, after forgetting waiters that stopped asking.
+local head = redis.call('ZRANGE', queue, 0, 0)[1]
+while head and tonumber(redis.call('HGET', leases, head) or '0') <= clock() do
+  redis.call('ZREM', queue, head)
+  redis.call('HDEL', leases, head)
+  head = redis.call('ZRANGE', queue, 0, 0)[1]
+end
+if not value and (not head or head == owner) then
+  if head then
+    redis.call('ZREM', queue, owner)
+    redis.call('HDEL', leases, owner)
+  end
+  local granted = redis.call('INCR', fence)
+  redis.call('SET', lock, owner .. ':' .. string.format('%d', granted) .. ':' .. ARGV[3], 'PX', ARGV[2])
+  return {1, granted}
+end
+if ARGV[4] == '1' then
+  local lease = tonumber(ARGV[5])
+  redis.call('ZADD', queue, 'NX', clock(), owner)
+  redis.call('HSET', leases, owner, clock() + lease)
+  redis.call('PEXPIRE', queue, lease)
+  redis.call('PEXPIRE', leases, lease)
+end
+if not value then
+  return {0}
+end
+local metadata = false
+if meta and string.sub(meta, 1, 1) == '=' then
+  metadata = string.sub(meta, 2)
+end
+return {0, token or '0', redis.call('PTTL', lock), metadata}
