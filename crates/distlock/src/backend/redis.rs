@@ -122,7 +122,7 @@ const HEARTBEAT: Duration = Duration::from_secs(2);
 /// waiters do not subscribe and unsubscribe on every wait.
 const LINGER: Duration = Duration::from_secs(10);
 /// The default [`RedisBackendBuilder::waiter_lease`].
-pub const DEFAULT_WAITER_LEASE: Duration = Duration::from_secs(2);
+pub const DEFAULT_WAITER_LEASE: Duration = Duration::from_secs(1);
 /// Back-off bounds between subscription reconnection attempts.
 const MIN_BACKOFF: Duration = Duration::from_millis(20);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
