@@ -85,9 +85,13 @@ async fn same_scripts_cycle(
         .0
         .key(&lock)
         .key(format!("{key}:fence"))
+        .key(format!("{key}:queue"))
+        .key(format!("{key}:waiting"))
         .arg(&token)
         .arg(TTL.as_millis() as u64)
         .arg("-")
+        .arg(1) // a waiting attempt, as the engine's obtain sends
+        .arg(1000) // waiter lease, ms
         .invoke_async(&mut conn)
         .await
         .expect("acquire script");
@@ -95,6 +99,8 @@ async fn same_scripts_cycle(
     let released: i64 = scripts
         .1
         .key(&lock)
+        .key(format!("{key}:queue"))
+        .key(format!("{key}:waiting"))
         .arg(&token)
         .arg(format!("{key}:released"))
         .invoke_async(&mut conn)
