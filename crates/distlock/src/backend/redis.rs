@@ -592,15 +592,24 @@ impl Shared {
         let mut conn = self.conn();
         let owner = owner.map_or_else(String::new, |owner| owner.to_hex());
         let mut turn = TURN.prepare_invoke();
-        turn.key(&names.lock).key(&names.queue).arg(owner);
+        turn.key(&names.lock).key(&names.queue).arg(&owner);
         let turn = turn.invoke_async::<bool>(&mut conn);
         tokio::select! {
             ours = turn => if let Ok(true) = ours { return },
             _ = sleep_until(until) => return,
         }
-        tokio::select! {
-            _ = released => {}
-            _ = sleep_until(until) => {}
+        // A release names the waiter whose turn it is: the others sleep on
+        // (no herd), and a missed turn costs at most the poll interval.
+        loop {
+            tokio::select! {
+                _ = &mut released => {}
+                _ = sleep_until(until) => return,
+            }
+            released.set(channel.released.notified());
+            released.as_mut().enable();
+            if channel.wakes(&owner) {
+                return;
+            }
         }
     }
 }
@@ -791,6 +800,9 @@ struct Channel {
     /// A release was published, or the subscription connection was lost or
     /// re-established (a release may have been missed).
     released: Notify,
+    /// Whom the last notification was for: the owner token of the waiter
+    /// whose turn it is, or empty for every waiter.
+    next: Mutex<String>,
     /// The subscription was confirmed.
     ready: Notify,
     subscribed: AtomicBool,
@@ -803,6 +815,18 @@ impl Channel {
 
     fn set_subscribed(&self, subscribed: bool) {
         self.subscribed.store(subscribed, Ordering::SeqCst);
+    }
+
+    /// Wakes the waiter `next` names (every waiter when it is empty).
+    fn notify(&self, next: &str) {
+        next.clone_into(&mut self.next.lock().unwrap_or_else(|p| p.into_inner()));
+        self.released.notify_waiters();
+    }
+
+    /// Whether the last notification was for `owner` (hex; empty: anyone).
+    fn wakes(&self, owner: &str) -> bool {
+        let next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+        owner.is_empty() || next.is_empty() || *next == owner
     }
 }
 
@@ -859,9 +883,9 @@ impl Channels {
         });
     }
 
-    fn released(&self, name: &str) {
+    fn released(&self, name: &str, next: &str) {
         if let Some(entry) = self.map().get(name) {
-            entry.channel.released.notify_waiters();
+            entry.channel.notify(next);
         }
     }
 
@@ -869,7 +893,7 @@ impl Channels {
     fn disconnected(&self) {
         for entry in self.map().values() {
             entry.channel.set_subscribed(false);
-            entry.channel.released.notify_waiters();
+            entry.channel.notify("");
         }
     }
 
@@ -994,7 +1018,8 @@ impl Supervisor {
                     let Some(message) = message else {
                         return Ended::Failed(RedisError::from((ErrorKind::Io, "the subscription connection closed")));
                     };
-                    self.channels.released(message.get_channel_name());
+                    let next: String = message.get_payload().unwrap_or_default();
+                    self.channels.released(message.get_channel_name(), &next);
                 }
                 _ = heartbeat.tick() => {
                     if let Err(e) = bounded(self.response_timeout, "ping", sink.ping::<Value>()).await {

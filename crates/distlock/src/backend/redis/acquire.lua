@@ -24,17 +24,19 @@ if value then
     return {1, token}
   end
 end
+-- The server's clock in ms: read only when there is a queue to look at
+-- or to join.
+local function server_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 local now
-local function clock()
-  if not now then
-    local t = redis.call('TIME')
-    now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  end
-  return now
+local head = redis.call('ZRANGE', queue, 0, 0)[1]
+if head then
+  now = server_ms()
 end
 -- The head of the queue, after forgetting waiters that stopped asking.
-local head = redis.call('ZRANGE', queue, 0, 0)[1]
-while head and tonumber(redis.call('HGET', leases, head) or '0') <= clock() do
+while head and tonumber(redis.call('HGET', leases, head) or '0') <= now do
   redis.call('ZREM', queue, head)
   redis.call('HDEL', leases, head)
   head = redis.call('ZRANGE', queue, 0, 0)[1]
@@ -50,8 +52,9 @@ if not value and (not head or head == owner) then
 end
 if ARGV[4] == '1' then
   local lease = tonumber(ARGV[5])
-  redis.call('ZADD', queue, 'NX', clock(), owner)
-  redis.call('HSET', leases, owner, clock() + lease)
+  now = now or server_ms()
+  redis.call('ZADD', queue, 'NX', now, owner)
+  redis.call('HSET', leases, owner, now + lease)
   redis.call('PEXPIRE', queue, lease)
   redis.call('PEXPIRE', leases, lease)
 end
