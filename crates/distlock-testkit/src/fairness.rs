@@ -8,11 +8,11 @@ use distlock::{Locker, ObtainOptions};
 use tokio::sync::Barrier;
 use tokio::time::sleep;
 
-/// How many times each task takes the lock.
+/// How many times each task takes the lock (six: see below).
 const ROUNDS: usize = 6;
 
 /// One task per locker (the same locker may be given several times) takes
-/// `key` [`ROUNDS`] times, waiting as long as it takes, and holds it for
+/// `key` six times, waiting as long as it takes, and holds it for
 /// `hold` — long enough for every other task to queue. Asserts that once
 /// all are contending, no task gets the lock twice before every other task
 /// had it once; returns the order of grants by task index.
