@@ -77,7 +77,7 @@ pub use key::{
     DEFAULT_NAMESPACE, IntoKey, Key, LockKey, MAX_KEY_BYTES, MAX_NAMESPACE_BYTES, Namespace,
 };
 pub use lease::{LeaseRef, OwnerToken};
-pub use lock::{Lock, LostReason, RefreshHandle};
+pub use lock::{EXPIRY_LEAD, Lock, LostReason, RefreshHandle};
 pub use locker::{DEFAULT_OP_TIMEOUT, Locker, LockerBuilder};
 pub use options::{DEFAULT_TTL, MAX_METADATA_BYTES, MAX_TTL, ObtainOptions};
 pub use retry::RetryStrategy;

@@ -64,9 +64,9 @@ impl LostReason {
 ///
 /// [`valid_until`](Self::valid_until) is the instant until which the lock
 /// is safe to rely on, counted from when the acquire or last successful
-/// extend was *sent*. At it (up to one millisecond early: the resolution of
-/// tokio's timers, so that it is never late), or once the store proves the
-/// lock gone, [`lost`](Self::lost) resolves. Pass [`fencing_token`](Self::fencing_token)
+/// extend was *sent*. At it (up to [`EXPIRY_LEAD`] early, so that it is
+/// not late), or once the store proves the lock gone, [`lost`](Self::lost)
+/// resolves. Pass [`fencing_token`](Self::fencing_token)
 /// to every resource the lock protects: it is the only defence against a
 /// holder that paused past its deadline.
 ///
@@ -105,13 +105,19 @@ struct Status {
     ended: Option<LostReason>,
 }
 
-/// The resolution of tokio's timers.
-const TIMER_TICK: Duration = Duration::from_millis(1);
+/// How long before its validity deadline a lock counts as expired, so that
+/// [`Lock::lost`] fires at the deadline rather than after it: tokio rounds
+/// a timer's deadline up to its next millisecond tick, and the wait for
+/// that tick up to a whole millisecond again, so a timer armed at the
+/// deadline fires up to about 2 ms late (measured: 1.1–2.0 ms). Armed
+/// this much earlier, `lost()` fires between 2 ms before the deadline and
+/// the deadline, give or take the time a busy runtime takes to wake.
+pub const EXPIRY_LEAD: Duration = Duration::from_millis(2);
 
 /// When a lock valid until `valid_until` counts as expired (see
 /// [`LockState::expires_at`]).
 fn expiry(valid_until: Instant) -> Instant {
-    valid_until.checked_sub(TIMER_TICK).unwrap_or(valid_until)
+    valid_until.checked_sub(EXPIRY_LEAD).unwrap_or(valid_until)
 }
 
 impl LockState {
@@ -150,10 +156,8 @@ impl LockState {
         self.status().valid_until
     }
 
-    /// When the lock counts as expired: one timer tick before its validity
-    /// deadline. tokio's timers fire on the first millisecond tick at or
-    /// after their deadline, so a timer armed at the deadline itself fires
-    /// up to a tick late; armed a tick early, `lost()` is not late.
+    /// When the lock counts as expired: [`EXPIRY_LEAD`] before its validity
+    /// deadline.
     fn expires_at(&self) -> Instant {
         expiry(self.valid_until())
     }
@@ -352,16 +356,16 @@ impl Lock {
     }
 
     /// True once the lock is lost: the store said it is gone, or the
-    /// validity deadline came (to within a millisecond) without a
+    /// validity deadline came (to within [`EXPIRY_LEAD`]) without a
     /// successful refresh.
     pub fn is_lost(&self) -> bool {
         self.state.check_valid().is_err() && self.state.ended().is_some_and(LostReason::is_loss)
     }
 
     /// Resolves when the lock ends: lost (the store proved it gone, or the
-    /// validity deadline came without a refresh: its timer is armed a
-    /// millisecond early, so it is not late on an idle runtime), released,
-    /// or closed. `'static`, so it can be moved into a
+    /// validity deadline came without a refresh: its timer is armed
+    /// [`EXPIRY_LEAD`] early, so it is not late on an idle runtime),
+    /// released, or closed. `'static`, so it can be moved into a
     /// task or a `select!`.
     ///
     /// ```

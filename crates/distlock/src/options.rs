@@ -5,6 +5,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
+use crate::lock::EXPIRY_LEAD;
 use crate::retry::RetryStrategy;
 use crate::validity::ValidityPolicy;
 
@@ -159,15 +160,20 @@ impl ObtainOptions {
                 format!("{:?} is outside (0, {MAX_TTL:?}]", self.ttl),
             ));
         }
-        let span = validity.span(self.ttl).ok_or_else(|| {
-            Error::invalid_options(
-                "ttl",
-                format!(
-                    "{:?} leaves no validity after the clock-drift allowance and safety margin",
-                    self.ttl
-                ),
-            )
-        })?;
+        // A lock counts as expired EXPIRY_LEAD before its deadline.
+        let span = validity
+            .span(self.ttl)
+            .filter(|span| *span > EXPIRY_LEAD)
+            .ok_or_else(|| {
+                Error::invalid_options(
+                    "ttl",
+                    format!(
+                        "{:?} leaves no validity after the clock-drift allowance, the safety \
+                         margin and the expiry timer's lead ({EXPIRY_LEAD:?})",
+                        self.ttl
+                    ),
+                )
+            })?;
         let interval = self.refresh_interval_or_default();
         if interval.is_zero() || interval >= span {
             return Err(Error::invalid_options(
@@ -282,6 +288,14 @@ mod tests {
             "ttl"
         );
         assert_eq!(rejected_option(ObtainOptions::new().ttl(2 * MS)), "ttl");
+        // 4 ms leaves 1.96 ms of validity, less than the expiry lead; 5 ms, 2.95.
+        assert_eq!(rejected_option(ObtainOptions::new().ttl(4 * MS)), "ttl");
+        let policy = ValidityPolicy::default();
+        ObtainOptions::new()
+            .ttl(5 * MS)
+            .refresh_interval(MS)
+            .validate(&policy)
+            .unwrap();
         let ttl = Duration::from_secs(1);
         let o = ObtainOptions::new().ttl(ttl).refresh_interval(ttl);
         assert_eq!(rejected_option(o), "refresh_interval");

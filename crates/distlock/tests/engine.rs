@@ -12,7 +12,8 @@ use std::time::Duration;
 use distlock::backend::memory::MemoryBackend;
 use distlock::backend::{AcquireRequest, Attempt, Backend};
 use distlock::{
-    Error, HolderInfo, LeaseRef, LockKey, Locker, LostReason, ObtainOptions, Result, RetryStrategy,
+    EXPIRY_LEAD, Error, HolderInfo, LeaseRef, LockKey, Locker, LostReason, ObtainOptions, Result,
+    RetryStrategy,
 };
 use futures::future::BoxFuture;
 use tokio::time::{Instant, advance, sleep, timeout};
@@ -253,8 +254,8 @@ async fn lost_fires_at_the_validity_deadline_when_the_store_fails() {
     });
     let deadline = lock.valid_until();
     assert_eq!(lock.lost().await, LostReason::Expired);
-    // Armed one timer tick early, so never late.
-    assert_eq!(Instant::now(), deadline - MS);
+    // Armed EXPIRY_LEAD early, so never late.
+    assert_eq!(Instant::now(), deadline - EXPIRY_LEAD);
     // It kept retrying until then: one try per quarter interval after the first.
     assert!(
         errors.load(Ordering::SeqCst) >= 4,
@@ -274,8 +275,8 @@ async fn lost_fires_at_the_deadline_when_the_store_hangs() {
     let _handle = lock.start_refresh(|_| {});
     let deadline = lock.valid_until();
     assert_eq!(lock.lost().await, LostReason::Expired);
-    // Armed one timer tick early, so never late.
-    assert_eq!(Instant::now(), deadline - MS);
+    // Armed EXPIRY_LEAD early, so never late.
+    assert_eq!(Instant::now(), deadline - EXPIRY_LEAD);
     assert!(lock.is_lost());
 }
 
