@@ -684,7 +684,8 @@ async fn a_released_lock_goes_to_the_waiting_process_not_back_to_the_releaser() 
         let waiter = tokio::spawn(async move {
             let opts = ObtainOptions::new()
                 .wait(Duration::from_secs(20))
-                .retry(RetryStrategy::linear(Duration::from_secs(5)));
+                // Polls well within its 1 s waiter lease, keeping its place.
+                .retry(RetryStrategy::linear(Duration::from_millis(200)));
             b.obtain_with("k", opts).await.unwrap()
         });
         await_subscribers(&server, &channel, 1).await;
