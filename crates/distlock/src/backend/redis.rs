@@ -73,8 +73,9 @@
 //! by at most one lease and never blocks them. A wait that ends without
 //! the lock leaves the queue at once.
 //!
-//! A waiter subscribes to its key's release channel and wakes when the
-//! holder releases (or a waiter leaves the queue of a free lock). Each
+//! A waiter subscribes to its key's release channel. A release (or a
+//! waiter leaving the queue of a free lock) publishes the owner token of
+//! the queue's head, and only that waiter wakes; the others sleep on. Each
 //! backend has at most one subscription connection, shared by all its
 //! waiters and opened on first use; a supervisor task re-connects and
 //! re-subscribes it after failures and wakes every waiter when it does (a
