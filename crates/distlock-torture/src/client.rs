@@ -349,17 +349,7 @@ impl Client {
                 sleep(ms).await;
             }
             if delay.is_zero() {
-                let result = self
-                    .register
-                    .write(
-                        &held.key,
-                        held.token,
-                        self.cfg.client,
-                        self.cfg.incarnation,
-                        op,
-                    )
-                    .await;
-                self.write_done(op, result);
+                self.write_now(held, op).await;
             } else {
                 let mut register = RegisterClient::new(self.cfg.register);
                 let (key, token, hist) = (held.key.clone(), held.token, self.hist.clone());
@@ -372,6 +362,21 @@ impl Client {
             }
             sleep(Duration::from_micros(self.rng.u64(0..=3000))).await;
         }
+    }
+
+    /// Writes `op` to the register with the grant's token, and records it.
+    async fn write_now(&mut self, held: &Held, op: u64) {
+        let result = self
+            .register
+            .write(
+                &held.key,
+                held.token,
+                self.cfg.client,
+                self.cfg.incarnation,
+                op,
+            )
+            .await;
+        self.write_done(op, result);
     }
 
     /// Control 4's section: writes until the client's own (reply-measured)
@@ -395,17 +400,7 @@ impl Client {
                 delay_ms: 0,
                 t: clock::now_ns(),
             });
-            let result = self
-                .register
-                .write(
-                    &held.key,
-                    held.token,
-                    self.cfg.client,
-                    self.cfg.incarnation,
-                    op,
-                )
-                .await;
-            self.write_done(op, result);
+            self.write_now(held, op).await;
             let gap = self.ttl_fraction(0.02, 0.08);
             let left = deadline.saturating_duration_since(Instant::now() + margin);
             sleep(gap.min(left)).await;

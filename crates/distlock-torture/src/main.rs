@@ -134,14 +134,7 @@ fn main() -> ExitCode {
     match cli.command {
         Cmd::Client { config } => run_client(&config),
         Cmd::Check { dir } => match checker::check(&dir) {
-            Ok(report) => {
-                println!("{}", report.table());
-                if report.passed() {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::from(1)
-                }
-            }
+            Ok(report) => verdict(&report),
             Err(e) => {
                 eprintln!("distlock-torture: cannot check {}: {e}", dir.display());
                 ExitCode::from(2)
@@ -155,30 +148,20 @@ fn main() -> ExitCode {
                 seed: c.seed,
                 clients: c.clients,
                 keys: c.keys,
-                ttl: Duration::from_millis(c.ttl_ms),
+                ttl: c.ttl(),
                 duration: Duration::from_secs(args.duration_s),
                 min_acquisitions: 0,
                 min_faults: 0,
                 max_duration: Duration::from_secs(args.duration_s),
                 faults: !args.no_faults,
-                fault_interval: (
-                    Duration::from_millis(c.fault_min_ms),
-                    Duration::from_millis(c.fault_max_ms),
-                ),
+                fault_interval: c.fault_interval(),
                 lost_tolerance: Duration::from_millis(c.lost_tolerance_ms),
                 out: args.out.clone(),
                 client_exe: exe(),
                 command: command_line(),
             };
             match runtime().block_on(orchestrator::run(&cfg)) {
-                Ok(report) => {
-                    println!("{}", report.table());
-                    if report.passed() {
-                        ExitCode::SUCCESS
-                    } else {
-                        ExitCode::from(1)
-                    }
-                }
+                Ok(report) => verdict(&report),
                 Err(e) => {
                     eprintln!("distlock-torture: run failed: {e}");
                     ExitCode::from(2)
@@ -192,14 +175,11 @@ fn main() -> ExitCode {
                 seed: c.seed,
                 clients: c.clients,
                 keys: c.keys,
-                ttl: Duration::from_millis(c.ttl_ms),
+                ttl: c.ttl(),
                 duration: Duration::from_secs(args.duration_s),
                 control_duration: Duration::from_secs(args.control_duration_s),
                 controls: !args.no_controls,
-                fault_interval: (
-                    Duration::from_millis(c.fault_min_ms),
-                    Duration::from_millis(c.fault_max_ms),
-                ),
+                fault_interval: c.fault_interval(),
                 lost_tolerance: Duration::from_millis(c.lost_tolerance_ms),
                 min_acquisitions: args.min_acquisitions,
                 min_faults: args.min_faults,
@@ -216,6 +196,29 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// Prints a checked run's table; exit 0 if it passed, else 1.
+fn verdict(report: &checker::Report) -> ExitCode {
+    println!("{}", report.table());
+    if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+impl Common {
+    fn ttl(&self) -> Duration {
+        Duration::from_millis(self.ttl_ms)
+    }
+
+    fn fault_interval(&self) -> (Duration, Duration) {
+        (
+            Duration::from_millis(self.fault_min_ms),
+            Duration::from_millis(self.fault_max_ms),
+        )
     }
 }
 
