@@ -11,7 +11,7 @@ use distlock::backend::etcd::etcd_client::{
     TxnOp,
 };
 use distlock::backend::etcd::{EtcdBackend, EtcdOptions};
-use distlock_testkit::etcd::{EtcdCluster, holder_entry};
+use distlock_testkit::etcd::{EtcdCluster, delete_holder};
 use futures::future::BoxFuture;
 use tokio::sync::OnceCell;
 
@@ -140,14 +140,7 @@ impl Store for EtcdStore {
     fn delete_behind_back<'a>(&'a self, namespace: &'a str, key: &'a str) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             let mut client = self.client().await;
-            let holder = holder_entry(&mut client, namespace, key)
-                .await
-                .unwrap_or_else(|| panic!("no live lock on {namespace}/{key} to delete"));
-            let deleted = client
-                .delete(holder.key().to_vec(), None)
-                .await
-                .expect("delete the holder's key");
-            assert_eq!(deleted.deleted(), 1);
+            delete_holder(&mut client, namespace, key).await;
         })
     }
 

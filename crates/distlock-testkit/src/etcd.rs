@@ -201,6 +201,19 @@ pub async fn raw_client(endpoints: &[String]) -> Client {
         .expect("connect to the test etcd")
 }
 
+/// Deletes the holder's entry of `namespace`/`key` behind its locker's
+/// back; panics if nobody holds it.
+pub async fn delete_holder(client: &mut Client, namespace: &str, key: &str) {
+    let holder = holder_entry(client, namespace, key)
+        .await
+        .unwrap_or_else(|| panic!("no live lock on {namespace}/{key} to delete"));
+    let deleted = client
+        .delete(holder.key().to_vec(), None)
+        .await
+        .expect("delete the holder's key");
+    assert_eq!(deleted.deleted(), 1);
+}
+
 /// The conformance suite's fixture: one single-node etcd shared by every
 /// test of the process, a fresh backend (client, leases) per locker.
 #[derive(Debug)]
@@ -269,14 +282,7 @@ impl Fixture for EtcdFixture {
     fn delete_behind_back<'a>(&'a self, namespace: &'a str, key: &'a str) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             let mut client = raw_client(&self.endpoints).await;
-            let holder = holder_entry(&mut client, namespace, key)
-                .await
-                .unwrap_or_else(|| panic!("no live lock on {namespace}/{key} to delete"));
-            let deleted = client
-                .delete(holder.key().to_vec(), None)
-                .await
-                .expect("delete the holder's key");
-            assert_eq!(deleted.deleted(), 1);
+            delete_holder(&mut client, namespace, key).await;
         })
     }
 }
