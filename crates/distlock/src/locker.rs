@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::backend::memory::MemoryBackend;
@@ -65,6 +66,8 @@ pub(crate) struct LockerInner {
     pub(crate) queues: WaitQueues,
     held: Mutex<HashMap<u64, Weak<LockState>>>,
     next_lock_id: AtomicU64,
+    /// Background releases in flight, which `close` waits for.
+    background: TaskTracker,
 }
 
 /// Builds a [`Locker`] over any backend.
@@ -130,6 +133,7 @@ impl LockerBuilder {
                 queues: WaitQueues::default(),
                 held: Mutex::new(HashMap::new()),
                 next_lock_id: AtomicU64::new(0),
+                background: TaskTracker::new(),
             }),
         })
     }
@@ -411,9 +415,39 @@ impl Locker {
     }
 
     /// Closes the locker: every lock still held through it is released
-    /// (its [`Lock::lost`] resolves with [`LostReason::Closed`]), then the
-    /// store connection is closed. Later calls fail with [`Error::Closed`].
-    /// Idempotent; bounded by the operation timeout.
+    /// (its [`Lock::lost`] resolves with [`LostReason::Closed`]), the
+    /// background releases still in flight (of dropped [`Lock`]s, and of
+    /// obtains that gave up or were dropped, which may have left an entry in
+    /// a store's queue of waiters) are waited for, then the store connection
+    /// is closed. Later calls fail with [`Error::Closed`]. Idempotent; each
+    /// step is bounded by the operation timeout.
+    ///
+    /// A program that exits right after an `obtain` failed, timed out or
+    /// was interrupted should call `close` before it returns from `main`:
+    /// otherwise the background release may never run, and the store keeps
+    /// the abandoned queue entry (or a grant whose reply came too late)
+    /// until its lease runs out.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> distlock::Result<()> {
+    /// use std::time::Duration;
+    /// use distlock::{Locker, ObtainOptions};
+    ///
+    /// let locker = Locker::from_url("memory://").await?;
+    /// let _held = locker.obtain("nightly").await?;
+    /// let waited = locker
+    ///     .obtain_with("nightly", ObtainOptions::new().wait(Duration::from_millis(10)))
+    ///     .await;
+    /// assert!(waited.unwrap_err().is_not_obtained());
+    /// locker.close().await?; // the waiter's queue entry is gone when this returns
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The store's error from closing its connection, or
+    /// [`Error::Timeout`] when that took longer than the operation timeout.
     pub async fn close(&self) -> Result<()> {
         let inner = &self.inner;
         if inner.closed.is_cancelled() {
@@ -426,6 +460,15 @@ impl Locker {
             .filter_map(|(_, state)| state.upgrade())
             .collect();
         futures::future::join_all(held.iter().map(|state| state.close())).await;
+        // Each background release is itself bounded by the operation
+        // timeout; this bound only covers a runtime too busy to run them.
+        inner.background.close();
+        if tokio::time::timeout(inner.op_timeout, inner.background.wait())
+            .await
+            .is_err()
+        {
+            tracing::debug!("close: background releases still running after the operation timeout");
+        }
         let (result, _) = inner.call_by("close", None, inner.backend.close()).await;
         result
     }
@@ -547,7 +590,7 @@ impl LockerInner {
             return; // No runtime: the store expires the lock after its TTL.
         };
         let inner = self.clone();
-        runtime.spawn(async move {
+        self.background.spawn_on(async move {
             let result = inner
                 .call_idempotent("release", None, || inner.backend.release(&lease))
                 .await;
@@ -557,7 +600,7 @@ impl LockerInner {
             {
                 tracing::debug!(key = %lease.key.key, error = %e, "background release failed; the lock expires after its TTL");
             }
-        });
+        }, &runtime);
     }
 }
 

@@ -32,6 +32,8 @@ struct Faulty {
     late_acquire_reply: AtomicU32,
     /// Extends take effect in the store, but the reply comes this late.
     late_extend_reply: AtomicU32,
+    /// Releases take this long before they take effect.
+    slow_release: AtomicU32,
     /// Whether `wait_for_release` may use the store's notifications.
     notifications: AtomicBool,
     acquires: AtomicUsize,
@@ -89,6 +91,7 @@ impl Backend for Faulty {
     fn release<'a>(&'a self, lease: &'a LeaseRef) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             self.gate().await;
+            sleep(self.slow_release.load(Ordering::SeqCst) * MS).await;
             self.store.release(lease).await
         })
     }
@@ -479,4 +482,19 @@ fn lock_token(log: &str) -> &str {
     &rest[..rest
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(rest.len())]
+}
+
+/// A program that exits right after dropping a lock (or giving up an
+/// obtain) closes its locker: `close` returns only once the background
+/// release has reached the store, so nothing is left behind.
+#[tokio::test(start_paused = true)]
+async fn close_waits_for_background_releases() {
+    let store = Arc::new(Faulty::default());
+    let closing = locker(&store);
+    let lock = closing.obtain("k").await.unwrap();
+    store.slow_release.store(50, Ordering::SeqCst);
+    drop(lock);
+    closing.close().await.unwrap();
+    store.slow_release.store(0, Ordering::SeqCst);
+    assert!(!locker(&store).is_locked("k").await.unwrap());
 }
