@@ -4,6 +4,8 @@
 
 use std::io;
 use std::process::ExitStatus;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use distlock::Lock;
@@ -80,6 +82,79 @@ pub fn become_subreaper() -> bool {
     }
 }
 
+/// The last-resort SIGKILL of the command's group, on a thread of its own:
+/// nothing that can stall the runtime (a write to a full stderr pipe, a
+/// busy task, a store call that does not yield) can delay it. It fires
+/// half the margin before the validity deadline, after the runtime's own
+/// SIGKILL (a whole margin before it) should already have done the job, so
+/// it never races a refresh the runtime has seen.
+struct Watchdog {
+    shared: Arc<(Mutex<Watch>, Condvar)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct Watch {
+    kill_at: Option<std::time::Instant>,
+    done: bool,
+}
+
+impl Watchdog {
+    fn start(pgid: Pid) -> io::Result<Self> {
+        let shared = Arc::new((Mutex::new(Watch::default()), Condvar::new()));
+        let watched = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("distlock-watchdog".into())
+            .spawn(move || {
+                let (watch, wake) = &*watched;
+                let mut watch = watch.lock().unwrap_or_else(|p| p.into_inner());
+                while !watch.done {
+                    let now = std::time::Instant::now();
+                    watch = match watch.kill_at {
+                        Some(at) if at <= now => {
+                            let _ = killpg(pgid, Signal::SIGKILL);
+                            watch.kill_at = None;
+                            watch
+                        }
+                        // Capped, so a "never" deadline cannot overflow the wait.
+                        Some(at) => {
+                            let left = (at - now).min(Duration::from_secs(3600));
+                            wake.wait_timeout(watch, left)
+                                .unwrap_or_else(|p| p.into_inner())
+                                .0
+                        }
+                        None => wake.wait(watch).unwrap_or_else(|p| p.into_inner()),
+                    };
+                }
+            })?;
+        Ok(Watchdog {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Watch)) {
+        let (watch, wake) = &*self.shared;
+        f(&mut watch.lock().unwrap_or_else(|p| p.into_inner()));
+        wake.notify_one();
+    }
+
+    /// Arms the SIGKILL for a lock valid until `valid_until`.
+    fn arm(&self, valid_until: Instant, margin: Duration) {
+        let at = valid_until.checked_sub(margin / 2).unwrap_or(valid_until);
+        self.update(|watch| watch.kill_at = Some(at.into_std()));
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.update(|watch| watch.done = true);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// Reaps the exited children of ours that belong to group `pgid`.
 fn reap_group(pgid: Pid) {
     while let Ok(status) = waitpid(Pid::from_raw(-pgid.as_raw()), Some(WaitPidFlag::WNOHANG)) {
@@ -94,6 +169,10 @@ fn reap_group(pgid: Pid) {
 /// gone. Signals arriving on `signals` are forwarded to the group;
 /// `notify` receives one-line messages about what is being done.
 ///
+/// Besides the runtime, a watchdog thread SIGKILLs the group half the
+/// margin before the validity deadline known when the runtime last looked,
+/// so that the group is gone by then even if the runtime stalls.
+///
 /// The lock is left to the caller: release it after this returns.
 pub async fn supervise(
     lock: &Lock,
@@ -106,6 +185,7 @@ pub async fn supervise(
         .id()
         .ok_or_else(|| io::Error::other("the command was already reaped"))?;
     let pgid = Pid::from_raw(i32::try_from(leader).map_err(io::Error::other)?);
+    let watchdog = Watchdog::start(pgid)?;
     let mut lost = Box::pin(lock.lost());
     let mut lost_seen = false;
     let mut loss: Option<bool> = None;
@@ -117,6 +197,7 @@ pub async fn supervise(
     };
     let status = loop {
         let valid_until = lock.valid_until();
+        watchdog.arm(valid_until, policy.margin);
         let now = Instant::now();
         let term_at = valid_until
             .checked_sub(policy.grace + policy.margin)
@@ -170,6 +251,7 @@ pub async fn supervise(
         }
         let mut give_up_at = None;
         while group_alive(pgid) {
+            watchdog.arm(lock.valid_until(), policy.margin);
             while let Ok(signal) = signals.try_recv() {
                 let _ = killpg(pgid, signal);
             }
@@ -190,6 +272,7 @@ pub async fn supervise(
         }
     }
     let group_gone_at = Instant::now();
+    drop(watchdog);
     Ok(match loss {
         None => Ending::Exited(status),
         Some(expiring) => Ending::LockLost {

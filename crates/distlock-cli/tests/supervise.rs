@@ -292,3 +292,58 @@ async fn processes_left_in_the_group_are_stopped_before_returning() {
     );
     lock.release().await.unwrap();
 }
+
+/// Whether `pid` is still running: not gone, and not a zombie waiting to be
+/// reaped (a zombie can do nothing more).
+fn running(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
+    !matches!(state.and_then(|s| s.chars().next()), Some('Z' | 'X') | None)
+}
+
+/// Nothing that stalls the runtime delays the last SIGKILL: here a task
+/// blocks the runtime's only thread past the validity deadline (as a write
+/// to a full stderr pipe would), and the group still dies before the
+/// deadline, seen from another thread.
+#[tokio::test(flavor = "current_thread")]
+async fn a_stalled_runtime_cannot_delay_the_kill_past_the_deadline() {
+    become_subreaper();
+    let store = Arc::new(Unreachable::default());
+    let locker = Locker::builder(store.clone()).build().unwrap();
+    let lock = locker
+        .obtain_with("job", ObtainOptions::new().ttl(Duration::from_millis(1500)))
+        .await
+        .unwrap();
+    let deadline = lock.valid_until().into_std();
+    let mut child = stubborn_command();
+    let group = pgid(&child);
+    let leader = group.as_raw();
+    let watcher = std::thread::spawn(move || {
+        while running(leader) {
+            assert!(
+                std::time::Instant::now() < deadline + Duration::from_secs(10),
+                "the command was never stopped"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::time::Instant::now()
+    });
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        std::thread::sleep(deadline + Duration::from_millis(500) - std::time::Instant::now());
+    });
+    let (_tx, mut signals) = mpsc::unbounded_channel();
+    let policy = KillPolicy::new(Duration::from_millis(300));
+    supervise(&lock, &mut child, policy, &mut signals, &mut |_: &str| {})
+        .await
+        .unwrap();
+    let died = watcher.join().unwrap();
+    assert!(
+        died < deadline,
+        "the command died {:?} after the validity deadline",
+        died - deadline
+    );
+    assert!(!group_alive(group), "processes of the group survived");
+}
