@@ -81,8 +81,10 @@ pub enum Error {
     },
 
     /// The store refused the operation for a reason retrying cannot fix:
-    /// missing permissions (a Redis ACL, an etcd role), bad credentials.
-    /// Not transient: the engine reports it at once instead of retrying.
+    /// missing permissions (a Redis ACL, an etcd role, a lock directory's
+    /// mode), bad credentials, an untrusted server certificate, a read-only
+    /// or full file system. Not transient: the engine reports it at once
+    /// instead of retrying, and the message says what is missing.
     #[error("{backend} backend refused {op}: {source}")]
     Refused {
         /// The backend's name.

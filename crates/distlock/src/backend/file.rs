@@ -52,11 +52,20 @@
 //! The directory must be on a local file system: `flock` over NFS is not
 //! reliable. Unix only.
 //!
+//! # Errors
+//!
+//! What waiting cannot cure is an [`Error::Refused`] at once, naming the
+//! path and what is missing: a permission (creating lock files takes write
+//! and search permission on the namespace's directory, locking one read
+//! and write permission on it), a read-only or full file system, a
+//! symbolic link or a foreign file where a lock file belongs. Other I/O
+//! failures are transient [`Error::Backend`]s.
+//!
 //! [`inspect`]: crate::Locker::inspect
 //! [`Capabilities::ttl_expiry`]: crate::backend::Capabilities::ttl_expiry
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
@@ -162,16 +171,10 @@ impl FileBackend {
     /// missing. Use a directory on a local file system.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
-        std::fs::create_dir_all(&dir).map_err(|e| io_error("open", &dir, e))?;
-        if !std::fs::metadata(&dir)
-            .map_err(|e| io_error("open", &dir, e))?
-            .is_dir()
-        {
-            return Err(Error::backend(
-                "file",
-                "open",
-                format!("{} is not a directory", dir.display()),
-            ));
+        let failed = |e| io_error("open", Action::CreateDir, &dir, e);
+        std::fs::create_dir_all(&dir).map_err(failed)?;
+        if !std::fs::metadata(&dir).map_err(failed)?.is_dir() {
+            return Err(failed(io::Error::from_raw_os_error(nix::libc::EEXIST)));
         }
         let host = nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().replace(['\n', '\r'], " "))
@@ -230,20 +233,20 @@ impl FileBackend {
             let file = match open_lock_file(&paths.lock, true) {
                 Ok(file) => file,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    create_lock_file(&paths, &req.key.key)
-                        .map_err(|e| io_error("acquire", &paths.lock, e))?;
+                    create_lock_file(&paths, &req.key.key)?;
                     continue;
                 }
-                Err(e) => return Err(io_error("acquire", &paths.lock, e)),
+                Err(e) => return Err(io_error("acquire", Action::OpenLockFile, &paths.lock, e)),
             };
+            let failed = |e| io_error("acquire", Action::UseLockFile, &paths.lock, e);
             match file.try_lock() {
                 Ok(()) => {}
                 Err(TryLockError::WouldBlock) => {
                     return Ok(Step::Busy(self.busy_holder(&paths, &file, &req.key.key)?));
                 }
-                Err(TryLockError::Error(e)) => return Err(io_error("acquire", &paths.lock, e)),
+                Err(TryLockError::Error(e)) => return Err(failed(e)),
             }
-            if !is_current(&file, &paths.lock).map_err(|e| io_error("acquire", &paths.lock, e))? {
+            if !is_current(&file, &paths.lock).map_err(failed)? {
                 continue; // unlocked when `file` drops
             }
             let last = read_lock_file(&file, &req.key.key, &paths.lock)?;
@@ -252,7 +255,7 @@ impl FileBackend {
                 format!("{fencing_token:0TOKEN_DIGITS$}").as_bytes(),
                 LOCK_HEADER.len() as u64,
             )
-            .map_err(|e| io_error("acquire", &paths.lock, e))?;
+            .map_err(failed)?;
             let since = SystemTime::now();
             let record = Record {
                 token: fencing_token,
@@ -261,7 +264,8 @@ impl FileBackend {
                 since,
                 metadata: req.metadata.as_deref().map(str::to_owned),
             };
-            write_record(&paths, &record).map_err(|e| io_error("acquire", &paths.holder, e))?;
+            write_record(&paths, &record)
+                .map_err(|e| io_error("acquire", Action::WriteHolder, &paths.holder, e))?;
             held.insert(
                 req.key.clone(),
                 Held {
@@ -313,14 +317,16 @@ impl FileBackend {
         let file = match open_lock_file(&paths.lock, false) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Some(None)),
-            Err(e) => return Err(io_error("inspect", &paths.lock, e)),
+            Err(e) => return Err(io_error("inspect", Action::ReadLockFile, &paths.lock, e)),
         };
         // A shared lock succeeds only if nobody holds the exclusive one; it
         // is dropped at once. Acquirers that meet it look again shortly.
         match file.try_lock_shared() {
             Ok(()) => return Ok(Some(None)),
             Err(TryLockError::WouldBlock) => {}
-            Err(TryLockError::Error(e)) => return Err(io_error("inspect", &paths.lock, e)),
+            Err(TryLockError::Error(e)) => {
+                return Err(io_error("inspect", Action::UseLockFile, &paths.lock, e));
+            }
         }
         match self.busy_holder(&paths, &file, &key.key)? {
             Some(info) => Ok(Some(Some(info))),
@@ -346,7 +352,7 @@ impl FileBackend {
                 held.remove(&lease.key);
                 Err(not_held(&lease.key))
             }
-            Err(e) => Err(io_error("extend", &path, e)),
+            Err(e) => Err(io_error("extend", Action::UseLockFile, &path, e)),
         }
     }
 
@@ -464,8 +470,120 @@ fn not_held(key: &LockKey) -> Error {
     }
 }
 
-fn io_error(op: &'static str, path: &Path, e: io::Error) -> Error {
-    Error::backend("file", op, format!("{}: {e}", path.display()))
+/// What an I/O call on a path was doing: named in its error, with the
+/// permission it needs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Action {
+    /// Creating a directory: the lock directory or a namespace's.
+    CreateDir,
+    /// Creating a `.lock` file in its namespace's directory.
+    CreateLockFile,
+    /// Opening a `.lock` file to lock it.
+    OpenLockFile,
+    /// Opening a `.lock` file to look at it (`inspect`).
+    ReadLockFile,
+    /// Locking, reading or updating a `.lock` file already open.
+    UseLockFile,
+    /// Writing a holder record (a temporary file renamed into place).
+    WriteHolder,
+}
+
+impl Action {
+    fn what(self) -> &'static str {
+        match self {
+            Action::CreateDir => "create directory",
+            Action::CreateLockFile => "create lock file",
+            Action::OpenLockFile => "open lock file",
+            Action::ReadLockFile => "read lock file",
+            Action::UseLockFile => "use lock file",
+            Action::WriteHolder => "write holder record",
+        }
+    }
+
+    /// The permissions doing it on `path` takes.
+    fn needs(self, path: &Path) -> String {
+        let dir = path.parent().unwrap_or(path).display();
+        match self {
+            Action::CreateDir | Action::CreateLockFile | Action::WriteHolder => {
+                format!("write and search permission on {dir}")
+            }
+            Action::OpenLockFile => {
+                format!("read and write permission on it and search permission on {dir}")
+            }
+            Action::ReadLockFile => {
+                format!("read permission on it and search permission on {dir}")
+            }
+            Action::UseLockFile => "read and write permission on it".to_owned(),
+        }
+    }
+}
+
+/// An I/O call that failed: one [`Action`] on one path.
+#[derive(Debug)]
+struct FsError {
+    action: Action,
+    path: PathBuf,
+    source: io::Error,
+}
+
+impl FsError {
+    /// Why waiting cannot cure it, if it cannot: a permission is missing,
+    /// the file system is read-only or full, or something not ours stands
+    /// where a lock's directory or file belongs. Such a store fails every
+    /// later attempt alike until someone fixes it.
+    fn hopeless(&self) -> Option<String> {
+        use nix::libc;
+        Some(match self.source.raw_os_error()? {
+            libc::EACCES => format!(
+                "permission denied (needs {})",
+                self.action.needs(&self.path)
+            ),
+            libc::EPERM => "operation not permitted".to_owned(),
+            libc::EROFS => "read-only file system".to_owned(),
+            libc::ENOSPC => "no space left on device".to_owned(),
+            libc::EDQUOT => "disk quota exceeded".to_owned(),
+            // `O_NOFOLLOW`: a link planted where a lock file belongs.
+            libc::ELOOP => "it is a symbolic link, which distlock does not follow".to_owned(),
+            libc::EISDIR => "it is a directory".to_owned(),
+            libc::ENOTDIR => "a component of the path is not a directory".to_owned(),
+            // `create_dir_all` reports a file in the way as "exists".
+            libc::EEXIST if self.action == Action::CreateDir => {
+                "something other than a directory is in the way".to_owned()
+            }
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for FsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (what, path) = (self.action.what(), self.path.display());
+        match self.hopeless() {
+            Some(why) => write!(f, "cannot {what} {path}: {why}"),
+            None => write!(f, "cannot {what} {path}: {}", self.source),
+        }
+    }
+}
+
+impl std::error::Error for FsError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+/// An I/O failure during `op`: [`Error::Refused`] when waiting cannot cure
+/// it (see [`FsError::hopeless`]), else a transient [`Error::Backend`].
+fn io_error(op: &'static str, action: Action, path: &Path, source: io::Error) -> Error {
+    let failure = FsError {
+        action,
+        path: path.to_owned(),
+        source,
+    };
+    if failure.hopeless().is_some() {
+        Error::refused("file", op, failure)
+    } else {
+        Error::backend("file", op, failure)
+    }
 }
 
 fn micros_since_epoch() -> u64 {
@@ -515,19 +633,21 @@ fn open_lock_file(path: &Path, write: bool) -> io::Result<File> {
 /// Creates the `.lock` file complete, or leaves an existing one alone: the
 /// content is written to a temporary file first and hard-linked into place,
 /// which fails if the name exists.
-fn create_lock_file(paths: &KeyPaths, key: &Key) -> io::Result<()> {
-    std::fs::create_dir_all(&paths.dir)?;
+fn create_lock_file(paths: &KeyPaths, key: &Key) -> Result<()> {
+    std::fs::create_dir_all(&paths.dir)
+        .map_err(|e| io_error("acquire", Action::CreateDir, &paths.dir, e))?;
+    let failed = |e| io_error("acquire", Action::CreateLockFile, &paths.lock, e);
     let mut content = Vec::with_capacity(LOCK_HEADER.len() + 32 + key.as_str().len());
     content.extend_from_slice(LOCK_HEADER);
     content.extend_from_slice(format!("{:0TOKEN_DIGITS$}", 0).as_bytes());
     content.extend_from_slice(KEY_LINE);
     content.extend_from_slice(key.as_str().as_bytes());
     content.push(b'\n');
-    let tmp = write_temp(&paths.dir, &content)?;
+    let tmp = write_temp(&paths.dir, &content).map_err(failed)?;
     let linked = std::fs::hard_link(&tmp, &paths.lock);
     let _ = std::fs::remove_file(&tmp);
     match linked {
-        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(failed(e)),
         _ => Ok(()),
     }
 }
@@ -584,9 +704,11 @@ fn read_from_start(file: &File) -> io::Result<Vec<u8>> {
 /// Reads a `.lock` file: returns the last fencing token, after checking the
 /// file belongs to `key` (a hashed name shared by two keys is an error).
 fn read_lock_file(file: &File, key: &Key, path: &Path) -> Result<u64> {
-    let content = read_from_start(file).map_err(|e| io_error("read", path, e))?;
+    let content =
+        read_from_start(file).map_err(|e| io_error("read", Action::UseLockFile, path, e))?;
+    // Neither a foreign file nor a collision goes away by waiting.
     let corrupt = || {
-        Error::backend(
+        Error::refused(
             "file",
             "read",
             format!(
@@ -609,7 +731,7 @@ fn read_lock_file(file: &File, key: &Key, path: &Path) -> Result<u64> {
         .and_then(|k| k.strip_suffix(b"\n"))
         .ok_or_else(corrupt)?;
     if stored != key.as_str().as_bytes() {
-        return Err(Error::backend(
+        return Err(Error::refused(
             "file",
             "read",
             format!(
@@ -787,6 +909,91 @@ mod tests {
         }
     }
 
+    /// Errors that cannot heal are refusals naming the path and what is
+    /// missing; the others stay transient.
+    #[test]
+    fn io_errors_that_cannot_heal_are_refusals() {
+        use nix::libc;
+        let dir = Path::new("/locks/ns-x");
+        let lock = dir.join("k-a.lock");
+        let holder = dir.join("k-a.holder");
+        for (action, path, errno, says) in [
+            (
+                Action::CreateLockFile,
+                &lock,
+                libc::EACCES,
+                "cannot create lock file /locks/ns-x/k-a.lock: permission denied \
+                 (needs write and search permission on /locks/ns-x)",
+            ),
+            (
+                Action::CreateDir,
+                &dir.to_path_buf(),
+                libc::EACCES,
+                "cannot create directory /locks/ns-x: permission denied \
+                 (needs write and search permission on /locks)",
+            ),
+            (
+                Action::ReadLockFile,
+                &lock,
+                libc::EACCES,
+                "cannot read lock file /locks/ns-x/k-a.lock: permission denied \
+                 (needs read permission on it and search permission on /locks/ns-x)",
+            ),
+            (
+                Action::WriteHolder,
+                &holder,
+                libc::EPERM,
+                "cannot write holder record /locks/ns-x/k-a.holder: operation not permitted",
+            ),
+            (
+                Action::CreateLockFile,
+                &lock,
+                libc::EROFS,
+                "cannot create lock file /locks/ns-x/k-a.lock: read-only file system",
+            ),
+            (
+                Action::WriteHolder,
+                &holder,
+                libc::ENOSPC,
+                "cannot write holder record /locks/ns-x/k-a.holder: no space left on device",
+            ),
+            (
+                Action::OpenLockFile,
+                &lock,
+                libc::ELOOP,
+                "cannot open lock file /locks/ns-x/k-a.lock: \
+                 it is a symbolic link, which distlock does not follow",
+            ),
+        ] {
+            let err = io_error("acquire", action, path, io::Error::from_raw_os_error(errno));
+            assert!(matches!(err, Error::Refused { .. }), "{errno}: {err:?}");
+            assert_eq!(
+                err.to_string(),
+                format!("file backend refused acquire: {says}")
+            );
+        }
+        for errno in [
+            libc::EIO,
+            libc::EINTR,
+            libc::ENOLCK,
+            libc::EMFILE,
+            libc::ENFILE,
+        ] {
+            let err = io_error(
+                "acquire",
+                Action::UseLockFile,
+                &lock,
+                io::Error::from_raw_os_error(errno),
+            );
+            assert!(err.is_transient(), "{errno}: {err:?}");
+            assert!(
+                err.to_string()
+                    .contains("cannot use lock file /locks/ns-x/k-a.lock: "),
+                "{err}"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn a_crashed_holders_record_is_ignored() {
         let dir = temp_dir("stale");
@@ -869,6 +1076,10 @@ mod tests {
         create_lock_file(&other, &key("not the same key")).unwrap();
         let err = backend.try_acquire(&req).await.unwrap_err();
         assert!(err.to_string().contains("collision"), "{err}");
+        assert!(
+            matches!(err, Error::Refused { .. }),
+            "retrying cannot fix it: {err:?}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
