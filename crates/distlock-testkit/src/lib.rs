@@ -19,6 +19,7 @@ mod fixture;
 pub mod proxy;
 #[cfg(feature = "redis")]
 pub mod redis;
+pub mod refusal;
 mod section;
 pub mod server;
 

@@ -11,6 +11,7 @@ use distlock::{
 };
 use distlock_testkit::fairness::assert_served_in_turn;
 use distlock_testkit::redis::RedisServer;
+use distlock_testkit::refusal::{assert_refused_at_once, first_error_at_once};
 use distlock_testkit::server::{ServerProcess, free_port, require_binary};
 use tokio::time::{Instant, sleep, timeout};
 
@@ -446,6 +447,52 @@ async fn acl_limited_user_works_and_others_get_a_clear_error() {
     }
 }
 
+/// Credentials the server turns down are a refusal naming the user,
+/// reported at once rather than retried until the wait runs out: a wrong
+/// password, an unknown user, no password where one is required.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_credentials_are_refused_at_once() {
+    let server = RedisServer::start_with(&["--requirepass", "secret"]);
+    for (url, says) in [
+        (server.url_as("default", "hunter2"), "user \"default\""),
+        (server.url_as("nobody", "secret"), "user \"nobody\""),
+        (server.url(), "requires a password"),
+    ] {
+        let msg = assert_refused_at_once(&url, &[says]).await;
+        assert!(!msg.contains("hunter2"), "{msg}");
+    }
+}
+
+/// A database index the server does not have (`/99` with the default
+/// `databases 16`), or one that is not a number, is an invalid URL,
+/// reported at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_the_server_lacks_is_an_invalid_url() {
+    let server = RedisServer::start();
+    for (db, says) in [("99", "database 99 does not exist"), ("x", "database")] {
+        let url = format!("{}{db}", server.url());
+        let err = first_error_at_once(&url).await;
+        let msg = err.to_string();
+        assert!(matches!(err, Error::InvalidUrl { .. }), "{url}: {err:?}");
+        assert!(msg.contains(says), "{url}: {msg}");
+    }
+}
+
+/// A server whose certificate the client does not trust (`rediss://`
+/// trusts the system's roots; this one is from a private CA) is refused at
+/// once: retrying cannot make it trusted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_server_certificate_is_refused_at_once() {
+    let dir = std::env::temp_dir().join(format!("distlock-untrusted-{}", std::process::id()));
+    let (_server, port) = start_tls_server(&dir);
+    assert_refused_at_once(
+        &format!("rediss://127.0.0.1:{port}/"),
+        &["certificate", "UnknownIssuer"],
+    )
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A server that may evict keys is reported on connect, with a warning.
 #[tokio::test(flavor = "current_thread")]
 async fn an_evicting_maxmemory_policy_is_warned_about() {
@@ -503,36 +550,7 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_connections_work() {
     let dir = std::env::temp_dir().join(format!("distlock-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    make_certificates(&dir);
-    let port = free_port();
-    let path = |name: &str| dir.join(name).to_str().unwrap().to_owned();
-    let args = [
-        "--port",
-        "0",
-        "--tls-port",
-        &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--tls-cert-file",
-        &path("server.crt"),
-        "--tls-key-file",
-        &path("server.key"),
-        "--tls-ca-cert-file",
-        &path("ca.crt"),
-        "--tls-auth-clients",
-        "no",
-    ];
-    let _server = ServerProcess::start(
-        "redis-tls",
-        require_binary("redis-server", "redis-server"),
-        args.iter().map(|s| s.to_string()).collect(),
-        vec![port],
-    );
+    let (_server, port) = start_tls_server(&dir);
     let tls_locker = || async {
         let client = redis::Client::build_with_tls(
             format!("rediss://127.0.0.1:{port}/"),
@@ -585,6 +603,42 @@ async fn tls_connections_work() {
         .unwrap_err();
     assert!(err.is_transient(), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A redis-server that speaks only TLS, with a certificate for 127.0.0.1
+/// from a private CA, both made in `dir`; returns it and its port.
+fn start_tls_server(dir: &std::path::Path) -> (ServerProcess, u16) {
+    std::fs::create_dir_all(dir).unwrap();
+    make_certificates(dir);
+    let port = free_port();
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+    let args = [
+        "--port",
+        "0",
+        "--tls-port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--tls-cert-file",
+        &path("server.crt"),
+        "--tls-key-file",
+        &path("server.key"),
+        "--tls-ca-cert-file",
+        &path("ca.crt"),
+        "--tls-auth-clients",
+        "no",
+    ];
+    let server = ServerProcess::start(
+        "redis-tls",
+        require_binary("redis-server", "redis-server"),
+        args.iter().map(|s| s.to_string()).collect(),
+        vec![port],
+    );
+    (server, port)
 }
 
 /// A private CA and a server certificate for 127.0.0.1, made with the

@@ -83,7 +83,7 @@ fn invalid(raw: &str, reason: String) -> Error {
 /// `raw` with any password in its authority replaced by `***`, so it never
 /// reaches logs (also for URLs the `url` crate cannot parse, such as
 /// `etcd://` with several hosts).
-fn without_password(raw: &str) -> String {
+pub(crate) fn without_password(raw: &str) -> String {
     let Some((scheme, rest)) = raw.split_once("://") else {
         return raw.to_owned();
     };

@@ -58,7 +58,15 @@
 //!
 //! A Redis user needs the keys `~NS:*`, the channels `&NS:*` and the
 //! commands listed by [`RedisBackend::required_acl`]. A missing permission
-//! is reported as an [`Error::Backend`] whose message names what is needed.
+//! is reported as an [`Error::Refused`] whose message names what is needed.
+//!
+//! # Errors that retrying cannot fix
+//!
+//! These are reported at once, never retried until a deadline: an ACL
+//! `NOPERM` and credentials the server turns down (`WRONGPASS`, `NOAUTH`)
+//! are [`Error::Refused`] naming the user, as is a server certificate the
+//! client does not trust; a database index the server does not have
+//! (`/99` with `databases 16`) is an [`Error::InvalidUrl`].
 //!
 //! # Waiting
 //!
@@ -91,7 +99,7 @@ use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{Client, ErrorKind, RedisError, Script, ServerErrorKind, Value};
+use ::redis::{Client, ConnectionAddr, ErrorKind, RedisError, Script, ServerErrorKind, Value};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use tokio::sync::Notify;
@@ -199,6 +207,7 @@ pub struct RedisBackend {
 
 struct Shared {
     client: Client,
+    who: Who,
     conn: ConnectionManager,
     response_timeout: Duration,
     connection_timeout: Duration,
@@ -324,7 +333,21 @@ impl RedisBackendBuilder {
                 .await
                 {
                     Ok(Ok(conn)) => conn,
-                    Ok(Err(e)) => return Err(map_err("connect", None, self.response_timeout, e)),
+                    Ok(Err(e)) if is_unknown_database(&e) => {
+                        let info = self.client.get_connection_info();
+                        return Err(Error::InvalidUrl {
+                            url: url_of(info),
+                            reason: format!(
+                                "database {} does not exist on the server: {}",
+                                info.redis_settings().db(),
+                                e.detail().unwrap_or_default()
+                            ),
+                        });
+                    }
+                    Ok(Err(e)) => {
+                        let who = Who::of(&self.client);
+                        return Err(map_err("connect", None, &who, self.response_timeout, e));
+                    }
                     Err(_) => {
                         return Err(Error::Timeout {
                             op: "connect",
@@ -335,6 +358,7 @@ impl RedisBackendBuilder {
             }
         };
         let mut backend = Shared {
+            who: Who::of(&self.client),
             client: self.client,
             conn,
             response_timeout: self.response_timeout,
@@ -345,7 +369,7 @@ impl RedisBackendBuilder {
             supervisor: OnceLock::new(),
             shutdown: CancellationToken::new(),
         };
-        backend.maxmemory_policy = backend.check_maxmemory_policy().await;
+        backend.maxmemory_policy = backend.check_maxmemory_policy().await?;
         backend.load_scripts().await;
         Ok(RedisBackend {
             shared: Arc::new(backend),
@@ -367,7 +391,10 @@ impl RedisBackend {
     /// Connects to the server a `redis://` or `rediss://` URL names, with
     /// the default timeouts.
     pub async fn connect(url: &str) -> Result<RedisBackend> {
-        let client = Client::open(url).map_err(|e| Error::backend(NAME, "connect", e))?;
+        let client = Client::open(url).map_err(|e| Error::InvalidUrl {
+            url: crate::url::without_password(url),
+            reason: e.to_string(),
+        })?;
         Self::builder(client).build().await
     }
 
@@ -428,13 +455,25 @@ impl Shared {
         self.conn.clone()
     }
 
-    async fn check_maxmemory_policy(&self) -> Option<String> {
+    /// The policy, when it can be read. Also the first command a new
+    /// connection sends: a server that requires a password and got none
+    /// says so here (`NOAUTH`), and that is an error.
+    async fn check_maxmemory_policy(&self) -> Result<Option<String>> {
         let mut conn = self.conn();
         let mut cmd = ::redis::cmd("CONFIG");
         cmd.arg("GET").arg("maxmemory-policy");
         let query = cmd.query_async::<HashMap<String, String>>(&mut conn);
         let policy = match timeout(self.response_timeout, query).await {
             Ok(Ok(mut map)) => map.remove("maxmemory-policy"),
+            Ok(Err(e)) if is_auth_error(&e) => {
+                return Err(map_err(
+                    "connect",
+                    None,
+                    &self.who,
+                    self.response_timeout,
+                    e,
+                ));
+            }
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "distlock: cannot read Redis maxmemory-policy");
                 None
@@ -451,7 +490,7 @@ impl Shared {
                  breaks mutual exclusion; set maxmemory-policy to noeviction"
             );
         }
-        policy
+        Ok(policy)
     }
 
     /// Loads the scripts up front so the first operations need no NOSCRIPT
@@ -471,7 +510,13 @@ impl Shared {
     }
 
     fn err(&self, op: &'static str, key: &LockKey, e: RedisError) -> Error {
-        map_err(op, Some(&key.namespace), self.response_timeout, e)
+        map_err(
+            op,
+            Some(&key.namespace),
+            &self.who,
+            self.response_timeout,
+            e,
+        )
     }
 
     async fn acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
@@ -659,13 +704,15 @@ fn held_if(held: bool, key: &LockKey) -> Result<()> {
     }
 }
 
-/// Maps a redis-rs error to distlock's: timeouts to [`Error::Timeout`], an
+/// Maps a redis-rs error to distlock's: timeouts to [`Error::Timeout`]; an
 /// ACL refusal to [`Error::Refused`] with a [`PermissionDenied`] explaining
-/// what the user needs (not retried: waiting will not grant it), everything
-/// else to [`Error::Backend`] with the source kept.
+/// what the user needs, and credentials or a certificate the client cannot
+/// use to [`Error::Refused`] saying which (not retried: waiting will not
+/// change them); everything else to [`Error::Backend`] with the source kept.
 fn map_err(
     op: &'static str,
     namespace: Option<&Namespace>,
+    who: &Who,
     response_timeout: Duration,
     e: RedisError,
 ) -> Error {
@@ -685,7 +732,102 @@ fn map_err(
             },
         );
     }
-    Error::backend(NAME, op, e)
+    let why = if is_auth_error(&e) {
+        Why::Credentials(who.clone())
+    } else if super::is_untrusted_certificate(&e) {
+        Why::UntrustedCertificate
+    } else {
+        return Error::backend(NAME, op, e);
+    };
+    Error::refused(NAME, op, Rejected { why, source: e })
+}
+
+/// Who a client authenticates as, for errors about its credentials.
+#[derive(Clone, Debug)]
+struct Who {
+    user: String,
+    password_given: bool,
+}
+
+impl Who {
+    fn of(client: &Client) -> Self {
+        let settings = client.get_connection_info().redis_settings();
+        Who {
+            user: settings.username().unwrap_or("default").to_owned(),
+            password_given: settings.password().is_some(),
+        }
+    }
+}
+
+fn is_auth_error(e: &RedisError) -> bool {
+    e.kind() == ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("WRONGPASS" | "NOAUTH"))
+        // Redis 7 answers an unauthenticated client's longer commands (an
+        // EVALSHA) with this protocol error, and hangs up, instead of NOAUTH.
+        || e.detail().is_some_and(|d| d.contains("unauthenticated"))
+}
+
+/// `SELECT` of a database the server does not have.
+fn is_unknown_database(e: &RedisError) -> bool {
+    e.detail()
+        .is_some_and(|d| d.contains("DB index is out of range"))
+}
+
+/// A client's server as a URL (without user or password), for errors.
+fn url_of(info: &::redis::ConnectionInfo) -> String {
+    let db = info.redis_settings().db();
+    match info.addr() {
+        ConnectionAddr::Unix(path) => format!("redis+unix://{}?db={db}", path.display()),
+        addr @ ConnectionAddr::TcpTls { .. } => format!("rediss://{addr}/{db}"),
+        addr => format!("redis://{addr}/{db}"),
+    }
+}
+
+/// Why the server turns this client away for good.
+#[derive(Debug)]
+enum Why {
+    Credentials(Who),
+    UntrustedCertificate,
+}
+
+/// The server refused the client for a reason only a new configuration
+/// fixes: its credentials, or a certificate it does not trust.
+#[derive(Debug)]
+struct Rejected {
+    why: Why,
+    source: RedisError,
+}
+
+impl fmt::Display for Rejected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let source = &self.source;
+        match &self.why {
+            Why::Credentials(who) if who.password_given => write!(
+                f,
+                "the Redis server refused the credentials of user {:?} (a wrong password, or an \
+                 unknown or disabled user): {source}",
+                who.user
+            ),
+            Why::Credentials(who) => write!(
+                f,
+                "the Redis server requires a password and none was given for user {:?} \
+                 (redis://user:password@host/): {source}",
+                who.user
+            ),
+            Why::UntrustedCertificate => write!(
+                f,
+                "the Redis server's TLS certificate is not trusted ({source}); rediss:// URLs \
+                 trust the system's root certificates, a private CA is given with \
+                 redis::Client::build_with_tls"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Rejected {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
 }
 
 fn acl_rules(namespace: &str) -> String {
