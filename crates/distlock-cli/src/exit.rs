@@ -2,6 +2,8 @@
 //! (64–78), away from the small codes commands usually use; a command's own
 //! exit code is passed through unchanged.
 
+use distlock::Error;
+
 /// Bad usage: unknown option, missing argument, bad duration, key, option
 /// combination or backend URL (including a backend not compiled in).
 pub const USAGE: u8 = 64;
@@ -51,3 +53,37 @@ Exit codes:
   126 the command is not executable; 127 the command was not found
   130/143  interrupted (SIGINT/SIGTERM) while waiting for the lock
   distlock status   0 held, 1 free, or 64/69 as above";
+
+/// An error that ends distlock: one line on stderr and an exit code.
+#[derive(Debug)]
+pub struct Failure {
+    /// The exit code.
+    pub code: u8,
+    /// The line, without the `distlock: ` prefix.
+    pub message: String,
+}
+
+impl Failure {
+    /// A failure with `code` and `message`.
+    pub fn new(code: u8, message: impl Into<String>) -> Self {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// The exit code class of a library error.
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        let code = match &e {
+            Error::InvalidKey { .. } | Error::InvalidOptions { .. } | Error::InvalidUrl { .. } => {
+                USAGE
+            }
+            Error::Backend { .. } | Error::Refused { .. } | Error::Timeout { .. } => UNAVAILABLE,
+            Error::NotObtained { .. } => NOT_OBTAINED,
+            _ => SOFTWARE,
+        };
+        Failure::new(code, e.to_string())
+    }
+}

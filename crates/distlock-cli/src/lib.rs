@@ -6,6 +6,8 @@
 
 pub mod exit;
 mod holder;
+pub mod say;
+pub mod store;
 mod supervise;
 pub mod terminal;
 

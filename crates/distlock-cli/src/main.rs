@@ -2,17 +2,18 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{ExitCode, ExitStatus};
 use std::time::Duration;
 
 use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand};
 use distlock::{Error, HolderInfo, Locker, ObtainOptions};
+use distlock_cli::exit::Failure;
+use distlock_cli::say::{flush, say};
 use distlock_cli::{
-    CliMetadata, Ending, KillPolicy, become_subreaper, describe_holder, exit, holder_json,
+    CliMetadata, Ending, KillPolicy, become_subreaper, describe_holder, exit, holder_json, store,
     supervise, terminal,
 };
 use nix::sys::signal::Signal;
@@ -29,11 +30,7 @@ Run commands under a distributed lock: flock for a fleet.
 keeping the lock refreshed, releases it when the command ends and exits with
 the command's exit code. Without --backend (or DISTLOCK_URL) locks are files
 in a per-user directory, shared by the processes of this host, with no
-server: $XDG_RUNTIME_DIR/distlock, or /tmp/distlock-$UID.
-
-Backend URLs: file:///dir (one host), redis://host:port and etcd://host:port
-(many hosts, when built in), memory:// (this process only; for trying
-things out). Add ?namespace=NAME to keep applications apart.";
+server: $XDG_RUNTIME_DIR/distlock, or /tmp/distlock-$UID.";
 
 const RUN_AFTER_HELP: &str = "\
 The command gets DISTLOCK_KEY and DISTLOCK_FENCING_TOKEN in its environment;
@@ -56,7 +53,7 @@ Examples:
     name = "distlock",
     version,
     about = ABOUT,
-    long_about = LONG_ABOUT,
+    long_about = format!("{LONG_ABOUT}\n\n{}", store::help()),
     after_help = exit::HELP,
     propagate_version = true
 )]
@@ -77,7 +74,8 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct Store {
-    /// The lock store: file:///dir, redis://host:port, etcd://host:port or memory://,
+    /// The lock store: file:///dir, redis://host:port, rediss://, etcd://host:port,
+    /// etcds:// or memory:// (see `distlock --help` for those this build speaks),
     /// optionally with ?namespace=NAME [default: file://$XDG_RUNTIME_DIR/distlock,
     /// or file:///tmp/distlock-$UID]
     #[arg(long, env = "DISTLOCK_URL", value_name = "URL")]
@@ -148,38 +146,6 @@ const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
 /// How often the holder is looked up while waiting.
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 
-/// An error that ends distlock: one line on stderr and an exit code.
-struct Failure {
-    code: u8,
-    message: String,
-}
-
-impl Failure {
-    fn new(code: u8, message: impl Into<String>) -> Self {
-        Failure {
-            code,
-            message: message.into(),
-        }
-    }
-}
-
-/// The exit code class of a library error.
-impl From<Error> for Failure {
-    fn from(e: Error) -> Self {
-        let code = match &e {
-            Error::InvalidKey { .. } | Error::InvalidOptions { .. } | Error::InvalidUrl { .. } => {
-                exit::USAGE
-            }
-            Error::Backend { .. } | Error::Refused { .. } | Error::Timeout { .. } => {
-                exit::UNAVAILABLE
-            }
-            Error::NotObtained { .. } => exit::NOT_OBTAINED,
-            _ => exit::SOFTWARE,
-        };
-        Failure::new(code, e.to_string())
-    }
-}
-
 fn duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text)
         .map_err(|e| format!("{e} (use a duration like 500ms, 10s or 5m)"))
@@ -201,18 +167,34 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
-            Command::Run(args) => run(args).await,
-            Command::Status(args) => status(args).await,
+        let (url, command) = match cli.command {
+            Command::Run(args) => (args.store.backend.clone(), Ok((kill_policy(&args)?, args))),
+            Command::Status(args) => (args.store.backend.clone(), Err(args)),
+        };
+        let locker = store::locker(url).await?;
+        let result = match command {
+            Ok((policy, args)) => run(&locker, args, policy).await,
+            Err(args) => status(&locker, args).await,
+        };
+        // On every way out: release what is held, finish the background
+        // releases of an obtain that gave up or was interrupted (its queue
+        // entry), close the connection. Bounded by the operation timeout.
+        if let Err(e) = locker.close().await {
+            say(format!("closing the connection to the store failed: {e}"));
         }
+        result
     });
-    match result {
-        Ok(code) => ExitCode::from(code),
+    let code = match result {
+        Ok(code) => code,
         Err(failure) => {
-            eprintln!("distlock: {}", failure.message);
-            ExitCode::from(failure.code)
+            say(failure.message);
+            failure.code
         }
-    }
+    };
+    // A reader of stderr gets the last line; a stderr nobody reads cannot
+    // keep distlock from exiting.
+    flush(Duration::from_secs(1));
+    ExitCode::from(code)
 }
 
 /// Help and version go to stdout with 0; every other parse error is one
@@ -232,52 +214,6 @@ fn usage_error(e: clap::Error) -> ExitCode {
     let line = line.strip_prefix("error: ").unwrap_or(&line);
     eprintln!("distlock: {line} (see distlock --help)");
     ExitCode::from(exit::USAGE)
-}
-
-/// The default store: a private per-user directory.
-fn default_url() -> Result<String, Failure> {
-    let dir = match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
-        Some(runtime) if runtime.is_absolute() => runtime.join("distlock"),
-        _ => PathBuf::from(format!("/tmp/distlock-{}", nix::unistd::geteuid())),
-    };
-    private_dir(&dir).map_err(|e| {
-        Failure::new(
-            exit::UNAVAILABLE,
-            format!("cannot use the lock directory {}: {e}", dir.display()),
-        )
-    })?;
-    url::Url::from_directory_path(&dir)
-        .map(String::from)
-        .map_err(|()| Failure::new(exit::SOFTWARE, format!("{} is not absolute", dir.display())))
-}
-
-/// Creates `dir` with mode 0700 if missing, and refuses one that another
-/// user could have planted (/tmp is shared): it must be a real directory,
-/// owned by us, writable by nobody else.
-fn private_dir(dir: &Path) -> io::Result<()> {
-    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
-        _ => {}
-    }
-    let meta = std::fs::symlink_metadata(dir)?;
-    if !meta.is_dir() {
-        return Err(io::Error::other("not a directory (or a symbolic link)"));
-    }
-    if meta.uid() != nix::unistd::geteuid().as_raw() {
-        return Err(io::Error::other(format!("owned by uid {}", meta.uid())));
-    }
-    if meta.mode() & 0o022 != 0 {
-        return Err(io::Error::other("writable by other users"));
-    }
-    Ok(())
-}
-
-async fn locker(store: Store) -> Result<Locker, Failure> {
-    let url = match store.backend {
-        Some(url) if !url.is_empty() => url,
-        _ => default_url()?,
-    };
-    Ok(Locker::from_url(&url).await?)
 }
 
 /// Forwards the signals distlock handles to a channel.
@@ -310,10 +246,10 @@ async fn watch_holder(locker: &Locker, key: &str) {
         if let Ok(Some(holder)) = locker.inspect(key).await
             && shown != Some(holder.fencing_token)
         {
-            eprintln!(
-                "distlock: waiting for lock {key:?}, held by {}",
+            say(format!(
+                "waiting for lock {key:?}, held by {}",
                 describe_holder(&holder)
-            );
+            ));
             shown = Some(holder.fencing_token);
         }
         tokio::time::sleep(WATCH_INTERVAL).await;
@@ -328,7 +264,8 @@ fn exit_code(status: ExitStatus) -> u8 {
     }
 }
 
-async fn run(args: RunArgs) -> Result<u8, Failure> {
+/// The kill policy `args` ask for, checked against the TTL.
+fn kill_policy(args: &RunArgs) -> Result<KillPolicy, Failure> {
     let grace = args
         .kill_grace
         .unwrap_or_else(|| DEFAULT_KILL_GRACE.min(args.ttl / 4));
@@ -344,7 +281,10 @@ async fn run(args: RunArgs) -> Result<u8, Failure> {
             ),
         ));
     }
-    let locker = locker(args.store).await?;
+    Ok(policy)
+}
+
+async fn run(locker: &Locker, args: RunArgs, policy: KillPolicy) -> Result<u8, Failure> {
     let key = args.key.as_str();
     let program = &args.command[0];
     let metadata = CliMetadata {
@@ -372,10 +312,10 @@ async fn run(args: RunArgs) -> Result<u8, Failure> {
 
     let obtained = tokio::select! {
         result = locker.obtain_with(key, options) => result,
-        () = watch_holder(&locker, key), if !try_once && !args.quiet => unreachable!(),
+        () = watch_holder(locker, key), if !try_once && !args.quiet => unreachable!(),
         Some(sig) = signals.recv() => {
             if !args.quiet {
-                eprintln!("distlock: interrupted by {sig} while waiting for lock {key:?}");
+                say(format!("interrupted by {sig} while waiting for lock {key:?}"));
             }
             return Ok(exit::signal_code(sig as i32));
         }
@@ -431,10 +371,10 @@ async fn run(args: RunArgs) -> Result<u8, Failure> {
     let quiet = args.quiet;
     let refresher = lock.start_refresh(move |e| {
         if !quiet && !e.is_not_held() {
-            eprintln!("distlock: refreshing the lock failed (will retry): {e}");
+            say(format!("refreshing the lock failed (will retry): {e}"));
         }
     });
-    let mut notify = |message: &str| eprintln!("distlock: {message}");
+    let mut notify = |message: &str| say(message);
     let ending = supervise(&lock, &mut child, policy, &mut signals, &mut notify).await;
     drop(foreground);
     refresher.stop().await;
@@ -447,7 +387,9 @@ async fn run(args: RunArgs) -> Result<u8, Failure> {
                 format!("the command finished, but lock {key:?} had been lost by then"),
             )),
             Err(e) => {
-                eprintln!("distlock: releasing lock {key:?} failed; it expires after its TTL: {e}");
+                say(format!(
+                    "releasing lock {key:?} failed; it expires after its TTL: {e}"
+                ));
                 Ok(exit_code(status))
             }
         },
@@ -482,8 +424,7 @@ fn die_with_distlock(command: &mut tokio::process::Command) {
 #[cfg(not(target_os = "linux"))]
 fn die_with_distlock(_command: &mut tokio::process::Command) {}
 
-async fn status(args: StatusArgs) -> Result<u8, Failure> {
-    let locker = locker(args.store).await?;
+async fn status(locker: &Locker, args: StatusArgs) -> Result<u8, Failure> {
     let key = args.key.as_str();
     let holder = locker.inspect(key).await?;
     if args.json {
