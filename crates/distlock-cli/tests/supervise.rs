@@ -16,6 +16,10 @@ use nix::unistd::Pid;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+mod common;
+
+use common::running;
+
 /// A memory store whose extends can be made to fail transiently, as a
 /// Redis that stopped answering would: the lock is not proven lost, but it
 /// cannot be refreshed either.
@@ -291,16 +295,6 @@ async fn processes_left_in_the_group_are_stopped_before_returning() {
         "{messages:?}"
     );
     lock.release().await.unwrap();
-}
-
-/// Whether `pid` is still running: not gone, and not a zombie waiting to be
-/// reaped (a zombie can do nothing more).
-fn running(pid: i32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
-    !matches!(state.and_then(|s| s.chars().next()), Some('Z' | 'X') | None)
 }
 
 /// Nothing that stalls the runtime delays the last SIGKILL: here a task

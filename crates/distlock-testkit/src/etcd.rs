@@ -14,7 +14,7 @@ use distlock::backend::etcd::{EtcdBackend, EtcdOptions};
 use distlock::{Key, LockKey, Locker, Namespace};
 use futures::future::BoxFuture;
 
-use crate::fixture::Fixture;
+use crate::fixture::{Fixture, ReachableFixture};
 use crate::server::{ServerProcess, free_port, require_binary};
 
 /// The lease TTL the fixtures' lockers use: etcd's floor with its default
@@ -283,6 +283,37 @@ impl Fixture for EtcdFixture {
         Box::pin(async move {
             let mut client = raw_client(&self.endpoints).await;
             delete_holder(&mut client, namespace, key).await;
+        })
+    }
+}
+
+impl ReachableFixture for EtcdFixture {
+    fn url(&self, namespace: &str) -> String {
+        let hosts: Vec<&str> = self
+            .endpoints
+            .iter()
+            .map(|e| e.trim_start_matches("http://"))
+            .collect();
+        format!("etcd://{}?namespace={namespace}", hosts.join(","))
+    }
+
+    /// Every key under the namespace's prefix (holders and queued waiters:
+    /// etcd keeps no counters, its revisions are the fencing tokens).
+    fn leftovers<'a>(&'a self, namespace: &'a str) -> BoxFuture<'a, Vec<String>> {
+        Box::pin(async move {
+            let mut client = raw_client(&self.endpoints).await;
+            let found = client
+                .get(
+                    format!("/{namespace}/"),
+                    Some(GetOptions::new().with_prefix().with_keys_only()),
+                )
+                .await
+                .expect("read the namespace");
+            found
+                .kvs()
+                .iter()
+                .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+                .collect()
         })
     }
 }

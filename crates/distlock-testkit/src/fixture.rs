@@ -25,6 +25,19 @@ pub trait Fixture: Send + Sync + 'static {
     }
 }
 
+/// A store that other processes reach too, by URL: the CLI's tests run
+/// `distlock` processes against it and then check what they left behind.
+pub trait ReachableFixture: Fixture {
+    /// The URL, `?namespace=` included, that `Locker::from_url` and
+    /// `distlock --backend` take to reach this store in `namespace`.
+    fn url(&self, namespace: &str) -> String;
+
+    /// What the store still holds for `namespace` apart from the fencing
+    /// state it keeps on purpose: locks, holder records, queue entries,
+    /// waiter leases. Empty once every client has left cleanly.
+    fn leftovers<'a>(&'a self, namespace: &'a str) -> BoxFuture<'a, Vec<String>>;
+}
+
 /// A namespace no other test in this process uses, so tests can share a
 /// server.
 pub fn unique_namespace(case: &str) -> String {
@@ -135,6 +148,36 @@ impl Fixture for FileFixture {
             std::fs::remove_file(backend.lock_path(&key))
                 .unwrap_or_else(|e| panic!("no lock file for {key} to delete: {e}"));
             let _ = std::fs::remove_file(backend.holder_path(&key));
+        })
+    }
+}
+
+impl ReachableFixture for FileFixture {
+    fn url(&self, namespace: &str) -> String {
+        format!("file://{}?namespace={namespace}", self.dir.display())
+    }
+
+    /// Holder records, and lock files someone still has `flock`ed (the
+    /// `.lock` files themselves stay by design: they carry the counter).
+    fn leftovers<'a>(&'a self, namespace: &'a str) -> BoxFuture<'a, Vec<String>> {
+        Box::pin(async move {
+            let dir = self.dir.join(format!("ns-{namespace}"));
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                return Vec::new();
+            };
+            let mut left: Vec<String> = entries
+                .filter_map(|entry| {
+                    let path = entry.ok()?.path();
+                    let name = path.file_name()?.to_string_lossy().into_owned();
+                    let held = name.ends_with(".lock")
+                        && std::fs::File::open(&path).is_ok_and(|f| {
+                            matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock))
+                        });
+                    (held || !name.ends_with(".lock")).then_some(name)
+                })
+                .collect();
+            left.sort();
+            left
         })
     }
 }

@@ -23,7 +23,7 @@ pub mod refusal;
 mod section;
 pub mod server;
 
-pub use fixture::{FileFixture, Fixture, MemoryFixture, unique_namespace};
+pub use fixture::{FileFixture, Fixture, MemoryFixture, ReachableFixture, unique_namespace};
 pub use section::CriticalSection;
 
 /// Expands to one `#[tokio::test]` per conformance case, each calling

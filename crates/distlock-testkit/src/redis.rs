@@ -12,7 +12,7 @@ use distlock::backend::redis::{RedisBackend, RedisKeys};
 use distlock::{Key, LockKey, Locker, Namespace};
 use futures::future::BoxFuture;
 
-use crate::fixture::Fixture;
+use crate::fixture::{Fixture, ReachableFixture};
 use crate::server::{ServerProcess, free_port, require_binary};
 
 /// A `redis-server` on a free loopback port, without persistence unless
@@ -146,6 +146,31 @@ impl Fixture for RedisFixture {
                 .await
                 .expect("DEL");
             assert_eq!(deleted, 1, "no live lock on {} to delete", names.lock);
+        })
+    }
+}
+
+impl ReachableFixture for RedisFixture {
+    fn url(&self, namespace: &str) -> String {
+        format!("{}?namespace={namespace}", self.url)
+    }
+
+    /// Every key of the namespace but the fencing counters.
+    fn leftovers<'a>(&'a self, namespace: &'a str) -> BoxFuture<'a, Vec<String>> {
+        Box::pin(async move {
+            let mut conn = ::redis::Client::open(&*self.url)
+                .expect("valid URL")
+                .get_multiplexed_async_connection()
+                .await
+                .expect("connect to the test redis-server");
+            let mut keys: Vec<String> = ::redis::cmd("KEYS")
+                .arg(format!("{namespace}:*"))
+                .query_async(&mut conn)
+                .await
+                .expect("KEYS");
+            keys.retain(|k| !k.contains("}:fence:"));
+            keys.sort();
+            keys
         })
     }
 }
