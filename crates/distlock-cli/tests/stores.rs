@@ -457,3 +457,106 @@ fn black_holed_refreshes_and_an_unread_stderr_still_stop_the_group_in_time() {
         store.leftovers(&case).is_empty()
     });
 }
+
+/// A store that stops answering while a waiter waits: the waiter gives up
+/// at its deadline (exit 75, or 69 when its last attempt failed rather
+/// than being cut short by the deadline), and the queue entry it cannot
+/// remove from the unreachable store goes when its lease runs out, `lease`
+/// at most after the store was cut off, as documented.
+#[cfg(any(feature = "redis", feature = "etcd"))]
+fn a_store_lost_while_waiting_costs_the_queue_at_most_its_lease(
+    store: Store,
+    upstream: u16,
+    url: impl Fn(std::net::SocketAddr, &str) -> String,
+    lease: Duration,
+) {
+    use distlock_testkit::proxy::FaultProxy;
+
+    let case = store.case("storelost");
+    let mut holder = case.dir.spawn(&["run", "k", "--", "sleep", "30"]);
+    case.dir.wait_held("k");
+    let holding = store.leftovers(&case);
+    let proxy = store
+        .runtime
+        .block_on(FaultProxy::start(([127, 0, 0, 1], upstream).into()))
+        .unwrap();
+    let proxied = TempDir::with_url("storelost-proxied", &url(proxy.addr(), &case.namespace));
+    let waiter = proxied.spawn(&["run", "k", "--ttl", "2s", "--wait", "2s", "--", "true"]);
+    wait_until("the waiter queued", || store.leftovers(&case) != holding);
+    proxy.set_blackhole(true);
+    let cut = Instant::now();
+    while store.leftovers(&case) != holding {
+        assert!(
+            cut.elapsed() < lease + Duration::from_secs(1),
+            "the cut-off waiter's entry outlived its {lease:?} lease"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    proxy.set_blackhole(false);
+    let out = waiter.wait_with_output().unwrap();
+    assert!(
+        matches!(out.status.code(), Some(69 | 75)),
+        "{:?}: {}",
+        out.status,
+        stderr(&out)
+    );
+    kill(Pid::from_raw(holder.id() as i32), Signal::SIGTERM).unwrap();
+    holder.wait().unwrap();
+    store.assert_clean(&case, "the holder left and the waiter was cut off");
+}
+
+#[cfg(feature = "redis")]
+#[test]
+fn redis_a_store_lost_while_waiting_costs_the_queue_at_most_its_lease() {
+    let port = distlock_testkit::redis::shared_server().port();
+    a_store_lost_while_waiting_costs_the_queue_at_most_its_lease(
+        Store::redis(),
+        port,
+        |addr, ns| format!("redis://{addr}/?namespace={ns}"),
+        Duration::from_secs(1), // the default waiter lease
+    );
+}
+
+#[cfg(feature = "etcd")]
+#[test]
+fn etcd_a_store_lost_while_waiting_costs_the_queue_at_most_its_lease() {
+    let store = Store::etcd();
+    let endpoint = store.fixture.url("x");
+    let port = endpoint
+        .trim_start_matches("etcd://")
+        .split(['?', ','])
+        .next()
+        .and_then(|host| host.rsplit_once(':'))
+        .and_then(|(_, port)| port.parse().ok())
+        .expect("an etcd://host:port URL");
+    a_store_lost_while_waiting_costs_the_queue_at_most_its_lease(
+        store,
+        port,
+        |addr, ns| format!("etcd://{addr}?namespace={ns}"),
+        // The session lease of a 2 s lock: max(session TTL 5 s, ⌈1.5 × 2 s⌉).
+        Duration::from_secs(5),
+    );
+}
+
+/// The build under test speaks every store, as README's install line
+/// promises, and `--help` says so.
+#[cfg(all(feature = "file", feature = "redis", feature = "etcd"))]
+#[test]
+fn help_lists_every_store() {
+    let out = std::process::Command::new(common::bin())
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for url in [
+        "file:///dir",
+        "redis://",
+        "rediss://",
+        "etcd://",
+        "etcds://",
+        "memory://",
+    ] {
+        assert!(help.contains(url), "--help does not list {url}:\n{help}");
+    }
+    assert!(!help.contains("Not built in"), "{help}");
+}
