@@ -9,12 +9,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use distlock::backend::etcd::etcd_client::{Client, GetOptions};
+use distlock::backend::etcd::etcd_client::{Client, ConnectOptions, GetOptions, Permission};
 use distlock::backend::etcd::{EtcdBackend, EtcdOptions};
 use distlock::{Error, Key, LockKey, Locker, LostReason, Namespace, ObtainOptions};
 use distlock_testkit::etcd::{EtcdCluster, FIXTURE_SESSION_TTL, backend, holder_entry, raw_client};
 use distlock_testkit::fairness::assert_served_in_turn;
 use distlock_testkit::proxy::FaultProxy;
+use distlock_testkit::refusal::assert_refused_at_once;
 use distlock_testkit::{CriticalSection, unique_namespace};
 use tokio::time::{Instant, sleep, timeout};
 
@@ -672,16 +673,16 @@ async fn waiting_polls_without_writing() {
     held.release().await.unwrap();
 }
 
-/// `etcd://user:password@host` authenticates; a wrong password is refused
-/// at connect, and the error hides the password.
+/// `etcd://user:password@host` authenticates. Credentials etcd turns down
+/// are a refusal naming the user, reported at once rather than retried
+/// until the wait runs out: a wrong password, an unknown user, and no user
+/// at all where auth is on. The error hides the password.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn urls_authenticate_with_user_and_password() {
     let cluster = cluster(1).await;
     let endpoints = cluster.endpoints();
     let mut raw = raw_client(&endpoints).await;
-    raw.user_add("root", "s3cret/pw", None).await.unwrap();
-    raw.user_grant_role("root", "root").await.unwrap();
-    raw.auth_enable().await.unwrap();
+    enable_auth(&mut raw, "s3cret/pw").await;
     let host = &endpoints[0];
     let url = format!("etcd://root:s3cret%2Fpw@{host}/?namespace=authed");
     let locker = Locker::from_url(&url).await.unwrap();
@@ -692,15 +693,61 @@ async fn urls_authenticate_with_user_and_password() {
     lock.release().await.unwrap();
     locker.close().await.unwrap();
 
-    let err = Locker::from_url(&format!("etcd://root:wrong-hunter2@{host}"))
-        .await
-        .unwrap_err();
-    assert!(!err.to_string().contains("hunter2"), "{err}");
-    let anonymous = Locker::from_url(&format!("etcd://{host}")).await;
-    // The status probe needs no auth; then the first real operation is refused.
-    if let Ok(locker) = anonymous {
-        assert!(locker.try_obtain("k").await.is_err());
+    for (url, says) in [
+        (format!("etcd://root:wrong-hunter2@{host}"), "user \"root\""),
+        (format!("etcd://nobody:s3cret@{host}"), "user \"nobody\""),
+        (format!("etcd://{host}"), "needs a user"),
+    ] {
+        let msg = assert_refused_at_once(&url, &[says]).await;
+        assert!(!msg.contains("hunter2"), "{msg}");
     }
+}
+
+/// Turns etcd's auth on, with a `root` user (etcd's requirement) whose
+/// password is `password`.
+async fn enable_auth(raw: &mut Client, password: &str) {
+    raw.user_add("root", password, None).await.unwrap();
+    raw.user_grant_role("root", "root").await.unwrap();
+    raw.auth_enable().await.unwrap();
+}
+
+/// A user without a role on the namespace's prefix is refused at once, and
+/// the error names the user and the prefix the role must grant; with that
+/// role the same user locks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_without_a_role_on_the_namespace_is_refused_at_once() {
+    let cluster = cluster(1).await;
+    let endpoints = cluster.endpoints();
+    let mut raw = raw_client(&endpoints).await;
+    raw.user_add("app", "pw", None).await.unwrap();
+    raw.role_add("other").await.unwrap();
+    raw.role_grant_permission("other", Permission::read_write("/other/").with_prefix())
+        .await
+        .unwrap();
+    raw.user_grant_role("app", "other").await.unwrap();
+    enable_auth(&mut raw, "rootpw").await;
+    let host = &endpoints[0];
+    let url = format!("etcd://app:pw@{host}/?namespace=app");
+    assert_refused_at_once(&url, &["user \"app\"", "readwrite", "/app/"]).await;
+
+    let mut root = Client::connect(
+        &endpoints,
+        Some(ConnectOptions::new().with_user("root", "rootpw")),
+    )
+    .await
+    .unwrap();
+    root.role_add("app").await.unwrap();
+    root.role_grant_permission("app", Permission::read_write("/app/").with_prefix())
+        .await
+        .unwrap();
+    root.user_grant_role("app", "app").await.unwrap();
+    let locker = Locker::from_url(&url).await.unwrap();
+    let lock = locker
+        .obtain_with("k", ObtainOptions::new().wait(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    lock.release().await.unwrap();
+    locker.close().await.unwrap();
 }
 
 /// Writes a throwaway CA and a server certificate for 127.0.0.1 into `dir`
@@ -774,7 +821,7 @@ fn make_certificates(dir: &std::path::Path) -> Vec<u8> {
 
 /// TLS: a backend trusting the server's CA locks through `https://`; an
 /// `etcds://` URL, which trusts only the system's roots, refuses the
-/// unknown CA, which shows it really speaks TLS.
+/// unknown CA at once, which shows it really speaks TLS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_connections_verify_the_server() {
     let certs = std::env::temp_dir().join(format!("distlock-etcd-tls-{}", std::process::id()));
@@ -823,12 +870,12 @@ async fn tls_connections_verify_the_server() {
     assert!(locker.is_locked("k").await.unwrap());
     lock.release().await.unwrap();
 
-    let untrusted = Locker::from_url(&format!("etcds://127.0.0.1:{client}")).await;
-    let err = untrusted.expect_err("an unknown CA was trusted");
-    assert!(
-        format!("{err:?}").contains("UnknownIssuer"),
-        "not a certificate verification failure: {err:?}"
-    );
+    // Refused at once: retrying cannot make the certificate trusted.
+    assert_refused_at_once(
+        &format!("etcds://127.0.0.1:{client}"),
+        &["certificate", "UnknownIssuer"],
+    )
+    .await;
     let plain = EtcdBackend::connect(
         [format!("127.0.0.1:{client}")],
         EtcdOptions::new().dial_timeout(Duration::from_secs(2)),

@@ -43,16 +43,9 @@ pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
 
-/// Whether `e`, or an error it wraps, says the server's TLS certificate
-/// failed verification (an unknown CA, a wrong name, expired): retrying
-/// cannot make it trusted. Matched by rustls's text, which every wrapper
-/// repeats, because the clients hide the rustls error itself (redis-rs
-/// behind an `Arc`, `io::Error::source` skipping it).
-#[cfg(feature = "redis")]
-fn is_untrusted_certificate(e: &(dyn std::error::Error + 'static)) -> bool {
-    std::iter::successors(Some(e), |e| e.source())
-        .any(|e| e.to_string().contains("invalid peer certificate"))
-}
+/// Explaining the refusals of the network stores.
+#[cfg(any(feature = "redis", feature = "etcd"))]
+mod explain;
 
 /// One acquisition attempt, as the engine asks a backend for it.
 #[derive(Clone, Debug)]

@@ -107,7 +107,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{AcquireRequest, Attempt, Backend};
+use crate::backend::{AcquireRequest, Attempt, Backend, explain};
 use crate::error::{Error, Result};
 use crate::holder::HolderInfo;
 use crate::key::{LockKey, Namespace};
@@ -732,14 +732,17 @@ fn map_err(
             },
         );
     }
-    let why = if is_auth_error(&e) {
-        Why::Credentials(who.clone())
-    } else if super::is_untrusted_certificate(&e) {
-        Why::UntrustedCertificate
+    let message = if is_auth_error(&e) {
+        who.refused(&e)
+    } else if explain::is_untrusted_certificate(&e) {
+        format!(
+            "the Redis server's TLS certificate is not trusted ({e}); rediss:// URLs trust the \
+             system's root certificates, a private CA is given with redis::Client::build_with_tls"
+        )
     } else {
         return Error::backend(NAME, op, e);
     };
-    Error::refused(NAME, op, Rejected { why, source: e })
+    Error::refused(NAME, op, explain::Explained { message, source: e })
 }
 
 /// Who a client authenticates as, for errors about its credentials.
@@ -755,6 +758,22 @@ impl Who {
         Who {
             user: settings.username().unwrap_or("default").to_owned(),
             password_given: settings.password().is_some(),
+        }
+    }
+
+    /// What to say when the server turned these credentials down with `e`.
+    fn refused(&self, e: &RedisError) -> String {
+        let user = &self.user;
+        if self.password_given {
+            format!(
+                "the Redis server refused the credentials of user {user:?} (a wrong password, or \
+                 an unknown or disabled user): {e}"
+            )
+        } else {
+            format!(
+                "the Redis server requires a password and none was given for user {user:?} \
+                 (redis://user:password@host/): {e}"
+            )
         }
     }
 }
@@ -780,53 +799,6 @@ fn url_of(info: &::redis::ConnectionInfo) -> String {
         ConnectionAddr::Unix(path) => format!("redis+unix://{}?db={db}", path.display()),
         addr @ ConnectionAddr::TcpTls { .. } => format!("rediss://{addr}/{db}"),
         addr => format!("redis://{addr}/{db}"),
-    }
-}
-
-/// Why the server turns this client away for good.
-#[derive(Debug)]
-enum Why {
-    Credentials(Who),
-    UntrustedCertificate,
-}
-
-/// The server refused the client for a reason only a new configuration
-/// fixes: its credentials, or a certificate it does not trust.
-#[derive(Debug)]
-struct Rejected {
-    why: Why,
-    source: RedisError,
-}
-
-impl fmt::Display for Rejected {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let source = &self.source;
-        match &self.why {
-            Why::Credentials(who) if who.password_given => write!(
-                f,
-                "the Redis server refused the credentials of user {:?} (a wrong password, or an \
-                 unknown or disabled user): {source}",
-                who.user
-            ),
-            Why::Credentials(who) => write!(
-                f,
-                "the Redis server requires a password and none was given for user {:?} \
-                 (redis://user:password@host/): {source}",
-                who.user
-            ),
-            Why::UntrustedCertificate => write!(
-                f,
-                "the Redis server's TLS certificate is not trusted ({source}); rediss:// URLs \
-                 trust the system's root certificates, a private CA is given with \
-                 redis::Client::build_with_tls"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for Rejected {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.source)
     }
 }
 

@@ -93,6 +93,14 @@
 //! `etcd_client::Client` itself, since it would also cut watches short.
 //! [`Locker::close`](crate::Locker::close) revokes every lease, which
 //! deletes every key of this backend, within the request timeout.
+//!
+//! # Errors that retrying cannot fix
+//!
+//! These are [`Error::Refused`] at once, saying what is wrong, never
+//! retried until a deadline: credentials etcd turns down (at connect), no
+//! user where etcd has auth enabled, a user without a role granting
+//! `readwrite` on the namespace's prefix `/<namespace>/` (etcd RBAC), and
+//! a server certificate the client does not trust.
 
 mod encode;
 mod session;
@@ -114,7 +122,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{AcquireRequest, Attempt, Backend};
+use crate::backend::{AcquireRequest, Attempt, Backend, explain};
 use crate::error::{Error, Result};
 use crate::holder::HolderInfo;
 use crate::key::LockKey;
@@ -243,6 +251,11 @@ impl EtcdOptions {
         self
     }
 
+    /// The user name to authenticate as, if any.
+    fn user_name(&self) -> Option<&str> {
+        self.user.as_ref().map(|(name, _)| name.as_str())
+    }
+
     fn validate(&self) -> Result<()> {
         for (option, value) in [
             ("dial_timeout", self.dial_timeout),
@@ -350,6 +363,59 @@ fn backend_error(op: &'static str, e: impl Into<crate::BoxError>) -> Error {
     Error::backend(NAME, op, e)
 }
 
+/// Maps an etcd client error during `op` on `key` (when there is one) by
+/// `user`: what retrying cannot fix — credentials etcd turns down, a role
+/// missing on the namespace, a server certificate the client does not
+/// trust — to [`Error::Refused`] saying so, the rest to a transient
+/// [`Error::Backend`].
+fn etcd_error(
+    op: &'static str,
+    user: Option<&str>,
+    key: Option<&LockKey>,
+    e: etcd_client::Error,
+) -> Error {
+    // etcd's rpctypes messages, which are its API (the gRPC codes add
+    // nothing to them).
+    let status = match &e {
+        etcd_client::Error::GRpcStatus(status) => Some(status.message()),
+        _ => None,
+    };
+    let said = |what: &str| status.is_some_and(|m| m.contains(what));
+    let m = status.unwrap_or_default();
+    let message = match user {
+        // ErrGRPCAuthFailed: the password or the user is wrong.
+        Some(user) if said("authentication failed") => format!(
+            "etcd refused the credentials of user {user:?} (a wrong password or an unknown \
+             user): {m}"
+        ),
+        // ErrGRPCUserEmpty; ErrGRPCInvalidAuthToken, with no user to log in as.
+        None if said("user name is empty") || said("invalid auth token") => format!(
+            "etcd has authentication enabled and needs a user (etcd://user:password@host): {m}"
+        ),
+        _ if said("permission denied") => {
+            let prefix = key.map_or_else(
+                || "/<namespace>/".to_owned(),
+                |k| format!("/{}/", k.namespace),
+            );
+            format!(
+                "etcd denied user {:?} access to {prefix} ({m}); the user needs a role with \
+                 readwrite permission on the prefix {prefix} (etcdctl role grant-permission \
+                 ROLE readwrite {prefix} --prefix)",
+                user.unwrap_or_default()
+            )
+        }
+        _ if explain::is_untrusted_certificate(&e) => {
+            let m = status.map_or_else(|| e.to_string(), str::to_owned);
+            format!(
+                "the etcd server's TLS certificate is not trusted ({m}); etcds:// URLs trust the \
+                 system's root certificates, a private CA is given with EtcdOptions::tls"
+            )
+        }
+        _ => return backend_error(op, e),
+    };
+    Error::refused(NAME, op, explain::Explained { message, source: e })
+}
+
 fn not_held(key: &LockKey) -> Error {
     Error::NotHeld {
         key: key.key.to_string(),
@@ -408,10 +474,11 @@ impl EtcdBackend {
             connect = connect.with_tls(tls.clone());
         }
         let dial = options.dial_timeout;
+        let failed = |e| etcd_error("connect", options.user_name(), None, e);
         let mut client =
             match tokio::time::timeout(dial, Client::connect(&urls, Some(connect))).await {
                 Ok(Ok(client)) => client,
-                Ok(Err(e)) => return Err(backend_error("connect", e)),
+                Ok(Err(e)) => return Err(failed(e)),
                 Err(_) => {
                     return Err(Error::Timeout {
                         op: "connect",
@@ -422,7 +489,7 @@ impl EtcdBackend {
         // The client dials lazily: make sure a member answers, like the seed's blocking dial.
         match tokio::time::timeout(dial, client.status()).await {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(backend_error("connect", e)),
+            Ok(Err(e)) => return Err(failed(e)),
             Err(_) => {
                 return Err(Error::Timeout {
                     op: "connect",
@@ -495,6 +562,10 @@ impl EtcdBackend {
 }
 
 impl Inner {
+    fn err(&self, op: &'static str, key: Option<&LockKey>, e: etcd_client::Error) -> Error {
+        etcd_error(op, self.options.user_name(), key, e)
+    }
+
     fn sessions(&self) -> MutexGuard<'_, HashMap<u64, Arc<Session>>> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -591,7 +662,7 @@ impl Inner {
         let granted =
             match tokio::time::timeout(timeout, client.lease_grant(class as i64, None)).await {
                 Ok(Ok(granted)) => granted,
-                Ok(Err(e)) => return Err(backend_error("lease grant", e)),
+                Ok(Err(e)) => return Err(self.err("lease grant", None, e)),
                 Err(_) => {
                     return Err(Error::Timeout {
                         op: "lease grant",
@@ -693,7 +764,12 @@ impl Inner {
 
     /// Deletes an entry's key, guarded by its create revision when known.
     /// `Ok(true)` if a key was deleted.
-    async fn delete_entry(&self, etcd_key: &[u8], revision: Option<i64>) -> Result<bool> {
+    async fn delete_entry(
+        &self,
+        key: &LockKey,
+        etcd_key: &[u8],
+        revision: Option<i64>,
+    ) -> Result<bool> {
         let mut client = self.client.clone();
         let delete = TxnOp::delete(etcd_key.to_vec(), None);
         let txn = match revision {
@@ -716,7 +792,7 @@ impl Inner {
         let resp = client
             .txn(txn)
             .await
-            .map_err(|e| backend_error("release", e))?;
+            .map_err(|e| self.err("release", Some(key), e))?;
         Ok(resp.succeeded())
     }
 
@@ -870,7 +946,9 @@ impl Inner {
         if req.will_wait && known.is_some() {
             // Already queued: a read-only transaction (served without a
             // raft proposal) says whether we are first now.
-            let (mine, first) = self.run_txn(Txn::new().and_then(reads()), &session).await?;
+            let (mine, first) = self
+                .run_txn(&req.key, Txn::new().and_then(reads()), &session)
+                .await?;
             if mine.is_some() {
                 found = Some((mine, first));
             }
@@ -898,7 +976,7 @@ impl Inner {
                     .when([guard])
                     .and_then([put, read_first])
                     .or_else(reads());
-                self.run_txn(txn, &session).await?
+                self.run_txn(&req.key, txn, &session).await?
             }
         };
         let holder = first
@@ -971,6 +1049,7 @@ impl Inner {
     /// the prefix.
     async fn run_txn(
         &self,
+        key: &LockKey,
         txn: Txn,
         session: &Arc<Session>,
     ) -> Result<(Option<i64>, Option<KeyValue>), AttemptError> {
@@ -978,7 +1057,7 @@ impl Inner {
         let resp = match client.txn(txn).await {
             Ok(resp) => resp,
             Err(e) if lease_not_found(&e) => return Err(AttemptError::LeaseGone(session.clone())),
-            Err(e) => return Err(backend_error("acquire", e).into()),
+            Err(e) => return Err(self.err("acquire", Some(key), e).into()),
         };
         let ops = resp.op_responses();
         let put = ops.iter().any(|op| matches!(op, TxnOpResponse::Put(_)));
@@ -1035,7 +1114,7 @@ impl Inner {
             let resp = client
                 .get(etcd_key, None)
                 .await
-                .map_err(|e| backend_error("extend", e))?;
+                .map_err(|e| self.err("extend", Some(&lease.key), e))?;
             match resp.kvs().first() {
                 Some(kv) if kv.create_revision() == revision => Ok(()),
                 _ => Err(not_held(&lease.key)),
@@ -1086,7 +1165,7 @@ impl Inner {
             owner: lease.owner,
             armed: true,
         };
-        let result = self.delete_entry(&etcd_key, revision).await;
+        let result = self.delete_entry(&lease.key, &etcd_key, revision).await;
         guard.armed = false;
         match result {
             Ok(deleted) => {
@@ -1109,9 +1188,9 @@ impl Inner {
         }
     }
 
-    /// The lowest entry under `prefix`, or the highest one created before
-    /// `before` when given, and the revision of the read.
-    async fn find(&self, prefix: &[u8], before: Option<i64>) -> Result<(Option<KeyValue>, i64)> {
+    /// The lowest entry under `key`'s prefix, or the highest one created
+    /// before `before` when given, and the revision of the read.
+    async fn find(&self, key: &LockKey, before: Option<i64>) -> Result<(Option<KeyValue>, i64)> {
         let options = match before {
             Some(rev) => GetOptions::new()
                 .with_prefix()
@@ -1125,9 +1204,9 @@ impl Inner {
         };
         let mut client = self.client.clone();
         let resp = client
-            .get(prefix.to_vec(), Some(options))
+            .get(encode::lock_prefix(key), Some(options))
             .await
-            .map_err(|e| backend_error("inspect", e))?;
+            .map_err(|e| self.err("inspect", Some(key), e))?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
         Ok((resp.kvs().first().cloned(), revision))
     }
@@ -1142,8 +1221,7 @@ impl Inner {
                 .filter(|e| !e.granted)
                 .and_then(|e| e.revision)
         });
-        let prefix = encode::lock_prefix(key);
-        let (ahead, revision) = self.find(&prefix, queued).await?;
+        let (ahead, revision) = self.find(key, queued).await?;
         let Some(ahead) = ahead else {
             return Ok(()); // Nobody ahead: try now.
         };
@@ -1168,7 +1246,7 @@ impl Inner {
 
     async fn inspect(&self, key: &LockKey) -> Result<Option<HolderInfo>> {
         self.ensure_open()?;
-        let (first, _) = self.find(&encode::lock_prefix(key), None).await?;
+        let (first, _) = self.find(key, None).await?;
         Ok(first.map(|kv| encode::holder_info(kv.create_revision(), kv.value())))
     }
 
@@ -1187,7 +1265,7 @@ impl Inner {
                 match tokio::time::timeout(timeout, client.lease_revoke(session.id)).await {
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err(e)) if lease_not_found(&e) => Ok(()),
-                    Ok(Err(e)) => Err(backend_error("close", e)),
+                    Ok(Err(e)) => Err(self.err("close", None, e)),
                     Err(_) => Err(Error::Timeout {
                         op: "close",
                         after: timeout,
@@ -1300,7 +1378,7 @@ async fn reaper(inner: Weak<Inner>, wake_up: Arc<Notify>, closed: CancellationTo
         for (owner, etcd_key, revision, key) in due {
             let timeout = this.options.request_timeout;
             let result =
-                tokio::time::timeout(timeout, this.delete_entry(&etcd_key, revision)).await;
+                tokio::time::timeout(timeout, this.delete_entry(&key, &etcd_key, revision)).await;
             match result {
                 Ok(Ok(deleted)) => {
                     tracing::debug!(key = %key.key, deleted, "distlock: etcd entry expired");
