@@ -32,10 +32,37 @@ impl RedisServer {
     /// A server with extra `redis-server` arguments, which override the
     /// defaults (e.g. `["--appendonly", "yes", "--appendfsync", "always"]`).
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::launch("redis", "--port", extra)
+    }
+
+    /// A server that speaks only TLS on [`port`](Self::port) (so
+    /// [`url`](Self::url) does not reach it), with the certificate
+    /// `server.crt` and key `server.key` from `certs`, and `ca.crt` for
+    /// client certificates, which it does not ask for.
+    pub fn start_tls(certs: &std::path::Path) -> Self {
+        let path = |name: &str| certs.join(name).display().to_string();
+        let (cert, key, ca) = (path("server.crt"), path("server.key"), path("ca.crt"));
+        let tls = [
+            "--port",
+            "0",
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            "no",
+        ];
+        Self::launch("redis-tls", "--tls-port", &tls)
+    }
+
+    /// Starts a server listening on a free port given by `port_option`.
+    fn launch(name: &str, port_option: &str, extra: &[&str]) -> Self {
         let binary = require_binary("redis-server", "redis-server");
         let port = free_port();
         let mut args: Vec<String> = [
-            "--port",
+            port_option,
             &port.to_string(),
             "--bind",
             "127.0.0.1",
@@ -48,7 +75,7 @@ impl RedisServer {
         .map(|s| s.to_string())
         .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
-        let process = ServerProcess::start("redis", binary, args, vec![port]);
+        let process = ServerProcess::start(name, binary, args, vec![port]);
         RedisServer { process, port }
     }
 

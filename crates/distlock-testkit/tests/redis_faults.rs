@@ -12,7 +12,7 @@ use distlock::{
 use distlock_testkit::fairness::assert_served_in_turn;
 use distlock_testkit::redis::RedisServer;
 use distlock_testkit::refusal::{assert_refused_at_once, first_error_at_once};
-use distlock_testkit::server::{ServerProcess, free_port, require_binary};
+use distlock_testkit::server::require_binary;
 use tokio::time::{Instant, sleep, timeout};
 
 /// Extra time allowed for scheduling on a loaded machine.
@@ -607,37 +607,11 @@ async fn tls_connections_work() {
 
 /// A redis-server that speaks only TLS, with a certificate for 127.0.0.1
 /// from a private CA, both made in `dir`; returns it and its port.
-fn start_tls_server(dir: &std::path::Path) -> (ServerProcess, u16) {
+fn start_tls_server(dir: &std::path::Path) -> (RedisServer, u16) {
     std::fs::create_dir_all(dir).unwrap();
     make_certificates(dir);
-    let port = free_port();
-    let path = |name: &str| dir.join(name).to_str().unwrap().to_owned();
-    let args = [
-        "--port",
-        "0",
-        "--tls-port",
-        &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--tls-cert-file",
-        &path("server.crt"),
-        "--tls-key-file",
-        &path("server.key"),
-        "--tls-ca-cert-file",
-        &path("ca.crt"),
-        "--tls-auth-clients",
-        "no",
-    ];
-    let server = ServerProcess::start(
-        "redis-tls",
-        require_binary("redis-server", "redis-server"),
-        args.iter().map(|s| s.to_string()).collect(),
-        vec![port],
-    );
+    let server = RedisServer::start_tls(dir);
+    let port = server.port();
     (server, port)
 }
 
