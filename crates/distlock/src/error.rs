@@ -18,7 +18,10 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 #[non_exhaustive]
 pub enum Error {
     /// Someone else holds the lock and it could not be obtained within the
-    /// wait deadline or the retry budget.
+    /// wait deadline or the retry budget. When the store's last answer in
+    /// that time was a failure instead (or it never answered), the obtain
+    /// fails with that error ([`Error::Backend`], [`Error::Timeout`]), not
+    /// with this one.
     #[error(
         "lock {key:?} not obtained after {attempts} attempt(s) in {waited:?}{}",
         holder.as_ref().map(|h| format!(" (held with fencing token {})", h.fencing_token)).unwrap_or_default()

@@ -282,6 +282,13 @@ impl Locker {
         let mut attempts = 0;
         let mut holder = None;
         let mut outcome_unknown = false;
+        // What the last attempt that came back said: `None` for "held by
+        // someone else", else the store's error. An attempt cut short by the
+        // deadline says nothing, so a store that failed before is reported
+        // as failing, not hidden behind `NotObtained`; `unanswered` is kept
+        // for a wait in which no attempt came back at all.
+        let mut last_answer: Option<Option<Error>> = None;
+        let mut unanswered = None;
         loop {
             attempts += 1;
             let sent = Instant::now();
@@ -289,7 +296,8 @@ impl Locker {
             let (result, cut_by_deadline) = inner
                 .call_by("acquire", plan.deadline, inner.backend.try_acquire(&req))
                 .await;
-            let last_error = match result {
+            let answered = !(cut_by_deadline && matches!(&result, Err(e) if e.is_transient()));
+            let answer = match result {
                 // close() released what it knew of; this late grant is ours to undo.
                 Ok(Attempt::Granted { .. }) if inner.closed.is_cancelled() => {
                     return Err((Error::Closed, attempts));
@@ -327,10 +335,15 @@ impl Locker {
                 // idempotent, and `pending` releases it if we give up.
                 Err(e) if e.is_transient() => {
                     outcome_unknown = true;
-                    (!cut_by_deadline).then_some(e)
+                    Some(e)
                 }
                 Err(e) => return Err((e, attempts)),
             };
+            if answered {
+                last_answer = Some(answer);
+            } else {
+                unanswered = answer;
+            }
             let now = Instant::now();
             let wake_at = match (plan.retry.delay(attempts), plan.deadline) {
                 (None, _) => None,
@@ -347,8 +360,12 @@ impl Locker {
                 }
             };
             let Some(wake_at) = wake_at else {
-                let err = last_error
-                    .unwrap_or_else(|| self.not_obtained(&req.key, start, attempts, holder));
+                let err = match last_answer {
+                    Some(Some(e)) => e,
+                    Some(None) => self.not_obtained(&req.key, start, attempts, holder),
+                    None => unanswered
+                        .unwrap_or_else(|| self.not_obtained(&req.key, start, attempts, holder)),
+                };
                 return Err((err, attempts));
             };
             tokio::select! {

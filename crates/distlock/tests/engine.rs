@@ -307,14 +307,42 @@ async fn an_unanswered_try_times_out_after_the_op_timeout() {
     let err = locker.try_obtain("k").await.unwrap_err();
     assert!(matches!(err, Error::Timeout { op: "acquire", .. }), "{err}");
     assert_eq!(start.elapsed(), Duration::from_secs(1));
-    // A wait shorter than the op timeout bounds the attempt instead.
+    // A wait shorter than the op timeout bounds the attempt instead; with
+    // no answer at all, nobody is known to hold the key: still a timeout.
     let start = Instant::now();
     let err = locker
         .obtain_with("k", ObtainOptions::new().wait(200 * MS))
         .await
         .unwrap_err();
-    assert!(err.is_not_obtained(), "{err}");
+    assert!(matches!(err, Error::Timeout { op: "acquire", .. }), "{err}");
     assert_eq!(start.elapsed(), 200 * MS);
+}
+
+/// A store that stops answering during a wait is reported as such when the
+/// wait ends, even though the last attempt was cut short by the deadline:
+/// not hidden behind `NotObtained` ("held by someone else").
+#[tokio::test(start_paused = true)]
+async fn a_wait_ended_by_its_deadline_reports_the_stores_last_failure() {
+    let store = Faulty::with_notifications();
+    let locker = Locker::builder(store.clone())
+        .op_timeout(100 * MS)
+        .build()
+        .unwrap();
+    let _held = locker.obtain("k").await.unwrap();
+    let waiting = tokio::spawn({
+        let locker = locker.clone();
+        async move {
+            locker
+                .obtain_with("k", ObtainOptions::new().wait(450 * MS))
+                .await
+        }
+    });
+    sleep(50 * MS).await; // one contended attempt answered
+    store.hang.store(true, Ordering::SeqCst);
+    // Attempts at ~100 ms and ~300 ms time out after the 100 ms op timeout;
+    // the last, at ~400 ms, is cut short by the deadline at 450 ms.
+    let err = waiting.await.unwrap().unwrap_err();
+    assert!(matches!(err, Error::Timeout { op: "acquire", .. }), "{err}");
 }
 
 #[tokio::test(start_paused = true)]
