@@ -218,3 +218,36 @@ fn the_default_store_is_a_private_per_user_directory() {
         stderr(&out)
     );
 }
+
+/// A lock directory distlock may not write to is a clear error at once —
+/// exit code 69, one line naming the path and what is missing — instead of
+/// a silent wait. The tests run as another user when they run as root, who
+/// may write anywhere.
+#[test]
+fn a_lock_directory_without_write_permission_is_exit_code_69_at_once() {
+    use std::os::unix::process::CommandExt;
+
+    let dir = TempDir::new("eacces");
+    let locks = dir.path("locks");
+    std::fs::create_dir_all(&locks).unwrap();
+    let mut command = dir.distlock(&["run", "k", "--", "true"]);
+    if nix::unistd::geteuid().is_root() {
+        command.uid(65534).gid(65534); // `locks` is root's, mode 0755
+    } else {
+        std::fs::set_permissions(&locks, std::fs::Permissions::from_mode(0o555)).unwrap();
+    }
+    let start = Instant::now();
+    let out = command.output().unwrap();
+    let message = stderr(&out);
+    assert_eq!(out.status.code(), Some(69), "{message}");
+    assert_eq!(message.lines().count(), 1, "{message}");
+    assert!(
+        message.contains("permission denied") && message.contains(&*locks.to_string_lossy()),
+        "{message}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        start.elapsed()
+    );
+}
