@@ -232,7 +232,17 @@ fn a_lock_directory_without_write_permission_is_exit_code_69_at_once() {
     std::fs::create_dir_all(&locks).unwrap();
     let mut command = dir.distlock(&["run", "k", "--", "true"]);
     if nix::unistd::geteuid().is_root() {
-        command.uid(65534).gid(65534); // `locks` is root's, mode 0755
+        // A copy uid 65534 can surely execute, wherever the target dir is.
+        let copy = dir.path("distlock");
+        std::fs::copy(bin(), &copy).unwrap();
+        std::fs::set_permissions(&dir.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        command = Command::new(&copy);
+        command
+            .args(["run", "k", "--", "true"])
+            .env("DISTLOCK_URL", &dir.url)
+            .current_dir("/")
+            .uid(65534)
+            .gid(65534); // `locks` is root's, mode 0755
     } else {
         std::fs::set_permissions(&locks, std::fs::Permissions::from_mode(0o555)).unwrap();
     }

@@ -19,6 +19,23 @@ use common::{TempDir, alive, read_pids, running, stderr, wait_for_file};
 /// The TTL of the locks these tests take where a TTL matters.
 const TTL: Duration = Duration::from_secs(3);
 
+/// `distlock run` of a `sh -c` script under a lock on `k` with [`TTL`] and
+/// a 200 ms kill grace.
+fn supervised(script: &str) -> [&str; 10] {
+    [
+        "run",
+        "k",
+        "--ttl",
+        "3s",
+        "--kill-grace",
+        "200ms",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]
+}
+
 /// One store, as the tests reach it.
 struct Store {
     runtime: tokio::runtime::Runtime,
@@ -48,25 +65,31 @@ impl Store {
 
     #[cfg(feature = "redis")]
     fn redis() -> Self {
-        let runtime = runtime();
-        let fixture = runtime.block_on(distlock_testkit::redis::RedisFixture::new());
-        Store {
-            runtime,
-            fixture: Box::new(fixture),
-            unusable: format!("redis://127.0.0.1:{}/", free_port()),
-            expires: true,
-            queues: true,
-        }
+        Self::server(
+            |runtime| Box::new(runtime.block_on(distlock_testkit::redis::RedisFixture::new())),
+            format!("redis://127.0.0.1:{}/", free_port()),
+        )
     }
 
     #[cfg(feature = "etcd")]
     fn etcd() -> Self {
+        Self::server(
+            |runtime| Box::new(runtime.block_on(distlock_testkit::etcd::EtcdFixture::new())),
+            format!("etcd://127.0.0.1:{}", free_port()),
+        )
+    }
+
+    /// A store served by a server: locks expire and waiters queue in it.
+    #[cfg(any(feature = "redis", feature = "etcd"))]
+    fn server(
+        fixture: impl FnOnce(&tokio::runtime::Runtime) -> Box<dyn ReachableFixture>,
+        unusable: String,
+    ) -> Self {
         let runtime = runtime();
-        let fixture = runtime.block_on(distlock_testkit::etcd::EtcdFixture::new());
         Store {
+            fixture: fixture(&runtime),
             runtime,
-            fixture: Box::new(fixture),
-            unusable: format!("etcd://127.0.0.1:{}", free_port()),
+            unusable,
             expires: true,
             queues: true,
         }
@@ -121,48 +144,38 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// Defines one `#[test]` per case for a store; the list of cases lives
-/// here only.
-macro_rules! store_cases {
-    ($store:ident) => {
+/// One module of `#[test]`s per store, one test per case.
+macro_rules! store_tests {
+    ($store:ident: $($case:ident),+ $(,)?) => {
         mod $store {
-            fn store() -> super::Store {
-                super::Store::$store()
-            }
-
-            #[test]
-            fn concurrent_runs_never_overlap_and_tokens_increase() {
-                super::concurrent_runs_never_overlap_and_tokens_increase(store());
-            }
-
-            #[test]
-            fn status_reports_the_holder_in_text_and_json() {
-                super::status_reports_the_holder_in_text_and_json(store());
-            }
-
-            #[test]
-            fn conflicts_and_interrupted_waits_leave_the_store_clean() {
-                super::conflicts_and_interrupted_waits_leave_the_store_clean(store());
-            }
-
-            #[test]
-            fn a_lock_deleted_behind_its_back_stops_the_group_within_its_validity() {
-                super::a_lock_deleted_behind_its_back_stops_the_group_within_its_validity(store());
-            }
-
-            #[test]
-            fn an_unusable_store_is_exit_code_69() {
-                super::an_unusable_store_is_exit_code_69(store());
-            }
+            $(
+                #[test]
+                fn $case() {
+                    super::$case(super::Store::$store());
+                }
+            )+
         }
     };
 }
 
-store_cases!(file);
-#[cfg(feature = "redis")]
-store_cases!(redis);
-#[cfg(feature = "etcd")]
-store_cases!(etcd);
+/// The cases every store runs; the list lives here only.
+macro_rules! every_store {
+    ($($case:ident),+ $(,)?) => {
+        store_tests!(file: $($case),+);
+        #[cfg(feature = "redis")]
+        store_tests!(redis: $($case),+);
+        #[cfg(feature = "etcd")]
+        store_tests!(etcd: $($case),+);
+    };
+}
+
+every_store!(
+    concurrent_runs_never_overlap_and_tokens_increase,
+    status_reports_the_holder_in_text_and_json,
+    conflicts_and_interrupted_waits_leave_the_store_clean,
+    a_lock_deleted_behind_its_back_stops_the_group_within_its_validity,
+    an_unusable_store_is_exit_code_69,
+);
 
 /// 4 processes × 4 rounds each of `distlock run` on one key: a counter in
 /// a file, read and rewritten non-atomically with a pause in between, ends
@@ -324,19 +337,9 @@ fn conflicts_and_interrupted_waits_leave_the_store_clean(store: Store) {
 fn a_lock_deleted_behind_its_back_stops_the_group_within_its_validity(store: Store) {
     let case = store.case("lost");
     let dir = &case.dir;
-    let ttl = humantime::format_duration(TTL).to_string();
-    let mut holder = dir.spawn(&[
-        "run",
-        "k",
-        "--ttl",
-        &ttl,
-        "--kill-grace",
-        "200ms",
-        "--",
-        "sh",
-        "-c",
+    let mut holder = dir.spawn(&supervised(
         "trap '' TERM; sleep 30 & echo $! >> pids; echo $$ >> pids; wait",
-    ]);
+    ));
     dir.wait_held("k");
     wait_for_file(&dir.path("pids"));
     wait_until("both pids written", || {
@@ -408,20 +411,10 @@ fn black_holed_refreshes_and_an_unread_stderr_still_stop_the_group_in_time() {
         "stall-proxied",
         &format!("redis://{}/?namespace={}", proxy.addr(), case.namespace),
     );
-    let ttl = humantime::format_duration(TTL).to_string();
     let mut holder = through_proxy
-        .distlock(&[
-            "run",
-            "k",
-            "--ttl",
-            &ttl,
-            "--kill-grace",
-            "200ms",
-            "--",
-            "sh",
-            "-c",
+        .distlock(&supervised(
             "echo $$ > pid; trap '' TERM; while :; do echo flood >&2; done",
-        ])
+        ))
         .stdout(Stdio::null())
         .stderr(Stdio::piped()) // never read
         .spawn()
