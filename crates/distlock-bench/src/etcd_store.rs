@@ -132,6 +132,7 @@ impl Store for EtcdStore {
                 .expect("connect distlock to the bench etcd");
             Locker::builder(Arc::new(backend))
                 .namespace(namespace)
+                .owns_backend()
                 .build()
                 .expect("valid namespace")
         })

@@ -9,9 +9,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use distlock::backend::Backend;
 use distlock::backend::etcd::etcd_client::{self, Client, GetOptions, SortOrder, SortTarget};
 use distlock::backend::etcd::{EtcdBackend, EtcdOptions};
-use distlock::{Key, LockKey, Locker, Namespace};
+use distlock::{Key, LockKey, Namespace};
 use futures::future::BoxFuture;
 
 use crate::fixture::{Fixture, ReachableFixture};
@@ -261,13 +262,8 @@ pub async fn holder_entry(
 }
 
 impl Fixture for EtcdFixture {
-    fn locker<'a>(&'a self, namespace: &'a str) -> BoxFuture<'a, Locker> {
-        Box::pin(async move {
-            Locker::builder(Arc::new(backend(&self.endpoints).await))
-                .namespace(namespace)
-                .build()
-                .expect("valid test namespace")
-        })
+    fn backend(&self) -> BoxFuture<'_, Arc<dyn Backend>> {
+        Box::pin(async move { Arc::new(backend(&self.endpoints).await) as Arc<dyn Backend> })
     }
 
     /// 2 s rather than 300 ms: an extend is a linearizable etcd read, and on

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use distlock::backend::Backend;
 use distlock::backend::file::FileBackend;
 use distlock::backend::memory::MemoryBackend;
 use distlock::{Key, LockKey, Locker, Namespace};
@@ -12,8 +13,21 @@ use futures::future::BoxFuture;
 
 /// A store the conformance suite can run against.
 pub trait Fixture: Send + Sync + 'static {
-    /// A new locker on this fixture's store, in `namespace`.
-    fn locker<'a>(&'a self, namespace: &'a str) -> BoxFuture<'a, Locker>;
+    /// A new backend on this fixture's store, with its own connections as
+    /// a separate process would have (the memory fixture's all serve one
+    /// in-process store).
+    fn backend(&self) -> BoxFuture<'_, Arc<dyn Backend>>;
+
+    /// A new locker in `namespace` on a new backend, which it owns.
+    fn locker<'a>(&'a self, namespace: &'a str) -> BoxFuture<'a, Locker> {
+        Box::pin(async move {
+            Locker::builder(self.backend().await)
+                .namespace(namespace)
+                .owns_backend()
+                .build()
+                .expect("valid test namespace")
+        })
+    }
 
     /// Deletes the lock on `key` in `namespace` behind its holder's back, as
     /// an operator, an eviction or a failover would.
@@ -68,13 +82,8 @@ impl MemoryFixture {
 }
 
 impl Fixture for MemoryFixture {
-    fn locker<'a>(&'a self, namespace: &'a str) -> BoxFuture<'a, Locker> {
-        Box::pin(async move {
-            Locker::builder(self.store.clone())
-                .namespace(namespace)
-                .build()
-                .expect("valid test namespace")
-        })
+    fn backend(&self) -> BoxFuture<'_, Arc<dyn Backend>> {
+        Box::pin(async move { self.store.clone() as Arc<dyn Backend> })
     }
 
     fn delete_behind_back<'a>(&'a self, namespace: &'a str, key: &'a str) -> BoxFuture<'a, ()> {
@@ -115,7 +124,7 @@ impl FileFixture {
         &self.dir
     }
 
-    fn backend(&self) -> FileBackend {
+    fn file_backend(&self) -> FileBackend {
         FileBackend::open(&self.dir).expect("open the lock directory")
     }
 }
@@ -127,13 +136,8 @@ impl Drop for FileFixture {
 }
 
 impl Fixture for FileFixture {
-    fn locker<'a>(&'a self, namespace: &'a str) -> BoxFuture<'a, Locker> {
-        Box::pin(async move {
-            Locker::builder(Arc::new(self.backend()))
-                .namespace(namespace)
-                .build()
-                .expect("valid test namespace")
-        })
+    fn backend(&self) -> BoxFuture<'_, Arc<dyn Backend>> {
+        Box::pin(async move { Arc::new(self.file_backend()) as Arc<dyn Backend> })
     }
 
     /// Deletes the key's lock file (and holder record), as an operator
@@ -144,7 +148,7 @@ impl Fixture for FileFixture {
                 namespace: Namespace::new(namespace).expect("valid namespace"),
                 key: Key::new(key).expect("valid key"),
             };
-            let backend = self.backend();
+            let backend = self.file_backend();
             std::fs::remove_file(backend.lock_path(&key))
                 .unwrap_or_else(|e| panic!("no lock file for {key} to delete: {e}"));
             let _ = std::fs::remove_file(backend.holder_path(&key));

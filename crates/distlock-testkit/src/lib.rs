@@ -109,6 +109,7 @@ macro_rules! __conformance_common {
             dropped_obtain_future_leaks_nothing,
             dropped_lock_is_released_in_the_background,
             close_releases_locks_and_refuses_operations,
+            closing_one_locker_leaves_the_others_on_its_backend_alone,
             namespaces_isolate,
         );
     };

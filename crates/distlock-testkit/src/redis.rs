@@ -8,8 +8,9 @@
 
 use std::sync::{Arc, OnceLock};
 
+use distlock::backend::Backend;
 use distlock::backend::redis::{RedisBackend, RedisKeys};
-use distlock::{Key, LockKey, Locker, Namespace};
+use distlock::{Key, LockKey, Namespace};
 use futures::future::BoxFuture;
 
 use crate::fixture::{Fixture, ReachableFixture};
@@ -139,7 +140,7 @@ impl RedisFixture {
     }
 
     /// A new backend (own connections) on this fixture's server.
-    pub async fn backend(&self) -> RedisBackend {
+    pub async fn redis_backend(&self) -> RedisBackend {
         RedisBackend::connect(&self.url)
             .await
             .expect("connect to the test redis-server")
@@ -147,13 +148,8 @@ impl RedisFixture {
 }
 
 impl Fixture for RedisFixture {
-    fn locker<'a>(&'a self, namespace: &'a str) -> BoxFuture<'a, Locker> {
-        Box::pin(async move {
-            Locker::builder(Arc::new(self.backend().await))
-                .namespace(namespace)
-                .build()
-                .expect("valid test namespace")
-        })
+    fn backend(&self) -> BoxFuture<'_, Arc<dyn Backend>> {
+        Box::pin(async move { Arc::new(self.redis_backend().await) as Arc<dyn Backend> })
     }
 
     fn delete_behind_back<'a>(&'a self, namespace: &'a str, key: &'a str) -> BoxFuture<'a, ()> {

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use distlock::backend::Backend;
 use distlock::backend::etcd::etcd_client::{Client, ConnectOptions, GetOptions, Permission};
 use distlock::backend::etcd::{EtcdBackend, EtcdOptions};
 use distlock::{Error, Key, LockKey, Locker, LostReason, Namespace, ObtainOptions};
@@ -454,7 +455,10 @@ async fn a_revoked_lease_fires_lost_and_a_new_lease_serves_later_obtains() {
     let holder = holder_entry(&mut raw, &ns, "k").await.unwrap();
     assert_eq!(holder.lease(), renewed[0]);
 
+    // The backend is the test's, not the locker's: closing the locker
+    // leaves it open, closing the backend revokes its leases.
     locker.close().await.unwrap();
+    backend.close().await.unwrap();
     let left = raw.lease_time_to_live(renewed[0], None).await.unwrap();
     assert!(left.ttl() <= 0, "close revokes the lease: {}", left.ttl());
     assert!(holder_entry(&mut raw, &ns, "k").await.is_none());

@@ -39,7 +39,9 @@ pub enum LostReason {
     NotHeld,
     /// The lock was released (or its handle dropped); nothing was lost.
     Released,
-    /// The locker was closed, which released the lock.
+    /// The locker was closed, which released the lock; or the backend was
+    /// closed under it (by whoever else uses it), so it can no longer be
+    /// refreshed.
     Closed,
 }
 
@@ -243,6 +245,13 @@ impl LockState {
                 before_loss(&e);
                 self.end(LostReason::NotHeld);
                 Err(e)
+            }
+            // The backend was closed under the lock (by its owner, or by
+            // whoever shares it): it can never be refreshed again, so it ends
+            // now rather than at its validity deadline.
+            Err(Error::Closed) => {
+                self.end(LostReason::Closed);
+                Err(Error::Closed)
             }
             Err(e) => {
                 self.check_valid()?;

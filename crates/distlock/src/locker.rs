@@ -56,6 +56,8 @@ pub struct Locker {
 
 pub(crate) struct LockerInner {
     pub(crate) backend: Arc<dyn Backend>,
+    /// Whether this locker made its backend (and closes it on close).
+    owns_backend: bool,
     /// The backend's `capabilities().ttl_expiry`, read once at build.
     ttl_expiry: bool,
     namespace: Namespace,
@@ -75,6 +77,7 @@ pub(crate) struct LockerInner {
 #[must_use]
 pub struct LockerBuilder {
     backend: Arc<dyn Backend>,
+    owns_backend: bool,
     namespace: Option<String>,
     op_timeout: Duration,
     validity: ValidityPolicy,
@@ -102,6 +105,14 @@ impl LockerBuilder {
         self
     }
 
+    /// Makes the locker the backend's owner: [`Locker::close`] then closes
+    /// the backend too. Only for a backend no other locker uses; by default
+    /// a backend given to [`Locker::builder`] stays open, as it may.
+    pub fn owns_backend(mut self) -> Self {
+        self.owns_backend = true;
+        self
+    }
+
     /// The options [`Locker::obtain`] and [`Locker::try_obtain`] use.
     pub fn defaults(mut self, defaults: ObtainOptions) -> Self {
         self.defaults = defaults;
@@ -125,6 +136,7 @@ impl LockerBuilder {
             inner: Arc::new(LockerInner {
                 ttl_expiry: self.backend.capabilities().ttl_expiry,
                 backend: self.backend,
+                owns_backend: self.owns_backend,
                 namespace,
                 op_timeout: self.op_timeout,
                 validity: self.validity,
@@ -140,10 +152,16 @@ impl LockerBuilder {
 }
 
 impl Locker {
-    /// A builder over `backend`.
+    /// A builder over `backend`, which stays the caller's: any number of
+    /// lockers may share it (one connection, one set of leases), and
+    /// [`close`](Self::close) releases only what its own locker holds and
+    /// leaves the backend open. Close the backend itself
+    /// ([`Backend::close`]) once the last locker over it is done, or make a
+    /// locker its sole owner with [`LockerBuilder::owns_backend`].
     pub fn builder(backend: Arc<dyn Backend>) -> LockerBuilder {
         LockerBuilder {
             backend,
+            owns_backend: false,
             namespace: None,
             op_timeout: DEFAULT_OP_TIMEOUT,
             validity: ValidityPolicy::default(),
@@ -154,6 +172,7 @@ impl Locker {
     /// A locker over a fresh in-process memory store, with default options.
     pub fn memory() -> Locker {
         Locker::builder(Arc::new(MemoryBackend::new()))
+            .owns_backend()
             .build()
             .expect("the default options are valid")
     }
@@ -177,9 +196,12 @@ impl Locker {
     /// `etcd://` and `file://` belong to backends behind cargo features;
     /// a backend that is not compiled in is an [`Error::InvalidUrl`] naming
     /// the feature to enable.
+    ///
+    /// The locker owns the backend it connects: [`close`](Self::close)
+    /// closes it too.
     pub async fn from_url(url: &str) -> Result<Locker> {
         let (backend, namespace) = backend_from_url(url).await?;
-        let builder = Locker::builder(backend);
+        let builder = Locker::builder(backend).owns_backend();
         match namespace {
             Some(ns) => builder.namespace(ns),
             None => builder,
@@ -319,8 +341,12 @@ impl Locker {
                     })
                 }
                 Ok(Attempt::Granted { fencing_token }) => {
+                    // `pending` stays armed if close() came first: the grant
+                    // is then released, never handed out.
+                    let lock = self
+                        .grant(&req, options, fencing_token, sent)
+                        .map_err(|e| (e, attempts))?;
                     pending.armed = false;
-                    let lock = self.grant(req, options, fencing_token, sent);
                     return Ok((lock, attempts));
                 }
                 Ok(Attempt::Contended { holder: h }) => {
@@ -379,13 +405,17 @@ impl Locker {
         }
     }
 
+    /// The granted lock, registered with the locker: [`Error::Closed`]
+    /// instead when `close` got there first. The check and the insertion
+    /// happen under the lock `close` cancels and drains under, so every
+    /// lock handed out is one that `close` sees.
     fn grant(
         &self,
-        req: AcquireRequest,
+        req: &AcquireRequest,
         options: &ObtainOptions,
         fencing_token: u64,
         sent: Instant,
-    ) -> Lock {
+    ) -> Result<Lock> {
         let inner = &self.inner;
         let id = inner.next_lock_id.fetch_add(1, Ordering::Relaxed);
         let state = LockState::new(
@@ -396,8 +426,13 @@ impl Locker {
             options,
             inner.validity_deadline(sent, options.ttl_value()),
         );
-        inner.held().insert(id, Arc::downgrade(&state));
-        Lock::new(state)
+        let mut held = inner.held();
+        if inner.closed.is_cancelled() {
+            return Err(Error::Closed);
+        }
+        held.insert(id, Arc::downgrade(&state));
+        drop(held);
+        Ok(Lock::new(state))
     }
 
     fn not_obtained(
@@ -436,8 +471,11 @@ impl Locker {
     /// background releases still in flight (of dropped [`Lock`]s, and of
     /// obtains that gave up or were dropped, which may have left an entry in
     /// a store's queue of waiters) are waited for, then the store connection
-    /// is closed. Later calls fail with [`Error::Closed`]. Idempotent; each
-    /// step is bounded by the operation timeout.
+    /// is closed if this locker made it ([`from_url`](Self::from_url),
+    /// [`memory`](Self::memory)); a backend given to
+    /// [`builder`](Self::builder) may serve other lockers and stays open.
+    /// Later calls fail with [`Error::Closed`]. Idempotent; each step is
+    /// bounded by the operation timeout.
     ///
     /// A program that exits right after an `obtain` failed, timed out or
     /// was interrupted should call `close` before it returns from `main`:
@@ -470,12 +508,14 @@ impl Locker {
         if inner.closed.is_cancelled() {
             return Ok(());
         }
-        inner.closed.cancel();
-        let held: Vec<_> = inner
-            .held()
-            .drain()
-            .filter_map(|(_, state)| state.upgrade())
-            .collect();
+        let held: Vec<_> = {
+            // Cancelled under the lock that grant() checks it under.
+            let mut held = inner.held();
+            inner.closed.cancel();
+            held.drain()
+                .filter_map(|(_, state)| state.upgrade())
+                .collect()
+        };
         futures::future::join_all(held.iter().map(|state| state.close())).await;
         // Each background release is itself bounded by the operation
         // timeout; this bound only covers a runtime too busy to run them.
@@ -485,6 +525,9 @@ impl Locker {
             .is_err()
         {
             tracing::debug!("close: background releases still running after the operation timeout");
+        }
+        if !inner.owns_backend {
+            return Ok(());
         }
         let (result, _) = inner.call_by("close", None, inner.backend.close()).await;
         result

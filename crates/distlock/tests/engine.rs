@@ -34,6 +34,8 @@ struct Faulty {
     late_extend_reply: AtomicU32,
     /// Releases take this long before they take effect.
     slow_release: AtomicU32,
+    /// Extends fail with `Closed`, as a backend closed by its owner does.
+    closed: AtomicBool,
     /// Whether `wait_for_release` may use the store's notifications.
     notifications: AtomicBool,
     acquires: AtomicUsize,
@@ -72,6 +74,9 @@ impl Backend for Faulty {
     fn extend<'a>(&'a self, lease: &'a LeaseRef, ttl: Duration) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             self.gate().await;
+            if self.closed.load(Ordering::SeqCst) {
+                return Err(Error::Closed);
+            }
             let failing = self.failing_extends.load(Ordering::SeqCst);
             if failing > 0 {
                 self.failing_extends.store(failing - 1, Ordering::SeqCst);
@@ -525,4 +530,53 @@ async fn close_waits_for_background_releases() {
     closing.close().await.unwrap();
     store.slow_release.store(0, Ordering::SeqCst);
     assert!(!locker(&store).is_locked("k").await.unwrap());
+}
+
+/// A backend closed under a held lock (by whoever else shares it) ends the
+/// lock at the next refresh, with `Closed`: it can never be refreshed
+/// again, so waiting for its validity deadline would only hide that.
+#[tokio::test(start_paused = true)]
+async fn a_backend_closed_under_a_lock_ends_it_at_the_next_refresh() {
+    let store = Arc::new(Faulty::default());
+    let locker = locker(&store);
+    let lock = locker.obtain_with("k", ttl(30_000)).await.unwrap();
+    let _refresher = lock.start_refresh(|_| {});
+    store.closed.store(true, Ordering::SeqCst);
+    let start = Instant::now();
+    let reason = lock.lost().await;
+    assert_eq!(reason, LostReason::Closed);
+    // At the first refresh (TTL/3), not at the validity deadline.
+    assert!(
+        start.elapsed() <= Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+/// An obtain racing `close` on a multi-threaded runtime: whatever lock it
+/// returns, `close` saw it (ended it with `Closed` and released it). A lock
+/// close never saw would still be held in the store after close returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_lock_escapes_a_close_racing_its_obtain() {
+    let mut escaped = 0;
+    for round in 0..5000 {
+        let store = Arc::new(Faulty::default());
+        let locker = locker(&store);
+        let obtaining = tokio::spawn({
+            let locker = locker.clone();
+            async move { locker.try_obtain("k").await }
+        });
+        // Close at every point of the obtain, a few hundred ns apart.
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < Duration::from_nanos((round % 100) * 200) {
+            std::hint::spin_loop();
+        }
+        locker.close().await.unwrap();
+        if let Ok(Ok(lock)) = obtaining.await
+            && lock.refresh().await.is_ok()
+        {
+            escaped += 1;
+        }
+    }
+    assert_eq!(escaped, 0, "locks handed out that close never saw");
 }

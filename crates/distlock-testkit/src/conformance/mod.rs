@@ -20,6 +20,10 @@ use tokio::time::{Instant, sleep, timeout};
 use crate::fixture::{Fixture, unique_namespace};
 use crate::section::CriticalSection;
 
+mod sharing;
+
+pub use sharing::*;
+
 const MS: Duration = Duration::from_millis(1);
 /// Extra time allowed for scheduling on a loaded machine.
 const SLACK: Duration = Duration::from_millis(700);
