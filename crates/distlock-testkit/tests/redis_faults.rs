@@ -122,9 +122,54 @@ async fn restart_without_persistence_reports_not_held_and_fires_lost() {
         .await
         .unwrap()
         .unwrap();
-    // Documented limit: without persistence the fencing counter restarts.
-    assert!(again.fencing_token() <= old_token);
+    // The counter is gone with the data, but tokens never go back.
+    assert!(again.fencing_token() > old_token);
     again.release().await.unwrap();
+}
+
+/// Whatever Redis loses — every key (FLUSHALL), the counter key alone, all
+/// of its data in a restart without persistence — each later token is
+/// greater than every earlier one: what a fenced resource relies on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fencing_tokens_never_go_back_when_redis_loses_the_counter() {
+    let mut server = RedisServer::start();
+    let namespace = "lossy";
+    let locker = locker(&server.url(), namespace).await;
+    let fence = names(namespace, "k").fence;
+    let mut highest = 0;
+    let mut grant_twice = async |locker: &Locker, after: &str| {
+        for _ in 0..2 {
+            let lock = timeout(
+                Duration::from_secs(10),
+                locker.obtain_with("k", ObtainOptions::new().wait(Duration::from_secs(5))),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+            assert!(
+                lock.fencing_token() > highest,
+                "token {} after {after}, but {highest} was given out before",
+                lock.fencing_token()
+            );
+            highest = lock.fencing_token();
+            lock.release().await.unwrap();
+        }
+    };
+    grant_twice(&locker, "nothing").await;
+    let mut admin = server.admin().await;
+    let _: () = ::redis::cmd("FLUSHALL")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    grant_twice(&locker, "FLUSHALL").await;
+    let _: () = ::redis::cmd("DEL")
+        .arg(&fence)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    grant_twice(&locker, "the counter was deleted").await;
+    server.restart();
+    grant_twice(&locker, "a restart without persistence").await;
 }
 
 /// With `appendonly yes` and `appendfsync always`, fencing tokens keep

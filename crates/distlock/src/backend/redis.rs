@@ -26,8 +26,8 @@
 //!
 //! * `NS:{H}:lock:K` — the lock, a string `<owner token>:<fencing token>:<metadata>`
 //!   with the lock's TTL;
-//! * `NS:{H}:fence:K` — the key's fencing counter (`INCR`), without a TTL,
-//!   so it outlives the lock (one small key per distinct lock key ever used);
+//! * `NS:{H}:fence:K` — the key's fencing counter, without a TTL, so it
+//!   outlives the lock (one small key per distinct lock key ever used);
 //! * `NS:{H}:queue:K` and `NS:{H}:waiting:K` — while processes wait: the
 //!   waiters' queue (a sorted set of owner tokens by arrival) and their
 //!   leases (a hash), both expiring a waiter lease after the last waiter's
@@ -42,11 +42,13 @@
 //!
 //! # Durability and safety
 //!
-//! * **Fencing tokens survive a server restart only if the counter was
-//!   persisted**: run Redis with `appendonly yes` and `appendfsync always`.
-//!   With RDB snapshots, `appendfsync everysec` or no persistence, a restart
-//!   (or a failover to a replica that missed the last writes) can hand out
-//!   tokens again that were already used.
+//! * **Fencing tokens never go back**, even when Redis loses the counter
+//!   (FLUSHALL, eviction, a restart without `appendfsync always`, a
+//!   failover to a replica that missed the last writes): a grant's token is
+//!   `max(counter + 1, the server's clock in µs since the epoch)`, like the
+//!   file backend's. Only a server clock stepped back past the last token,
+//!   together with a lost counter, could repeat one; with AOF `appendfsync
+//!   always` the counter itself survives and the clock does not matter.
 //! * **Eviction breaks mutual exclusion**: with any `maxmemory-policy`
 //!   other than `noeviction`, Redis may evict a live lock. The backend reads
 //!   the policy on connect ([`RedisBackend::maxmemory_policy`]) and logs a

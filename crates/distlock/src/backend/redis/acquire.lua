@@ -24,8 +24,7 @@ if value then
     return {1, token}
   end
 end
--- The server's clock in ms: read only when there is a queue to look at
--- or to join.
+-- The server's clock in ms: for the queue (to look at it or join it).
 local function server_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -46,7 +45,17 @@ if not value and (not head or head == owner) then
     redis.call('ZREM', queue, owner)
     redis.call('HDEL', leases, owner)
   end
+  -- Floored by the server's clock in microseconds, so that tokens never go
+  -- back even when the counter is lost (FLUSHALL, eviction, a restart or a
+  -- failover without it): max(last + 1, now in µs). Below 2^53 a double
+  -- holds it exactly; '%d' writes it out whole ('%.14g' would round).
   local granted = redis.call('INCR', fence)
+  local t = redis.call('TIME')
+  local floor = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  if granted < floor then
+    granted = floor
+    redis.call('SET', fence, string.format('%d', granted))
+  end
   redis.call('SET', lock, owner .. ':' .. string.format('%d', granted) .. ':' .. ARGV[3], 'PX', ARGV[2])
   return {1, granted}
 end
