@@ -14,8 +14,13 @@
 //! * `<name>.holder` — who holds the lock: fencing token, pid, host, since
 //!   and metadata. Written atomically (temporary file + rename) right after
 //!   the lock is taken, removed right before it is released. [`inspect`]
-//!   reads it and checks that the lock really is held with a non-blocking
-//!   shared `flock` probe, so a crashed holder's stale record is ignored.
+//!   reads it only after checking that the lock really is held, and (on
+//!   Linux) by the process the record names, so a crashed holder's stale
+//!   record is ignored. On Linux that check reads the kernel's list of locks
+//!   and takes no lock, so inspecting never makes a free lock look busy to
+//!   an acquirer; elsewhere it is a non-blocking shared `flock` probe, which
+//!   an acquirer meeting it may take for the holder for a moment (it looks
+//!   again, 1 ms apart, a few times).
 //!
 //! `<name>` is `k-` followed by the key with every byte other than ASCII
 //! letters, digits, `_` and `-` percent-encoded, when that fits in 200
@@ -83,6 +88,10 @@ use crate::holder::HolderInfo;
 use crate::key::{Key, LockKey, Namespace};
 use crate::lease::{LeaseRef, OwnerToken};
 
+mod holders;
+
+use holders::{Holder, HolderLookup};
+
 /// The longest percent-encoded key kept readable in a file name.
 const MAX_ENCODED: usize = 200;
 
@@ -99,7 +108,8 @@ const RELEASE_POLL: Duration = Duration::from_millis(10);
 /// How many times a busy lock without a (current) holder record is looked
 /// at again, 1 ms apart, before it is reported without details. The record
 /// is missing only for the microseconds between taking the lock and writing
-/// it, or while another process's `inspect` probes the lock.
+/// it, or (where the kernel's list of locks cannot be read) while another
+/// process's `inspect` probes the lock.
 const BUSY_RECHECKS: u32 = 3;
 
 /// Locks on one host, as `flock`s on files in a directory.
@@ -128,6 +138,7 @@ pub struct FileBackend {
     dir: PathBuf,
     host: String,
     held: Mutex<HashMap<LockKey, Held>>,
+    holders: HolderLookup,
 }
 
 /// A lock this backend holds: the open file carries the OS lock.
@@ -180,6 +191,7 @@ impl FileBackend {
             .map(|h| h.to_string_lossy().replace(['\n', '\r'], " "))
             .unwrap_or_default();
         Ok(FileBackend {
+            holders: HolderLookup::for_dir(&dir),
             dir,
             host,
             held: Mutex::new(HashMap::new()),
@@ -242,7 +254,16 @@ impl FileBackend {
             match file.try_lock() {
                 Ok(()) => {}
                 Err(TryLockError::WouldBlock) => {
-                    return Ok(Step::Busy(self.busy_holder(&paths, &file, &req.key.key)?));
+                    let pid = match self.holders.holder(&file) {
+                        Ok(Holder::Held(pid)) => pid,
+                        _ => None,
+                    };
+                    return Ok(Step::Busy(self.busy_holder(
+                        &paths,
+                        &file,
+                        &req.key.key,
+                        pid,
+                    )?));
                 }
                 Err(TryLockError::Error(e)) => return Err(failed(e)),
             }
@@ -286,11 +307,19 @@ impl FileBackend {
     }
 
     /// The holder of a lock `file` that someone holds, when its record is
-    /// current (not left behind by an earlier, crashed holder).
-    fn busy_holder(&self, paths: &KeyPaths, file: &File, key: &Key) -> Result<Option<HolderInfo>> {
+    /// current: not left behind by an earlier holder (its token is older
+    /// than the file's, or the system names another process as the holder).
+    fn busy_holder(
+        &self,
+        paths: &KeyPaths,
+        file: &File,
+        key: &Key,
+        pid: Option<u32>,
+    ) -> Result<Option<HolderInfo>> {
         let current = read_lock_file(file, key, &paths.lock)?;
         Ok(read_record(&paths.holder)
             .filter(|r| r.token >= current)
+            .filter(|r| pid.is_none_or(|pid| r.pid == pid && r.host == self.host))
             .map(|r| self.record_info(r)))
     }
 
@@ -319,20 +348,20 @@ impl FileBackend {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Some(None)),
             Err(e) => return Err(io_error("inspect", Action::ReadLockFile, &paths.lock, e)),
         };
-        // A shared lock succeeds only if nobody holds the exclusive one; it
-        // is dropped at once. Acquirers that meet it look again shortly.
-        match file.try_lock_shared() {
-            Ok(()) => return Ok(Some(None)),
-            Err(TryLockError::WouldBlock) => {}
-            Err(TryLockError::Error(e)) => {
-                return Err(io_error("inspect", Action::UseLockFile, &paths.lock, e));
-            }
-        }
-        match self.busy_holder(&paths, &file, &key.key)? {
+        let pid = match self.holders.holder(&file) {
+            Ok(Holder::Free) => return Ok(Some(None)),
+            Ok(Holder::Held(pid)) => pid,
+            Err(e) => return Err(io_error("inspect", Action::UseLockFile, &paths.lock, e)),
+        };
+        match self.busy_holder(&paths, &file, &key.key, pid)? {
             Some(info) => Ok(Some(Some(info))),
             None if last_try => {
                 let token = read_lock_file(&file, &key.key, &paths.lock)?;
-                Ok(Some(Some(HolderInfo::new(token))))
+                let info = HolderInfo::new(token);
+                Ok(Some(Some(match pid {
+                    Some(pid) => info.process(pid, self.host.clone()),
+                    None => info,
+                })))
             }
             None => Ok(None),
         }
@@ -812,308 +841,4 @@ fn write_record(paths: &KeyPaths, record: &Record) -> io::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn key(k: &str) -> Key {
-        Key::new(k).unwrap()
-    }
-
-    #[test]
-    fn file_names_are_safe_injective_and_short() {
-        let long = "x".repeat(crate::MAX_KEY_BYTES);
-        let emoji = "🚀".repeat(crate::MAX_KEY_BYTES / 4);
-        let keys = [
-            "a",
-            "a/b",
-            "a%2Fb",
-            "a.b",
-            "..",
-            ".",
-            "../../etc/passwd",
-            "A",
-            "a b",
-            "a\nb",
-            "k-a",
-            "h-a",
-            &long,
-            &emoji,
-        ];
-        let mut names: Vec<String> = keys.iter().map(|k| file_name(&key(k))).collect();
-        for name in &names {
-            assert!(name.len() <= MAX_ENCODED + 2, "{name}");
-            assert!(
-                name.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"_-%".contains(&b)),
-                "{name}"
-            );
-            assert!(name.starts_with("k-") || name.starts_with("h-"));
-        }
-        assert_eq!(names[0], "k-a");
-        assert_eq!(names[1], "k-a%2Fb");
-        assert_eq!(names[2], "k-a%252Fb");
-        assert!(names[12].starts_with("h-") && names[12].len() == 66);
-        names.sort();
-        names.dedup();
-        assert_eq!(names.len(), keys.len(), "two keys share a file name");
-        assert_eq!(namespace_dir(&Namespace::new("..").unwrap()), "ns-..");
-    }
-
-    #[test]
-    fn holder_records_round_trip() {
-        let record = Record {
-            token: 1_745_000_000_000_001,
-            pid: 42,
-            host: "box-1".into(),
-            since: UNIX_EPOCH + Duration::new(1_745_000_000, 123_456_789),
-            metadata: Some("line 1\nline 2 {json: true}".into()),
-        };
-        assert_eq!(decode_record(&encode_record(&record)), Some(record));
-        let bare = Record {
-            token: 7,
-            pid: 1,
-            host: String::new(),
-            since: UNIX_EPOCH,
-            metadata: None,
-        };
-        assert_eq!(decode_record(&encode_record(&bare)), Some(bare));
-        assert_eq!(decode_record(b"garbage"), None);
-        assert_eq!(decode_record(b""), None);
-    }
-
-    fn temp_dir(case: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("distlock-file-{case}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        dir
-    }
-
-    fn lock_key(k: &str) -> LockKey {
-        LockKey {
-            namespace: Namespace::default(),
-            key: key(k),
-        }
-    }
-
-    fn request(k: &str) -> AcquireRequest {
-        AcquireRequest::new(
-            lock_key(k),
-            OwnerToken::random().unwrap(),
-            Duration::from_secs(1),
-        )
-    }
-
-    async fn grant(backend: &FileBackend, req: &AcquireRequest) -> u64 {
-        match backend.try_acquire(req).await.unwrap() {
-            Attempt::Granted { fencing_token } => fencing_token,
-            other => panic!("expected a grant, got {other:?}"),
-        }
-    }
-
-    /// Errors that cannot heal are refusals naming the path and what is
-    /// missing; the others stay transient.
-    #[test]
-    fn io_errors_that_cannot_heal_are_refusals() {
-        use nix::libc;
-        let dir = Path::new("/locks/ns-x");
-        let lock = dir.join("k-a.lock");
-        let holder = dir.join("k-a.holder");
-        for (action, path, errno, says) in [
-            (
-                Action::CreateLockFile,
-                &lock,
-                libc::EACCES,
-                "cannot create lock file /locks/ns-x/k-a.lock: permission denied \
-                 (needs write and search permission on /locks/ns-x)",
-            ),
-            (
-                Action::CreateDir,
-                &dir.to_path_buf(),
-                libc::EACCES,
-                "cannot create directory /locks/ns-x: permission denied \
-                 (needs write and search permission on /locks)",
-            ),
-            (
-                Action::ReadLockFile,
-                &lock,
-                libc::EACCES,
-                "cannot read lock file /locks/ns-x/k-a.lock: permission denied \
-                 (needs read permission on it and search permission on /locks/ns-x)",
-            ),
-            (
-                Action::WriteHolder,
-                &holder,
-                libc::EPERM,
-                "cannot write holder record /locks/ns-x/k-a.holder: operation not permitted",
-            ),
-            (
-                Action::CreateLockFile,
-                &lock,
-                libc::EROFS,
-                "cannot create lock file /locks/ns-x/k-a.lock: read-only file system",
-            ),
-            (
-                Action::WriteHolder,
-                &holder,
-                libc::ENOSPC,
-                "cannot write holder record /locks/ns-x/k-a.holder: no space left on device",
-            ),
-            (
-                Action::OpenLockFile,
-                &lock,
-                libc::ELOOP,
-                "cannot open lock file /locks/ns-x/k-a.lock: \
-                 it is a symbolic link, which distlock does not follow",
-            ),
-        ] {
-            let err = io_error("acquire", action, path, io::Error::from_raw_os_error(errno));
-            assert!(matches!(err, Error::Refused { .. }), "{errno}: {err:?}");
-            assert_eq!(
-                err.to_string(),
-                format!("file backend refused acquire: {says}")
-            );
-        }
-        for errno in [
-            libc::EIO,
-            libc::EINTR,
-            libc::ENOLCK,
-            libc::EMFILE,
-            libc::ENFILE,
-        ] {
-            let err = io_error(
-                "acquire",
-                Action::UseLockFile,
-                &lock,
-                io::Error::from_raw_os_error(errno),
-            );
-            assert!(err.is_transient(), "{errno}: {err:?}");
-            assert!(
-                err.to_string()
-                    .contains("cannot use lock file /locks/ns-x/k-a.lock: "),
-                "{err}"
-            );
-        }
-    }
-
-    #[tokio::test]
-    async fn a_crashed_holders_record_is_ignored() {
-        let dir = temp_dir("stale");
-        let a = FileBackend::open(&dir).unwrap();
-        let b = FileBackend::open(&dir).unwrap();
-        let req = request("k");
-        let token = grant(&a, &req).await;
-        let holder = b.inspect(&req.key).await.unwrap().expect("held");
-        assert_eq!(
-            (holder.fencing_token, holder.pid),
-            (token, Some(std::process::id()))
-        );
-        // A crash: the OS drops the lock, the record stays behind.
-        let record = std::fs::read(a.holder_path(&req.key)).unwrap();
-        a.held().clear();
-        std::fs::write(a.holder_path(&req.key), record).unwrap();
-        assert_eq!(b.inspect(&req.key).await.unwrap(), None);
-        let next = grant(&b, &request("k")).await;
-        assert!(next > token);
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[tokio::test]
-    async fn tokens_keep_increasing_when_the_directory_is_wiped() {
-        let dir = temp_dir("wiped");
-        let backend = FileBackend::open(&dir).unwrap();
-        let first = request("k");
-        let t1 = grant(&backend, &first).await;
-        backend.release(&first.lease()).await.unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
-        let t2 = grant(&backend, &request("k")).await;
-        assert!(t2 > t1, "{t2} after {t1}");
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[tokio::test]
-    async fn a_replaced_lock_file_is_detected_by_extend() {
-        let dir = temp_dir("replaced");
-        let a = FileBackend::open(&dir).unwrap();
-        let req = request("k");
-        grant(&a, &req).await;
-        std::fs::remove_file(a.lock_path(&req.key)).unwrap();
-        // Someone else can take the new file; the old holder learns it lost.
-        let b = FileBackend::open(&dir).unwrap();
-        grant(&b, &request("k")).await;
-        assert!(
-            a.extend(&req.lease(), Duration::from_secs(1))
-                .await
-                .unwrap_err()
-                .is_not_held()
-        );
-        assert!(a.release(&req.lease()).await.unwrap_err().is_not_held());
-        assert!(
-            b.inspect(&req.key).await.unwrap().is_some(),
-            "b's record survives a's release"
-        );
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[tokio::test]
-    async fn a_lock_file_of_another_key_is_refused() {
-        let dir = temp_dir("collision");
-        let backend = FileBackend::open(&dir).unwrap();
-        let long = "y".repeat(300);
-        let req = request(&long);
-        let path = backend.lock_path(&req.key);
-        assert!(
-            path.file_name()
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .starts_with("h-")
-        );
-        // Forge the file a colliding key would have created.
-        let other = KeyPaths {
-            dir: path.parent().unwrap().to_path_buf(),
-            lock: path.clone(),
-            holder: backend.holder_path(&req.key),
-        };
-        create_lock_file(&other, &key("not the same key")).unwrap();
-        let err = backend.try_acquire(&req).await.unwrap_err();
-        assert!(err.to_string().contains("collision"), "{err}");
-        assert!(
-            matches!(err, Error::Refused { .. }),
-            "retrying cannot fix it: {err:?}"
-        );
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    /// `inspect` probes with a shared lock for a few microseconds; an
-    /// acquirer that meets the probe looks again instead of reporting a free
-    /// key as held.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn inspect_probes_do_not_make_a_free_key_look_held() {
-        let dir = temp_dir("probes");
-        let inspector = Arc::new(FileBackend::open(&dir).unwrap());
-        let acquirer = FileBackend::open(&dir).unwrap();
-        let key = lock_key("k");
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let probing = {
-            let (inspector, key, stop) = (inspector.clone(), key.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut probes = 0u32;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let _ = inspector.inspect(&key).await.unwrap();
-                    probes += 1;
-                    tokio::task::yield_now().await;
-                }
-                probes
-            })
-        };
-        for round in 0..2000 {
-            let req = request("k");
-            match acquirer.try_acquire(&req).await.unwrap() {
-                Attempt::Granted { .. } => acquirer.release(&req.lease()).await.unwrap(),
-                other => panic!("round {round}: a free key looked held: {other:?}"),
-            }
-        }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        assert!(probing.await.unwrap() > 100);
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-}
+mod tests;
