@@ -104,6 +104,8 @@
 
 mod encode;
 mod session;
+#[cfg(test)]
+mod test_etcd;
 mod watch;
 
 use std::cmp::Reverse;

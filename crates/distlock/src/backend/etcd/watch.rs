@@ -53,7 +53,8 @@ impl WatchHub {
 
 #[derive(Default)]
 struct Watches {
-    /// Waiters whose watch was requested but not yet confirmed, in order.
+    /// Waiters whose watch was requested but not yet confirmed, in order
+    /// (including those that gave up meanwhile).
     creating: VecDeque<oneshot::Sender<bool>>,
     /// Confirmed watches by id.
     active: HashMap<i64, oneshot::Sender<bool>>,
@@ -146,8 +147,9 @@ async fn run(
                 }
             },
             _ = prune.tick() => {
-                // Forget waiters that gave up; cancel their watches.
-                watches.creating.retain(|fire| !fire.is_closed());
+                // Forget waiters that gave up; cancel their watches. Those
+                // still awaiting confirmation stay queued: confirmations
+                // match requests by order, and `handle` cancels theirs.
                 let gone: Vec<i64> = watches
                     .active
                     .iter()
@@ -193,6 +195,60 @@ async fn handle(response: WatchResponse, stream: &mut WatchStream, watches: &mut
         }
         if !response.canceled() {
             let _ = stream.cancel(id).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::backend::etcd::test_etcd::TestEtcd;
+
+    /// etcd confirms watches in the order they were asked for. A waiter
+    /// that gives up while its confirmation is delayed (here: etcd stopped)
+    /// must not shift the waiters asked for after it onto the wrong watch:
+    /// each is still woken by the delete of its own key.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_waiter_giving_up_before_its_watch_is_confirmed_shifts_no_other() {
+        let etcd = TestEtcd::start();
+        let mut client = etcd.client().await;
+        let mut revision = 0;
+        for key in ["a", "b", "c", "open"] {
+            let put = client.put(key, "", None).await.unwrap();
+            revision = put.header().unwrap().revision();
+        }
+        let hub = Arc::new(WatchHub::start(client.clone(), CancellationToken::new()));
+        let wait = |key: &'static str| {
+            let hub = hub.clone();
+            tokio::spawn(async move { hub.deleted(key.into(), revision).await })
+        };
+        // Keeps the stream open throughout.
+        let _open = wait("open");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+
+        etcd.pause(true);
+        let gives_up = wait("a");
+        let (b, c) = (wait("b"), wait("c"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        gives_up.abort();
+        // The hub prunes waiters that gave up once a second.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        etcd.pause(false);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        for (key, waiter) in [("b", b), ("c", c)] {
+            assert!(
+                !waiter.is_finished(),
+                "{key} woke before its key was deleted"
+            );
+            client.delete(key, None).await.unwrap();
+            let woken = tokio::time::timeout(Duration::from_secs(3), waiter).await;
+            assert!(
+                matches!(woken, Ok(Ok(true))),
+                "the waiter on {key} was not woken by its delete: {woken:?}"
+            );
         }
     }
 }
