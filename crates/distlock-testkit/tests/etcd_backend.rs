@@ -1,7 +1,8 @@
 //! The etcd backend's own promises, against real etcd processes: a 3-node
 //! cluster losing its leader (and the isolation the torture harness uses), a paused server, leases revoked behind the
 //! backend's back, abandoned waits, FIFO order across lockers, auth, TLS,
-//! and the write cost of a cycle and of waiting.
+//! and the write cost of a cycle and of waiting; in `etcd_backend/`, queue
+//! entries that outlive their waiter.
 //!
 //! Each test gets a private server, so revisions and faults are its own.
 
@@ -10,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use distlock::backend::Backend;
-use distlock::backend::etcd::etcd_client::{Client, ConnectOptions, GetOptions, Permission};
+use distlock::backend::etcd::etcd_client::{
+    Client, ConnectOptions, GetOptions, Permission, SortOrder, SortTarget,
+};
 use distlock::backend::etcd::{EtcdBackend, EtcdOptions};
 use distlock::{Error, Key, LockKey, Locker, LostReason, Namespace, ObtainOptions};
 use distlock_testkit::etcd::{EtcdCluster, FIXTURE_SESSION_TTL, backend, holder_entry, raw_client};
@@ -18,7 +21,10 @@ use distlock_testkit::fairness::assert_served_in_turn;
 use distlock_testkit::proxy::FaultProxy;
 use distlock_testkit::refusal::assert_refused_at_once;
 use distlock_testkit::{CriticalSection, unique_namespace};
-use tokio::time::{Instant, sleep, timeout};
+use tokio::time::{Instant, sleep, sleep_until, timeout};
+
+#[path = "etcd_backend/waiters.rs"]
+mod waiters;
 
 const MS: Duration = Duration::from_millis(1);
 

@@ -32,9 +32,10 @@ impl From<Error> for AttemptError {
 impl Inner {
     pub(super) async fn try_acquire(self: &Arc<Self>, req: &AcquireRequest) -> Result<Attempt> {
         self.ensure_open()?;
-        // Our own entry for this owner may be the one being deleted (reaped
-        // while queued): its next attempt starts afresh.
-        self.wait_releases(&req.key).await;
+        // Our own entry may be the one being deleted (reaped while queued):
+        // then this attempt starts afresh once it is gone. Until the claim
+        // is dropped, the reaper leaves the entry to us.
+        let _claim = self.claim(&req.key, req.owner).await;
         let mut renewed_lease = false;
         loop {
             match self.attempt(req).await {
@@ -137,6 +138,11 @@ impl Inner {
         let (mine, first) = match found {
             Some(found) => found,
             None => {
+                // Whatever this put's fate, a release or the reaper must
+                // delete our key under any revision from now on.
+                if let Some(entry) = self.state().entries.get_mut(&owner) {
+                    entry.revision = None;
+                }
                 let put = TxnOp::put(
                     etcd_key.clone(),
                     encode::entry_value(req.ttl, req.metadata.as_deref()),
@@ -181,7 +187,7 @@ impl Inner {
                     backend_error("acquire", "the attempt was cleaned up while in flight").into(),
                 );
             };
-            if let Some(old) = entry.revision.filter(|old| *old != revision) {
+            if let Some(old) = known.filter(|old| *old != revision) {
                 tracing::info!(
                     key = %req.key.key,
                     old, new = revision,

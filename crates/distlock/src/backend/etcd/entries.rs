@@ -2,7 +2,7 @@
 //! their deletion (by a release or the reaper).
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +19,9 @@ pub(super) struct State {
     pub(super) entries: HashMap<OwnerToken, Entry>,
     /// Locks with an entry being deleted: later attempts on them wait for it.
     pub(super) releasing: HashMap<LockKey, usize>,
+    /// Owners with an attempt in flight: the reaper leaves their entries
+    /// alone, and a release waits for the attempt to end.
+    pub(super) attempting: HashSet<OwnerToken>,
     pub(super) reap_queue: BinaryHeap<Reverse<Due>>,
     /// When the reaper wakes next (`None`: when told to).
     pub(super) reaper_at: Option<Instant>,
@@ -56,17 +59,35 @@ impl OwnerKey {
     }
 }
 
+/// What a guarded delete found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Deleted {
+    /// It deleted our key.
+    Yes,
+    /// Our key was not there.
+    Gone,
+    /// Our key is there under another create revision (a put the entry did
+    /// not know of landed): nothing was deleted, the entry must stay.
+    Other(i64),
+}
+
 impl Inner {
-    /// Waits while an entry of this backend for `key` is being deleted, so a
-    /// release (or a dropped obtain's cleanup) is ordered before later
-    /// attempts of the same backend.
-    pub(super) async fn wait_releases(&self, key: &LockKey) {
+    /// Makes `owner` the one attempting on its entry, once no entry of
+    /// this backend for `key` is being deleted (so a release, or a dropped
+    /// obtain's cleanup, is ordered before later attempts, and an entry
+    /// being reaped is never granted) and no other attempt of `owner` runs.
+    /// Until the claim is dropped, the reaper and releases leave the entry
+    /// alone.
+    pub(super) async fn claim(&self, key: &LockKey, owner: OwnerToken) -> AttemptClaim<'_> {
         loop {
             let released = self.released.notified();
             tokio::pin!(released);
             released.as_mut().enable();
-            if !self.state().releasing.contains_key(key) {
-                return;
+            {
+                let mut state = self.state();
+                if !state.releasing.contains_key(key) && state.attempting.insert(owner) {
+                    return AttemptClaim { inner: self, owner };
+                }
             }
             released.await;
         }
@@ -85,12 +106,13 @@ impl Inner {
             .is_none_or(|sleeping_until| at < sleeping_until)
     }
 
-    /// Marks `owner`'s entry as being deleted; false if it already is.
+    /// Marks `owner`'s entry as being deleted; false if it already is, or
+    /// an attempt on it is in flight.
     pub(super) fn begin_release(state: &mut State, owner: OwnerToken) -> bool {
         let Some(entry) = state.entries.get_mut(&owner) else {
             return false;
         };
-        if entry.releasing {
+        if entry.releasing || state.attempting.contains(&owner) {
             return false;
         }
         entry.releasing = true;
@@ -99,15 +121,30 @@ impl Inner {
     }
 
     /// Ends a release begun by `begin_release`: the entry is forgotten when
-    /// `gone`, else kept for the reaper to try again at `retry_at`.
-    pub(super) fn end_release(&self, owner: OwnerToken, gone: bool, retry_at: Instant) {
+    /// the delete found no key of ours (`Some(Yes | Gone)`). Else (`None`:
+    /// the delete failed) it is kept for the reaper to try again at
+    /// `retry_at`, or at once if our key is there under another revision.
+    pub(super) fn end_release(
+        &self,
+        owner: OwnerToken,
+        deleted: Option<Deleted>,
+        retry_at: Instant,
+    ) {
         let mut state = self.state();
         let state = &mut *state;
         let Some(entry) = state.entries.get_mut(&owner) else {
             return;
         };
         let key = entry.key.clone();
-        let wake = if gone {
+        let retry_at = match deleted {
+            Some(Deleted::Other(revision)) => {
+                entry.revision = Some(revision);
+                entry.granted = false;
+                Instant::now()
+            }
+            _ => retry_at,
+        };
+        let wake = if matches!(deleted, Some(Deleted::Yes | Deleted::Gone)) {
             state.entries.remove(&owner);
             false
         } else {
@@ -141,9 +178,117 @@ impl Drop for ReleaseGuard<'_> {
         if self.armed {
             self.inner.end_release(
                 self.owner,
-                false,
+                None,
                 Instant::now() + Duration::from_millis(100),
             );
         }
+    }
+}
+
+/// An attempt in flight on an entry (see [`Inner::claim`]). Dropped, it
+/// hands the entry back to the reaper if its deadline passed meanwhile.
+pub(super) struct AttemptClaim<'a> {
+    inner: &'a Inner,
+    owner: OwnerToken,
+}
+
+impl Drop for AttemptClaim<'_> {
+    fn drop(&mut self) {
+        let mut guard = self.inner.state();
+        let state = &mut *guard;
+        state.attempting.remove(&self.owner);
+        let now = Instant::now();
+        let due = state
+            .entries
+            .get(&self.owner)
+            .filter(|e| e.reap_at <= now)
+            .map(|e| e.reap_at);
+        let wake = due.is_some_and(|at| Inner::schedule(state, self.owner, at));
+        drop(guard);
+        self.inner.released.notify_waiters();
+        if wake {
+            self.inner.reaper_wake.notify_one();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::etcd::{EtcdBackend, EtcdOptions};
+    use crate::key::{Key, Namespace};
+
+    async fn offline() -> EtcdBackend {
+        // The client dials lazily: nothing listens there, and nothing needs to.
+        let client = etcd_client::Client::connect(["127.0.0.1:9"], None)
+            .await
+            .unwrap();
+        EtcdBackend::with_client(client, EtcdOptions::new()).unwrap()
+    }
+
+    fn entry(backend: &EtcdBackend, owner: OwnerToken) -> Entry {
+        let key = LockKey {
+            namespace: Namespace::default(),
+            key: Key::new("k").unwrap(),
+        };
+        let session = Session::start(
+            backend.client(),
+            1,
+            Duration::from_secs(5),
+            Instant::now(),
+            Duration::from_secs(1),
+        );
+        Entry {
+            etcd_key: super::super::encode::entry_key(&key, owner),
+            key,
+            session,
+            ttl: Duration::from_secs(1),
+            revision: Some(5),
+            granted: false,
+            reap_at: Instant::now(),
+            releasing: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_entry_with_an_attempt_in_flight_is_not_deleted_and_deleting_one_holds_attempts() {
+        let backend = offline().await;
+        let inner = &backend.inner;
+        let owner = OwnerToken::random().unwrap();
+        let e = entry(&backend, owner);
+        let key = e.key.clone();
+        inner.state().entries.insert(owner, e);
+        let claim = inner.claim(&key, owner).await;
+        assert!(!Inner::begin_release(&mut inner.state(), owner));
+        drop(claim);
+        assert!(Inner::begin_release(&mut inner.state(), owner));
+        let claiming = inner.claim(&key, owner);
+        tokio::pin!(claiming);
+        let pending = tokio::time::timeout(Duration::from_millis(20), &mut claiming).await;
+        assert!(pending.is_err(), "claimed an entry being deleted");
+        inner.end_release(owner, Some(Deleted::Gone), Instant::now());
+        let _claim = claiming.await;
+        assert!(
+            inner.state().entries.is_empty(),
+            "a gone entry is forgotten"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_delete_that_finds_our_key_under_another_revision_keeps_the_entry() {
+        let backend = offline().await;
+        let inner = &backend.inner;
+        let owner = OwnerToken::random().unwrap();
+        inner.state().entries.insert(owner, entry(&backend, owner));
+        assert!(Inner::begin_release(&mut inner.state(), owner));
+        let later = Instant::now() + Duration::from_secs(60);
+        inner.end_release(owner, Some(Deleted::Other(9)), later);
+        let state = inner.state();
+        let kept = state.entries.get(&owner).expect("kept");
+        assert_eq!(kept.revision, Some(9));
+        assert!(
+            !kept.releasing && kept.reap_at <= Instant::now(),
+            "deleted again at once"
+        );
     }
 }

@@ -134,7 +134,7 @@ use crate::lease::{LeaseRef, OwnerToken};
 use session::{LeaseTrouble, Session};
 use watch::WatchHub;
 
-use entries::{ReleaseGuard, State};
+use entries::{Deleted, ReleaseGuard, State};
 use errors::{backend_error, etcd_error, lease_not_found, not_held};
 pub use options::{
     DEFAULT_DIAL_TIMEOUT, DEFAULT_LEASE_IDLE_TIMEOUT, DEFAULT_REQUEST_TIMEOUT,
@@ -398,7 +398,8 @@ impl Inner {
 
     async fn release(self: &Arc<Self>, lease: &LeaseRef) -> Result<()> {
         // Wait out a release of this very entry already under way (the
-        // reaper's, or an earlier call's), then see whether it is still there.
+        // reaper's, or an earlier call's) and an attempt in flight on it (of
+        // an obtain dropped mid-attempt), then see whether it is still there.
         let (etcd_key, revision, granted) = loop {
             let released = self.released.notified();
             tokio::pin!(released);
@@ -408,9 +409,8 @@ impl Inner {
                 let Some(entry) = state.entries.get(&lease.owner) else {
                     return Err(not_held(&lease.key));
                 };
-                if !entry.releasing {
-                    let found = (entry.etcd_key.clone(), entry.revision, entry.granted);
-                    Self::begin_release(&mut state, lease.owner);
+                let found = (entry.etcd_key.clone(), entry.revision, entry.granted);
+                if Self::begin_release(&mut state, lease.owner) {
                     break found;
                 }
             }
@@ -427,12 +427,12 @@ impl Inner {
         guard.armed = false;
         match result {
             Ok(deleted) => {
-                self.end_release(lease.owner, true, Instant::now());
-                if revision.is_none() && !deleted {
+                self.end_release(lease.owner, Some(deleted), Instant::now());
+                if revision.is_none() && deleted == Deleted::Gone {
                     self.sweep_soon();
                 }
                 // A deleted queue entry never held the lock: NotHeld too.
-                if deleted && granted {
+                if deleted == Deleted::Yes && granted {
                     Ok(())
                 } else {
                     Err(not_held(&lease.key))
@@ -440,7 +440,7 @@ impl Inner {
             }
             Err(e) => {
                 // Left to the reaper, which tries again at the entry's deadline.
-                self.end_release(lease.owner, false, Instant::now() + Duration::from_secs(1));
+                self.end_release(lease.owner, None, Instant::now() + Duration::from_secs(1));
                 Err(e)
             }
         }

@@ -5,50 +5,50 @@ use std::cmp::Reverse;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use etcd_client::{Compare, CompareOp, LeaseTimeToLiveOptions, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, LeaseTimeToLiveOptions, Txn, TxnOp, TxnOpResponse};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::entries::Due;
+use super::entries::{Deleted, Due};
 use super::session::Session;
 use super::{Inner, encode};
 use crate::error::Result;
 use crate::key::LockKey;
 
 impl Inner {
-    /// Deletes an entry's key, guarded by its create revision when known.
-    /// `Ok(true)` if a key was deleted.
+    /// Deletes an entry's key, guarded by its create revision when known,
+    /// and says what it found.
     pub(super) async fn delete_entry(
         &self,
         key: &LockKey,
         etcd_key: &[u8],
         revision: Option<i64>,
-    ) -> Result<bool> {
+    ) -> Result<Deleted> {
         let mut client = self.client.clone();
-        let delete = TxnOp::delete(etcd_key.to_vec(), None);
-        let txn = match revision {
-            Some(rev) => Txn::new()
-                .when([Compare::create_revision(
-                    etcd_key.to_vec(),
-                    CompareOp::Equal,
-                    rev,
-                )])
-                .and_then([delete]),
+        let guard = match revision {
+            Some(rev) => Compare::create_revision(etcd_key.to_vec(), CompareOp::Equal, rev),
             // Outcome of the put unknown: the name is unique to this owner.
-            None => Txn::new()
-                .when([Compare::create_revision(
-                    etcd_key.to_vec(),
-                    CompareOp::Greater,
-                    0,
-                )])
-                .and_then([delete]),
+            None => Compare::create_revision(etcd_key.to_vec(), CompareOp::Greater, 0),
         };
+        // Read back when nothing was deleted: a key of ours under another
+        // revision means the entry is not gone.
+        let txn = Txn::new()
+            .when([guard])
+            .and_then([TxnOp::delete(etcd_key.to_vec(), None)])
+            .or_else([TxnOp::get(etcd_key.to_vec(), None)]);
         let resp = client
             .txn(txn)
             .await
             .map_err(|e| self.err("release", Some(key), e))?;
-        Ok(resp.succeeded())
+        if resp.succeeded() {
+            return Ok(Deleted::Yes);
+        }
+        let found = resp.op_responses().into_iter().find_map(|op| match op {
+            TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.create_revision()),
+            _ => None,
+        });
+        Ok(found.map_or(Deleted::Gone, Deleted::Other))
     }
 
     /// Deletes keys on this backend's leases that no entry accounts for: a
@@ -152,7 +152,9 @@ pub(super) async fn reaper(inner: Weak<Inner>, wake_up: Arc<Notify>, closed: Can
                 let Some(entry) = state.entries.get(&owner) else {
                     continue;
                 };
-                if entry.releasing {
+                // Being deleted, or an attempt is in flight (which hands the
+                // entry back when it ends).
+                if entry.releasing || state.attempting.contains(&owner) {
                     continue;
                 }
                 if entry.reap_at > now {
@@ -179,13 +181,13 @@ pub(super) async fn reaper(inner: Weak<Inner>, wake_up: Arc<Notify>, closed: Can
                 tokio::time::timeout(timeout, this.delete_entry(&key, &etcd_key, revision)).await;
             match result {
                 Ok(Ok(deleted)) => {
-                    tracing::debug!(key = %key.key, deleted, "distlock: etcd entry expired");
-                    this.end_release(owner, true, now);
+                    tracing::debug!(key = %key.key, ?deleted, "distlock: etcd entry expired");
+                    this.end_release(owner, Some(deleted), now);
                     if revision.is_none() {
                         this.sweep_soon();
                     }
                 }
-                _ => this.end_release(owner, false, Instant::now() + Duration::from_secs(1)),
+                _ => this.end_release(owner, None, Instant::now() + Duration::from_secs(1)),
             }
         }
     }
