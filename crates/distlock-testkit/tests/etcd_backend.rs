@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use distlock::backend::Backend;
 use distlock::backend::etcd::etcd_client::{
-    Client, ConnectOptions, GetOptions, Permission, SortOrder, SortTarget,
+    Client, ConnectOptions, GetOptions, KeyValue, Permission, SortOrder, SortTarget,
 };
 use distlock::backend::etcd::{EtcdBackend, EtcdOptions};
 use distlock::{Error, Key, LockKey, Locker, LostReason, Namespace, ObtainOptions};
@@ -70,6 +70,19 @@ async fn await_entries(client: &mut Client, ns: &str, key: &str, n: usize, withi
         );
         sleep(10 * MS).await;
     }
+}
+
+/// The entry of `key` queued second (the first waiter behind the holder).
+async fn second_entry(client: &mut Client, ns: &str, key: &str) -> KeyValue {
+    let prefix = EtcdBackend::key_prefix(&LockKey {
+        namespace: Namespace::new(ns).unwrap(),
+        key: Key::new(key).unwrap(),
+    });
+    let order = GetOptions::new()
+        .with_prefix()
+        .with_sort(SortTarget::Create, SortOrder::Ascend);
+    let found = client.get(prefix, Some(order)).await.unwrap();
+    found.kvs().get(1).cloned().expect("a queued waiter")
 }
 
 /// The member's raft log index: one entry per proposal (every write,
@@ -508,8 +521,7 @@ async fn a_queued_waiter_whose_lease_is_revoked_never_falsely_succeeds() {
     };
     let waiter = contend(waiter_locker);
     await_entries(&mut raw, &ns, "k", 2, Duration::from_secs(3)).await;
-    let revoked = waiter_backend.lease_ids();
-    assert_eq!(revoked.len(), 1);
+    let revoked = [second_entry(&mut raw, &ns, "k").await.lease()];
     raw.lease_revoke(revoked[0]).await.unwrap();
     let other = contend(other_locker);
     // The waiter keeps polling and watching; neither may get the lock now.
@@ -658,10 +670,18 @@ async fn waiting_polls_without_writing() {
         &Arc::new(EtcdBackend::with_client(existing, EtcdOptions::new()).unwrap()),
         &ns,
     );
-    // Warm both lockers' leases.
+    // Warm both lockers' leases, and the waiter's lease for queued entries.
     a.obtain("warm-a").await.unwrap().release().await.unwrap();
     b.obtain("warm-b").await.unwrap().release().await.unwrap();
     let held = a.obtain("k").await.unwrap();
+    let short = ObtainOptions::new().wait(Duration::from_millis(100));
+    assert!(
+        b.obtain_with("k", short)
+            .await
+            .unwrap_err()
+            .is_not_obtained()
+    );
+    await_entries(&mut raw, &ns, "k", 1, Duration::from_secs(1)).await;
     let proposals = raft_index(&mut raw).await;
     let retry = distlock::RetryStrategy::linear(Duration::from_millis(50));
     let err = b

@@ -1,5 +1,5 @@
-//! Queue entries that outlive their waiter: a waiter re-queued while the
-//! backend's reaper deletes its old entry.
+//! Queue entries that outlive their waiter: a waiter cut off from etcd,
+//! and a waiter re-queued while the backend's reaper deletes its old entry.
 
 use super::*;
 
@@ -14,21 +14,47 @@ async fn proxy_to(endpoint: &str) -> FaultProxy {
         .expect("start a proxy")
 }
 
-/// The entry of `key` queued second (the first waiter behind the holder).
-async fn second_entry(
-    client: &mut Client,
-    ns: &str,
-    key: &str,
-) -> distlock::backend::etcd::etcd_client::KeyValue {
-    let prefix = EtcdBackend::key_prefix(&LockKey {
-        namespace: Namespace::new(ns).unwrap(),
-        key: Key::new(key).unwrap(),
-    });
-    let order = GetOptions::new()
-        .with_prefix()
-        .with_sort(SortTarget::Create, SortOrder::Ascend);
-    let found = client.get(prefix, Some(order)).await.unwrap();
-    found.kvs().get(1).cloned().expect("a queued waiter")
+/// A waiter cut off from etcd (its keepalives stop, as when its process
+/// dies) holds up the waiter queued behind it for at most about the
+/// waiter lease after the holder releases, whatever its lock TTL — not for
+/// the lease of the lock it waited for (45 s at the default 30 s TTL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_waiter_holds_up_the_queue_for_at_most_the_waiter_lease() {
+    let cluster = cluster(1).await;
+    let endpoints = cluster.endpoints();
+    let mut raw = raw_client(&endpoints).await;
+    let ns = unique_namespace("cut_waiter");
+    let holder = locker(&Arc::new(backend(&endpoints).await), &ns);
+    let proxy = proxy_to(&endpoints[0]).await;
+    let cut = locker(&behind(&proxy).await, &ns);
+    let next = locker(&Arc::new(backend(&endpoints).await), &ns);
+    // The default TTL (30 s) everywhere.
+    let held = holder.obtain("k").await.unwrap();
+    let wait = ObtainOptions::new().wait(Duration::from_secs(120));
+    let cut_wait = {
+        let wait = wait.clone();
+        tokio::spawn(async move { cut.obtain_with("k", wait).await })
+    };
+    await_entries(&mut raw, &ns, "k", 2, Duration::from_secs(3)).await;
+    let next_wait = tokio::spawn(async move { next.obtain_with("k", wait).await });
+    await_entries(&mut raw, &ns, "k", 3, Duration::from_secs(3)).await;
+
+    proxy.set_blackhole(true);
+    let released = Instant::now();
+    held.release().await.unwrap();
+    let lock = timeout(Duration::from_secs(60), next_wait)
+        .await
+        .expect("the next waiter got the lock within 60 s")
+        .unwrap()
+        .unwrap();
+    let took = released.elapsed();
+    eprintln!("the waiter behind a cut-off one got the lock {took:?} after the release");
+    assert!(
+        took < Duration::from_millis(3500),
+        "a cut-off waiter held up the queue for {took:?}"
+    );
+    lock.release().await.unwrap();
+    cut_wait.abort();
 }
 
 /// A queued waiter whose lease is gone re-queues under a new lease while

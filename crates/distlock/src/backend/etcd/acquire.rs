@@ -1,5 +1,6 @@
-//! One acquisition attempt: join the queue (or take the lock), and read
-//! whether we are first.
+//! One acquisition attempt: take the lock if nobody holds or waits for it,
+//! else join the queue on the waiters' lease, or read whether our queued
+//! entry is first; a grant moves the entry onto the lease of its TTL.
 
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use tokio::time::Instant;
 
 use super::entries::Entry;
 use super::errors::{backend_error, lease_not_found};
+use super::leases::WAITERS;
 use super::session::{LeaseTrouble, Session};
 use super::{Inner, encode};
 use crate::backend::{AcquireRequest, Attempt};
@@ -18,14 +20,55 @@ use crate::error::{Error, Result};
 use crate::key::LockKey;
 
 pub(super) enum AttemptError {
-    /// etcd does not know the session's lease any more.
-    LeaseGone(Arc<Session>),
+    /// etcd does not know one of these leases any more (its error does not
+    /// say which).
+    LeaseGone(Vec<Arc<Session>>),
     Other(Error),
 }
 
 impl From<Error> for AttemptError {
     fn from(e: Error) -> Self {
         AttemptError::Other(e)
+    }
+}
+
+/// Our entry's key, as an attempt found or made it.
+#[derive(Clone, Copy)]
+struct Mine {
+    revision: i64,
+    lease: i64,
+}
+
+impl Mine {
+    fn of(kv: &KeyValue) -> Self {
+        Mine {
+            revision: kv.create_revision(),
+            lease: kv.lease(),
+        }
+    }
+}
+
+/// An acquire transaction's reply, its nested transactions flattened.
+#[derive(Default)]
+struct TxnReply {
+    /// How deep in the nesting a put ran, if one did.
+    put_depth: Option<usize>,
+    /// The results of its reads, in order.
+    ranges: Vec<Option<KeyValue>>,
+    /// The transaction's revision: a put's create revision.
+    revision: i64,
+}
+
+impl TxnReply {
+    fn add(&mut self, ops: Vec<TxnOpResponse>, depth: usize) {
+        for op in ops {
+            match op {
+                TxnOpResponse::Put(_) => self.put_depth = Some(depth),
+                TxnOpResponse::Get(get) => self.ranges.push(get.kvs().first().cloned()),
+                TxnOpResponse::Txn(txn) => self.add(txn.op_responses(), depth + 1),
+                TxnOpResponse::Delete(_) => {}
+            }
+        }
     }
 }
 
@@ -39,10 +82,10 @@ impl Inner {
         let mut renewed_lease = false;
         loop {
             match self.attempt(req).await {
-                Err(AttemptError::LeaseGone(session)) if !renewed_lease => {
-                    // etcd expired or revoked the lease before the keepalive
+                Err(AttemptError::LeaseGone(leases)) if !renewed_lease => {
+                    // etcd expired or revoked a lease before the keepalive
                     // said so; a new one serves this attempt.
-                    session.mark_dead();
+                    self.mark_expired(&leases).await;
                     renewed_lease = true;
                 }
                 Err(AttemptError::LeaseGone(_)) => {
@@ -57,14 +100,26 @@ impl Inner {
         }
     }
 
-    pub(super) async fn attempt(
-        self: &Arc<Self>,
-        req: &AcquireRequest,
-    ) -> Result<Attempt, AttemptError> {
+    /// Marks dead those of `leases` that etcd says are gone: marking a
+    /// live one would stop its keepalives, and lose every lock on it.
+    async fn mark_expired(&self, leases: &[Arc<Session>]) {
+        for session in leases {
+            let mut client = self.client.clone();
+            let timeout = self.options.request_timeout;
+            let left = tokio::time::timeout(timeout, client.lease_time_to_live(session.id, None));
+            if let Ok(Ok(left)) = left.await
+                && left.ttl() <= 0
+            {
+                session.mark_dead();
+            }
+        }
+    }
+
+    async fn attempt(self: &Arc<Self>, req: &AcquireRequest) -> Result<Attempt, AttemptError> {
         let owner = req.owner;
         let etcd_key = encode::entry_key(&req.key, owner);
         let prefix = encode::lock_prefix(&req.key);
-        // Reuse the entry's session (its key is on that lease) unless the lease died.
+        // The lease a grant puts our key on: the entry's, unless it died.
         let existing = self
             .state()
             .entries
@@ -75,10 +130,15 @@ impl Inner {
             Some(s) => s,
             None => self.session(req.ttl).await?,
         };
+        // Queued, the key lives on the waiters' short lease: a waiter whose
+        // process dies holds up the queue only that long. Created the first
+        // time an attempt must queue, so a process that never waits has none.
+        let mut waiters = req.will_wait.then(|| self.live_session(WAITERS)).flatten();
         let now = Instant::now();
-        // Until a grant, the entry lives at least a lease TTL past each
-        // attempt, so a slow poller keeps its place.
-        let queued_reap_at = now + req.ttl.max(session.ttl);
+        // Until a grant, the entry lives at least a lease TTL (its lock's
+        // TTL when longer) past each attempt, so a slow poller keeps its place.
+        let queued_on = waiters.as_ref().unwrap_or(&session);
+        let queued_reap_at = now + req.ttl.max(queued_on.ttl);
         let known;
         let wake;
         {
@@ -88,6 +148,7 @@ impl Inner {
                 key: req.key.clone(),
                 etcd_key: etcd_key.clone(),
                 session: session.clone(),
+                waiting_on: None,
                 ttl: req.ttl,
                 revision: None,
                 granted: false,
@@ -95,7 +156,7 @@ impl Inner {
                 releasing: false,
             });
             if entry.session.id != session.id {
-                // The old lease died, and our key with it.
+                // The old lease died, and our key with it if it was there.
                 entry.session = session.clone();
                 entry.revision = None;
                 entry.granted = false;
@@ -113,57 +174,89 @@ impl Inner {
         let target = now + req.ttl;
         session.kick_if_short(target);
 
+        let value = encode::entry_value(req.ttl, req.metadata.as_deref());
+        let put_on = |lease: i64| {
+            TxnOp::put(
+                etcd_key.clone(),
+                value.clone(),
+                Some(PutOptions::new().with_lease(lease)),
+            )
+        };
         let first_entry = GetOptions::new()
             .with_prefix()
             .with_sort(SortTarget::Create, SortOrder::Ascend)
             .with_limit(1);
-        let reads = || {
-            [
-                TxnOp::get(etcd_key.clone(), None),
-                TxnOp::get(prefix.clone(), Some(first_entry.clone())),
-            ]
-        };
+        let read_first = || TxnOp::get(prefix.clone(), Some(first_entry.clone()));
+        let reads = || [TxnOp::get(etcd_key.clone(), None), read_first()];
         let mut found = None;
         if req.will_wait && known.is_some() {
             // Already queued: a read-only transaction (served without a
             // raft proposal) says whether we are first now.
-            let (mine, first) = self
-                .run_txn(&req.key, Txn::new().and_then(reads()), &session)
+            let reply = self
+                .run_txn(&req.key, Txn::new().and_then(reads()), &[])
                 .await?;
-            if mine.is_some() {
-                found = Some((mine, first));
+            if let [Some(mine), first] = &reply.ranges[..] {
+                found = Some((Mine::of(mine), first.clone()));
             }
             // Else our entry vanished: queue again at the back, below.
         }
         let (mine, first) = match found {
-            Some(found) => found,
-            None => {
+            Some(found) => (Some(found.0), found.1),
+            None => loop {
                 // Whatever this put's fate, a release or the reaper must
                 // delete our key under any revision from now on.
                 if let Some(entry) = self.state().entries.get_mut(&owner) {
                     entry.revision = None;
                 }
-                let put = TxnOp::put(
-                    etcd_key.clone(),
-                    encode::entry_value(req.ttl, req.metadata.as_deref()),
-                    Some(PutOptions::new().with_lease(session.id)),
-                );
-                let guard = if req.will_wait {
-                    // Join the queue (once).
-                    Compare::create_revision(etcd_key.clone(), CompareOp::Equal, 0)
-                } else {
-                    // One attempt: take it only if nobody holds or waits for it.
-                    Compare::create_revision(prefix.clone(), CompareOp::Equal, 0).with_prefix()
+                let otherwise = match &waiters {
+                    // Join the queue (once), on the waiters' lease.
+                    Some(waiters) => vec![TxnOp::txn(
+                        Txn::new()
+                            .when([Compare::create_revision(
+                                etcd_key.clone(),
+                                CompareOp::Equal,
+                                0,
+                            )])
+                            .and_then([put_on(waiters.id), read_first()])
+                            .or_else(reads()),
+                    )],
+                    // One attempt (or no waiters' lease yet): nothing is written.
+                    None => reads().into(),
                 };
-                // On success the put's revision (the transaction's) is our
-                // entry's create revision: no need to read it back.
-                let [_, read_first] = reads();
+                // Nobody holds or waits for it: take it, on its TTL's lease.
+                let free =
+                    Compare::create_revision(prefix.clone(), CompareOp::Equal, 0).with_prefix();
                 let txn = Txn::new()
-                    .when([guard])
-                    .and_then([put, read_first])
-                    .or_else(reads());
-                self.run_txn(&req.key, txn, &session).await?
-            }
+                    .when([free])
+                    .and_then([put_on(session.id), read_first()])
+                    .or_else(otherwise);
+                let leases: Vec<Arc<Session>> = std::iter::once(session.clone())
+                    .chain(waiters.clone())
+                    .collect();
+                let reply = self.run_txn(&req.key, txn, &leases).await?;
+                // A put's revision (the transaction's) is our entry's create
+                // revision: no need to read it back. Else the reads are
+                // [ours, first], after a put [first].
+                let put = reply.put_depth.and_then(|depth| leases.get(depth));
+                let mine = match put {
+                    Some(lease) => Some(Mine {
+                        revision: reply.revision,
+                        lease: lease.id,
+                    }),
+                    None => reply
+                        .ranges
+                        .first()
+                        .cloned()
+                        .flatten()
+                        .as_ref()
+                        .map(Mine::of),
+                };
+                if mine.is_none() && req.will_wait && waiters.is_none() {
+                    waiters = Some(self.waiter_session().await?);
+                    continue;
+                }
+                break (mine, reply.ranges.last().cloned().flatten());
+            },
         };
         let holder = first
             .as_ref()
@@ -176,10 +269,9 @@ impl Inner {
             }
             return Ok(Attempt::Contended { holder });
         };
-        let revision = mine;
         let is_first = first
             .as_ref()
-            .is_some_and(|kv| kv.create_revision() == revision);
+            .is_some_and(|kv| kv.create_revision() == mine.revision);
         {
             let mut state = self.state();
             let Some(entry) = state.entries.get_mut(&owner) else {
@@ -187,26 +279,52 @@ impl Inner {
                     backend_error("acquire", "the attempt was cleaned up while in flight").into(),
                 );
             };
-            if let Some(old) = known.filter(|old| *old != revision) {
+            if let Some(old) = known.filter(|old| *old != mine.revision) {
                 tracing::info!(
                     key = %req.key.key,
-                    old, new = revision,
+                    old, new = mine.revision,
                     "distlock: an etcd queue entry vanished (lease expired or revoked, or deleted); queued again at the back"
                 );
                 entry.granted = false;
             }
-            entry.revision = Some(revision);
+            entry.revision = Some(mine.revision);
+            // Held, so that the waiters' lease is not retired under it.
+            entry.waiting_on = waiters.clone().filter(|w| w.id == mine.lease);
+            if let Some(waiters) = &entry.waiting_on {
+                // Queued: kept the lock's TTL (at least the waiters' lease)
+                // past this attempt, whatever lease the guess above used.
+                entry.reap_at = now + req.ttl.max(waiters.ttl);
+                let at = entry.reap_at;
+                if Self::schedule(&mut state, owner, at) {
+                    self.reaper_wake.notify_one();
+                }
+            }
         }
         if !is_first {
             return Ok(Attempt::Contended { holder });
         }
         match session.ensure_until(target).await {
             Ok(()) => {}
-            Err(LeaseTrouble::Dead) => return Err(AttemptError::LeaseGone(session)),
+            Err(LeaseTrouble::Dead) => return Err(AttemptError::LeaseGone(vec![session])),
             Err(LeaseTrouble::TooShort) => {
                 return Err(
                     backend_error("acquire", "the lease TTL is shorter than the lock TTL").into(),
                 );
+            }
+        }
+        if mine.lease != session.id {
+            // First in the queue: the grant moves our key onto the lease of
+            // its TTL, guaranteed to outlive the validity deadline. A put
+            // keeps the create revision, the fencing token.
+            let same = Compare::create_revision(etcd_key.clone(), CompareOp::Equal, mine.revision);
+            let moved = Txn::new().when([same]).and_then([put_on(session.id)]);
+            let reply = self
+                .run_txn(&req.key, moved, std::slice::from_ref(&session))
+                .await?;
+            if reply.put_depth.is_none() {
+                // Gone since the read (its lease expired): the next attempt
+                // queues again.
+                return Ok(Attempt::Contended { holder: None });
             }
         }
         let mut state = self.state();
@@ -216,6 +334,7 @@ impl Inner {
             );
         };
         entry.granted = true;
+        entry.waiting_on = None;
         // The reaper deletes it one TTL from now unless extended: never
         // before the validity deadline the engine computes.
         entry.reap_at = Instant::now() + req.ttl;
@@ -226,43 +345,31 @@ impl Inner {
             self.reaper_wake.notify_one();
         }
         Ok(Attempt::Granted {
-            fencing_token: u64::try_from(revision).unwrap_or_default(),
+            fencing_token: u64::try_from(mine.revision).unwrap_or_default(),
         })
     }
 
-    /// Runs an acquire transaction; returns the create revision of our
-    /// entry (from the put, else from reading it) and the lowest entry of
-    /// the prefix.
-    pub(super) async fn run_txn(
+    /// Runs an acquire transaction; `leases` are those its puts use.
+    async fn run_txn(
         &self,
         key: &LockKey,
         txn: Txn,
-        session: &Arc<Session>,
-    ) -> Result<(Option<i64>, Option<KeyValue>), AttemptError> {
+        leases: &[Arc<Session>],
+    ) -> Result<TxnReply, AttemptError> {
         let mut client = self.client.clone();
         let resp = match client.txn(txn).await {
             Ok(resp) => resp,
-            Err(e) if lease_not_found(&e) => return Err(AttemptError::LeaseGone(session.clone())),
+            Err(e) if lease_not_found(&e) => return Err(AttemptError::LeaseGone(leases.to_vec())),
             Err(e) => return Err(self.err("acquire", Some(key), e).into()),
         };
-        let ops = resp.op_responses();
-        let put = ops.iter().any(|op| matches!(op, TxnOpResponse::Put(_)));
-        let mut ranges = ops.into_iter().filter_map(|op| match op {
-            TxnOpResponse::Get(get) => Some(get.kvs().first().cloned()),
-            _ => None,
-        });
-        let mine = if put {
-            let revision = resp.header().map(|h| h.revision());
-            if revision.is_none() {
-                return Err(
-                    backend_error("acquire", "a transaction reply without a header").into(),
-                );
-            }
-            revision
-        } else {
-            ranges.next().flatten().map(|kv| kv.create_revision())
+        let Some(revision) = resp.header().map(|h| h.revision()) else {
+            return Err(backend_error("acquire", "a transaction reply without a header").into());
         };
-        let first = ranges.next().flatten();
-        Ok((mine, first))
+        let mut reply = TxnReply {
+            revision,
+            ..TxnReply::default()
+        };
+        reply.add(resp.op_responses(), 0);
+        Ok(reply)
     }
 }

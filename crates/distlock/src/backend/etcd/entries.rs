@@ -30,7 +30,10 @@ pub(super) struct State {
 pub(super) struct Entry {
     pub(super) key: LockKey,
     pub(super) etcd_key: Vec<u8>,
+    /// The lease of the lock's TTL, which a grant puts the key on.
     pub(super) session: Arc<Session>,
+    /// The waiters' lease, while the key is queued on it.
+    pub(super) waiting_on: Option<Arc<Session>>,
     pub(super) ttl: Duration,
     /// The create revision of our key, once an attempt's reply said so.
     pub(super) revision: Option<i64>,
@@ -242,6 +245,7 @@ mod tests {
             etcd_key: super::super::encode::entry_key(&key, owner),
             key,
             session,
+            waiting_on: None,
             ttl: Duration::from_secs(1),
             revision: Some(5),
             granted: false,

@@ -1,5 +1,5 @@
-//! The leases entries live on: one per lease TTL in use, created on
-//! demand, retired when idle.
+//! The leases entries live on: one per lease TTL in use for locks, and
+//! one short lease for waiters; created on demand, retired when idle.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,6 +10,10 @@ use tokio::time::Instant;
 use super::Inner;
 use super::session::Session;
 use crate::error::{Error, Result};
+
+/// The slot of the waiters' lease among the sessions (lock TTL classes are
+/// whole seconds, at least one).
+pub(super) const WAITERS: u64 = 0;
 
 impl Inner {
     pub(super) fn lease_class(&self, ttl: Duration) -> u64 {
@@ -78,11 +82,24 @@ impl Inner {
     /// The live session for lock TTL `ttl`, creating its lease if needed.
     pub(super) async fn session(&self, ttl: Duration) -> Result<Arc<Session>> {
         let class = self.lease_class(ttl);
-        if let Some(s) = self.live_session(class) {
+        self.session_in(class, class).await
+    }
+
+    /// The live session queued waiters' entries live on (a lease as short
+    /// as etcd grants, by default), creating its lease if needed.
+    pub(super) async fn waiter_session(&self) -> Result<Arc<Session>> {
+        let ask = self.options.waiter_lease.as_secs_f64().ceil().max(1.0) as u64;
+        self.session_in(WAITERS, ask).await
+    }
+
+    /// The live session in `slot`, creating a lease of `ask` seconds for
+    /// it if needed (etcd may grant more).
+    async fn session_in(&self, slot: u64, ask: u64) -> Result<Arc<Session>> {
+        if let Some(s) = self.live_session(slot) {
             return Ok(s);
         }
         let _creating = self.creating.lock().await;
-        if let Some(s) = self.live_session(class) {
+        if let Some(s) = self.live_session(slot) {
             return Ok(s);
         }
         self.ensure_open()?;
@@ -90,7 +107,7 @@ impl Inner {
         let sent = Instant::now();
         let mut client = self.client.clone();
         let granted =
-            match tokio::time::timeout(timeout, client.lease_grant(class as i64, None)).await {
+            match tokio::time::timeout(timeout, client.lease_grant(ask as i64, None)).await {
                 Ok(Ok(granted)) => granted,
                 Ok(Err(e)) => return Err(self.err("lease grant", None, e)),
                 Err(_) => {
@@ -109,7 +126,7 @@ impl Inner {
             self.options.request_timeout,
         );
         tracing::debug!(lease = granted.id(), ?ttl, "distlock: etcd session started");
-        if let Some(old) = self.sessions().insert(class, session.clone()) {
+        if let Some(old) = self.sessions().insert(slot, session.clone()) {
             old.stop.cancel();
         }
         // Raced with close: don't leave a lease behind.

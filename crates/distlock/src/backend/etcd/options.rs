@@ -13,6 +13,9 @@ pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(5);
 pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one of the backend's own background calls may take.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// The TTL asked for the waiters' lease; etcd raises it to its minimum,
+/// `⌈1.5 × election timeout⌉` (2 s with etcd's default timings).
+pub const DEFAULT_WAITER_LEASE: Duration = Duration::from_secs(1);
 /// How long a lease kept for longer lock TTLs may go unused before it is
 /// revoked.
 pub const DEFAULT_LEASE_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
@@ -38,6 +41,7 @@ pub struct EtcdOptions {
     pub(super) session_timeout: Duration,
     pub(super) request_timeout: Duration,
     pub(super) lease_idle_timeout: Duration,
+    pub(super) waiter_lease: Duration,
 }
 
 impl Default for EtcdOptions {
@@ -50,6 +54,7 @@ impl Default for EtcdOptions {
             session_timeout: DEFAULT_SESSION_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             lease_idle_timeout: DEFAULT_LEASE_IDLE_TIMEOUT,
+            waiter_lease: DEFAULT_WAITER_LEASE,
         }
     }
 }
@@ -64,6 +69,7 @@ impl fmt::Debug for EtcdOptions {
             .field("session_timeout", &self.session_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("lease_idle_timeout", &self.lease_idle_timeout)
+            .field("waiter_lease", &self.waiter_lease)
             .finish()
     }
 }
@@ -124,6 +130,16 @@ impl EtcdOptions {
         self
     }
 
+    /// The TTL of the lease queued waiters' entries live on until their
+    /// grant (default [`DEFAULT_WAITER_LEASE`], rounded up to whole
+    /// seconds; etcd raises it to its minimum, 2 s with its default
+    /// timings): about how long a waiter whose process died or lost etcd
+    /// holds up the waiters behind it. Kept alive while the backend lives.
+    pub fn waiter_lease(mut self, ttl: Duration) -> Self {
+        self.waiter_lease = ttl;
+        self
+    }
+
     /// The user name to authenticate as, if any.
     pub(super) fn user_name(&self) -> Option<&str> {
         self.user.as_ref().map(|(name, _)| name.as_str())
@@ -136,6 +152,7 @@ impl EtcdOptions {
             ("session_timeout", self.session_timeout),
             ("request_timeout", self.request_timeout),
             ("lease_idle_timeout", self.lease_idle_timeout),
+            ("waiter_lease", self.waiter_lease),
         ] {
             if value.is_zero() {
                 return Err(Error::invalid_options(option, "must be greater than zero"));
