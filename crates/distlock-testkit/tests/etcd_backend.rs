@@ -2,7 +2,7 @@
 //! cluster losing its leader (and the isolation the torture harness uses), a paused server, leases revoked behind the
 //! backend's back, abandoned waits, FIFO order across lockers, auth, TLS,
 //! and the write cost of a cycle and of waiting; in `etcd_backend/`, queue
-//! entries that outlive their waiter.
+//! entries that outlive their waiter, and what inspect reports.
 //!
 //! Each test gets a private server, so revisions and faults are its own.
 
@@ -23,6 +23,8 @@ use distlock_testkit::refusal::assert_refused_at_once;
 use distlock_testkit::{CriticalSection, unique_namespace};
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 
+#[path = "etcd_backend/inspect.rs"]
+mod inspect;
 #[path = "etcd_backend/waiters.rs"]
 mod waiters;
 
@@ -70,6 +72,17 @@ async fn await_entries(client: &mut Client, ns: &str, key: &str, n: usize, withi
         );
         sleep(10 * MS).await;
     }
+}
+
+/// A backend whose every connection to etcd goes through `proxy`.
+async fn behind(proxy: &FaultProxy) -> Arc<EtcdBackend> {
+    Arc::new(backend(&[proxy.addr().to_string()]).await)
+}
+
+async fn proxy_to(endpoint: &str) -> FaultProxy {
+    FaultProxy::start(endpoint.parse().expect("an address"))
+        .await
+        .expect("start a proxy")
 }
 
 /// The entry of `key` queued second (the first waiter behind the holder).

@@ -3,17 +3,6 @@
 
 use super::*;
 
-/// A locker whose every connection to etcd goes through `proxy`.
-async fn behind(proxy: &FaultProxy) -> Arc<EtcdBackend> {
-    Arc::new(backend(&[proxy.addr().to_string()]).await)
-}
-
-async fn proxy_to(endpoint: &str) -> FaultProxy {
-    FaultProxy::start(endpoint.parse().expect("an address"))
-        .await
-        .expect("start a proxy")
-}
-
 /// A waiter cut off from etcd (its keepalives stop, as when its process
 /// dies) holds up the waiter queued behind it for at most about the
 /// waiter lease after the holder releases, whatever its lock TTL — not for

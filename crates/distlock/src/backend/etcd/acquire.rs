@@ -3,6 +3,7 @@
 //! entry is first; a grant moves the entry onto the lease of its TTL.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use etcd_client::{
     Compare, CompareOp, GetOptions, KeyValue, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
@@ -174,7 +175,9 @@ impl Inner {
         let target = now + req.ttl;
         session.kick_if_short(target);
 
-        let value = encode::entry_value(req.ttl, req.metadata.as_deref());
+        // The deadline inspect counts to (extends do not rewrite it).
+        let deadline = SystemTime::now() + req.ttl;
+        let value = encode::entry_value(req.ttl, deadline, req.metadata.as_deref());
         let put_on = |lease: i64| {
             TxnOp::put(
                 etcd_key.clone(),
@@ -258,9 +261,9 @@ impl Inner {
                 break (mine, reply.ranges.last().cloned().flatten());
             },
         };
-        let holder = first
-            .as_ref()
-            .map(|kv| encode::holder_info(kv.create_revision(), kv.value()));
+        let holder = first.as_ref().map(|kv| {
+            encode::holder_info(kv.create_revision(), kv.value(), SystemTime::now(), None)
+        });
         let Some(mine) = mine else {
             // A single attempt that found the lock taken: nothing was written.
             let mut state = self.state();

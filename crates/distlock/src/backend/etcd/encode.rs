@@ -9,7 +9,7 @@
 //! ASCII, so a key never contains the separator and "a" and "a/b" get
 //! disjoint prefixes (`/ns/a/` and `/ns/a%2Fb/`).
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::holder::HolderInfo;
 use crate::key::LockKey;
@@ -52,27 +52,57 @@ pub(super) fn owner_of(entry_key: &[u8]) -> Option<OwnerToken> {
         .map(OwnerToken::from_u128)
 }
 
-/// The value stored with an entry: the lock's TTL in milliseconds and its
-/// metadata, as `<ttl ms>:<0 | 1 metadata>`.
-pub(super) fn entry_value(ttl: Duration, metadata: Option<&str>) -> Vec<u8> {
+/// The value stored with an entry: the lock's TTL in milliseconds, when
+/// it ends unless extended (Unix milliseconds, the writer's clock) and its
+/// metadata, as `<ttl ms>+<deadline ms>:<0 | 1 metadata>`. (Values without
+/// the deadline, `<ttl ms>:...`, were written by older versions.)
+pub(super) fn entry_value(ttl: Duration, deadline: SystemTime, metadata: Option<&str>) -> Vec<u8> {
     let ms = ttl.as_millis();
+    let until = deadline
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
     match metadata {
-        Some(m) => format!("{ms}:1{m}").into_bytes(),
-        None => format!("{ms}:0").into_bytes(),
+        Some(m) => format!("{ms}+{until}:1{m}").into_bytes(),
+        None => format!("{ms}+{until}:0").into_bytes(),
     }
 }
 
-/// What `inspect` reports for the entry with `create_revision` and `value`.
-pub(super) fn holder_info(create_revision: i64, value: &[u8]) -> HolderInfo {
+/// What `inspect` reports for the entry with `create_revision` and
+/// `value`, read at `now`, when its lease has `lease_left` (if known).
+///
+/// The time left is counted to the deadline written with the grant, and
+/// once that passed (the holder extended it: extends are reads, not
+/// writes) it is the TTL; never more than the lease's time left.
+pub(super) fn holder_info(
+    create_revision: i64,
+    value: &[u8],
+    now: SystemTime,
+    lease_left: Option<Duration>,
+) -> HolderInfo {
     let token = u64::try_from(create_revision).unwrap_or_default();
     let text = String::from_utf8_lossy(value);
-    let Some((ms, rest)) = text.split_once(':') else {
+    let Some((head, rest)) = text.split_once(':') else {
         return HolderInfo::new(token);
     };
+    let (ttl, deadline) = match head.split_once('+') {
+        Some((ttl, deadline)) => (ttl, deadline.parse::<u64>().ok()),
+        None => (head, None),
+    };
+    let ttl = ttl.parse::<u64>().ok().map(Duration::from_millis);
+    let deadline = deadline.map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
+    let left = ttl.map(|ttl| match deadline.map(|d| d.duration_since(now)) {
+        Some(Ok(left)) => left.min(ttl),
+        _ => ttl,
+    });
+    let left = match (left, lease_left) {
+        (Some(left), Some(lease)) => Some(left.min(lease)),
+        (left, lease) => left.or(lease),
+    };
     let info = HolderInfo::new(token);
-    let info = match ms.parse::<u64>() {
-        Ok(ms) => info.expires_in(Duration::from_millis(ms)),
-        Err(_) => info,
+    let info = match left {
+        Some(left) => info.expires_in(left),
+        None => info,
     };
     match rest.strip_prefix('1') {
         Some(metadata) => info.metadata(Some(metadata.to_owned())),
@@ -120,13 +150,36 @@ mod tests {
 
     #[test]
     fn values_round_trip_ttl_and_metadata() {
-        let v = entry_value(Duration::from_millis(1500), Some("w:1 {x}"));
-        let info = holder_info(42, &v);
+        let now = SystemTime::now();
+        let ttl = Duration::from_millis(1500);
+        let v = entry_value(ttl, now + ttl, Some("w:1 {x}"));
+        let info = holder_info(42, &v, now, None);
         assert_eq!(info.fencing_token, 42);
-        assert_eq!(info.expires_in, Some(Duration::from_millis(1500)));
+        assert!(
+            info.expires_in
+                .is_some_and(|left| left <= ttl && left > ttl - Duration::from_millis(2))
+        );
         assert_eq!(info.metadata.as_deref(), Some("w:1 {x}"));
-        let bare = holder_info(7, &entry_value(Duration::from_secs(3), None));
+        let bare = holder_info(7, &entry_value(ttl, now, None), now, None);
         assert_eq!(bare.metadata, None);
-        assert_eq!(holder_info(9, b"garbage").expires_in, None);
+        assert_eq!(holder_info(9, b"garbage", now, None).expires_in, None);
+    }
+
+    #[test]
+    fn the_time_left_counts_to_the_deadline_then_is_the_ttl_and_never_exceeds_the_lease() {
+        let granted = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let ttl = Duration::from_secs(6);
+        let v = entry_value(ttl, granted + ttl, None);
+        let s = Duration::from_secs;
+        let left = |after: u64, lease: Option<u64>| {
+            holder_info(1, &v, granted + s(after), lease.map(s)).expires_in
+        };
+        assert_eq!(left(2, None), Some(s(4)));
+        assert_eq!(left(2, Some(3)), Some(s(3)), "the lease expires first");
+        assert_eq!(left(7, None), Some(ttl), "extended past its first deadline");
+        assert_eq!(left(7, Some(1)), Some(s(1)));
+        // Written by an older version: the TTL, within the lease.
+        let old = holder_info(1, b"6000:0", granted, Some(s(9)));
+        assert_eq!(old.expires_in, Some(ttl));
     }
 }

@@ -5,7 +5,7 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> distlock::Result<()> {
 //! use std::sync::Arc;
-//! use std::time::Duration;
+//! use std::time::{Duration, SystemTime};
 //! use distlock::Locker;
 //! use distlock::backend::etcd::{EtcdBackend, EtcdOptions};
 //!
@@ -65,7 +65,8 @@
 //! * **Release** and **extend** are guarded by the create revision: a
 //!   release deletes only if the key still has the create revision it was
 //!   granted with; an extend reads the key back and checks the lease.
-//! * **inspect** / **is_locked** are one range read.
+//! * **inspect** / **is_locked** are a range read and a lease read (the
+//!   holder lease's time left), neither a write.
 //!
 //! # Leases and TTLs
 //!
@@ -95,9 +96,16 @@
 //!   validity deadline, before etcd can expire the lease. When etcd reports
 //!   the lease gone, a new one is created for later obtains; the keepalive
 //!   stream is re-opened whenever it breaks or stops answering.
-//! * `inspect` reports `expires_in` as the holder's TTL: how long etcd keeps
-//!   the key unless the holder refreshes it (a holder that died is freed
-//!   when its lease expires instead).
+//! * `inspect` reports as `expires_in` how long etcd keeps the lock unless
+//!   its holder refreshes it. Extends are reads, not writes, so etcd knows
+//!   only the deadline written with the grant (grant + TTL, on the
+//!   holder's wall clock: off by the hosts' clock offset): until it, the
+//!   time left to it (exact for a lock nobody extended, short of the truth
+//!   for one extended since); after it (the holder extended the lock), the
+//!   TTL, the most a holder that stops extending keeps it. Never more than
+//!   the time left on the holder's lease (whole seconds, rounded down),
+//!   which is what counts once the holder's process is gone. One lease
+//!   read more than a plain range read.
 //!
 //! # Bounds
 //!
@@ -133,7 +141,7 @@ mod watch;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 pub use etcd_client;
 use etcd_client::{Client, ConnectOptions, GetOptions, KeyValue, SortOrder, SortTarget};
@@ -521,7 +529,30 @@ impl Inner {
     async fn inspect(&self, key: &LockKey) -> Result<Option<HolderInfo>> {
         self.ensure_open()?;
         let (first, _) = self.find(key, None).await?;
-        Ok(first.map(|kv| encode::holder_info(kv.create_revision(), kv.value())))
+        let Some(kv) = first else { return Ok(None) };
+        // etcd keeps the key no longer than its lease: what counts once the
+        // holder's process is gone (whole seconds, rounded down by etcd).
+        let mut lease_left = None;
+        if kv.lease() != 0 {
+            let mut client = self.client.clone();
+            match client.lease_time_to_live(kv.lease(), None).await {
+                Ok(lease) => {
+                    // Negative: expired or revoked since the read, the key with it.
+                    lease_left = Some(Duration::from_secs(lease.ttl().max(0) as u64));
+                }
+                // The deadline written with the grant still bounds it.
+                Err(e) => {
+                    tracing::debug!(error = %e, "distlock: no etcd lease time left for inspect")
+                }
+            }
+        }
+        let now = SystemTime::now();
+        Ok(Some(encode::holder_info(
+            kv.create_revision(),
+            kv.value(),
+            now,
+            lease_left,
+        )))
     }
 
     async fn close(&self) -> Result<()> {
