@@ -218,16 +218,9 @@ impl Drop for AttemptClaim<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::etcd::tests::offline;
     use crate::backend::etcd::{EtcdBackend, EtcdOptions};
     use crate::key::{Key, Namespace};
-
-    async fn offline() -> EtcdBackend {
-        // The client dials lazily: nothing listens there, and nothing needs to.
-        let client = etcd_client::Client::connect(["127.0.0.1:9"], None)
-            .await
-            .unwrap();
-        EtcdBackend::with_client(client, EtcdOptions::new()).unwrap()
-    }
 
     fn entry(backend: &EtcdBackend, owner: OwnerToken) -> Entry {
         let key = LockKey {
@@ -256,7 +249,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_entry_with_an_attempt_in_flight_is_not_deleted_and_deleting_one_holds_attempts() {
-        let backend = offline().await;
+        let backend = offline(EtcdOptions::new()).await;
         let inner = &backend.inner;
         let owner = OwnerToken::random().unwrap();
         let e = entry(&backend, owner);
@@ -280,7 +273,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_delete_that_finds_our_key_under_another_revision_keeps_the_entry() {
-        let backend = offline().await;
+        let backend = offline(EtcdOptions::new()).await;
         let inner = &backend.inner;
         let owner = OwnerToken::random().unwrap();
         inner.state().entries.insert(owner, entry(&backend, owner));
