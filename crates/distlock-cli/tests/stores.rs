@@ -526,8 +526,8 @@ fn etcd_a_store_lost_while_waiting_costs_the_queue_at_most_its_lease() {
         store,
         port,
         |addr, ns| format!("etcd://{addr}?namespace={ns}"),
-        // The session lease of a 2 s lock: max(session TTL 5 s, ⌈1.5 × 2 s⌉).
-        Duration::from_secs(5),
+        // The waiters' lease: 2 s (etcd's floor) plus its 0.5 s expiry check.
+        Duration::from_millis(2500),
     );
 }
 

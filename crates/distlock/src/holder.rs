@@ -11,8 +11,11 @@ use std::time::{Duration, SystemTime};
 pub struct HolderInfo {
     /// The holder's fencing token.
     pub fencing_token: u64,
-    /// Time left before the store expires the lock, when it has a TTL
-    /// (`None` for locks that live as long as their holder, such as file locks).
+    /// The most the store keeps the lock unless its holder refreshes it,
+    /// when it has a TTL (`None` for locks that live as long as their
+    /// holder, such as file locks). Exact on Redis and memory; on etcd, the
+    /// time left to the deadline of the grant, never more than the lease
+    /// still has (see the etcd backend's docs).
     pub expires_in: Option<Duration>,
     /// Metadata the holder attached when it obtained the lock.
     pub metadata: Option<String>,
