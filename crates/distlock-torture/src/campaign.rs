@@ -200,15 +200,7 @@ pub fn table(runs: &[CampaignRun]) -> String {
     for run in runs {
         match &run.report {
             Some(r) => {
-                let violations = if r.violations.is_empty() {
-                    "none".to_owned()
-                } else {
-                    r.violations
-                        .iter()
-                        .map(|(k, v)| format!("{k} {v}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                };
+                let violations = crate::checker::join_counts(&r.violations, |k| k.name());
                 let lateness = r
                     .max_lost_lateness_ms
                     .map_or("-".to_owned(), |ms| format!("{ms:.1} ms"));

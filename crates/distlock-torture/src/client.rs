@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep};
 
 use crate::clock::{self, ns};
-use crate::history::{Event, JsonLines};
+use crate::history::{Event, JsonLines, LostCause, PauseKind};
 use crate::register::RegisterClient;
 use crate::store::{BackendKind, ClientStore};
 use crate::variant::Variant;
@@ -272,7 +272,7 @@ impl Client {
                 let reason = lost.await;
                 hist.append(&Event::Lost {
                     grant,
-                    reason: format!("{reason:?}"),
+                    reason: LostCause::from(reason),
                     t: clock::now_ns(),
                 });
             });
@@ -304,7 +304,7 @@ impl Client {
         let overdue_at = (self.rng.f64() < self.profile.overdue).then(|| self.rng.u32(0..writes));
         if self.rng.f64() < self.profile.slow {
             let ms = self.ttl_fraction(0.5, 1.5);
-            self.pause_event(held.grant, ms, "slow");
+            self.pause_event(held.grant, ms, PauseKind::Slow);
             sleep(ms).await;
         }
         for i in 0..writes {
@@ -312,7 +312,7 @@ impl Client {
                 // A task-level pause: everything of this client stalls,
                 // its refresher included.
                 held.stop_refresh().await;
-                self.pause_event(held.grant, pause, "nemesis");
+                self.pause_event(held.grant, pause, PauseKind::Nemesis);
                 sleep(pause).await;
             }
             let overdue = overdue_at == Some(i);
@@ -345,7 +345,7 @@ impl Client {
                 // Stalls between deciding the write and sending it, past the
                 // lock's TTL: only fencing can stop this write now.
                 let ms = self.ttl_fraction(1.2, 2.0);
-                self.pause_event(held.grant, ms, "overdue");
+                self.pause_event(held.grant, ms, PauseKind::Overdue);
                 sleep(ms).await;
             }
             if delay.is_zero() {
@@ -460,11 +460,11 @@ impl Client {
         });
     }
 
-    fn pause_event(&self, grant: u64, ms: Duration, why: &str) {
+    fn pause_event(&self, grant: u64, ms: Duration, why: PauseKind) {
         self.hist.append(&Event::Pause {
             grant,
             ms: ms.as_millis() as u64,
-            why: why.into(),
+            why,
             t: clock::now_ns(),
         });
     }

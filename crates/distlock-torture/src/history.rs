@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::nemesis::FaultKind;
 use crate::variant::Variant;
 
 /// One line of a client's history. Times (`t`, `checked`, `valid_until`)
@@ -86,10 +87,8 @@ pub enum Event {
         grant: u64,
         /// For how long, in milliseconds.
         ms: u64,
-        /// Why: `overdue` (sleeps past the TTL on purpose, refresher
-        /// stopped), `slow` (a long section with the refresher running) or
-        /// `nemesis` (a task-level pause).
-        why: String,
+        /// Why.
+        why: PauseKind,
         /// When it began.
         t: i64,
     },
@@ -136,8 +135,8 @@ pub enum Event {
     Lost {
         /// The grant.
         grant: u64,
-        /// The reason (`Expired`, `NotHeld`, `Released`, `Closed`).
-        reason: String,
+        /// The reason.
+        reason: LostCause,
         /// When the watcher saw it.
         t: i64,
     },
@@ -189,6 +188,57 @@ pub enum Event {
     },
 }
 
+/// Why a client stalled inside a critical section on purpose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PauseKind {
+    /// Sleeps past the TTL with the refresher stopped, between deciding a
+    /// write and sending it.
+    Overdue,
+    /// A long section with the refresher running.
+    Slow,
+    /// A task-level pause of the nemesis (memory).
+    Nemesis,
+}
+
+impl PauseKind {
+    /// The name in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            PauseKind::Overdue => "overdue",
+            PauseKind::Slow => "slow",
+            PauseKind::Nemesis => "nemesis",
+        }
+    }
+}
+
+/// What `lock.lost()` resolved with (distlock's `LostReason`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum LostCause {
+    /// The validity deadline passed without a refresh.
+    Expired,
+    /// The store said the lock is gone.
+    NotHeld,
+    /// Released.
+    Released,
+    /// Its Locker, or the backend under it, was closed.
+    Closed,
+    /// A reason this harness does not know yet.
+    Other,
+}
+
+impl From<distlock::LostReason> for LostCause {
+    fn from(reason: distlock::LostReason) -> Self {
+        match reason {
+            distlock::LostReason::Expired => LostCause::Expired,
+            distlock::LostReason::NotHeld => LostCause::NotHeld,
+            distlock::LostReason::Released => LostCause::Released,
+            distlock::LostReason::Closed => LostCause::Closed,
+            _ => LostCause::Other,
+        }
+    }
+}
+
 /// One write as the fenced register saw it, in the order it decided.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RegisterEntry {
@@ -213,10 +263,8 @@ pub struct RegisterEntry {
 /// One fault the nemesis injected.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Fault {
-    /// What: `client_stop`, `client_kill`, `task_pause`, `task_abort`,
-    /// `server_kill`, `server_stop`, `leader_kill`, `leader_isolate`,
-    /// `proxy_reset`, `proxy_blackhole`.
-    pub kind: String,
+    /// What.
+    pub kind: FaultKind,
     /// The client it hit, if any.
     pub client: Option<u32>,
     /// The client's incarnation it hit, if any.

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 use distlock_torture::checker::{ViolationKind, check};
 use distlock_torture::history::{
-    Event, Fault, JsonLines, RegisterEntry, RunEnd, RunMeta, write_json,
+    Event, Fault, JsonLines, LostCause, RegisterEntry, RunEnd, RunMeta, write_json,
 };
+use distlock_torture::nemesis::FaultKind;
 use distlock_torture::variant::Variant;
 
 const MS: i64 = 1_000_000;
@@ -68,11 +69,11 @@ impl Run {
         }
     }
 
-    fn fault(&self, kind: &str, client: u32, start: i64, end: i64) {
+    fn fault(&self, kind: FaultKind, client: u32, start: i64, end: i64) {
         JsonLines::create(&self.dir.join("nemesis.jsonl"))
             .unwrap()
             .append(&Fault {
-                kind: kind.into(),
+                kind,
                 client: Some(client),
                 incarnation: Some(0),
                 start,
@@ -158,7 +159,7 @@ fn overlapping_sections_are_caught_unless_the_first_holder_was_dead() {
     let run = Run::new("overlap-dead");
     run.client(0, &grant(1, 5, 100, 1100, None));
     run.client(1, &grant(1, 6, 500, 1500, Some(600)));
-    run.fault("client_kill", 0, 400 * MS, 400 * MS);
+    run.fault(FaultKind::ClientKill, 0, 400 * MS, 400 * MS);
     assert_eq!(run.violations(), vec![]);
 }
 
@@ -231,7 +232,7 @@ fn writes_outside_the_section_and_late_losses_are_caught() {
         let mut events = grant(1, 5, 100, 300, None);
         events.push(Event::Lost {
             grant: 1,
-            reason: "Expired".into(),
+            reason: LostCause::Expired,
             t: at * MS,
         });
         events.push(Event::ReleaseInvoke {
@@ -251,6 +252,6 @@ fn writes_outside_the_section_and_late_losses_are_caught() {
     assert_eq!(run.violations(), vec![ViolationKind::LostLate]);
     let run = Run::new("lost-late-stopped");
     run.client(0, &lost_at(400));
-    run.fault("client_stop", 0, 250 * MS, 390 * MS);
+    run.fault(FaultKind::ClientStop, 0, 250 * MS, 390 * MS);
     assert_eq!(run.violations(), vec![]);
 }

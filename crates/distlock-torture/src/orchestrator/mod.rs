@@ -405,7 +405,7 @@ pub async fn run(cfg: &RunConfig) -> io::Result<Report> {
 async fn apply(pool: &mut Pool<'_>, store: &mut Store, plan: PlannedFault) -> io::Result<Fault> {
     let client = plan.client as usize % pool.slots.len().max(1);
     let mut fault = Fault {
-        kind: plan.kind.name().into(),
+        kind: plan.kind,
         client: plan.kind.targets_client().then_some(client as u32),
         incarnation: plan
             .kind

@@ -1,0 +1,170 @@
+//! The report of a checked run (`summary.json`) and its table.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Violation, ViolationKind};
+use crate::history::{PauseKind, RunMeta};
+use crate::nemesis::FaultKind;
+
+/// What a run did and what the checker found; also `summary.json`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// The run's configuration (absent only for an unreadable directory).
+    pub meta: Option<RunMeta>,
+    /// How long the workload ran, seconds.
+    pub duration_s: f64,
+    /// Client incarnations (processes or tasks) that ran.
+    pub incarnations: u64,
+    /// Successful obtains.
+    pub acquisitions: u64,
+    /// Obtains that gave up (`NotObtained`).
+    pub obtain_not_obtained: u64,
+    /// Obtains that failed with another error.
+    pub obtain_errors: u64,
+    /// Obtains without an outcome (client killed).
+    pub obtain_unknown: u64,
+    /// Writes the register accepted.
+    pub writes_accepted: u64,
+    /// Writes the register rejected as stale.
+    pub writes_rejected: u64,
+    /// Writes that failed on the way.
+    pub writes_failed: u64,
+    /// Writes without an outcome.
+    pub writes_unknown: u64,
+    /// Releases that returned Ok.
+    pub releases_ok: u64,
+    /// Releases that returned NotHeld.
+    pub releases_not_held: u64,
+    /// Releases that failed otherwise.
+    pub releases_failed: u64,
+    /// Releases without an outcome.
+    pub releases_unknown: u64,
+    /// Locks whose `lost()` fired with `Expired`.
+    pub lost_expired: u64,
+    /// Locks whose `lost()` fired with `NotHeld`.
+    pub lost_not_held: u64,
+    /// Deliberate stalls by kind.
+    pub pauses: BTreeMap<PauseKind, u64>,
+    /// Faults by kind.
+    pub faults: BTreeMap<FaultKind, u64>,
+    /// Violations by kind.
+    pub violations: BTreeMap<ViolationKind, u64>,
+    /// The first few violations of each kind.
+    pub examples: Vec<Violation>,
+    /// The latest `lost()` past its deadline among grants not excused, ms
+    /// (negative: always early).
+    pub max_lost_lateness_ms: Option<f64>,
+    /// Grants whose lateness was excused (their process was stopped).
+    pub lost_lateness_excused: u64,
+}
+
+impl Report {
+    /// True when no violation was found.
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty()
+    }
+
+    /// The total number of faults.
+    pub fn fault_count(&self) -> u64 {
+        self.faults.values().sum()
+    }
+
+    /// Whether a violation of `kind` was reported.
+    pub fn has(&self, kind: ViolationKind) -> bool {
+        self.violations.contains_key(&kind)
+    }
+
+    /// The summary as a Markdown table.
+    pub fn table(&self) -> String {
+        let mut rows: Vec<(String, String)> = Vec::new();
+        let mut row = |k: &str, v: String| rows.push((k.to_owned(), v));
+        if let Some(m) = &self.meta {
+            row("backend", m.backend.clone());
+            row("variant", m.variant.to_string());
+            row("seed", m.seed.to_string());
+            row(
+                "clients × keys, TTL",
+                format!("{} × {}, {} ms", m.clients, m.keys.len(), m.ttl_ms),
+            );
+            row(
+                "fencing register",
+                if m.fenced { "on" } else { "off" }.into(),
+            );
+        }
+        row("workload duration", format!("{:.1} s", self.duration_s));
+        row("client incarnations", self.incarnations.to_string());
+        row("acquisitions", self.acquisitions.to_string());
+        row(
+            "obtains not obtained / failed / unknown",
+            format!(
+                "{} / {} / {}",
+                self.obtain_not_obtained, self.obtain_errors, self.obtain_unknown
+            ),
+        );
+        row(
+            "writes accepted / rejected (stale) / failed / unknown",
+            format!(
+                "{} / {} / {} / {}",
+                self.writes_accepted, self.writes_rejected, self.writes_failed, self.writes_unknown
+            ),
+        );
+        row(
+            "releases ok / not held / failed / unknown",
+            format!(
+                "{} / {} / {} / {}",
+                self.releases_ok,
+                self.releases_not_held,
+                self.releases_failed,
+                self.releases_unknown
+            ),
+        );
+        row(
+            "locks lost (expired / not held)",
+            format!("{} / {}", self.lost_expired, self.lost_not_held),
+        );
+        row("deliberate stalls", join_counts(&self.pauses, |p| p.name()));
+        row(
+            "faults",
+            format!(
+                "{} ({})",
+                self.fault_count(),
+                join_counts(&self.faults, |k| k.name())
+            ),
+        );
+        let tolerance = self.meta.as_ref().map_or(0, |m| m.lost_tolerance_ms);
+        row(
+            "max lost() lateness",
+            match self.max_lost_lateness_ms {
+                Some(ms) => format!(
+                    "{ms:.1} ms (tolerance {tolerance} ms; {} excused: process stopped)",
+                    self.lost_lateness_excused
+                ),
+                None => "no lock lost by expiry or store".into(),
+            },
+        );
+        row("violations", join_counts(&self.violations, |k| k.name()));
+        row("result", if self.passed() { "PASS" } else { "FAIL" }.into());
+        let mut out = String::from("| metric | value |\n|---|---|\n");
+        for (k, v) in rows {
+            let _ = writeln!(out, "| {k} | {v} |");
+        }
+        for v in &self.examples {
+            let _ = writeln!(out, "- {}: {}", v.kind.name(), v.detail);
+        }
+        out
+    }
+}
+
+/// `name count, ...`, or `none`.
+pub fn join_counts<K>(map: &BTreeMap<K, u64>, name: impl Fn(&K) -> &str) -> String {
+    if map.is_empty() {
+        return "none".into();
+    }
+    map.iter()
+        .map(|(k, v)| format!("{} {v}", name(k)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
