@@ -10,9 +10,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::checker::Report;
+use crate::history::CloseWhy;
+use crate::nemesis::FaultKind;
 use crate::orchestrator::{self, RunConfig};
 use crate::store::BackendKind;
-use crate::variant::Variant;
+use crate::variant::{ClientProfile, Variant};
 
 /// A campaign's parameters.
 #[derive(Clone, Debug)]
@@ -28,7 +30,7 @@ pub struct CampaignConfig {
     /// Lock TTL.
     pub ttl: Duration,
     /// Duration of each correct run (with faults); it goes on, up to twice
-    /// as long, while short of `min_acquisitions` or `min_faults`.
+    /// as long, while short of its `minimums`.
     pub duration: Duration,
     /// Duration of each negative control run (no faults).
     pub control_duration: Duration,
@@ -38,14 +40,14 @@ pub struct CampaignConfig {
     pub fault_interval: (Duration, Duration),
     /// Allowed lateness of `lost()`.
     pub lost_tolerance: Duration,
-    /// A correct run needs at least this many acquisitions to pass.
-    pub min_acquisitions: u64,
-    /// A correct run needs at least this many faults to pass.
-    pub min_faults: u64,
+    /// What a correct run must reach to pass.
+    pub minimums: Minimums,
     /// The campaign directory; each run gets `<backend>-<variant>/` in it.
     pub out: PathBuf,
     /// The binary client processes are started from.
     pub client_exe: PathBuf,
+    /// The `distlock` binary, for the CLI profile.
+    pub cli_bin: Option<PathBuf>,
     /// The command line, recorded with every run.
     pub command: String,
 }
@@ -69,12 +71,82 @@ pub struct CampaignRun {
     pub report: Option<Report>,
 }
 
-/// Judges a finished run.
-pub fn verdict(
+/// What a correct run must reach to pass.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Minimums {
+    /// Acquisitions.
+    pub acquisitions: u64,
+    /// Faults.
+    pub faults: u64,
+    /// Every fault kind of the backend (a waiter stop that caught a client
+    /// waiting), an acquisition by every client profile of the run, and a
+    /// Locker closed between rounds and one during a round.
+    pub coverage: bool,
+}
+
+/// What a run of `variant` on `backend` with `clients` clients falls short
+/// of in `min` (empty: nothing).
+pub fn shortfalls(
+    backend: BackendKind,
     variant: Variant,
+    clients: u32,
     report: &Report,
-    min_acquisitions: u64,
-    min_faults: u64,
+    min: &Minimums,
+) -> Vec<String> {
+    let mut short = Vec::new();
+    if report.acquisitions < min.acquisitions {
+        short.push(format!(
+            "{} acquisitions < {}",
+            report.acquisitions, min.acquisitions
+        ));
+    }
+    if report.fault_count() < min.faults {
+        short.push(format!("{} faults < {}", report.fault_count(), min.faults));
+    }
+    if !min.coverage {
+        return short;
+    }
+    let kinds = if report.meta.as_ref().is_some_and(|m| m.faults) {
+        backend.faults()
+    } else {
+        &[]
+    };
+    for kind in kinds {
+        if report.faults_of(*kind) == 0 {
+            short.push(format!("no {kind}"));
+        }
+    }
+    if kinds.contains(&FaultKind::WaiterStop) && report.waiter_stops.waiting == 0 {
+        short.push("no waiter stop caught a client waiting".into());
+    }
+    let profiles: std::collections::BTreeSet<ClientProfile> =
+        (0..clients).map(|c| variant.profile(backend, c)).collect();
+    for profile in &profiles {
+        if report
+            .acquisitions_by_profile
+            .get(profile)
+            .is_none_or(|n| *n == 0)
+        {
+            short.push(format!("no acquisition by a {profile} client"));
+        }
+    }
+    if profiles.contains(&ClientProfile::Shared) {
+        for (why, when) in [(CloseWhy::Cycle, "between"), (CloseWhy::Race, "during")] {
+            if report.locker_closes.get(&why).is_none_or(|n| *n == 0) {
+                short.push(format!("no Locker closed {when} rounds"));
+            }
+        }
+    }
+    short
+}
+
+/// Judges a finished run (minimums apply to the correct run only).
+pub fn verdict(
+    backend: BackendKind,
+    variant: Variant,
+    clients: u32,
+    report: &Report,
+    min: &Minimums,
 ) -> (bool, String) {
     if variant.is_control() {
         let caught: Vec<_> = variant
@@ -95,20 +167,9 @@ pub fn verdict(
     if !report.passed() {
         return (false, "FAIL: violations".into());
     }
-    if report.acquisitions < min_acquisitions {
-        return (
-            false,
-            format!(
-                "FAIL: {} acquisitions < {min_acquisitions}",
-                report.acquisitions
-            ),
-        );
-    }
-    if report.fault_count() < min_faults {
-        return (
-            false,
-            format!("FAIL: {} faults < {min_faults}", report.fault_count()),
-        );
+    let short = shortfalls(backend, variant, clients, report, min);
+    if !short.is_empty() {
+        return (false, format!("FAIL: {}", short.join("; ")));
     }
     (true, "PASS".into())
 }
@@ -126,7 +187,7 @@ pub async fn run(cfg: &CampaignConfig) -> io::Result<Vec<CampaignRun>> {
         };
         for variant in variants {
             let dir = format!("{backend}-{variant}");
-            if let Some(why) = variant.not_applicable(backend.ttl_expiry()) {
+            if let Some(why) = variant.not_applicable(backend) {
                 println!("== {dir}: not applicable ({why})\n");
                 runs.push(CampaignRun {
                     backend,
@@ -151,8 +212,13 @@ pub async fn run(cfg: &CampaignConfig) -> io::Result<Vec<CampaignRun>> {
                 } else {
                     cfg.control_duration
                 },
-                min_acquisitions: if correct { cfg.min_acquisitions } else { 0 },
-                min_faults: if correct { cfg.min_faults } else { 0 },
+                min_acquisitions: if correct {
+                    cfg.minimums.acquisitions
+                } else {
+                    0
+                },
+                min_faults: if correct { cfg.minimums.faults } else { 0 },
+                min_coverage: correct && cfg.minimums.coverage,
                 max_duration: if correct {
                     cfg.duration * 2
                 } else {
@@ -163,16 +229,17 @@ pub async fn run(cfg: &CampaignConfig) -> io::Result<Vec<CampaignRun>> {
                 lost_tolerance: cfg.lost_tolerance,
                 out: cfg.out.join(&dir),
                 client_exe: cfg.client_exe.clone(),
+                cli_bin: cfg.cli_bin.clone(),
                 command: cfg.command.clone(),
             };
             println!("== {dir}: running for {:?}", run.duration);
             let report = orchestrator::run(&run).await?;
-            let (min_acq, min_faults) = if correct {
-                (cfg.min_acquisitions, cfg.min_faults)
+            let min = if correct {
+                cfg.minimums
             } else {
-                (0, 0)
+                Minimums::default()
             };
-            let (ok, verdict) = verdict(variant, &report, min_acq, min_faults);
+            let (ok, verdict) = verdict(backend, variant, cfg.clients, &report, &min);
             println!("{}\n{dir}: {verdict}\n", report.table());
             runs.push(CampaignRun {
                 backend,

@@ -12,7 +12,8 @@
 //! * `nemesis.jsonl` — every fault ([`Fault`]);
 //! * `end.json` — what the orchestrator found after the run ([`RunEnd`]).
 //!
-//! Operation ids are unique within one client incarnation; a grant is
+//! Operation ids are unique within one client incarnation (its sections
+//! and its CLI sections included: they write to the same file); a grant is
 //! named by the id of the obtain that produced it.
 
 use std::fs::{File, OpenOptions};
@@ -24,7 +25,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::nemesis::FaultKind;
-use crate::variant::Variant;
+use crate::variant::{ClientProfile, Variant};
 
 /// One line of a client's history. Times (`t`, `checked`, `valid_until`)
 /// are monotonic nanoseconds.
@@ -41,6 +42,9 @@ pub enum Event {
         pid: u32,
         /// The behaviour it runs.
         variant: Variant,
+        /// How it uses distlock.
+        #[serde(default)]
+        profile: ClientProfile,
         /// Its RNG seed (derived from the run seed).
         seed: u64,
         /// When.
@@ -54,6 +58,10 @@ pub enum Event {
         key: String,
         /// The lock's TTL in milliseconds.
         ttl_ms: u64,
+        /// The Locker it was called on (none for a CLI client's obtain,
+        /// which `distlock run` makes).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        locker: Option<u64>,
         /// When.
         t: i64,
     },
@@ -76,6 +84,9 @@ pub enum Event {
         op: u64,
         /// Whether it was `NotObtained` (held by others until the deadline).
         not_obtained: bool,
+        /// Whether it was `Closed` (its Locker, or the backend under it).
+        #[serde(default)]
+        closed: bool,
         /// The error.
         error: String,
         /// When.
@@ -181,6 +192,58 @@ pub enum Event {
         /// When.
         t: i64,
     },
+    /// A Locker's close was called; its grants' sections end here.
+    LockerClose {
+        /// The Locker (ids are unique within the incarnation).
+        locker: u64,
+        /// Why it was closed.
+        why: CloseWhy,
+        /// Whether the backend it shares was closed with it (control 5).
+        backend: bool,
+        /// When (after the section's writes were told to stop).
+        t: i64,
+    },
+    /// A Locker's close returned.
+    LockerClosed {
+        /// The Locker.
+        locker: u64,
+        /// Its error, if any.
+        error: Option<String>,
+        /// When.
+        t: i64,
+    },
+    /// A CLI section started: `distlock run` holds the lock and started
+    /// the section's process (which records this). The grant's start.
+    SectionStart {
+        /// The obtain's id (the parent's `ObtainInvoke`) = the grant.
+        op: u64,
+        /// The key (`$DISTLOCK_KEY`).
+        key: String,
+        /// `$DISTLOCK_FENCING_TOKEN`.
+        token: u64,
+        /// The section's pid.
+        pid: u32,
+        /// When.
+        t: i64,
+    },
+    /// A CLI section is done writing and exits: the grant's end.
+    SectionEnd {
+        /// The grant.
+        op: u64,
+        /// When.
+        t: i64,
+    },
+    /// `distlock run` exited (recorded by the client that ran it).
+    CliExit {
+        /// The obtain's id.
+        op: u64,
+        /// Its exit code, if it exited.
+        code: Option<i32>,
+        /// The signal that ended it, if one did.
+        signal: Option<i32>,
+        /// When the client saw it exit.
+        t: i64,
+    },
     /// The client stopped cleanly.
     Stop {
         /// When.
@@ -235,6 +298,30 @@ impl From<distlock::LostReason> for LostCause {
             distlock::LostReason::Released => LostCause::Released,
             distlock::LostReason::Closed => LostCause::Closed,
             _ => LostCause::Other,
+        }
+    }
+}
+
+/// Why a client closed one of its Lockers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CloseWhy {
+    /// Between two rounds, to build a new Locker (shared profile).
+    Cycle,
+    /// From another task, at a random moment of a round: while its section
+    /// waits, holds or releases (shared profile).
+    Race,
+    /// The client is stopping.
+    Stop,
+}
+
+impl CloseWhy {
+    /// The name in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            CloseWhy::Cycle => "cycle",
+            CloseWhy::Race => "race",
+            CloseWhy::Stop => "stop",
         }
     }
 }

@@ -2,9 +2,10 @@
 //!
 //! Evidence that distlock keeps mutual exclusion under faults: real client
 //! processes contend for a few keys and write to a **fenced register** under
-//! their locks while a seeded **nemesis** pauses and kills clients, kills,
-//! pauses and restarts the server, and resets or black-holes connections
-//! through a fault proxy. Everything is recorded with system-wide monotonic
+//! their locks while a seeded **nemesis** pauses and kills clients (waiters
+//! too, past their lease), kills, pauses and restarts the server, makes
+//! Redis lose its data, and resets or black-holes connections through a
+//! fault proxy. Everything is recorded with system-wide monotonic
 //! timestamps; an offline **checker** reads the history and reports every
 //! violation. Deliberately broken **negative controls** prove the checker
 //! can fail.
@@ -19,15 +20,19 @@
 //! ## Pieces
 //!
 //! * [`client`] — the workload of one client (a process, or a task for the
-//!   memory backend);
+//!   memory backend), in three profiles: one Locker; several Lockers on one
+//!   shared backend, closed and rebuilt mid-run; `distlock run` around each
+//!   critical section;
 //! * [`register`] — the fenced register;
 //! * [`history`] — the recorded events and files of a run;
 //! * [`nemesis`] — the fault schedule;
 //! * [`orchestrator`] — one run, end to end;
 //! * [`checker`] — the offline checks and the summary table;
-//! * [`variant`] — the correct workload and the negative controls;
+//! * [`variant`] — the correct workload, the negative controls and which
+//!   profile each client runs;
 //! * [`store`] — everything backend-specific;
-//! * [`campaign`] — runs and controls over several backends.
+//! * [`campaign`] — runs and controls over several backends, and their
+//!   minimums.
 //!
 //! ## Backends, and adding one
 //!

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use distlock_torture::campaign::{self, CampaignConfig};
+use distlock_torture::campaign::{self, CampaignConfig, Minimums};
 use distlock_torture::checker;
-use distlock_torture::client::{self, ClientConfig, Control};
+use distlock_torture::client::{self, ClientConfig, Control, SectionConfig};
 use distlock_torture::history::JsonLines;
 use distlock_torture::orchestrator::{self, RunConfig};
 use distlock_torture::store::{BackendKind, ClientStore};
@@ -46,6 +46,13 @@ enum Cmd {
         #[arg(long)]
         config: String,
     },
+    /// A CLI client's critical section, run by `distlock run` (not for
+    /// direct use).
+    Section {
+        /// The section's configuration, as JSON.
+        #[arg(long)]
+        config: String,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -71,6 +78,11 @@ struct Common {
     /// Allowed lateness of lost() past the validity deadline, ms.
     #[arg(long, default_value_t = 50)]
     lost_tolerance_ms: u64,
+    /// The `distlock` binary the CLI clients run (default: $DISTLOCK_BIN,
+    /// else `distlock` beside this binary). Build it with
+    /// `cargo build -p distlock-cli --features etcd`.
+    #[arg(long)]
+    cli_bin: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -114,6 +126,11 @@ struct CampaignArgs {
     /// A correct run needs at least this many faults.
     #[arg(long, default_value_t = 0)]
     min_faults: u64,
+    /// A correct run needs every fault kind of its backend (a waiter stop
+    /// that caught a client waiting), an acquisition by every client
+    /// profile, and Lockers closed both between and during rounds.
+    #[arg(long)]
+    min_coverage: bool,
     /// The campaign directory (one sub-directory per run).
     #[arg(long)]
     out: PathBuf,
@@ -133,6 +150,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Client { config } => run_client(&config),
+        Cmd::Section { config } => run_section(&config),
         Cmd::Check { dir } => match checker::check(&dir) {
             Ok(report) => verdict(&report),
             Err(e) => {
@@ -152,12 +170,14 @@ fn main() -> ExitCode {
                 duration: Duration::from_secs(args.duration_s),
                 min_acquisitions: 0,
                 min_faults: 0,
+                min_coverage: false,
                 max_duration: Duration::from_secs(args.duration_s),
                 faults: !args.no_faults,
                 fault_interval: c.fault_interval(),
                 lost_tolerance: Duration::from_millis(c.lost_tolerance_ms),
                 out: args.out.clone(),
                 client_exe: exe(),
+                cli_bin: c.cli_bin(),
                 command: command_line(),
             };
             match runtime().block_on(orchestrator::run(&cfg)) {
@@ -181,10 +201,14 @@ fn main() -> ExitCode {
                 controls: !args.no_controls,
                 fault_interval: c.fault_interval(),
                 lost_tolerance: Duration::from_millis(c.lost_tolerance_ms),
-                min_acquisitions: args.min_acquisitions,
-                min_faults: args.min_faults,
+                minimums: Minimums {
+                    acquisitions: args.min_acquisitions,
+                    faults: args.min_faults,
+                    coverage: args.min_coverage,
+                },
                 out: args.out,
                 client_exe: exe(),
+                cli_bin: c.cli_bin(),
                 command: command_line(),
             };
             match runtime().block_on(campaign::run(&cfg)) {
@@ -212,6 +236,15 @@ fn verdict(report: &checker::Report) -> ExitCode {
 impl Common {
     fn ttl(&self) -> Duration {
         Duration::from_millis(self.ttl_ms)
+    }
+
+    fn cli_bin(&self) -> Option<PathBuf> {
+        let found = self
+            .cli_bin
+            .clone()
+            .or_else(|| std::env::var_os("DISTLOCK_BIN").map(PathBuf::from))
+            .unwrap_or_else(|| exe().with_file_name("distlock"));
+        found.is_file().then_some(found)
     }
 
     fn fault_interval(&self) -> (Duration, Duration) {
@@ -261,16 +294,27 @@ fn run_client(config: &str) -> ExitCode {
         let hist = JsonLines::create(&cfg.history)
             .map_err(|e| format!("create {}: {e}", cfg.history.display()))?;
         let store = ClientStore::from_url(cfg.backend, &cfg.url);
-        let control = Control {
-            stop: stop_rx,
-            pause: None,
-        };
+        let control = Control::new(stop_rx, None);
         client::run(cfg, store, control, hist).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("distlock-torture client: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// A CLI section: runs under `distlock run`, started by a CLI client.
+fn run_section(config: &str) -> ExitCode {
+    let result = serde_json::from_str::<SectionConfig>(config)
+        .map_err(|e| format!("bad --config: {e}"))
+        .and_then(|cfg| client::run_section(&cfg));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("distlock-torture section: {e}");
             ExitCode::from(1)
         }
     }

@@ -1,5 +1,9 @@
 //! The nemesis: a seeded schedule of faults, one every few seconds. The
 //! orchestrator carries each one out and logs it to `nemesis.jsonl`.
+//!
+//! Kinds are dealt from a shuffled deck, so every kind of the backend
+//! occurs once in each run of `kinds.len()` faults: a short smoke run sees
+//! every kind, however unlucky its seed.
 
 use std::fmt;
 use std::time::Duration;
@@ -10,10 +14,16 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FaultKind {
-    /// SIGSTOP a client process for 0.5–3× the TTL, then SIGCONT.
+    /// SIGSTOP a client process (its process group: a CLI client's
+    /// `distlock run` too) for 0.5–3× the TTL, then SIGCONT.
     ClientStop,
-    /// SIGKILL a client process, then start a new incarnation of it.
+    /// SIGKILL a client process group, then start a new incarnation.
     ClientKill,
+    /// SIGSTOP a client that is waiting for a lock for longer than its
+    /// waiter's lease (Redis: the 1 s waiter lease; etcd: its waiters'
+    /// lease, about 2.5 s), then SIGCONT: it resumes with its place in the
+    /// queue gone.
+    WaiterStop,
     /// Stall an in-process client (memory) for 0.5–3× the TTL, refresher
     /// included, at its next step.
     TaskPause,
@@ -36,6 +46,10 @@ pub enum FaultKind {
     /// Black-hole the proxy for 0.3–1.5× the TTL (nothing flows, nothing
     /// is lost), then heal it.
     ProxyBlackhole,
+    /// Redis: `FLUSHALL` — every lock, queue and fencing counter is gone.
+    Flushall,
+    /// Redis: SIGKILL, delete its data (the AOF), restart empty.
+    WipeRestart,
 }
 
 impl FaultKind {
@@ -44,6 +58,7 @@ impl FaultKind {
         match self {
             FaultKind::ClientStop => "client_stop",
             FaultKind::ClientKill => "client_kill",
+            FaultKind::WaiterStop => "waiter_stop",
             FaultKind::TaskPause => "task_pause",
             FaultKind::TaskAbort => "task_abort",
             FaultKind::ServerKill => "server_kill",
@@ -52,6 +67,8 @@ impl FaultKind {
             FaultKind::LeaderIsolate => "leader_isolate",
             FaultKind::ProxyReset => "proxy_reset",
             FaultKind::ProxyBlackhole => "proxy_blackhole",
+            FaultKind::Flushall => "flushall",
+            FaultKind::WipeRestart => "wipe_restart",
         }
     }
 
@@ -61,9 +78,16 @@ impl FaultKind {
             self,
             FaultKind::ClientStop
                 | FaultKind::ClientKill
+                | FaultKind::WaiterStop
                 | FaultKind::TaskPause
                 | FaultKind::TaskAbort
         )
+    }
+
+    /// Whether the store forgets its locks: mutual exclusion cannot hold
+    /// across it, only fencing can (the checker cuts the sections it hits).
+    pub fn loses_data(self) -> bool {
+        matches!(self, FaultKind::Flushall | FaultKind::WipeRestart)
     }
 }
 
@@ -91,26 +115,31 @@ pub struct PlannedFault {
 pub struct Nemesis {
     rng: fastrand::Rng,
     kinds: Vec<FaultKind>,
+    deck: Vec<FaultKind>,
     clients: u32,
     ttl: Duration,
+    waiter_lease: Duration,
     interval: (Duration, Duration),
 }
 
 impl Nemesis {
     /// A schedule of `kinds` against `clients` clients, one fault every
-    /// `interval.0`..`interval.1`.
+    /// `interval.0`..`interval.1`; waiter stops outlast `waiter_lease`.
     pub fn new(
         seed: u64,
         kinds: &[FaultKind],
         clients: u32,
         ttl: Duration,
+        waiter_lease: Duration,
         interval: (Duration, Duration),
     ) -> Self {
         Nemesis {
             rng: fastrand::Rng::with_seed(seed ^ 0x6E65_6D65_7369_7321),
             kinds: kinds.to_vec(),
+            deck: Vec::new(),
             clients,
             ttl,
+            waiter_lease,
             interval,
         }
     }
@@ -122,12 +151,21 @@ impl Nemesis {
     /// The next fault.
     pub fn next_fault(&mut self) -> PlannedFault {
         let wait = self.between(self.interval.0, self.interval.1);
-        let kind = self.kinds[self.rng.usize(..self.kinds.len())];
+        if self.deck.is_empty() {
+            self.deck = self.kinds.clone();
+            self.rng.shuffle(&mut self.deck);
+        }
+        let kind = self.deck.pop().expect("a backend has fault kinds");
         let client = self.rng.u32(..self.clients.max(1));
         let ttl = self.ttl;
         let duration = match kind {
             FaultKind::ClientStop | FaultKind::TaskPause => {
                 self.between(ttl.mul_f64(0.5), ttl.mul_f64(3.0))
+            }
+            // Past the lease, so the waiter's place is gone when it resumes.
+            FaultKind::WaiterStop => {
+                let lease = self.waiter_lease;
+                self.between(lease.mul_f64(1.2), lease.mul_f64(2.0))
             }
             FaultKind::ServerStop | FaultKind::ProxyBlackhole => {
                 self.between(ttl.mul_f64(0.3), ttl.mul_f64(1.5))
@@ -153,25 +191,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn schedules_are_reproducible_from_the_seed() {
+    fn schedules_are_reproducible_from_the_seed_and_deal_every_kind() {
         let kinds = [
             FaultKind::ClientStop,
             FaultKind::ServerKill,
             FaultKind::ProxyReset,
+            FaultKind::WaiterStop,
         ];
         let ttl = Duration::from_secs(1);
+        let lease = Duration::from_secs(5);
         let interval = (Duration::from_secs(1), Duration::from_secs(3));
         let plan = |seed| {
-            let mut n = Nemesis::new(seed, &kinds, 5, ttl, interval);
+            let mut n = Nemesis::new(seed, &kinds, 5, ttl, lease, interval);
             (0..20).map(|_| n.next_fault()).collect::<Vec<_>>()
         };
         assert_eq!(plan(7), plan(7));
         assert_ne!(plan(7), plan(8));
-        for f in plan(9) {
+        let faults = plan(9);
+        for deal in faults.chunks(kinds.len()) {
+            let mut dealt: Vec<_> = deal.iter().map(|f| f.kind).collect();
+            dealt.sort();
+            let mut all = kinds.to_vec();
+            all.sort();
+            assert_eq!(dealt, all, "each deal holds every kind once");
+        }
+        for f in faults {
             assert!(f.wait >= interval.0 && f.wait <= interval.1);
             assert!(f.client < 5);
-            if f.kind == FaultKind::ClientStop {
-                assert!(f.duration >= ttl / 2 && f.duration <= ttl * 3);
+            match f.kind {
+                FaultKind::ClientStop => assert!(f.duration >= ttl / 2 && f.duration <= ttl * 3),
+                FaultKind::WaiterStop => assert!(f.duration > lease && f.duration <= lease * 2),
+                _ => {}
             }
         }
     }

@@ -10,6 +10,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::checker::ViolationKind;
+use crate::store::BackendKind;
 
 /// The behaviour of one run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -33,24 +34,31 @@ pub enum Variant {
     /// the moment it got the reply, without refreshing, and keeps its
     /// critical section until then.
     DeadlineFromReply,
+    /// Control 5 — a Locker's close closes the backend it shares with the
+    /// process's other Lockers (what `Locker::close` did before 6b16ffc):
+    /// on etcd that revokes every lease of the backend, so the other
+    /// Lockers' locks vanish from the store while their holders work on.
+    CloseSharedBackend,
 }
 
 impl Variant {
     /// Every variant, the correct one first.
-    pub const ALL: [Variant; 5] = [
+    pub const ALL: [Variant; 6] = [
         Variant::Correct,
         Variant::ReleaseByName,
         Variant::IgnoreValidity,
         Variant::NoFencing,
         Variant::DeadlineFromReply,
+        Variant::CloseSharedBackend,
     ];
 
     /// The negative controls.
-    pub const CONTROLS: [Variant; 4] = [
+    pub const CONTROLS: [Variant; 5] = [
         Variant::ReleaseByName,
         Variant::IgnoreValidity,
         Variant::NoFencing,
         Variant::DeadlineFromReply,
+        Variant::CloseSharedBackend,
     ];
 
     /// The name used on the command line and in histories.
@@ -61,6 +69,7 @@ impl Variant {
             Variant::IgnoreValidity => "ignore-validity",
             Variant::NoFencing => "no-fencing",
             Variant::DeadlineFromReply => "deadline-from-reply",
+            Variant::CloseSharedBackend => "close-shared-backend",
         }
     }
 
@@ -83,16 +92,42 @@ impl Variant {
             Variant::IgnoreValidity => &[ViolationKind::WriteOutsideCs],
             Variant::NoFencing => &[ViolationKind::StaleWriteAccepted],
             Variant::DeadlineFromReply => &[ViolationKind::OverlappingCs],
+            Variant::CloseSharedBackend => {
+                &[ViolationKind::OverlappingCs, ViolationKind::ClosedByOther]
+            }
         }
     }
 
     /// Why a control cannot apply to a store, or `None` if it does.
-    pub fn not_applicable(self, ttl_expiry: bool) -> Option<&'static str> {
+    pub fn not_applicable(self, backend: BackendKind) -> Option<&'static str> {
         match self {
-            Variant::IgnoreValidity | Variant::DeadlineFromReply if !ttl_expiry => Some(
+            Variant::IgnoreValidity | Variant::DeadlineFromReply if !backend.ttl_expiry() => Some(
                 "the store has no TTL expiry, so its locks have no validity deadline to ignore or mismeasure",
             ),
+            // Only etcd's backend ends locks when it closes (it revokes its
+            // leases); Redis's close stops only its pub/sub listener, file
+            // and memory have nothing to close.
+            Variant::CloseSharedBackend if backend != BackendKind::Etcd => {
+                Some("closing this store's backend ends no lock (only etcd's revokes its leases)")
+            }
             _ => None,
+        }
+    }
+
+    /// The profile client number `client` runs on `backend`. The correct
+    /// run mixes them; control 5 needs Lockers sharing a backend; the other
+    /// controls keep the single-Locker client they were measured with.
+    pub fn profile(self, backend: BackendKind, client: u32) -> ClientProfile {
+        match self {
+            Variant::Correct => match client % 4 {
+                1 => ClientProfile::Shared,
+                // memory:// lives inside one process: no CLI there.
+                3 if backend.client_processes() => ClientProfile::Cli,
+                3 => ClientProfile::Shared,
+                _ => ClientProfile::Single,
+            },
+            Variant::CloseSharedBackend => ClientProfile::Shared,
+            _ => ClientProfile::Single,
         }
     }
 }
@@ -117,5 +152,44 @@ impl FromStr for Variant {
                     names.join(", ")
                 )
             })
+    }
+}
+
+/// How one client process (or memory task) uses distlock.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientProfile {
+    /// One Locker from the URL, which owns its backend; one task.
+    #[default]
+    Single,
+    /// One backend, [`SECTIONS`] Lockers built on it with
+    /// `Locker::builder`, each used by its own task; Lockers are closed and
+    /// built again mid-run while the others work on.
+    Shared,
+    /// Each round runs `distlock run KEY -- distlock-torture section ...`:
+    /// the CLI holds the lock, the section (a process it starts) writes
+    /// with `$DISTLOCK_FENCING_TOKEN`.
+    Cli,
+}
+
+/// Lockers (and tasks) of a [`ClientProfile::Shared`] client.
+pub const SECTIONS: u32 = 3;
+
+impl ClientProfile {
+    /// The name in histories and tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientProfile::Single => "single",
+            ClientProfile::Shared => "shared",
+            ClientProfile::Cli => "cli",
+        }
+    }
+}
+
+impl fmt::Display for ClientProfile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }

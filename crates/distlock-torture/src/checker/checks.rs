@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::replay::{Grant, Outcome};
+use super::replay::{Answer, ClosedObtain, Grant, Obtain, Outcome};
 use super::{Checker, ViolationKind, ms};
 use crate::history::{LostCause, RegisterEntry};
 
@@ -87,33 +87,71 @@ pub(super) fn tokens(c: &mut Checker, grants: &[Grant], idx: &[usize]) {
     }
 }
 
-/// Overlapping sections of one key.
-pub(super) fn overlaps(c: &mut Checker, grants: &[Grant], idx: &[usize]) {
+/// How long after a data loss ended a grant the store made just before it
+/// may still reach its client: a generous bound for a reply on its way
+/// back on a loaded machine. Later grants were made after the loss.
+const REPLY_SLACK_NS: i64 = 250_000_000;
+
+/// Overlapping sections of one key. A section a data loss hit ends, for
+/// this check, where the loss began (or is empty if it was granted during
+/// the loss): the store forgot it, so the next holder may start at once.
+pub(super) fn overlaps(c: &mut Checker, grants: &[Grant], idx: &[usize], losses: &[(i64, i64)]) {
+    let uncut = |g: &Grant| g.end_alive();
+    let cut = |g: &Grant| {
+        losses
+            .iter()
+            .filter(|&&(start, end)| {
+                g.invoke < end && g.ok < end + REPLY_SLACK_NS && g.end_alive() > start
+            })
+            .fold(g.end_alive(), |e, &(start, _)| e.min(start.max(g.ok)))
+    };
+    c.report.data_loss.grants_cut += idx
+        .iter()
+        .filter(|&&i| cut(&grants[i]) < uncut(&grants[i]))
+        .count() as u64;
+    let found = sweep(grants, idx, cut, |o, i| {
+        c.violation(
+            ViolationKind::OverlappingCs,
+            format!(
+                "{} began {:.1} ms before the CS of {} ended",
+                grants[i].name(),
+                ms(cut(&grants[o]) - grants[i].ok),
+                grants[o].name()
+            ),
+        );
+    });
+    let all = sweep(grants, idx, uncut, |_, _| {});
+    c.report.data_loss.overlaps_excused += all.saturating_sub(found);
+}
+
+/// Calls `found(open, next)` for each section that begins before the
+/// latest-ending earlier one ends (sections end at `end`); returns how many.
+fn sweep(
+    grants: &[Grant],
+    idx: &[usize],
+    end: impl Fn(&Grant) -> i64,
+    mut found: impl FnMut(usize, usize),
+) -> u64 {
     let mut live: Vec<usize> = idx
         .iter()
         .copied()
-        .filter(|&i| grants[i].end_alive() > grants[i].ok)
+        .filter(|&i| end(&grants[i]) > grants[i].ok)
         .collect();
     live.sort_by_key(|&i| grants[i].ok);
     let mut open: Option<usize> = None;
+    let mut count = 0;
     for &i in &live {
         if let Some(o) = open
-            && grants[i].ok < grants[o].end_alive()
+            && grants[i].ok < end(&grants[o])
         {
-            c.violation(
-                ViolationKind::OverlappingCs,
-                format!(
-                    "{} began {:.1} ms before the CS of {} ended",
-                    grants[i].name(),
-                    ms(grants[o].end_alive() - grants[i].ok),
-                    grants[o].name()
-                ),
-            );
+            found(o, i);
+            count += 1;
         }
-        if open.is_none_or(|o| grants[i].end_alive() > grants[o].end_alive()) {
+        if open.is_none_or(|o| end(&grants[i]) > end(&grants[o])) {
             open = Some(i);
         }
     }
+    count
 }
 
 pub(super) fn releases(c: &mut Checker, grants: &[Grant], idx: &[usize]) {
@@ -223,5 +261,63 @@ pub(super) fn expired(c: &mut Checker, grants: &[Grant], tolerance_ns: i64) {
                 ),
             );
         }
+    }
+}
+
+/// Locks that ended, and obtains that failed, with `Closed` although their
+/// own Locker's close had not begun: another Locker's close (or the shared
+/// backend's) ended them.
+pub(super) fn closes(c: &mut Checker, grants: &[Grant], obtains: &[ClosedObtain]) {
+    for o in obtains {
+        if o.locker_closed.is_none_or(|closed| closed > o.t) {
+            c.violation(
+                ViolationKind::ClosedByOther,
+                format!(
+                    "client {}/{} obtain {} failed with Closed on Locker {:?}, which was not being closed",
+                    o.client, o.incarnation, o.op, o.locker
+                ),
+            );
+        }
+    }
+    for g in grants {
+        let Some((t, LostCause::Closed)) = g.lost else {
+            continue;
+        };
+        if g.locker_closed.is_none_or(|closed| closed > t) {
+            c.violation(
+                ViolationKind::ClosedByOther,
+                format!(
+                    "{} ended with Closed on Locker {:?}, which was not being closed",
+                    g.name(),
+                    g.locker
+                ),
+            );
+        }
+    }
+}
+
+/// What the waiter stops hit: the obtains of the stopped client that were
+/// pending when it was stopped and still pending when it resumed.
+pub(super) fn waiter_stops(c: &mut Checker, obtains: &[Obtain], stops: &[(u32, u32, i64, i64)]) {
+    let w = &mut c.report.waiter_stops;
+    for &(client, incarnation, start, end) in stops {
+        w.stops += 1;
+        let across = obtains.iter().filter(|o| {
+            o.client == client
+                && o.incarnation == incarnation
+                && o.invoke < start
+                && o.answer.is_none_or(|(t, _)| t > end)
+        });
+        let mut any = false;
+        for o in across {
+            any = true;
+            match o.answer {
+                Some((_, Answer::Granted)) => w.obtained += 1,
+                Some((_, Answer::NotObtained)) => w.not_obtained += 1,
+                Some((_, Answer::Failed)) => w.failed += 1,
+                None => w.unknown += 1,
+            }
+        }
+        w.waiting += u64::from(any);
     }
 }

@@ -1,9 +1,12 @@
 //! The offline checker: reads a run directory and reports every violation.
 //!
 //! A grant's critical section (CS) is `[obtain ok, end]` with
-//! `end = min(first release invoked, final validity deadline, lost() seen)`,
-//! and, for the overlap check only, also cut at the moment its process (or
-//! task) was killed. Checks:
+//! `end = min(first release invoked, final validity deadline, lost() seen,
+//! its Locker's close begun)`, and, for the overlap check only, also cut at
+//! the moment its process (or task) was killed, and where a data loss of
+//! the store began. A CLI section (run by `distlock run`, which knows the
+//! deadline; the section does not) is `[section start, section end]`, or
+//! until its last recorded act if it was stopped mid-way. Checks:
 //!
 //! * `stale_write_accepted` — the register accepted a token lower than one
 //!   it had accepted before for the key (so accepted tokens only grow, and
@@ -12,7 +15,8 @@
 //!   the key carried;
 //! * `duplicate_token` / `token_order` — two grants of a key with one token,
 //!   or a grant whose token is not above that of a grant completed before it
-//!   was even requested;
+//!   was even requested (a token regression after the store lost its data
+//!   is one);
 //! * `overlapping_cs` — two grants of one key whose CSs overlap;
 //! * `write_outside_cs` — a write decided outside its grant's CS (the
 //!   holder acted on a lock it could not rely on);
@@ -24,9 +28,12 @@
 //!   only their other checks apply);
 //! * `expired_grant` — an obtain returned a lock whose validity deadline
 //!   had already passed (more than the tolerance before the client saw it);
+//! * `closed_by_other` — a lock ended, or an obtain failed, with `Closed`
+//!   before its own Locker's close began;
 //! * `leftover_key` — a key still held after the clients stopped and the
 //!   TTLs passed;
-//! * `client_crash` — a client that failed on its own or would not stop.
+//! * `client_crash` — a client that failed on its own or would not stop,
+//!   or a `distlock run` that exited in a way no correct run does.
 //!
 //! `replay` turns the histories into grants, `checks` holds the checks,
 //! `report` the summary.
@@ -41,7 +48,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-pub use report::{Report, join_counts};
+pub use report::{DataLoss, Report, WaiterStops, join_counts};
 
 use crate::history::{Fault, RegisterEntry, RunEnd, RunMeta, read_json, read_lines};
 use replay::Faults;
@@ -69,6 +76,9 @@ pub enum ViolationKind {
     /// An obtain returned a lock whose validity deadline had already passed
     /// (by more than the tolerance).
     ExpiredGrant,
+    /// A lock ended with `Closed` although its own Locker was not being
+    /// closed: another Locker's close, or the shared backend's, ended it.
+    ClosedByOther,
     /// A key was still held after the run.
     LeftoverKey,
     /// A client crashed or would not stop.
@@ -88,6 +98,7 @@ impl ViolationKind {
             ViolationKind::ReleaseByNonOwner => "release_by_non_owner",
             ViolationKind::LostLate => "lost_late",
             ViolationKind::ExpiredGrant => "expired_grant",
+            ViolationKind::ClosedByOther => "closed_by_other",
             ViolationKind::LeftoverKey => "leftover_key",
             ViolationKind::ClientCrash => "client_crash",
         }
@@ -142,6 +153,7 @@ pub fn check(dir: &Path) -> io::Result<Report> {
         *c.report.faults.entry(f.kind).or_default() += 1;
     }
     let by = Faults::of(&faults);
+    c.report.data_loss.losses = by.losses.len() as u64;
 
     let mut run = replay::replay(dir, &mut c.report)?;
     for g in &mut run.grants {
@@ -155,10 +167,12 @@ pub fn check(dir: &Path) -> io::Result<Report> {
     }
     for idx in by_key.values() {
         checks::tokens(&mut c, grants, idx);
-        checks::overlaps(&mut c, grants, idx);
+        checks::overlaps(&mut c, grants, idx, &by.losses);
         checks::releases(&mut c, grants, idx);
     }
     checks::writes(&mut c, grants);
+    checks::closes(&mut c, grants, &run.closed_obtains);
+    checks::waiter_stops(&mut c, &run.obtains, &by.waiter_stops);
     if meta.ttl_expiry {
         checks::lost(&mut c, grants, &by.stops, tolerance_ns);
         checks::expired(&mut c, grants, tolerance_ns);
@@ -170,7 +184,8 @@ pub fn check(dir: &Path) -> io::Result<Report> {
             format!("still held after the run: {key}"),
         );
     }
-    for client in end.crashed_clients.iter().chain(&end.unstoppable_clients) {
+    let crashes = end.crashed_clients.iter().chain(&end.unstoppable_clients);
+    for client in crashes.chain(&run.bad_cli_exits) {
         c.violation(ViolationKind::ClientCrash, client.clone());
     }
     c.report.examples.sort_by_key(|v| v.kind);

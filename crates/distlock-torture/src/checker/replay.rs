@@ -1,6 +1,6 @@
 //! Replays a run directory's histories into what the checks work on:
-//! grants with their sections, and the faults by client. Counts outcomes
-//! into the report on the way.
+//! grants with their sections, every obtain with its answer, and the
+//! faults by client. Counts outcomes into the report on the way.
 
 use std::collections::HashMap;
 use std::io;
@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use super::report::Report;
 use crate::history::{Event, Fault, LostCause, read_lines};
 use crate::nemesis::FaultKind;
+use crate::variant::ClientProfile;
 
 /// One write of a grant.
 #[derive(Debug)]
@@ -34,6 +35,16 @@ pub(super) struct Release {
     pub(super) outcome: Outcome,
 }
 
+/// What a CLI section recorded of itself: it knows no deadline, so its
+/// section is what it did.
+#[derive(Debug)]
+pub(super) struct CliSection {
+    /// Its `SectionEnd`, if it got that far.
+    pub(super) end: Option<i64>,
+    /// Its latest event (a section killed mid-way acted until then).
+    pub(super) last_act: i64,
+}
+
 #[derive(Debug)]
 pub(super) struct Grant {
     pub(super) client: u32,
@@ -49,6 +60,10 @@ pub(super) struct Grant {
     pub(super) releases: Vec<Release>,
     pub(super) writes: Vec<Write>,
     pub(super) death: Option<i64>,
+    /// The Locker it was obtained on, and when that Locker's close began.
+    pub(super) locker: Option<u64>,
+    pub(super) locker_closed: Option<i64>,
+    pub(super) cli: Option<CliSection>,
 }
 
 impl Grant {
@@ -67,12 +82,18 @@ impl Grant {
 
     /// The end of the CS for the holder's own actions.
     pub(super) fn end(&self) -> i64 {
+        if let Some(cli) = &self.cli {
+            return cli.end.unwrap_or(cli.last_act);
+        }
         let mut end = self.final_valid_until();
         if let Some(r) = self.releases.first() {
             end = end.min(r.invoke);
         }
         if let Some((t, _)) = &self.lost {
             end = end.min(*t);
+        }
+        if let Some(t) = self.locker_closed {
+            end = end.min(t);
         }
         end
     }
@@ -83,10 +104,43 @@ impl Grant {
     }
 }
 
+/// How an obtain was answered.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) enum Answer {
+    Granted,
+    NotObtained,
+    Failed,
+}
+
+/// Every obtain, granted or not.
+#[derive(Debug)]
+pub(super) struct Obtain {
+    pub(super) client: u32,
+    pub(super) incarnation: u32,
+    pub(super) invoke: i64,
+    pub(super) answer: Option<(i64, Answer)>,
+}
+
+/// An obtain that failed with `Closed`.
+#[derive(Debug)]
+pub(super) struct ClosedObtain {
+    pub(super) client: u32,
+    pub(super) incarnation: u32,
+    pub(super) op: u64,
+    pub(super) locker: Option<u64>,
+    pub(super) t: i64,
+    /// When its Locker's close began, if it did.
+    pub(super) locker_closed: Option<i64>,
+}
+
 /// A run's history, replayed.
 #[derive(Debug, Default)]
 pub(super) struct Replay {
     pub(super) grants: Vec<Grant>,
+    pub(super) obtains: Vec<Obtain>,
+    pub(super) closed_obtains: Vec<ClosedObtain>,
+    /// `distlock run` exits that no correct run should see.
+    pub(super) bad_cli_exits: Vec<String>,
 }
 
 /// Faults by what they hit.
@@ -96,12 +150,19 @@ pub(super) struct Faults {
     pub(super) deaths: HashMap<(u32, u32), i64>,
     /// (client, incarnation) → when it was SIGSTOPped, and until when.
     pub(super) stops: HashMap<(u32, u32), Vec<(i64, i64)>>,
+    /// Waiter stops: (client, incarnation, start, end).
+    pub(super) waiter_stops: Vec<(u32, u32, i64, i64)>,
+    /// When the store lost its data: (start, end).
+    pub(super) losses: Vec<(i64, i64)>,
 }
 
 impl Faults {
     pub(super) fn of(faults: &[Fault]) -> Faults {
         let mut by = Faults::default();
         for f in faults {
+            if f.kind.loses_data() {
+                by.losses.push((f.start, f.end));
+            }
             let (Some(client), Some(inc)) = (f.client, f.incarnation) else {
                 continue;
             };
@@ -109,11 +170,14 @@ impl Faults {
                 FaultKind::ClientKill | FaultKind::TaskAbort => {
                     by.deaths.insert((client, inc), f.start);
                 }
-                FaultKind::ClientStop => {
+                FaultKind::ClientStop | FaultKind::WaiterStop => {
                     by.stops
                         .entry((client, inc))
                         .or_default()
                         .push((f.start, f.end));
+                    if f.kind == FaultKind::WaiterStop {
+                        by.waiter_stops.push((client, inc, f.start, f.end));
+                    }
                 }
                 _ => {}
             }
@@ -149,7 +213,7 @@ fn client_files(dir: &Path) -> io::Result<Vec<(u32, u32, PathBuf)>> {
     Ok(files)
 }
 
-/// Parses every client history into grants, counting outcomes.
+/// Parses every client history into grants and obtains, counting outcomes.
 pub(super) fn replay(dir: &Path, report: &mut Report) -> io::Result<Replay> {
     let mut run = Replay::default();
     for (client, incarnation, path) in client_files(dir)? {
@@ -176,13 +240,18 @@ struct File<'a> {
     report: &'a mut Report,
     client: u32,
     incarnation: u32,
-    /// Obtain id → when it was invoked.
-    pending: HashMap<u64, i64>,
+    profile: ClientProfile,
+    /// Obtain id → (index in `run.obtains`, key, Locker).
+    pending: HashMap<u64, (usize, String, Option<u64>)>,
     /// Grant id → index in `run.grants`.
     grant_of: HashMap<u64, usize>,
     /// Write id → (grant index, accepted once answered).
     writes: HashMap<u64, (usize, Option<bool>)>,
     releases: HashMap<u64, (usize, usize)>,
+    /// Locker → when its close began.
+    closes: HashMap<u64, i64>,
+    /// This file's first entry in `run.closed_obtains`.
+    first_closed_obtain: usize,
 }
 
 impl<'a> File<'a> {
@@ -191,10 +260,13 @@ impl<'a> File<'a> {
             report,
             client,
             incarnation,
+            profile: ClientProfile::Single,
             pending: HashMap::new(),
             grant_of: HashMap::new(),
             writes: HashMap::new(),
             releases: HashMap::new(),
+            closes: HashMap::new(),
+            first_closed_obtain: run.closed_obtains.len(),
             run,
         }
     }
@@ -206,12 +278,32 @@ impl<'a> File<'a> {
         self.report.obtain_unknown += self.pending.len() as u64;
         let unanswered = self.writes.values().filter(|(_, w)| w.is_none()).count();
         self.report.writes_unknown += unanswered as u64;
+        for &g in self.grant_of.values() {
+            let grant = &mut self.run.grants[g];
+            if let Some(locker) = grant.locker {
+                grant.locker_closed = self.closes.get(&locker).copied();
+            }
+        }
+        for refused in &mut self.run.closed_obtains[self.first_closed_obtain..] {
+            refused.locker_closed = refused.locker.and_then(|l| self.closes.get(&l).copied());
+        }
     }
 
-    /// A grant starts (an obtain's Ok).
-    fn grant(&mut self, op: u64, key: String, token: u64, valid_until: i64, t: i64) {
-        let invoke = self.pending.remove(&op).unwrap_or(t);
+    /// A grant starts (an obtain's Ok, or a CLI section's start).
+    fn grant(&mut self, op: u64, key: String, token: u64, valid_until: i64, t: i64) -> usize {
+        let (invoke, locker) = match self.pending.remove(&op) {
+            Some((o, _, locker)) => {
+                self.run.obtains[o].answer = Some((t, Answer::Granted));
+                (self.run.obtains[o].invoke, locker)
+            }
+            None => (t, None),
+        };
         self.report.acquisitions += 1;
+        *self
+            .report
+            .acquisitions_by_profile
+            .entry(self.profile)
+            .or_default() += 1;
         let index = self.run.grants.len();
         self.grant_of.insert(op, index);
         self.run.grants.push(Grant {
@@ -228,12 +320,23 @@ impl<'a> File<'a> {
             releases: Vec::new(),
             writes: Vec::new(),
             death: None,
+            locker,
+            locker_closed: None,
+            cli: None,
         });
+        index
     }
 
     /// An obtain that ended without a grant.
-    fn refused(&mut self, op: u64, not_obtained: bool) {
-        self.pending.remove(&op);
+    fn refused(&mut self, op: u64, t: i64, not_obtained: bool) {
+        if let Some((o, _, _)) = self.pending.remove(&op) {
+            let answer = if not_obtained {
+                Answer::NotObtained
+            } else {
+                Answer::Failed
+            };
+            self.run.obtains[o].answer = Some((t, answer));
+        }
         if not_obtained {
             self.report.obtain_not_obtained += 1;
         } else {
@@ -241,10 +344,29 @@ impl<'a> File<'a> {
         }
     }
 
+    /// A CLI section's event at `t`: it acted until then.
+    fn cli_act(&mut self, grant: u64, t: i64) {
+        if let Some(&g) = self.grant_of.get(&grant)
+            && let Some(cli) = &mut self.run.grants[g].cli
+        {
+            cli.last_act = cli.last_act.max(t);
+        }
+    }
+
     fn event(&mut self, event: Event) {
         match event {
-            Event::ObtainInvoke { op, t, .. } => {
-                self.pending.insert(op, t);
+            Event::Start { profile, .. } => self.profile = profile,
+            Event::ObtainInvoke {
+                op, key, locker, t, ..
+            } => {
+                self.pending
+                    .insert(op, (self.run.obtains.len(), key, locker));
+                self.run.obtains.push(Obtain {
+                    client: self.client,
+                    incarnation: self.incarnation,
+                    invoke: t,
+                    answer: None,
+                });
             }
             Event::ObtainOk {
                 op,
@@ -256,14 +378,55 @@ impl<'a> File<'a> {
                 self.grant(op, key, token, valid_until, t);
             }
             Event::ObtainFail {
-                op, not_obtained, ..
-            } => self.refused(op, not_obtained),
+                op,
+                not_obtained,
+                closed,
+                t,
+                ..
+            } => {
+                if closed {
+                    let locker = self.pending.get(&op).and_then(|p| p.2);
+                    self.run.closed_obtains.push(ClosedObtain {
+                        client: self.client,
+                        incarnation: self.incarnation,
+                        op,
+                        locker,
+                        t,
+                        locker_closed: None,
+                    });
+                }
+                self.refused(op, t, not_obtained);
+            }
+            Event::SectionStart {
+                op, key, token, t, ..
+            } => {
+                let g = self.grant(op, key, token, i64::MAX, t);
+                self.run.grants[g].cli = Some(CliSection {
+                    end: None,
+                    last_act: t,
+                });
+            }
+            Event::SectionEnd { op, t } => {
+                self.cli_act(op, t);
+                if let Some(&g) = self.grant_of.get(&op)
+                    && let Some(cli) = &mut self.run.grants[g].cli
+                {
+                    cli.end = Some(t);
+                }
+            }
+            Event::CliExit {
+                op,
+                code,
+                signal,
+                t,
+            } => self.cli_exit(op, code, signal, t),
             Event::Pause { why, .. } => *self.report.pauses.entry(why).or_default() += 1,
             Event::WriteInvoke {
                 op,
                 grant,
                 checked,
                 valid_until,
+                t,
                 ..
             } => {
                 if let Some(&g) = self.grant_of.get(&grant) {
@@ -271,11 +434,16 @@ impl<'a> File<'a> {
                     let grant = &mut self.run.grants[g];
                     grant.valid_until_max = grant.valid_until_max.max(valid_until);
                     grant.writes.push(Write { op, checked });
+                    if let Some(cli) = &mut grant.cli {
+                        cli.last_act = cli.last_act.max(t);
+                    }
                 }
             }
-            Event::WriteOk { op, accepted, .. } => {
-                if let Some((_, answer)) = self.writes.get_mut(&op) {
+            Event::WriteOk { op, accepted, t } => {
+                if let Some((g, answer)) = self.writes.get_mut(&op) {
                     *answer = Some(accepted);
+                    let grant = self.run.grants[*g].op;
+                    self.cli_act(grant, t);
                 }
             }
             Event::WriteFail { op, .. } => {
@@ -319,13 +487,50 @@ impl<'a> File<'a> {
                 };
                 self.set_release(op, outcome);
             }
-            Event::ReleaseUnknown { .. } | Event::Start { .. } | Event::Stop { .. } => {}
+            Event::LockerClose { locker, why, t, .. } => {
+                self.closes.entry(locker).or_insert(t);
+                *self.report.locker_closes.entry(why).or_default() += 1;
+            }
+            Event::LockerClosed { .. } | Event::ReleaseUnknown { .. } | Event::Stop { .. } => {}
         }
     }
 
     fn set_release(&mut self, op: u64, outcome: Outcome) {
         if let Some(&(g, r)) = self.releases.get(&op) {
             self.run.grants[g].releases[r].outcome = outcome;
+        }
+    }
+
+    fn cli_exit(&mut self, op: u64, code: Option<i32>, signal: Option<i32>, t: i64) {
+        let shown = match (code, signal) {
+            (Some(code), _) => code.to_string(),
+            (None, Some(signal)) => format!("signal {signal}"),
+            (None, None) => "unknown".into(),
+        };
+        *self.report.cli_exits.entry(shown.clone()).or_default() += 1;
+        let granted = self.grant_of.contains_key(&op);
+        if !granted && self.pending.contains_key(&op) {
+            // 75: not obtained within --wait; anything else: the store.
+            self.refused(op, t, code == Some(75));
+        }
+        // 0 ran the section; 75 not obtained; 69 the store unavailable; 76
+        // the lock lost (e.g. `distlock run` frozen past its deadline).
+        let expected = match code {
+            Some(0) => granted,
+            Some(69 | 75 | 76) => true,
+            _ => false,
+        };
+        if !expected {
+            self.run.bad_cli_exits.push(format!(
+                "client {}/{}: distlock run for obtain {op} exited {shown}{}",
+                self.client,
+                self.incarnation,
+                if granted {
+                    ""
+                } else {
+                    " without running its section"
+                }
+            ));
         }
     }
 }

@@ -6,8 +6,9 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use super::{Violation, ViolationKind};
-use crate::history::{PauseKind, RunMeta};
+use crate::history::{CloseWhy, PauseKind, RunMeta};
 use crate::nemesis::FaultKind;
+use crate::variant::ClientProfile;
 
 /// What a run did and what the checker found; also `summary.json`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -18,8 +19,11 @@ pub struct Report {
     pub duration_s: f64,
     /// Client incarnations (processes or tasks) that ran.
     pub incarnations: u64,
-    /// Successful obtains.
+    /// Successful obtains (CLI: sections started).
     pub acquisitions: u64,
+    /// Acquisitions by client profile.
+    #[serde(default)]
+    pub acquisitions_by_profile: BTreeMap<ClientProfile, u64>,
     /// Obtains that gave up (`NotObtained`).
     pub obtain_not_obtained: u64,
     /// Obtains that failed with another error.
@@ -48,8 +52,20 @@ pub struct Report {
     pub lost_not_held: u64,
     /// Deliberate stalls by kind.
     pub pauses: BTreeMap<PauseKind, u64>,
+    /// Lockers closed, by why.
+    #[serde(default)]
+    pub locker_closes: BTreeMap<CloseWhy, u64>,
+    /// `distlock run` exits by code (`signal N` for a signal).
+    #[serde(default)]
+    pub cli_exits: BTreeMap<String, u64>,
     /// Faults by kind.
     pub faults: BTreeMap<FaultKind, u64>,
+    /// What the waiter stops hit.
+    #[serde(default)]
+    pub waiter_stops: WaiterStops,
+    /// What the store's data losses did.
+    #[serde(default)]
+    pub data_loss: DataLoss,
     /// Violations by kind.
     pub violations: BTreeMap<ViolationKind, u64>,
     /// The first few violations of each kind.
@@ -77,6 +93,11 @@ impl Report {
         self.violations.contains_key(&kind)
     }
 
+    /// How many faults of `kind` there were.
+    pub fn faults_of(&self, kind: FaultKind) -> u64 {
+        self.faults.get(&kind).copied().unwrap_or_default()
+    }
+
     /// The summary as a Markdown table.
     pub fn table(&self) -> String {
         let mut rows: Vec<(String, String)> = Vec::new();
@@ -97,6 +118,10 @@ impl Report {
         row("workload duration", format!("{:.1} s", self.duration_s));
         row("client incarnations", self.incarnations.to_string());
         row("acquisitions", self.acquisitions.to_string());
+        row(
+            "acquisitions by profile",
+            join_counts(&self.acquisitions_by_profile, |p| p.name()),
+        );
         row(
             "obtains not obtained / failed / unknown",
             format!(
@@ -127,12 +152,33 @@ impl Report {
         );
         row("deliberate stalls", join_counts(&self.pauses, |p| p.name()));
         row(
+            "Lockers closed",
+            join_counts(&self.locker_closes, |w| w.name()),
+        );
+        row(
+            "distlock run exits",
+            join_counts(&self.cli_exits, String::as_str),
+        );
+        row(
             "faults",
             format!(
                 "{} ({})",
                 self.fault_count(),
                 join_counts(&self.faults, |k| k.name())
             ),
+        );
+        let w = &self.waiter_stops;
+        row(
+            "waiter stops: waiting / then obtained, not obtained, failed, unknown",
+            format!(
+                "{} of {} / {}, {}, {}, {}",
+                w.waiting, w.stops, w.obtained, w.not_obtained, w.failed, w.unknown
+            ),
+        );
+        let d = &self.data_loss;
+        row(
+            "data losses: sections cut / overlaps across them (excused)",
+            format!("{}: {} / {}", d.losses, d.grants_cut, d.overlaps_excused),
         );
         let tolerance = self.meta.as_ref().map_or(0, |m| m.lost_tolerance_ms);
         row(
@@ -167,4 +213,35 @@ pub fn join_counts<K>(map: &BTreeMap<K, u64>, name: impl Fn(&K) -> &str) -> Stri
         .map(|(k, v)| format!("{} {v}", name(k)))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// What the waiter stops hit: obtains pending when their client was
+/// stopped and still pending when it resumed, and how they ended.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct WaiterStops {
+    /// Waiter stops.
+    pub stops: u64,
+    /// Those that stopped a client waiting across the whole stop.
+    pub waiting: u64,
+    /// Obtains waiting across a stop that then got the lock.
+    pub obtained: u64,
+    /// ... that then gave up (`NotObtained`).
+    pub not_obtained: u64,
+    /// ... that then failed otherwise.
+    pub failed: u64,
+    /// ... without an answer (client killed or stopped at the end).
+    pub unknown: u64,
+}
+
+/// What the store's data losses did. Sections they hit are cut at the
+/// loss for the overlap check (a store that forgot its locks cannot
+/// exclude; fencing must hold, and is checked as always).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DataLoss {
+    /// Faults that lost the store's data.
+    pub losses: u64,
+    /// Sections cut by one.
+    pub grants_cut: u64,
+    /// Overlaps with such a section that the cut excused.
+    pub overlaps_excused: u64,
 }

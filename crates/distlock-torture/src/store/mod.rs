@@ -4,26 +4,28 @@
 //! negative control 1, and the leftover check), and server faults.
 //!
 //! Adding a backend means one [`BackendKind`] variant plus one arm in each
-//! `match` of this file (see the crate docs for what etcd took).
+//! `match` of this module (see the crate docs for what etcd took).
+
+mod client;
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use distlock::backend::etcd::EtcdBackend;
-use distlock::backend::etcd::etcd_client::{self, GetOptions, SortOrder, SortTarget};
-use distlock::backend::file::FileBackend;
+use distlock::backend::etcd::etcd_client::{self, GetOptions};
 use distlock::backend::memory::MemoryBackend;
-use distlock::backend::redis::{DEFAULT_WAITER_LEASE, RedisKeys};
+use distlock::backend::redis::DEFAULT_WAITER_LEASE;
 use distlock::{Key, LockKey, Locker, Namespace};
 use distlock_testkit::etcd::{EtcdCluster, LeaderStatus};
 use distlock_testkit::proxy::FaultProxy;
 use distlock_testkit::redis::RedisServer;
 use distlock_testkit::server::{ServerProcess, free_port};
 use serde::{Deserialize, Serialize};
+
+pub use client::ClientStore;
 
 use crate::nemesis::FaultKind;
 
@@ -35,7 +37,8 @@ pub enum BackendKind {
     Memory,
     /// `flock`ed files in a directory: clients are processes of this host.
     File,
-    /// A redis-server (AOF, `appendfsync always`) behind a fault proxy.
+    /// A redis-server (AOF, `appendfsync always`) behind a fault proxy;
+    /// the nemesis also makes it lose its data.
     Redis,
     /// A three-member etcd cluster, each member behind a fault proxy for
     /// its clients and a tagging one for its peers.
@@ -87,22 +90,43 @@ impl BackendKind {
         }
     }
 
+    /// How long a waiter's place in the store outlives the waiter: Redis's
+    /// waiter lease; etcd's waiters' lease, which etcd grants for 2 s at
+    /// the least, plus its 0.5 s expiry check ("about 2.5 s", the etcd
+    /// backend's docs); the TTL for the file store, where a waiter holds no
+    /// place at all. A waiter stop lasts longer than this.
+    pub fn waiter_lease(self, ttl: Duration) -> Duration {
+        match self {
+            BackendKind::Redis => ttl.max(DEFAULT_WAITER_LEASE),
+            BackendKind::Etcd => ttl.max(Duration::from_millis(2500)),
+            _ => ttl,
+        }
+    }
+
     /// The faults the nemesis injects on this backend.
     pub fn faults(self) -> &'static [FaultKind] {
         match self {
             BackendKind::Memory => &[FaultKind::TaskPause, FaultKind::TaskAbort],
-            BackendKind::File => &[FaultKind::ClientStop, FaultKind::ClientKill],
+            BackendKind::File => &[
+                FaultKind::ClientStop,
+                FaultKind::ClientKill,
+                FaultKind::WaiterStop,
+            ],
             BackendKind::Redis => &[
                 FaultKind::ClientStop,
                 FaultKind::ClientKill,
+                FaultKind::WaiterStop,
                 FaultKind::ServerKill,
                 FaultKind::ServerStop,
                 FaultKind::ProxyReset,
                 FaultKind::ProxyBlackhole,
+                FaultKind::Flushall,
+                FaultKind::WipeRestart,
             ],
             BackendKind::Etcd => &[
                 FaultKind::ClientStop,
                 FaultKind::ClientKill,
+                FaultKind::WaiterStop,
                 FaultKind::LeaderKill,
                 FaultKind::LeaderIsolate,
                 FaultKind::ServerStop,
@@ -257,12 +281,7 @@ impl Store {
 
     /// The client-side handle for in-process clients (and for the URL).
     pub fn client_store(&self) -> ClientStore {
-        ClientStore {
-            kind: self.kind,
-            url: self.client_url.clone(),
-            memory: self.memory.clone(),
-            redis: None,
-        }
+        ClientStore::new(self.kind, &self.client_url, self.memory.clone())
     }
 
     /// Keys of `namespace` still held (the known `keys`, plus for Redis
@@ -392,6 +411,43 @@ impl Store {
         )
     }
 
+    /// Redis: `FLUSHALL`, sent to the server directly. Describes it.
+    pub async fn flushall(&self) -> String {
+        let Some(server) = &self.redis else {
+            return "no Redis server".into();
+        };
+        let mut conn = server.admin().await;
+        let keys: Result<u64, _> = redis::cmd("DBSIZE").query_async(&mut conn).await;
+        let flushed: Result<(), _> = redis::cmd("FLUSHALL").query_async(&mut conn).await;
+        match flushed {
+            Ok(()) => format!("FLUSHALL: {} keys gone", keys.unwrap_or_default()),
+            Err(e) => format!("FLUSHALL failed: {e}"),
+        }
+    }
+
+    /// Redis: SIGKILL, delete its data (the AOF, any RDB), restart on the
+    /// same port, empty. Describes it.
+    pub async fn wipe_restart(&mut self) -> String {
+        let Some(server) = &mut self.redis else {
+            return "no Redis server".into();
+        };
+        let dir = server.process().dir().to_owned();
+        tokio::task::block_in_place(|| {
+            server.process().kill();
+            let mut wiped = Vec::new();
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.file_name().is_some_and(|n| n == "server.log") {
+                    continue;
+                }
+                let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+                wiped.push(entry.file_name().to_string_lossy().into_owned());
+            }
+            server.restart();
+            format!("SIGKILL, deleted {}, restarted empty", wiped.join(", "))
+        })
+    }
+
     /// SIGSTOPs the server (etcd: the leader) and returns its index in
     /// [`Store::resume_server`]'s terms, with a description.
     pub async fn pause_server(&self) -> (usize, String) {
@@ -455,108 +511,4 @@ impl Store {
             proxy.heal();
         }
     }
-}
-
-/// A client's side of a store: lockers, and raw access behind the
-/// library's back for the negative controls.
-#[derive(Clone, Debug)]
-pub struct ClientStore {
-    kind: BackendKind,
-    url: String,
-    memory: Option<Arc<MemoryBackend>>,
-    redis: Option<redis::aio::MultiplexedConnection>,
-}
-
-impl ClientStore {
-    /// The store a client process reaches at `url`.
-    pub fn from_url(kind: BackendKind, url: &str) -> ClientStore {
-        ClientStore {
-            kind,
-            url: url.to_owned(),
-            memory: None,
-            redis: None,
-        }
-    }
-
-    /// A new locker (its own connections, as a separate process would
-    /// have; memory lockers share the orchestrator's store).
-    pub async fn locker(&self, namespace: &str) -> distlock::Result<Locker> {
-        match &self.memory {
-            Some(store) => Locker::builder(store.clone()).namespace(namespace).build(),
-            None => Locker::from_url(&format!("{}?namespace={namespace}", self.url)).await,
-        }
-    }
-
-    /// Deletes the lock on `key` by name, whoever holds it, without any
-    /// owner check: the bug negative control 1 commits. Returns whether a
-    /// lock was there.
-    pub async fn delete_by_name(&mut self, namespace: &str, key: &str) -> Result<bool, String> {
-        let key = lock_key(namespace, key);
-        match self.kind {
-            BackendKind::Memory => Ok(self.memory.as_ref().expect("memory store").evict(&key)),
-            BackendKind::File => {
-                let backend = FileBackend::open(file_dir(&self.url)).map_err(|e| e.to_string())?;
-                let _ = std::fs::remove_file(backend.holder_path(&key));
-                match std::fs::remove_file(backend.lock_path(&key)) {
-                    Ok(()) => Ok(true),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-                    Err(e) => Err(e.to_string()),
-                }
-            }
-            BackendKind::Redis => {
-                if self.redis.is_none() {
-                    let client =
-                        redis::Client::open(self.url.as_str()).map_err(|e| e.to_string())?;
-                    let conn = client
-                        .get_multiplexed_async_connection()
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    self.redis = Some(conn);
-                }
-                let conn = self.redis.as_mut().expect("connected above");
-                let deleted: Result<i64, _> = redis::cmd("DEL")
-                    .arg(RedisKeys::new(&key).lock)
-                    .query_async(conn)
-                    .await;
-                match deleted {
-                    Ok(n) => Ok(n > 0),
-                    Err(e) => {
-                        self.redis = None;
-                        Err(e.to_string())
-                    }
-                }
-            }
-            BackendKind::Etcd => {
-                // The seed's etcd unlock: delete the lock's key by name,
-                // whoever holds it now (here: the prefix's holder entry).
-                let endpoints = self.url.trim_start_matches("etcd://").trim_end_matches('/');
-                let mut client =
-                    etcd_client::Client::connect(endpoints.split(',').collect::<Vec<_>>(), None)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                let first = GetOptions::new()
-                    .with_prefix()
-                    .with_sort(SortTarget::Create, SortOrder::Ascend)
-                    .with_limit(1);
-                let holder = client
-                    .get(EtcdBackend::key_prefix(&key), Some(first))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                match holder.kvs().first() {
-                    Some(kv) => {
-                        let deleted = client
-                            .delete(kv.key().to_vec(), None)
-                            .await
-                            .map_err(|e| e.to_string())?;
-                        Ok(deleted.deleted() > 0)
-                    }
-                    None => Ok(false),
-                }
-            }
-        }
-    }
-}
-
-fn file_dir(url: &str) -> PathBuf {
-    PathBuf::from(url.strip_prefix("file://").unwrap_or(url))
 }

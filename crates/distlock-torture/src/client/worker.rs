@@ -1,82 +1,49 @@
-//! The workload one client runs: obtain a key, write to the fenced
-//! register under the lock, sometimes stall on purpose, release; repeat
-//! until told to stop. Every step is recorded in the client's history.
-//!
-//! The same code runs in a client process (`distlock-torture client`) and,
-//! for the memory backend, as a task of the orchestrator.
+//! One task's rounds over one Locker: obtain, a critical section of
+//! fenced writes (with injected stalls), release. The single and shared
+//! profiles run it; the negative controls 1–4 live in it.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use distlock::{Lock, ObtainOptions, RefreshHandle, ValidityPolicy};
-use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, watch};
+use distlock::backend::Backend;
+use distlock::{Lock, Locker, ObtainOptions, RefreshHandle, ValidityPolicy};
+use futures::FutureExt as _;
 use tokio::time::{Instant, sleep};
 
+use super::{ClientConfig, Control, Ops};
 use crate::clock::{self, ns};
-use crate::history::{Event, JsonLines, LostCause, PauseKind};
+use crate::history::{CloseWhy, Event, JsonLines, LostCause, PauseKind};
 use crate::register::RegisterClient;
-use crate::store::{BackendKind, ClientStore};
+use crate::store::ClientStore;
 use crate::variant::Variant;
 
-/// Everything a client needs; passed to a client process as JSON.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ClientConfig {
-    /// The backend.
-    pub backend: BackendKind,
-    /// The store's URL (without the namespace).
-    pub url: String,
-    /// The namespace of the run's locks.
-    pub namespace: String,
-    /// The fenced register.
-    pub register: SocketAddr,
-    /// This client's number.
-    pub client: u32,
-    /// How many times it was respawned before.
-    pub incarnation: u32,
-    /// Its RNG seed.
-    pub seed: u64,
-    /// The keys it contends for.
-    pub keys: Vec<String>,
-    /// Lock TTL, milliseconds.
-    pub ttl_ms: u64,
-    /// Its behaviour.
-    pub variant: Variant,
-    /// Its history file.
-    pub history: PathBuf,
+/// A Locker and what the history calls it.
+#[derive(Clone, Debug)]
+pub(super) struct LockerSlot {
+    pub(super) locker: Locker,
+    pub(super) id: u64,
+    /// Set before the Locker's close is recorded and called: a write
+    /// decided after that is outside the section.
+    closing: Arc<AtomicBool>,
 }
 
-/// How the orchestrator steers an in-process client.
-#[derive(Debug)]
-pub struct Control {
-    /// Becomes `true` when the client should stop after its current round.
-    pub stop: watch::Receiver<bool>,
-    /// Task-level pauses (the memory backend's stand-in for SIGSTOP).
-    pub pause: Option<mpsc::UnboundedReceiver<Duration>>,
-}
-
-impl Control {
-    fn stopped(&self) -> bool {
-        *self.stop.borrow()
+impl LockerSlot {
+    pub(super) fn new(locker: Locker, id: u64) -> Self {
+        LockerSlot {
+            locker,
+            id,
+            closing: Arc::new(AtomicBool::new(false)),
+        }
     }
 
-    fn pause_requested(&mut self) -> Option<Duration> {
-        self.pause.as_mut().and_then(|rx| rx.try_recv().ok())
+    pub(super) fn closing(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
     }
-}
-
-/// The client's RNG seed, derived from the run seed (splitmix64).
-pub fn client_seed(run_seed: u64, client: u32, incarnation: u32) -> u64 {
-    let mut z = run_seed
-        ^ (u64::from(client) << 32 | u64::from(incarnation)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// How often the workload stalls, per critical section or write.
-struct Profile {
+struct Stalls {
     /// Per section: sleep past the TTL with the refresher stopped, between
     /// deciding a write and sending it (a process pause).
     overdue: f64,
@@ -88,28 +55,36 @@ struct Profile {
     writes: (u32, u32),
 }
 
-impl Profile {
-    fn of(variant: Variant) -> Profile {
+impl Stalls {
+    fn of(variant: Variant) -> Stalls {
         match variant {
-            Variant::Correct | Variant::ReleaseByName => Profile {
+            Variant::Correct | Variant::ReleaseByName => Stalls {
                 overdue: 0.005,
                 delayed: 0.04,
                 slow: 0.005,
                 writes: (1, 3),
             },
-            Variant::IgnoreValidity => Profile {
+            // Long sections, so that a sibling's close of the shared backend
+            // often finds a lock held (and refreshed) on it.
+            Variant::CloseSharedBackend => Stalls {
+                overdue: 0.0,
+                delayed: 0.0,
+                slow: 0.25,
+                writes: (1, 3),
+            },
+            Variant::IgnoreValidity => Stalls {
                 overdue: 0.3,
                 delayed: 0.0,
                 slow: 0.0,
                 writes: (3, 5),
             },
-            Variant::NoFencing => Profile {
+            Variant::NoFencing => Stalls {
                 overdue: 0.02,
                 delayed: 0.3,
                 slow: 0.0,
                 writes: (1, 3),
             },
-            Variant::DeadlineFromReply => Profile {
+            Variant::DeadlineFromReply => Stalls {
                 overdue: 0.0,
                 delayed: 0.0,
                 slow: 0.0,
@@ -119,15 +94,16 @@ impl Profile {
     }
 }
 
-struct Client {
-    cfg: ClientConfig,
+/// One task's workload.
+pub(super) struct Worker {
+    cfg: Arc<ClientConfig>,
     store: ClientStore,
     hist: JsonLines,
     rng: fastrand::Rng,
     register: RegisterClient,
     ttl: Duration,
-    op: u64,
-    profile: Profile,
+    ops: Ops,
+    stalls: Stalls,
 }
 
 /// One grant being worked on.
@@ -142,6 +118,14 @@ struct Held {
 }
 
 impl Held {
+    fn under(&self) -> Under<'_> {
+        Under {
+            grant: self.grant,
+            key: &self.key,
+            token: self.token,
+        }
+    }
+
     fn deadline(&self) -> Instant {
         self.own_deadline.unwrap_or_else(|| self.lock.valid_until())
     }
@@ -153,68 +137,59 @@ impl Held {
     }
 }
 
-/// Runs the workload until `control.stop` turns true, recording to `hist`
-/// (created from `cfg.history`). Errors are harness failures (the store
-/// could not even be opened).
-pub async fn run(
-    cfg: ClientConfig,
-    store: ClientStore,
-    mut control: Control,
-    hist: JsonLines,
-) -> Result<(), String> {
-    hist.append(&Event::Start {
-        client: cfg.client,
-        incarnation: cfg.incarnation,
-        pid: std::process::id(),
-        variant: cfg.variant,
-        seed: cfg.seed,
-        t: clock::now_ns(),
-    });
-    // A client respawned right after a server fault may find the store
-    // still coming back: keep trying for a while before calling it a crash.
-    let opening = Instant::now();
-    let locker = loop {
-        match store.locker(&cfg.namespace).await {
-            Ok(locker) => break locker,
-            Err(e) if opening.elapsed() > Duration::from_secs(15) => {
-                return Err(format!("open the store: {e}"));
-            }
-            Err(_) => sleep(Duration::from_millis(200)).await,
+impl Worker {
+    pub(super) fn new(
+        cfg: Arc<ClientConfig>,
+        store: ClientStore,
+        hist: JsonLines,
+        ops: Ops,
+        seed: u64,
+    ) -> Self {
+        Worker {
+            rng: fastrand::Rng::with_seed(seed),
+            register: RegisterClient::new(cfg.register),
+            ttl: cfg.ttl(),
+            stalls: Stalls::of(cfg.variant),
+            hist,
+            store,
+            ops,
+            cfg,
         }
-    };
-    let mut client = Client {
-        rng: fastrand::Rng::with_seed(cfg.seed),
-        register: RegisterClient::new(cfg.register),
-        ttl: Duration::from_millis(cfg.ttl_ms),
-        op: 0,
-        profile: Profile::of(cfg.variant),
-        hist,
-        store,
-        cfg,
-    };
-    while !control.stopped() {
-        if let Some(pause) = control.pause_requested() {
-            sleep(pause).await;
-        }
-        client.round(&locker, &mut control).await;
     }
-    client.hist.append(&Event::Stop { t: clock::now_ns() });
-    let _ = locker.close().await;
-    Ok(())
-}
 
-impl Client {
     fn next_op(&mut self) -> u64 {
-        self.op += 1;
-        self.op
+        self.ops.next()
     }
 
-    fn ttl_fraction(&mut self, lo: f64, hi: f64) -> Duration {
+    pub(super) fn variant(&self) -> Variant {
+        self.cfg.variant
+    }
+
+    /// Whether to do something with probability `p`.
+    pub(super) fn chance(&mut self, p: f64) -> bool {
+        self.rng.f64() < p
+    }
+
+    /// Closes `slot`'s Locker (and `backend`, for control 5), recording
+    /// both ends.
+    pub(super) async fn close(
+        &self,
+        slot: &LockerSlot,
+        why: CloseWhy,
+        backend: Option<&dyn Backend>,
+    ) {
+        close_slot(&self.hist, slot, why, backend).await;
+    }
+
+    pub(super) fn ttl_fraction(&mut self, lo: f64, hi: f64) -> Duration {
         self.ttl.mul_f64(lo + (hi - lo) * self.rng.f64())
     }
 
-    /// One obtain / critical section / release.
-    async fn round(&mut self, locker: &distlock::Locker, control: &mut Control) {
+    /// One obtain / critical section / release on `slot`'s Locker.
+    pub(super) async fn round(&mut self, slot: &LockerSlot, control: &mut Control) {
+        if let Some(pause) = control.pause_requested() {
+            sleep(pause).await;
+        }
         let key = self.cfg.keys[self.rng.usize(..self.cfg.keys.len())].clone();
         let op = self.next_op();
         let wait = self.ttl * 2 + self.ttl_fraction(0.0, 1.0);
@@ -222,9 +197,11 @@ impl Client {
             op,
             key: key.clone(),
             ttl_ms: self.cfg.ttl_ms,
+            locker: Some(slot.id),
             t: clock::now_ns(),
         });
-        let result = locker
+        let result = slot
+            .locker
             .obtain_with(key.as_str(), ObtainOptions::new().ttl(self.ttl).wait(wait))
             .await;
         let obtained_at = Instant::now();
@@ -234,6 +211,7 @@ impl Client {
                 self.hist.append(&Event::ObtainFail {
                     op,
                     not_obtained: e.is_not_obtained(),
+                    closed: matches!(e, distlock::Error::Closed),
                     error: e.to_string(),
                     t: ns(obtained_at),
                 });
@@ -288,7 +266,7 @@ impl Client {
         if self.cfg.variant == Variant::DeadlineFromReply {
             self.section_until_own_deadline(&mut held).await;
         } else {
-            self.section(&mut held, control).await;
+            self.section(&mut held, slot, control).await;
         }
         held.stop_refresh().await;
         self.release(held).await;
@@ -298,11 +276,11 @@ impl Client {
 
     /// The critical section: a few writes, each decided only while the
     /// lock is valid (except in control 2), with injected stalls.
-    async fn section(&mut self, held: &mut Held, control: &mut Control) {
-        let (lo, hi) = self.profile.writes;
+    async fn section(&mut self, held: &mut Held, slot: &LockerSlot, control: &mut Control) {
+        let (lo, hi) = self.stalls.writes;
         let writes = self.rng.u32(lo..=hi);
-        let overdue_at = (self.rng.f64() < self.profile.overdue).then(|| self.rng.u32(0..writes));
-        if self.rng.f64() < self.profile.slow {
+        let overdue_at = (self.rng.f64() < self.stalls.overdue).then(|| self.rng.u32(0..writes));
+        if self.rng.f64() < self.stalls.slow {
             let ms = self.ttl_fraction(0.5, 1.5);
             self.pause_event(held.grant, ms, PauseKind::Slow);
             sleep(ms).await;
@@ -322,25 +300,26 @@ impl Client {
             let now = Instant::now();
             let valid_until = held.deadline();
             let ignore = self.cfg.variant == Variant::IgnoreValidity;
-            if !ignore && (now >= valid_until || held.lock.is_lost()) {
+            // `closing` is read after `now`: a close recorded after this
+            // check was recorded after `now` too. `ended` because
+            // `is_lost()` is false for a lock that ended with `Closed`.
+            if !ignore && (now >= valid_until || ended(&held.lock) || slot.closing()) {
                 return;
             }
             let op = self.next_op();
-            let delay = if !overdue && self.rng.f64() < self.profile.delayed {
+            let delay = if !overdue && self.rng.f64() < self.stalls.delayed {
                 Duration::from_millis(self.rng.u64(5..=60))
             } else {
                 Duration::ZERO
             };
-            self.hist.append(&Event::WriteInvoke {
+            write_invoke(
+                &self.hist,
                 op,
-                grant: held.grant,
-                key: held.key.clone(),
-                token: held.token,
-                checked: ns(now),
-                valid_until: ns(valid_until),
-                delay_ms: delay.as_millis() as u64,
-                t: clock::now_ns(),
-            });
+                held.under(),
+                ns(now),
+                ns(valid_until),
+                delay,
+            );
             if overdue {
                 // Stalls between deciding the write and sending it, past the
                 // lock's TTL: only fencing can stop this write now.
@@ -390,16 +369,8 @@ impl Client {
                 return;
             }
             let op = self.next_op();
-            self.hist.append(&Event::WriteInvoke {
-                op,
-                grant: held.grant,
-                key: held.key.clone(),
-                token: held.token,
-                checked: ns(now),
-                valid_until: ns(deadline),
-                delay_ms: 0,
-                t: clock::now_ns(),
-            });
+            let under = held.under();
+            write_invoke(&self.hist, op, under, ns(now), ns(deadline), Duration::ZERO);
             self.write_now(held, op).await;
             let gap = self.ttl_fraction(0.02, 0.08);
             let left = deadline.saturating_duration_since(Instant::now() + margin);
@@ -474,7 +445,68 @@ impl Client {
     }
 }
 
-fn write_done(hist: &JsonLines, op: u64, result: std::io::Result<bool>) {
+/// Whether the lock ended, for any reason (`lost()` has resolved).
+fn ended(lock: &Lock) -> bool {
+    lock.lost().now_or_never().is_some()
+}
+
+/// The grant a write is made under.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Under<'a> {
+    pub(super) grant: u64,
+    pub(super) key: &'a str,
+    pub(super) token: u64,
+}
+
+/// Records the decision to write `op` under a grant.
+pub(super) fn write_invoke(
+    hist: &JsonLines,
+    op: u64,
+    under: Under<'_>,
+    checked: i64,
+    valid_until: i64,
+    delay: Duration,
+) {
+    hist.append(&Event::WriteInvoke {
+        op,
+        grant: under.grant,
+        key: under.key.to_owned(),
+        token: under.token,
+        checked,
+        valid_until,
+        delay_ms: delay.as_millis() as u64,
+        t: clock::now_ns(),
+    });
+}
+
+/// Closes `slot`'s Locker (then `backend`, for control 5), recording the
+/// close before it starts and its outcome after.
+pub(super) async fn close_slot(
+    hist: &JsonLines,
+    slot: &LockerSlot,
+    why: CloseWhy,
+    backend: Option<&dyn Backend>,
+) {
+    slot.closing.store(true, Ordering::SeqCst);
+    hist.append(&Event::LockerClose {
+        locker: slot.id,
+        why,
+        backend: backend.is_some(),
+        t: clock::now_ns(),
+    });
+    let mut result = slot.locker.close().await;
+    if let Some(backend) = backend {
+        result = result.and(backend.close().await);
+    }
+    hist.append(&Event::LockerClosed {
+        locker: slot.id,
+        error: result.err().map(|e| e.to_string()),
+        t: clock::now_ns(),
+    });
+}
+
+/// Records the register's answer to write `op`.
+pub(super) fn write_done(hist: &JsonLines, op: u64, result: std::io::Result<bool>) {
     let t = clock::now_ns();
     hist.append(&match result {
         Ok(accepted) => Event::WriteOk { op, accepted, t },

@@ -1,0 +1,190 @@
+//! The CLI profile: every round runs
+//!
+//! ```text
+//! distlock run KEY --backend URL --ttl T --wait W --quiet -- distlock-torture section --config JSON
+//! ```
+//!
+//! `distlock run` holds the lock (and refreshes it) while the section, a
+//! process it starts, writes to the fenced register with
+//! `$DISTLOCK_FENCING_TOKEN`. The client records the obtain's invoke and
+//! `distlock run`'s exit; the section records its start (the grant: key and
+//! token from its environment), its writes and its end, in the client's
+//! history file (opened for appending, one `write` per line, so the two
+//! processes' lines never mix).
+//!
+//! The section is short (1–3 writes, no stalls): it cannot check a
+//! validity deadline it is never told, and relies on `distlock run` to stop
+//! it in time, which a frozen `distlock run` cannot do (its README says so).
+//! The nemesis freezes and kills the client's process group — the client
+//! and `distlock run` — not the section's own group.
+
+use std::net::SocketAddr;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::process::Command;
+use tokio::time::sleep;
+
+use super::worker::{Under, write_done, write_invoke};
+use super::{ClientConfig, Control, Ops};
+use crate::clock;
+use crate::history::{Event, JsonLines};
+use crate::register::RegisterClient;
+
+/// Operation ids one CLI round reserves: the obtain (= the grant), then
+/// one per write of its section.
+const ROUND_OPS: u64 = 16;
+
+/// What a CLI section needs; passed as JSON through `distlock run`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SectionConfig {
+    /// The client's history file.
+    pub history: PathBuf,
+    /// The fenced register.
+    pub register: SocketAddr,
+    /// The client's number.
+    pub client: u32,
+    /// Its incarnation.
+    pub incarnation: u32,
+    /// The obtain's id (the grant); writes use the next ids.
+    pub op: u64,
+    /// How many writes.
+    pub writes: u32,
+    /// The section's RNG seed.
+    pub seed: u64,
+}
+
+pub(super) async fn run(
+    cfg: &ClientConfig,
+    control: Control,
+    hist: &JsonLines,
+    ops: &Ops,
+) -> Result<(), String> {
+    let (Some(cli), Some(exe)) = (&cfg.cli, &cfg.section_exe) else {
+        return Err("the CLI profile needs the distlock binary (--cli-bin)".into());
+    };
+    let url = format!("{}?namespace={}", cfg.url, cfg.namespace);
+    let ttl = cfg.ttl();
+    let mut rng = fastrand::Rng::with_seed(cfg.seed);
+    while !control.stopped() {
+        let key = cfg.keys[rng.usize(..cfg.keys.len())].clone();
+        let op = ops.reserve(ROUND_OPS);
+        let wait = ttl * 2 + ttl.mul_f64(rng.f64());
+        let section = SectionConfig {
+            history: cfg.history.clone(),
+            register: cfg.register,
+            client: cfg.client,
+            incarnation: cfg.incarnation,
+            op,
+            writes: rng.u32(1..=3),
+            seed: rng.u64(..),
+        };
+        let mut command = Command::new(cli);
+        command
+            .args(["run", key.as_str(), "--backend", url.as_str()])
+            .args(["--ttl", &format!("{}ms", cfg.ttl_ms)])
+            .args(["--wait", &format!("{}ms", wait.as_millis())])
+            .args(["--quiet", "--"])
+            .arg(exe)
+            .args(["section", "--config"])
+            .arg(serde_json::to_string(&section).expect("configs serialize"));
+        die_with_parent(&mut command);
+        hist.append(&Event::ObtainInvoke {
+            op,
+            key,
+            ttl_ms: cfg.ttl_ms,
+            locker: None,
+            t: clock::now_ns(),
+        });
+        let status = command.status().await;
+        let (code, signal) = match &status {
+            Ok(s) => (s.code(), s.signal()),
+            Err(_) => (None, None),
+        };
+        hist.append(&Event::CliExit {
+            op,
+            code,
+            signal,
+            t: clock::now_ns(),
+        });
+        if let Err(e) = status {
+            return Err(format!("cannot run {}: {e}", cli.display()));
+        }
+        if !matches!(code, Some(0 | 75)) {
+            // The store is down or unreachable (69), or the lock was lost
+            // (76): do not spin.
+            sleep(ttl.mul_f64(0.02 + 0.08 * rng.f64())).await;
+        }
+        sleep(Duration::from_micros(rng.u64(0..=2000))).await;
+    }
+    Ok(())
+}
+
+/// `distlock run` dies with its client (SIGKILL by the kernel), as its
+/// section dies with it: a killed client leaves nothing running.
+fn die_with_parent(command: &mut Command) {
+    let parent = nix::unistd::getpid();
+    // SAFETY: the closure runs in the child between fork and exec and makes
+    // two async-signal-safe system calls (prctl, getppid), allocating
+    // nothing. The death signal follows the forking thread, which is the
+    // client's runtime thread: it lives as long as the client.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)?;
+            if nix::unistd::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(nix::libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The `section` subcommand: runs under `distlock run`, writes with the
+/// token it was given, records everything. Errors are harness failures.
+pub fn run_section(cfg: &SectionConfig) -> Result<(), String> {
+    let env = |name: &str| std::env::var(name).map_err(|e| format!("${name}: {e}"));
+    let key = env("DISTLOCK_KEY")?;
+    let token: u64 = env("DISTLOCK_FENCING_TOKEN")?
+        .parse()
+        .map_err(|e| format!("$DISTLOCK_FENCING_TOKEN: {e}"))?;
+    let hist = JsonLines::create(&cfg.history)
+        .map_err(|e| format!("open {}: {e}", cfg.history.display()))?;
+    hist.append(&Event::SectionStart {
+        op: cfg.op,
+        key: key.clone(),
+        token,
+        pid: std::process::id(),
+        t: clock::now_ns(),
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("a tokio runtime: {e}"))?;
+    runtime.block_on(async {
+        let mut register = RegisterClient::new(cfg.register);
+        let mut rng = fastrand::Rng::with_seed(cfg.seed);
+        let under = Under {
+            grant: cfg.op,
+            key: &key,
+            token,
+        };
+        for op in (cfg.op + 1..).take(cfg.writes as usize) {
+            // No deadline to check: `distlock run` stops the section in time.
+            let now = clock::now_ns();
+            write_invoke(&hist, op, under, now, i64::MAX, Duration::ZERO);
+            let result = register
+                .write(&key, token, cfg.client, cfg.incarnation, op)
+                .await;
+            write_done(&hist, op, result);
+            sleep(Duration::from_micros(rng.u64(0..=3000))).await;
+        }
+    });
+    hist.append(&Event::SectionEnd {
+        op: cfg.op,
+        t: clock::now_ns(),
+    });
+    Ok(())
+}

@@ -1,0 +1,145 @@
+//! Carrying out the nemesis' faults.
+
+use std::collections::BTreeSet;
+use std::io;
+
+use nix::sys::signal::Signal;
+use tokio::time::{Instant, sleep};
+
+use super::pool::Pool;
+use crate::clock;
+use crate::history::Fault;
+use crate::nemesis::{FaultKind, PlannedFault};
+use crate::store::Store;
+
+/// What the nemesis did so far, for the run's minimums.
+#[derive(Debug, Default)]
+pub(super) struct Done {
+    /// Faults carried out.
+    pub(super) faults: u64,
+    /// Their kinds.
+    pub(super) kinds: BTreeSet<FaultKind>,
+    /// Waiter stops that found a client waiting.
+    pub(super) waiters_stopped: u64,
+}
+
+/// Carries out one fault and describes it; `None` when it is logged later
+/// (a waiter stop, once its client is resumed).
+pub(super) async fn apply(
+    pool: &mut Pool<'_>,
+    store: &mut Store,
+    plan: PlannedFault,
+    done: &mut Done,
+) -> io::Result<Option<Fault>> {
+    done.faults += 1;
+    done.kinds.insert(plan.kind);
+    let mut client = pool.free_client(plan.client as usize);
+    let mut waiting = None;
+    if plan.kind == FaultKind::WaiterStop {
+        // The client waiting longest, for 50 ms at least: queued behind a
+        // holder, not about to be answered (nor, for a CLI client, still
+        // starting `distlock run`). Else the planned one.
+        let before = clock::now_ns() - 50_000_000;
+        let free: Vec<usize> = (0..pool.slots.len())
+            .filter(|&c| pool.free_client(c) == c)
+            .collect();
+        let found = free
+            .into_iter()
+            .filter_map(|c| pool.slots[c].waiting(before).map(|w| (c, w)))
+            .min_by_key(|(c, w)| (w.since, *c));
+        if let Some((c, w)) = found {
+            client = c;
+            waiting = Some(w);
+            done.waiters_stopped += 1;
+        }
+    }
+    let mut fault = Fault {
+        kind: plan.kind,
+        client: plan.kind.targets_client().then_some(client as u32),
+        incarnation: plan
+            .kind
+            .targets_client()
+            .then(|| pool.slots[client].incarnation()),
+        start: clock::now_ns(),
+        end: 0,
+        detail: String::new(),
+    };
+    match plan.kind {
+        FaultKind::ClientStop => {
+            pool.slots[client].signal_group(Signal::SIGSTOP);
+            sleep(plan.duration).await;
+            pool.slots[client].signal_group(Signal::SIGCONT);
+            fault.detail = format!("stopped {} ms", plan.duration.as_millis());
+        }
+        FaultKind::WaiterStop => {
+            let now = clock::now_ns();
+            fault.detail = match waiting {
+                Some(w) => format!(
+                    "stopping {} ms while waiting {} ms for {} (obtain {})",
+                    plan.duration.as_millis(),
+                    (now - w.since) / 1_000_000,
+                    w.key,
+                    w.op
+                ),
+                None => format!(
+                    "stopping {} ms; no client was waiting",
+                    plan.duration.as_millis()
+                ),
+            };
+            fault.start = now;
+            pool.slots[client].signal_group(Signal::SIGSTOP);
+            pool.hold_stopped(client, Instant::now() + plan.duration, fault);
+            return Ok(None);
+        }
+        FaultKind::ClientKill | FaultKind::TaskAbort => {
+            let (death, inc) = pool.kill_and_respawn(client).await?;
+            fault.start = death;
+            fault.incarnation = Some(inc);
+            fault.detail = format!("respawned as incarnation {}", inc + 1);
+        }
+        FaultKind::TaskPause => {
+            pool.slots[client].pause(plan.duration);
+            fault.detail = format!(
+                "asked to stall {} ms at its next step",
+                plan.duration.as_millis()
+            );
+        }
+        FaultKind::ServerKill | FaultKind::LeaderKill => {
+            fault.detail = store.kill_server().await;
+        }
+        FaultKind::ServerStop => {
+            let (server, what) = store.pause_server().await;
+            sleep(plan.duration).await;
+            store.resume_server(server);
+            fault.detail = format!("{what} for {} ms", plan.duration.as_millis());
+        }
+        FaultKind::LeaderIsolate => {
+            let what = store.isolate_leader().await;
+            sleep(plan.duration).await;
+            let after = store.leader().await;
+            store.heal();
+            fault.detail = format!(
+                "{what} for {} ms; before healing: {after}",
+                plan.duration.as_millis()
+            );
+        }
+        FaultKind::ProxyReset => {
+            let n: usize = store.proxies().iter().map(|p| p.reset_all()).sum();
+            fault.detail = format!("{n} connections reset");
+        }
+        FaultKind::ProxyBlackhole => {
+            for proxy in store.proxies() {
+                proxy.set_blackhole(true);
+            }
+            sleep(plan.duration).await;
+            for proxy in store.proxies() {
+                proxy.set_blackhole(false);
+            }
+            fault.detail = format!("black hole for {} ms", plan.duration.as_millis());
+        }
+        FaultKind::Flushall => fault.detail = store.flushall().await,
+        FaultKind::WipeRestart => fault.detail = store.wipe_restart().await,
+    }
+    fault.end = clock::now_ns();
+    Ok(Some(fault))
+}

@@ -1,0 +1,147 @@
+//! Who is waiting for a lock right now: the orchestrator follows each
+//! client's history file as it grows (its obtains invoked and not yet
+//! answered), so a waiter stop can pick a client that is waiting.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+
+use crate::history::Event;
+
+/// The unanswered obtains of one client incarnation, from its history.
+#[derive(Debug)]
+pub(super) struct Tail {
+    path: PathBuf,
+    offset: u64,
+    /// A line not yet complete at the last read.
+    partial: Vec<u8>,
+    /// Obtain id → (key, invoked at, ns).
+    pending: HashMap<u64, (String, i64)>,
+}
+
+/// An obtain in progress.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct Waiting {
+    pub(super) op: u64,
+    pub(super) key: String,
+    pub(super) since: i64,
+}
+
+impl Tail {
+    pub(super) fn new(path: PathBuf) -> Self {
+        Tail {
+            path,
+            offset: 0,
+            partial: Vec::new(),
+            pending: HashMap::new(),
+        }
+    }
+
+    /// Reads what was appended since the last call.
+    pub(super) fn update(&mut self) {
+        let Ok(mut file) = File::open(&self.path) else {
+            return;
+        };
+        let mut fresh = Vec::new();
+        if file.seek(SeekFrom::Start(self.offset)).is_err() || file.read_to_end(&mut fresh).is_err()
+        {
+            return;
+        }
+        self.offset += fresh.len() as u64;
+        self.partial.extend_from_slice(&fresh);
+        let Some(end) = self.partial.iter().rposition(|&b| b == b'\n') else {
+            return;
+        };
+        let complete: Vec<u8> = self.partial.drain(..=end).collect();
+        for line in complete.split(|&b| b == b'\n') {
+            let Ok(event) = serde_json::from_slice::<Event>(line) else {
+                continue;
+            };
+            match event {
+                Event::ObtainInvoke { op, key, t, .. } => {
+                    self.pending.insert(op, (key, t));
+                }
+                Event::ObtainOk { op, .. }
+                | Event::ObtainFail { op, .. }
+                | Event::SectionStart { op, .. }
+                | Event::CliExit { op, .. } => {
+                    self.pending.remove(&op);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The longest-waiting obtain invoked before `before` (ns), if any.
+    pub(super) fn waiting(&self, before: i64) -> Option<Waiting> {
+        self.pending
+            .iter()
+            .filter(|(_, (_, since))| *since < before)
+            .min_by_key(|(op, (_, since))| (*since, **op))
+            .map(|(&op, (key, since))| Waiting {
+                op,
+                key: key.clone(),
+                since: *since,
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::JsonLines;
+
+    #[test]
+    fn follows_obtains_as_the_history_grows() {
+        let dir =
+            std::env::temp_dir().join(format!("distlock-torture-tail-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("client-0-0.jsonl");
+        let _ = std::fs::remove_file(&path);
+        let hist = JsonLines::create(&path).unwrap();
+        let mut tail = Tail::new(path.clone());
+        let invoke = |op, t| Event::ObtainInvoke {
+            op,
+            key: format!("k{op}"),
+            ttl_ms: 1000,
+            locker: None,
+            t,
+        };
+        hist.append(&invoke(1, 10));
+        hist.append(&invoke(2, 20));
+        tail.update();
+        assert_eq!(tail.waiting(100).map(|w| w.op), Some(1));
+        assert_eq!(tail.waiting(15).map(|w| w.op), Some(1));
+        assert_eq!(tail.waiting(5), None, "invoked too recently");
+        hist.append(&Event::CliExit {
+            op: 1,
+            code: Some(75),
+            signal: None,
+            t: 30,
+        });
+        // Half a line: not read until it is complete.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| {
+                std::io::Write::write_all(&mut f, b"{\"ev\":\"obtain_fail\",\"op\":2,")
+            })
+            .unwrap();
+        tail.update();
+        assert_eq!(tail.waiting(100).map(|w| w.op), Some(2));
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| {
+                std::io::Write::write_all(
+                    &mut f,
+                    b"\"not_obtained\":true,\"error\":\"x\",\"t\":40}\n",
+                )
+            })
+            .unwrap();
+        tail.update();
+        assert_eq!(tail.waiting(100), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
