@@ -263,7 +263,9 @@ impl LockState {
     /// Called by [`Locker::close`](crate::Locker::close).
     pub(crate) async fn close(&self) {
         self.done.cancel();
-        if self.ended().is_none() {
+        // Ended before the release is sent: once the store may give the key
+        // to someone else, the holder must already see its lock as gone.
+        if self.end(LostReason::Closed) {
             let (result, _) = self
                 .locker
                 .call_by("release", None, self.locker.backend.release(&self.lease))
@@ -272,7 +274,6 @@ impl LockState {
                 tracing::debug!(key = %self.lease.key.key, error = %e, "release on close failed; the lock expires after its TTL");
             }
         }
-        self.end(LostReason::Closed);
     }
 
     async fn refresh_loop(
@@ -364,11 +365,13 @@ impl Lock {
         self.state.valid_until()
     }
 
-    /// True once the lock is lost: the store said it is gone, or the
-    /// validity deadline came (to within [`EXPIRY_LEAD`]) without a
-    /// successful refresh.
+    /// True once the lock no longer protects anything: the store said it is
+    /// gone, the validity deadline came (to within [`EXPIRY_LEAD`]) without
+    /// a successful refresh, or it ended with [`LostReason::Closed`] (its
+    /// locker, or the backend under it, was closed). Check it, or
+    /// [`lost`](Self::lost), before every write the lock guards.
     pub fn is_lost(&self) -> bool {
-        self.state.check_valid().is_err() && self.state.ended().is_some_and(LostReason::is_loss)
+        self.state.check_valid().is_err()
     }
 
     /// Resolves when the lock ends: lost (the store proved it gone, or the

@@ -580,3 +580,21 @@ async fn no_lock_escapes_a_close_racing_its_obtain() {
     }
     assert_eq!(escaped, 0, "locks handed out that close never saw");
 }
+
+/// `close` ends a lock before it sends the release: from the moment the
+/// store may give the key to someone else, the holder sees its lock gone.
+#[tokio::test(start_paused = true)]
+async fn close_ends_a_lock_before_releasing_it() {
+    let store = Arc::new(Faulty::default());
+    let locker = locker(&store);
+    let lock = locker.obtain("k").await.unwrap();
+    store.slow_release.store(50, Ordering::SeqCst);
+    let closing = tokio::spawn({
+        let locker = locker.clone();
+        async move { locker.close().await }
+    });
+    sleep(10 * MS).await; // the release is in flight
+    assert!(lock.is_lost(), "still looks held while close releases it");
+    closing.await.unwrap().unwrap();
+    assert!(lock.is_lost());
+}

@@ -1018,6 +1018,7 @@ pub async fn close_releases_locks_and_refuses_operations(fx: &dyn Fixture) {
         timeout(SLACK, lost).await.unwrap().unwrap(),
         LostReason::Closed
     );
+    assert!(lock.is_lost(), "a closed lock protects nothing");
     assert!(!b.is_locked("k").await.unwrap(), "close released the lock");
     assert!(matches!(a.obtain("k2").await, Err(Error::Closed)));
     assert!(matches!(a.inspect("k").await, Err(Error::Closed)));
