@@ -167,22 +167,21 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let (url, command) = match cli.command {
-            Command::Run(args) => (args.store.backend.clone(), Ok((kill_policy(&args)?, args))),
-            Command::Status(args) => (args.store.backend.clone(), Err(args)),
-        };
-        let locker = store::locker(url).await?;
-        let result = match command {
-            Ok((policy, args)) => run(&locker, args, policy).await,
-            Err(args) => status(&locker, args).await,
-        };
-        // On every way out: release what is held, finish the background
-        // releases of an obtain that gave up or was interrupted (its queue
-        // entry), close the connection. Bounded by the operation timeout.
-        if let Err(e) = locker.close().await {
-            say(format!("closing the connection to the store failed: {e}"));
+        match cli.command {
+            Command::Run(args) => {
+                let policy = kill_policy(&args)?;
+                let locker = store::locker(args.store.backend.clone()).await?;
+                let result = run(&locker, args, policy).await;
+                close(&locker).await;
+                result
+            }
+            Command::Status(args) => {
+                let locker = store::locker(args.store.backend.clone()).await?;
+                let result = status(&locker, args).await;
+                close(&locker).await;
+                result
+            }
         }
-        result
     });
     let code = match result {
         Ok(code) => code,
@@ -195,6 +194,15 @@ fn main() -> ExitCode {
     // keep distlock from exiting.
     flush(Duration::from_secs(1));
     ExitCode::from(code)
+}
+
+/// On every way out: releases what is held, finishes the background
+/// releases of an obtain that gave up or was interrupted (its queue entry),
+/// closes the connection. Bounded by the operation timeout.
+async fn close(locker: &Locker) {
+    if let Err(e) = locker.close().await {
+        say(format!("closing the connection to the store failed: {e}"));
+    }
 }
 
 /// Help and version go to stdout with 0; every other parse error is one

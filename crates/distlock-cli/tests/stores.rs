@@ -303,10 +303,15 @@ fn conflicts_and_interrupted_waits_leave_the_store_clean(store: Store) {
 
     for (signal, code) in [(Signal::SIGINT, 130), (Signal::SIGTERM, 143)] {
         let mut waiter = dir.spawn(&["run", "k", "--", "touch", "ran"]);
+        let mut said = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(waiter.stderr.as_mut().unwrap()),
+            &mut said,
+        )
+        .unwrap();
+        assert!(said.contains("waiting for lock"), "{said}");
         if store.queues {
             wait_until("the waiter queued", || store.leftovers(&case) != holding);
-        } else {
-            std::thread::sleep(Duration::from_millis(200));
         }
         kill(Pid::from_raw(waiter.id() as i32), signal).unwrap();
         let status = waiter.wait().unwrap();

@@ -26,6 +26,17 @@ async fn locker(url: &str, namespace: &str) -> Locker {
         .unwrap()
 }
 
+/// `key`, waiting up to 5 s for the server (it may be restarting).
+async fn obtain_soon(locker: &Locker, key: &str) -> distlock::Lock {
+    timeout(
+        Duration::from_secs(10),
+        locker.obtain_with(key, ObtainOptions::new().wait(Duration::from_secs(5))),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+}
+
 fn names(namespace: &str, key: &str) -> RedisKeys {
     RedisKeys::new(&LockKey {
         namespace: Namespace::new(namespace).unwrap(),
@@ -139,13 +150,7 @@ async fn fencing_tokens_never_go_back_when_redis_loses_the_counter() {
     let mut highest = 0;
     let mut grant_twice = async |locker: &Locker, after: &str| {
         for _ in 0..2 {
-            let lock = timeout(
-                Duration::from_secs(10),
-                locker.obtain_with("k", ObtainOptions::new().wait(Duration::from_secs(5))),
-            )
-            .await
-            .unwrap()
-            .unwrap();
+            let lock = obtain_soon(locker, "k").await;
             assert!(
                 lock.fencing_token() > highest,
                 "token {} after {after}, but {highest} was given out before",
@@ -185,13 +190,7 @@ async fn fencing_tokens_survive_a_restart_with_aof_always() {
         lock.release().await.unwrap();
     }
     server.restart();
-    let lock = timeout(
-        Duration::from_secs(10),
-        locker.obtain_with("k", ObtainOptions::new().wait(Duration::from_secs(5))),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let lock = obtain_soon(&locker, "k").await;
     assert!(
         lock.fencing_token() > last,
         "{} after {last}",
