@@ -17,11 +17,28 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 /// A free TCP port on 127.0.0.1 (free when asked; bind soon after).
+///
+/// Picked below the kernel's ephemeral range (32768 and up by default):
+/// a port the kernel handed out (`bind(0)`) is free for anyone's next
+/// outgoing connection too, and with many client processes of parallel
+/// tests one took an etcd fixture's port before it bound it ("address
+/// already in use", seen in a CI rehearsal).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind a loopback port")
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    // Distinct per process (pid) and per call, so parallel test processes
+    // rarely try the same ports; the bind check skips taken ones.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    let base = std::process::id().wrapping_mul(7919);
+    for _ in 0..SPAN {
+        let step = u32::from(NEXT.fetch_add(1, Ordering::Relaxed));
+        let port = (LOW + base.wrapping_add(step.wrapping_mul(97)) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port below the ephemeral range")
 }
 
 /// The path of `binary`, or a panic naming the Debian package to install.
