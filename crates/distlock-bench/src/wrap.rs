@@ -81,24 +81,8 @@ impl Backend for Wrapped {
         self.inner.inspect(key)
     }
 
-    fn wait_for_release<'a>(
-        &'a self,
-        key: &'a LockKey,
-        until: Instant,
-    ) -> BoxFuture<'a, Result<()>> {
-        self.inner.wait_for_release(key, until)
-    }
-
-    fn queues_waiters(&self) -> bool {
-        self.inner.queues_waiters()
-    }
-
-    fn wait_for_turn<'a>(
-        &'a self,
-        req: &'a AcquireRequest,
-        until: Instant,
-    ) -> BoxFuture<'a, Result<()>> {
-        self.inner.wait_for_turn(req, until)
+    fn wait<'a>(&'a self, req: &'a AcquireRequest, until: Instant) -> BoxFuture<'a, Result<()>> {
+        self.inner.wait(req, until)
     }
 
     fn close(&self) -> BoxFuture<'_, Result<()>> {

@@ -60,6 +60,8 @@ pub(crate) struct LockerInner {
     owns_backend: bool,
     /// The backend's `capabilities().ttl_expiry`, read once at build.
     ttl_expiry: bool,
+    /// The backend's `capabilities().queues_waiters`, read once at build.
+    queues_waiters: bool,
     namespace: Namespace,
     op_timeout: Duration,
     pub(crate) validity: ValidityPolicy,
@@ -132,9 +134,11 @@ impl LockerBuilder {
             ));
         }
         self.defaults.validate(&self.validity)?;
+        let capabilities = self.backend.capabilities();
         Ok(Locker {
             inner: Arc::new(LockerInner {
-                ttl_expiry: self.backend.capabilities().ttl_expiry,
+                ttl_expiry: capabilities.ttl_expiry,
+                queues_waiters: capabilities.queues_waiters,
                 backend: self.backend,
                 owns_backend: self.owns_backend,
                 namespace,
@@ -290,7 +294,7 @@ impl Locker {
         };
         // A store that queues waiters keeps our entry after a contended
         // attempt: `pending` then stays armed, so giving up removes it.
-        let queued_after_contention = req.will_wait && inner.backend.queues_waiters();
+        let queued_after_contention = req.will_wait && inner.queues_waiters;
         let place = inner.queues.join(&req.key);
         let turn = tokio::select! {
             biased;
@@ -398,7 +402,7 @@ impl Locker {
                 biased;
                 _ = inner.closed.cancelled() => return Err((Error::Closed, attempts)),
                 _ = turn.local_release() => {}
-                _ = inner.backend.wait_for_turn(&req, wake_at) => {}
+                _ = inner.backend.wait(&req, wake_at) => {}
                 // The backend's wait is a hint; the engine's bound is authoritative.
                 _ = tokio::time::sleep_until(wake_at) => {}
             }

@@ -36,7 +36,7 @@ struct Faulty {
     slow_release: AtomicU32,
     /// Extends fail with `Closed`, as a backend closed by its owner does.
     closed: AtomicBool,
-    /// Whether `wait_for_release` may use the store's notifications.
+    /// Whether `wait` may use the store's notifications.
     notifications: AtomicBool,
     acquires: AtomicUsize,
 }
@@ -108,13 +108,9 @@ impl Backend for Faulty {
         })
     }
 
-    fn wait_for_release<'a>(
-        &'a self,
-        key: &'a LockKey,
-        until: Instant,
-    ) -> BoxFuture<'a, Result<()>> {
+    fn wait<'a>(&'a self, req: &'a AcquireRequest, until: Instant) -> BoxFuture<'a, Result<()>> {
         if self.notifications.load(Ordering::SeqCst) {
-            self.store.wait_for_release(key, until)
+            self.store.wait(req, until)
         } else {
             Box::pin(async move {
                 tokio::time::sleep_until(until).await;

@@ -629,24 +629,12 @@ impl Backend for LateFirstGrant {
         self.inner.inspect(key)
     }
 
-    fn wait_for_release<'a>(
-        &'a self,
-        key: &'a LockKey,
-        until: Instant,
-    ) -> BoxFuture<'a, distlock::Result<()>> {
-        self.inner.wait_for_release(key, until)
-    }
-
-    fn queues_waiters(&self) -> bool {
-        self.inner.queues_waiters()
-    }
-
-    fn wait_for_turn<'a>(
+    fn wait<'a>(
         &'a self,
         req: &'a AcquireRequest,
         until: Instant,
     ) -> BoxFuture<'a, distlock::Result<()>> {
-        self.inner.wait_for_turn(req, until)
+        self.inner.wait(req, until)
     }
 }
 

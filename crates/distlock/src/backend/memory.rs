@@ -178,14 +178,15 @@ impl MemoryBackend {
         Ok(())
     }
 
-    async fn wait(&self, key: &LockKey, until: Instant) {
+    /// Returns when `key` may have become free, or at `until`.
+    async fn wait_for_release(&self, key: &LockKey, until: Instant) -> Result<()> {
         let now = Instant::now();
         let (released, wake_at) = {
             let mut slots = self.slots();
             let slot = slots.entry(key.clone()).or_default();
             let Some(holder) = slot.live_holder(now) else {
                 Self::forget_if_idle(&mut slots, key, now);
-                return;
+                return Ok(());
             };
             (slot.released.clone(), until.min(holder.expires_at))
         };
@@ -207,6 +208,7 @@ impl MemoryBackend {
         }
         drop(released);
         Self::forget_if_idle(&mut self.slots(), key, Instant::now());
+        Ok(())
     }
 }
 
@@ -244,14 +246,7 @@ impl Backend for MemoryBackend {
         })
     }
 
-    fn wait_for_release<'a>(
-        &'a self,
-        key: &'a LockKey,
-        until: Instant,
-    ) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            self.wait(key, until).await;
-            Ok(())
-        })
+    fn wait<'a>(&'a self, req: &'a AcquireRequest, until: Instant) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.wait_for_release(&req.key, until))
     }
 }

@@ -15,9 +15,9 @@
 //! * `inspect` never writes.
 //! * A store with a native fair queue (etcd) may leave a queue entry behind
 //!   a `Contended` answer when the request says the engine will wait
-//!   ([`AcquireRequest::will_wait`]) and [`Backend::queues_waiters`] is
+//!   ([`AcquireRequest::will_wait`]) and [`Capabilities::queues_waiters`] is
 //!   true. The engine then retries with the same owner token, waits through
-//!   [`Backend::wait_for_turn`], and calls `release` for that owner whenever
+//!   [`Backend::wait`], and calls `release` for that owner whenever
 //!   the obtain ends without a grant (deadline, retries exhausted, close, or
 //!   the future dropped), so the entry never outlives the obtain.
 //! * A backend bounds nothing by time itself: the engine wraps every call in
@@ -62,7 +62,7 @@ pub struct AcquireRequest {
     /// The engine may try again with the same owner after a `Contended`
     /// answer (false for a single attempt such as
     /// [`Locker::try_obtain`](crate::Locker::try_obtain)). A backend that
-    /// [queues waiters](Backend::queues_waiters) may leave a queue entry
+    /// [queues waiters](Capabilities::queues_waiters) may leave a queue entry
     /// only when this is true.
     pub will_wait: bool,
 }
@@ -113,11 +113,41 @@ pub struct Capabilities {
     /// [`Lock`](crate::Lock#validity)), and the conformance suite checks
     /// that they outlive their TTL instead of expiring.
     pub ttl_expiry: bool,
+    /// A `Contended` answer to a request with
+    /// [`will_wait`](AcquireRequest::will_wait) may leave a queue entry in
+    /// the store. The engine then releases that owner whenever the obtain
+    /// ends without a grant.
+    pub queues_waiters: bool,
+}
+
+impl Capabilities {
+    /// A store whose locks expire after their TTL and which keeps no queue
+    /// of waiters: the default.
+    pub const fn new() -> Self {
+        Capabilities {
+            ttl_expiry: true,
+            queues_waiters: false,
+        }
+    }
+
+    /// With [`ttl_expiry`](Self::ttl_expiry) set to `expires`.
+    #[must_use]
+    pub const fn with_ttl_expiry(mut self, expires: bool) -> Self {
+        self.ttl_expiry = expires;
+        self
+    }
+
+    /// With [`queues_waiters`](Self::queues_waiters) set to `queues`.
+    #[must_use]
+    pub const fn with_queues_waiters(mut self, queues: bool) -> Self {
+        self.queues_waiters = queues;
+        self
+    }
 }
 
 impl Default for Capabilities {
     fn default() -> Self {
-        Capabilities { ttl_expiry: true }
+        Capabilities::new()
     }
 }
 
@@ -144,40 +174,19 @@ pub trait Backend: Send + Sync + Debug + 'static {
     /// Reads the current holder, if any. Never writes.
     fn inspect<'a>(&'a self, key: &'a LockKey) -> BoxFuture<'a, Result<Option<HolderInfo>>>;
 
-    /// Returns when the key may have become free, or at `until` at the latest.
-    /// A hint only: the engine always tries again afterwards. The default
-    /// sleeps until `until`; stores with notifications return early.
-    fn wait_for_release<'a>(
-        &'a self,
-        key: &'a LockKey,
-        until: Instant,
-    ) -> BoxFuture<'a, Result<()>> {
-        let _ = key;
+    /// Returns when the key of `req` may have become free for its owner,
+    /// whose last attempt was `Contended`, or at `until` at the latest. A
+    /// hint only: the engine always tries again afterwards, and bounds the
+    /// wait by `until` itself. The default sleeps until `until`; stores
+    /// with notifications return early, and a store that
+    /// [queues waiters](Capabilities::queues_waiters) can watch just this
+    /// waiter's predecessor.
+    fn wait<'a>(&'a self, req: &'a AcquireRequest, until: Instant) -> BoxFuture<'a, Result<()>> {
+        let _ = req;
         Box::pin(async move {
             tokio::time::sleep_until(until).await;
             Ok(())
         })
-    }
-
-    /// True when a `Contended` answer to a request with
-    /// [`will_wait`](AcquireRequest::will_wait) may leave a queue entry in
-    /// the store. The engine then releases that owner whenever the obtain
-    /// ends without a grant. Default: false.
-    fn queues_waiters(&self) -> bool {
-        false
-    }
-
-    /// Like [`wait_for_release`](Self::wait_for_release), for the owner of
-    /// `req`, whose last attempt was `Contended`: a backend that queues
-    /// waiters can watch just this waiter's predecessor. The same rules
-    /// apply: a hint, returning at `until` at the latest. Default:
-    /// `wait_for_release(&req.key, until)`.
-    fn wait_for_turn<'a>(
-        &'a self,
-        req: &'a AcquireRequest,
-        until: Instant,
-    ) -> BoxFuture<'a, Result<()>> {
-        self.wait_for_release(&req.key, until)
     }
 
     /// Releases the store connection. Called once by

@@ -109,7 +109,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{AcquireRequest, Attempt, Backend, explain};
+use crate::backend::{AcquireRequest, Attempt, Backend, Capabilities, explain};
 use crate::error::{Error, Result};
 use crate::holder::HolderInfo;
 use crate::key::{LockKey, Namespace};
@@ -612,9 +612,15 @@ impl Shared {
     /// Returns when `key` may be free for `owner` (any caller when `None`):
     /// on a release notification, or at once if it is free and `owner` is
     /// first in its queue; at `until` at the latest.
-    async fn wait_for_turn(&self, key: &LockKey, owner: Option<OwnerToken>, until: Instant) {
+    async fn wait_for_turn(
+        &self,
+        key: &LockKey,
+        owner: Option<OwnerToken>,
+        until: Instant,
+    ) -> Result<()> {
         if self.shutdown.is_cancelled() {
-            return sleep_until(until).await;
+            sleep_until(until).await;
+            return Ok(());
         }
         let names = RedisKeys::new(key);
         let waiter = self.channels.join(&names.channel, self.supervisor());
@@ -630,8 +636,8 @@ impl Shared {
                 tokio::select! {
                     _ = ready => {}
                     // Woken by a release, a lost connection or a new one.
-                    _ = &mut released => return,
-                    _ = sleep_until(until) => return,
+                    _ = &mut released => return Ok(()),
+                    _ = sleep_until(until) => return Ok(()),
                 }
             }
         }
@@ -643,20 +649,20 @@ impl Shared {
         turn.key(&names.lock).key(&names.queue).arg(&owner);
         let turn = turn.invoke_async::<bool>(&mut conn);
         tokio::select! {
-            ours = turn => if let Ok(true) = ours { return },
-            _ = sleep_until(until) => return,
+            ours = turn => if let Ok(true) = ours { return Ok(()) },
+            _ = sleep_until(until) => return Ok(()),
         }
         // A release names the waiter whose turn it is: the others sleep on
         // (no herd), and a missed turn costs at most the poll interval.
         loop {
             tokio::select! {
                 _ = &mut released => {}
-                _ = sleep_until(until) => return,
+                _ = sleep_until(until) => return Ok(()),
             }
             released.set(channel.released.notified());
             released.as_mut().enable();
             if channel.wakes(&owner) {
-                return;
+                return Ok(());
             }
         }
     }
@@ -864,32 +870,12 @@ impl Backend for RedisBackend {
         Box::pin(self.shared.inspect(key))
     }
 
-    fn wait_for_release<'a>(
-        &'a self,
-        key: &'a LockKey,
-        until: Instant,
-    ) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            self.shared.wait_for_turn(key, None, until).await;
-            Ok(())
-        })
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new().with_queues_waiters(true)
     }
 
-    fn queues_waiters(&self) -> bool {
-        true
-    }
-
-    fn wait_for_turn<'a>(
-        &'a self,
-        req: &'a AcquireRequest,
-        until: Instant,
-    ) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            self.shared
-                .wait_for_turn(&req.key, Some(req.owner), until)
-                .await;
-            Ok(())
-        })
+    fn wait<'a>(&'a self, req: &'a AcquireRequest, until: Instant) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.shared.wait_for_turn(&req.key, Some(req.owner), until))
     }
 
     fn close(&self) -> BoxFuture<'_, Result<()>> {

@@ -150,7 +150,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{AcquireRequest, Attempt, Backend, explain};
+use crate::backend::{AcquireRequest, Attempt, Backend, Capabilities, explain};
 use crate::error::{Error, Result};
 use crate::holder::HolderInfo;
 use crate::key::LockKey;
@@ -518,12 +518,18 @@ impl Inner {
     /// `wait_for_turn` bounded by `until`. Returns early only when the entry
     /// ahead was deleted: when etcd cannot be read or watched, it waits
     /// until `until`, so a failing store is not polled in a tight loop.
-    async fn wait_until(&self, key: &LockKey, owner: Option<OwnerToken>, until: Instant) {
+    async fn wait_until(
+        &self,
+        key: &LockKey,
+        owner: Option<OwnerToken>,
+        until: Instant,
+    ) -> Result<()> {
         let wait = self.wait_for_turn(key, owner);
         if let Ok(Ok(())) = tokio::time::timeout_at(until, wait).await {
-            return;
+            return Ok(());
         }
         tokio::time::sleep_until(until).await;
+        Ok(())
     }
 
     async fn inspect(&self, key: &LockKey) -> Result<Option<HolderInfo>> {
@@ -606,32 +612,12 @@ impl Backend for EtcdBackend {
         Box::pin(self.inner.inspect(key))
     }
 
-    fn wait_for_release<'a>(
-        &'a self,
-        key: &'a LockKey,
-        until: Instant,
-    ) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            self.inner.wait_until(key, None, until).await;
-            Ok(())
-        })
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new().with_queues_waiters(true)
     }
 
-    fn queues_waiters(&self) -> bool {
-        true
-    }
-
-    fn wait_for_turn<'a>(
-        &'a self,
-        req: &'a AcquireRequest,
-        until: Instant,
-    ) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            self.inner
-                .wait_until(&req.key, Some(req.owner), until)
-                .await;
-            Ok(())
-        })
+    fn wait<'a>(&'a self, req: &'a AcquireRequest, until: Instant) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.inner.wait_until(&req.key, Some(req.owner), until))
     }
 
     fn close(&self) -> BoxFuture<'_, Result<()>> {

@@ -410,18 +410,19 @@ impl FileBackend {
         }
     }
 
-    async fn wait(&self, key: &LockKey, until: Instant) {
+    /// Returns when `key` may have become free, or at `until`.
+    async fn wait_for_release(&self, key: &LockKey, until: Instant) -> Result<()> {
         let holder = self.paths(key).holder;
         let seen = read_record(&holder).map(|r| r.token);
         loop {
             let now = Instant::now();
             if now >= until {
-                return;
+                return Ok(());
             }
             tokio::time::sleep_until(until.min(now + RELEASE_POLL)).await;
             // No record to watch: look again after one poll.
             if seen.is_none() || read_record(&holder).map(|r| r.token) != seen {
-                return;
+                return Ok(());
             }
         }
     }
@@ -433,7 +434,7 @@ impl Backend for FileBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { ttl_expiry: false }
+        Capabilities::new().with_ttl_expiry(false)
     }
 
     fn try_acquire<'a>(&'a self, req: &'a AcquireRequest) -> BoxFuture<'a, Result<Attempt>> {
@@ -477,15 +478,8 @@ impl Backend for FileBackend {
         })
     }
 
-    fn wait_for_release<'a>(
-        &'a self,
-        key: &'a LockKey,
-        until: Instant,
-    ) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            self.wait(key, until).await;
-            Ok(())
-        })
+    fn wait<'a>(&'a self, req: &'a AcquireRequest, until: Instant) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.wait_for_release(&req.key, until))
     }
 
     // `close` keeps the default no-op: lockers sharing this backend may
