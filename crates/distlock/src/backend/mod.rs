@@ -88,6 +88,23 @@ impl AcquireRequest {
     }
 }
 
+/// One lease to extend, as [`Backend::extend_all`] gets it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Renewal {
+    /// The held lease.
+    pub lease: LeaseRef,
+    /// The TTL to reset it to.
+    pub ttl: Duration,
+}
+
+impl Renewal {
+    /// A renewal of `lease` for `ttl`.
+    pub fn new(lease: LeaseRef, ttl: Duration) -> Self {
+        Renewal { lease, ttl }
+    }
+}
+
 /// The outcome of one acquisition attempt that reached the store.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Attempt {
@@ -167,6 +184,17 @@ pub trait Backend: Send + Sync + Debug + 'static {
 
     /// Resets the TTL to `ttl` if `lease.owner` still holds the key.
     fn extend<'a>(&'a self, lease: &'a LeaseRef, ttl: Duration) -> BoxFuture<'a, Result<()>>;
+
+    /// Extends several leases in one go, as the Locker's refresher does each
+    /// round: one result per renewal, in order, each as
+    /// [`extend`](Self::extend) would answer it. A store that can batch
+    /// (one script call, one transaction) overrides it; the default sends
+    /// the extends concurrently.
+    fn extend_all<'a>(&'a self, renewals: &'a [Renewal]) -> BoxFuture<'a, Vec<Result<()>>> {
+        Box::pin(futures::future::join_all(
+            renewals.iter().map(|r| self.extend(&r.lease, r.ttl)),
+        ))
+    }
 
     /// Deletes the lock if `lease.owner` still holds the key.
     fn release<'a>(&'a self, lease: &'a LeaseRef) -> BoxFuture<'a, Result<()>>;
