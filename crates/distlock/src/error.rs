@@ -149,6 +149,29 @@ impl Error {
         }
     }
 
+    /// The same error again, for each of the callers one failed call
+    /// served (a batch of extends): the variant and message are kept, a
+    /// store client's source error becomes its message.
+    pub(crate) fn repeat(&self) -> Self {
+        let message = |source: &BoxError| -> BoxError { source.to_string().into() };
+        match self {
+            Error::Timeout { op, after } => Error::Timeout { op, after: *after },
+            Error::Closed => Error::Closed,
+            Error::NotHeld { key } => Error::NotHeld { key: key.clone() },
+            Error::Backend {
+                backend,
+                op,
+                source,
+            } => Error::backend(backend, op, message(source)),
+            Error::Refused {
+                backend,
+                op,
+                source,
+            } => Error::refused(backend, op, message(source)),
+            other => Error::backend("engine", "extend", other.to_string()),
+        }
+    }
+
     pub(crate) fn invalid_options(option: &'static str, reason: impl Into<String>) -> Self {
         Error::InvalidOptions {
             option,

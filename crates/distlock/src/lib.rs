@@ -59,6 +59,7 @@
 #![deny(missing_docs)]
 
 pub mod backend;
+mod engine;
 mod error;
 mod holder;
 mod key;
@@ -66,22 +67,22 @@ mod lease;
 mod lock;
 mod locker;
 mod options;
-mod queue;
 mod retry;
 mod url;
 mod validity;
 
+pub use engine::LostReason;
 pub use error::{BoxError, Error, Result};
 pub use holder::HolderInfo;
 pub use key::{
     DEFAULT_NAMESPACE, IntoKey, Key, LockKey, MAX_KEY_BYTES, MAX_NAMESPACE_BYTES, Namespace,
 };
 pub use lease::{LeaseRef, OwnerToken};
-pub use lock::{EXPIRY_LEAD, Lock, LostReason, RefreshHandle};
+pub use lock::{Lock, RefreshHandle};
 pub use locker::{DEFAULT_OP_TIMEOUT, Locker, LockerBuilder};
 pub use options::{DEFAULT_TTL, MAX_METADATA_BYTES, MAX_TTL, ObtainOptions};
 pub use retry::RetryStrategy;
-pub use validity::ValidityPolicy;
+pub use validity::{EXPIRY_LEAD, ValidityPolicy};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

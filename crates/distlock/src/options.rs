@@ -5,9 +5,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::lock::EXPIRY_LEAD;
 use crate::retry::RetryStrategy;
-use crate::validity::ValidityPolicy;
+use crate::validity::{EXPIRY_LEAD, ValidityPolicy};
 
 /// The longest TTL accepted.
 pub const MAX_TTL: Duration = Duration::from_secs(24 * 60 * 60);
