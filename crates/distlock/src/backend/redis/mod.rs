@@ -1,0 +1,158 @@
+//! The Redis backend (cargo feature `redis`): one Redis server, atomic Lua
+//! scripts, per-key fencing counters and release notifications over
+//! pub/sub.
+//!
+//! ```no_run
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> distlock::Result<()> {
+//! use distlock::Locker;
+//!
+//! // From a URL (`redis://[user:password@]host:port/db`, or `rediss://` for TLS) ...
+//! let locker = Locker::from_url("redis://127.0.0.1:6379/?namespace=billing").await?;
+//!
+//! // ... or from a client the application already has (the seed's `NewRedisLocker`).
+//! use std::sync::Arc;
+//! use distlock::backend::redis::RedisBackend;
+//! let client = redis::Client::open("redis://127.0.0.1:6379/").expect("valid URL");
+//! let backend = RedisBackend::builder(client).build().await?;
+//! let locker = Locker::builder(Arc::new(backend)).namespace("billing").build()?;
+//! # Ok(()) }
+//! ```
+//!
+//! # What is stored
+//!
+//! For a key `K` in namespace `NS`, with `H` the 16 hex digits of a stable
+//! 64-bit hash (FNV-1a) of `K` (see [`RedisKeys`]):
+//!
+//! * `NS:{H}:lock:K` — the lock, a string `<owner token>:<fencing token>:<metadata>`
+//!   with the lock's TTL;
+//! * `NS:{H}:fence:K` — the key's fencing counter, without a TTL, so it
+//!   outlives the lock (one small key per distinct lock key ever used);
+//! * `NS:{H}:queue:K` and `NS:{H}:waiting:K` — while processes wait: the
+//!   waiters' queue (a sorted set of owner tokens by arrival) and their
+//!   leases (a hash), both expiring a waiter lease after the last waiter's
+//!   last attempt;
+//! * `NS:{H}:released:K` — the pub/sub channel a release publishes on.
+//!
+//! The names are injective, all begin with `NS:` (so an ACL user can be
+//! limited to `~NS:*` keys and `&NS:*` channels), and the first `{...}` in
+//! each is `{H}` — namespaces contain no braces — so a lock and the keys
+//! beside it always share one Redis Cluster hash slot, whatever braces `K`
+//! contains.
+//!
+//! # Durability and safety
+//!
+//! * **Fencing tokens never go back**, even when Redis loses the counter
+//!   (FLUSHALL, eviction, a restart without `appendfsync always`, a
+//!   failover to a replica that missed the last writes): a grant's token is
+//!   `max(counter + 1, the server's clock in µs since the epoch)`, like the
+//!   file backend's. Only a server clock stepped back past the last token,
+//!   together with a lost counter, could repeat one; with AOF `appendfsync
+//!   always` the counter itself survives and the clock does not matter.
+//! * **Eviction breaks mutual exclusion**: with any `maxmemory-policy`
+//!   other than `noeviction`, Redis may evict a live lock. The backend reads
+//!   the policy on connect ([`RedisBackend::maxmemory_policy`]) and logs a
+//!   warning when it can evict.
+//! * Single instance only: no Redlock, no cluster or sentinel client yet
+//!   (the key layout is cluster-ready).
+//!
+//! # ACL
+//!
+//! A Redis user needs the keys `~NS:*`, the channels `&NS:*` and the
+//! commands listed by [`RedisBackend::required_acl`]. A missing permission
+//! is reported as an [`Error::Refused`] whose message names what is needed.
+//!
+//! # Errors that retrying cannot fix
+//!
+//! These are reported at once, never retried until a deadline: an ACL
+//! `NOPERM` and credentials the server turns down (`WRONGPASS`, `NOAUTH`)
+//! are [`Error::Refused`] naming the user, as is a server certificate the
+//! client does not trust; a database index the server does not have
+//! (`/99` with `databases 16`) is an [`Error::InvalidUrl`].
+//!
+//! # Waiting
+//!
+//! Waiters are served in order of arrival across processes. An attempt
+//! that waits and does not get the lock joins the key's queue in Redis; a
+//! free lock goes only to the head of the queue (or to anyone when the
+//! queue is empty: so [`Locker::try_obtain`](crate::Locker::try_obtain)
+//! fails while others wait). Each attempt renews the waiter's lease
+//! ([`RedisBackendBuilder::waiter_lease`]); a waiter that stops asking —
+//! its process died, or its retry delay is longer than the lease — is
+//! dropped from the queue when its lease runs out, so it delays the others
+//! by at most one lease and never blocks them. A wait that ends without
+//! the lock leaves the queue at once.
+//!
+//! A waiter subscribes to its key's release channel. A release (or a
+//! waiter leaving the queue of a free lock) publishes the owner token of
+//! the queue's head, and only that waiter wakes; the others sleep on. Each
+//! backend has at most one subscription connection, shared by all its
+//! waiters and opened on first use; a supervisor task re-connects and
+//! re-subscribes it after failures and wakes every waiter when it does (a
+//! release may have been missed). Every wait is also bounded by the
+//! engine's retry delay and the holder's remaining TTL, so a lost
+//! notification costs at most one poll interval.
+
+mod builder;
+mod errors;
+mod keys;
+mod pubsub;
+mod scripts;
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::time::Instant;
+
+use crate::backend::{AcquireRequest, Attempt, Backend, Capabilities};
+use crate::error::Result;
+use crate::holder::HolderInfo;
+use crate::key::LockKey;
+use crate::lease::LeaseRef;
+
+pub use builder::{
+    DEFAULT_CONNECTION_TIMEOUT, DEFAULT_RECONNECT_RETRIES, DEFAULT_RESPONSE_TIMEOUT,
+    DEFAULT_WAITER_LEASE, RedisBackend, RedisBackendBuilder,
+};
+pub use errors::PermissionDenied;
+pub use keys::RedisKeys;
+
+/// The backend's name in errors and traces.
+const NAME: &str = "redis";
+
+impl Backend for RedisBackend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn try_acquire<'a>(&'a self, req: &'a AcquireRequest) -> BoxFuture<'a, Result<Attempt>> {
+        Box::pin(self.shared.acquire(req))
+    }
+
+    fn extend<'a>(&'a self, lease: &'a LeaseRef, ttl: Duration) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.shared.extend(lease, ttl))
+    }
+
+    fn release<'a>(&'a self, lease: &'a LeaseRef) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.shared.release(lease))
+    }
+
+    fn inspect<'a>(&'a self, key: &'a LockKey) -> BoxFuture<'a, Result<Option<HolderInfo>>> {
+        Box::pin(self.shared.inspect(key))
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new().with_queues_waiters(true)
+    }
+
+    fn wait<'a>(&'a self, req: &'a AcquireRequest, until: Instant) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.shared.wait_for_turn(&req.key, Some(req.owner), until))
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<()>> {
+        // Stops the subscription supervisor; the command connection closes
+        // when the last handle to the backend is dropped.
+        self.shared.shutdown.cancel();
+        Box::pin(async { Ok(()) })
+    }
+}

@@ -1,0 +1,381 @@
+//! The subscription hub: one pub/sub connection per backend, shared by all
+//! its waiters, and the wait for a waiter's turn.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use ::redis::{Client, ErrorKind, RedisError, Value};
+use futures::StreamExt;
+use tokio::sync::Notify;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio::time::{Instant, sleep, sleep_until, timeout};
+use tokio_util::sync::CancellationToken;
+
+use super::builder::Shared;
+use super::errors::is_permission_error;
+use super::keys::RedisKeys;
+use super::scripts::TURN;
+use crate::error::Result;
+use crate::key::LockKey;
+use crate::lease::OwnerToken;
+
+/// How often the subscription connection is checked with a `PING`, and
+/// idle channels are unsubscribed.
+const HEARTBEAT: Duration = Duration::from_secs(2);
+/// How long a channel stays subscribed without waiters, so a hot key's
+/// waiters do not subscribe and unsubscribe on every wait.
+const LINGER: Duration = Duration::from_secs(10);
+/// Back-off bounds between subscription reconnection attempts.
+const MIN_BACKOFF: Duration = Duration::from_millis(20);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+impl Shared {
+    /// The subscription supervisor's inbox; starts it on first use.
+    fn supervisor(&self) -> &UnboundedSender<String> {
+        self.supervisor.get_or_init(|| {
+            let (tx, rx) = unbounded_channel();
+            let supervisor = Supervisor {
+                client: self.client.clone(),
+                channels: self.channels.clone(),
+                shutdown: self.shutdown.clone(),
+                connection_timeout: self.connection_timeout,
+                response_timeout: self.response_timeout,
+            };
+            tokio::spawn(supervisor.run(rx));
+            tx
+        })
+    }
+
+    /// Returns when `key` may be free for `owner` (any caller when `None`):
+    /// on a release notification, or at once if it is free and `owner` is
+    /// first in its queue; at `until` at the latest.
+    pub(super) async fn wait_for_turn(
+        &self,
+        key: &LockKey,
+        owner: Option<OwnerToken>,
+        until: Instant,
+    ) -> Result<()> {
+        if self.shutdown.is_cancelled() {
+            sleep_until(until).await;
+            return Ok(());
+        }
+        let names = RedisKeys::new(key);
+        let waiter = self.channels.join(&names.channel, self.supervisor());
+        let channel = &waiter.channel;
+        let released = channel.released.notified();
+        tokio::pin!(released);
+        released.as_mut().enable();
+        if !channel.is_subscribed() {
+            let ready = channel.ready.notified();
+            tokio::pin!(ready);
+            ready.as_mut().enable();
+            if !channel.is_subscribed() {
+                tokio::select! {
+                    _ = ready => {}
+                    // Woken by a release, a lost connection or a new one.
+                    _ = &mut released => return Ok(()),
+                    _ = sleep_until(until) => return Ok(()),
+                }
+            }
+        }
+        // Subscribed: a release from now on wakes us. One that happened
+        // since the caller's last attempt is seen here.
+        let mut conn = self.conn();
+        let owner = owner.map_or_else(String::new, |owner| owner.to_hex());
+        let mut turn = TURN.prepare_invoke();
+        turn.key(&names.lock).key(&names.queue).arg(&owner);
+        let turn = turn.invoke_async::<bool>(&mut conn);
+        tokio::select! {
+            ours = turn => if let Ok(true) = ours { return Ok(()) },
+            _ = sleep_until(until) => return Ok(()),
+        }
+        // A release names the waiter whose turn it is: the others sleep on
+        // (no herd), and a missed turn costs at most the poll interval.
+        loop {
+            tokio::select! {
+                _ = &mut released => {}
+                _ = sleep_until(until) => return Ok(()),
+            }
+            released.set(channel.released.notified());
+            released.as_mut().enable();
+            if channel.wakes(&owner) {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// The release channels this backend's waiters listen on.
+#[derive(Default)]
+pub(super) struct Channels {
+    map: Mutex<HashMap<String, Entry>>,
+}
+
+struct Entry {
+    channel: Arc<Channel>,
+    waiters: usize,
+    idle_since: Instant,
+}
+
+#[derive(Default)]
+struct Channel {
+    /// A release was published, or the subscription connection was lost or
+    /// re-established (a release may have been missed).
+    released: Notify,
+    /// Whom the last notification was for: the owner token of the waiter
+    /// whose turn it is, or empty for every waiter.
+    next: Mutex<String>,
+    /// The subscription was confirmed.
+    ready: Notify,
+    subscribed: AtomicBool,
+}
+
+impl Channel {
+    fn is_subscribed(&self) -> bool {
+        self.subscribed.load(Ordering::SeqCst)
+    }
+
+    fn set_subscribed(&self, subscribed: bool) {
+        self.subscribed.store(subscribed, Ordering::SeqCst);
+    }
+
+    /// Wakes the waiter `next` names (every waiter when it is empty).
+    fn notify(&self, next: &str) {
+        next.clone_into(&mut self.next.lock().unwrap_or_else(|p| p.into_inner()));
+        self.released.notify_waiters();
+    }
+
+    /// Whether the last notification was for `owner` (hex; empty: anyone).
+    fn wakes(&self, owner: &str) -> bool {
+        let next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+        owner.is_empty() || next.is_empty() || *next == owner
+    }
+}
+
+/// One waiter's interest in a channel; dropping it leaves.
+struct Waiter<'a> {
+    channels: &'a Channels,
+    name: String,
+    channel: Arc<Channel>,
+}
+
+impl Channels {
+    fn map(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+        // Every update is a single insert, remove or counter change.
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn join<'a>(&'a self, name: &str, supervisor: &UnboundedSender<String>) -> Waiter<'a> {
+        let mut map = self.map();
+        let entry = map.entry(name.to_owned()).or_insert_with(|| {
+            // The supervisor subscribes it (or re-subscribes everything
+            // after its next connect); if it is gone, waits just poll.
+            let _ = supervisor.send(name.to_owned());
+            Entry {
+                channel: Arc::default(),
+                waiters: 0,
+                idle_since: Instant::now(),
+            }
+        });
+        entry.waiters += 1;
+        Waiter {
+            channels: self,
+            name: name.to_owned(),
+            channel: entry.channel.clone(),
+        }
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.map().keys().cloned().collect()
+    }
+
+    fn with_channels(&self, names: &[String], f: impl Fn(&Channel)) {
+        let map = self.map();
+        for name in names {
+            if let Some(entry) = map.get(name) {
+                f(&entry.channel);
+            }
+        }
+    }
+
+    fn subscribed(&self, names: &[String]) {
+        self.with_channels(names, |c| {
+            c.set_subscribed(true);
+            c.ready.notify_waiters();
+        });
+    }
+
+    fn released(&self, name: &str, next: &str) {
+        if let Some(entry) = self.map().get(name) {
+            entry.channel.notify(next);
+        }
+    }
+
+    /// Marks every channel unsubscribed and wakes every waiter.
+    fn disconnected(&self) {
+        for entry in self.map().values() {
+            entry.channel.set_subscribed(false);
+            entry.channel.notify("");
+        }
+    }
+
+    /// Forgets the channels nobody waited on for `linger`; returns them.
+    fn sweep(&self, linger: Duration) -> Vec<String> {
+        let now = Instant::now();
+        let mut idle = Vec::new();
+        self.map().retain(|name, entry| {
+            let keep = entry.waiters > 0 || now - entry.idle_since < linger;
+            if !keep {
+                idle.push(name.clone());
+            }
+            keep
+        });
+        idle
+    }
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        let mut map = self.channels.map();
+        if let Some(entry) = map.get_mut(&self.name)
+            && Arc::ptr_eq(&entry.channel, &self.channel)
+        {
+            entry.waiters -= 1;
+            entry.idle_since = Instant::now();
+        }
+    }
+}
+
+/// Owns the one subscription connection of a backend.
+struct Supervisor {
+    client: Client,
+    channels: Arc<Channels>,
+    shutdown: CancellationToken,
+    connection_timeout: Duration,
+    response_timeout: Duration,
+}
+
+impl Supervisor {
+    async fn run(self, mut inbox: UnboundedReceiver<String>) {
+        let mut backoff = MIN_BACKOFF;
+        let mut warned = false;
+        loop {
+            let why = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return,
+                why = self.session(&mut inbox, &mut backoff) => why,
+            };
+            self.channels.disconnected();
+            match why {
+                Ended::Closed => return,
+                Ended::Failed(e) => {
+                    if is_permission_error(&e) && !warned {
+                        warned = true;
+                        tracing::warn!(error = %e, "distlock: the Redis ACL denies the release channels; waiters poll instead of being woken");
+                    } else {
+                        tracing::debug!(error = %e, "distlock: Redis subscription connection failed");
+                    }
+                }
+                Ended::TimedOut(what) => {
+                    tracing::debug!(what, "distlock: Redis subscription connection timed out");
+                }
+            }
+            let jittered = backoff.mul_f64(0.5 + fastrand::f64() * 0.5);
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = sleep(jittered) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// One connection's life: connect, subscribe every channel, then serve
+    /// messages, new channels and heartbeats until something fails.
+    async fn session(
+        &self,
+        inbox: &mut UnboundedReceiver<String>,
+        backoff: &mut Duration,
+    ) -> Ended {
+        let pubsub = match bounded(
+            self.connection_timeout,
+            "connect",
+            self.client.get_async_pubsub(),
+        )
+        .await
+        {
+            Ok(p) => p,
+            Err(e) => return e,
+        };
+        let (mut sink, mut stream) = pubsub.split();
+        // Everything queued so far is in the map and subscribed below.
+        while inbox.try_recv().is_ok() {}
+        let names = self.channels.names();
+        if !names.is_empty()
+            && let Err(e) =
+                bounded(self.response_timeout, "subscribe", sink.subscribe(&names)).await
+        {
+            return e;
+        }
+        // Waiters woken when the last connection was lost wait for this:
+        // each re-checks its key, catching a release published meanwhile.
+        self.channels.subscribed(&names);
+        *backoff = MIN_BACKOFF;
+        let mut heartbeat = tokio::time::interval_at(Instant::now() + HEARTBEAT, HEARTBEAT);
+        loop {
+            tokio::select! {
+                name = inbox.recv() => {
+                    let Some(name) = name else { return Ended::Closed };
+                    let mut names = vec![name];
+                    while let Ok(more) = inbox.try_recv() {
+                        names.push(more);
+                    }
+                    names.sort_unstable();
+                    names.dedup();
+                    if let Err(e) = bounded(self.response_timeout, "subscribe", sink.subscribe(&names)).await {
+                        return e;
+                    }
+                    self.channels.subscribed(&names);
+                }
+                message = stream.next() => {
+                    let Some(message) = message else {
+                        return Ended::Failed(RedisError::from((ErrorKind::Io, "the subscription connection closed")));
+                    };
+                    let next: String = message.get_payload().unwrap_or_default();
+                    self.channels.released(message.get_channel_name(), &next);
+                }
+                _ = heartbeat.tick() => {
+                    if let Err(e) = bounded(self.response_timeout, "ping", sink.ping::<Value>()).await {
+                        return e;
+                    }
+                    let idle = self.channels.sweep(LINGER);
+                    if !idle.is_empty()
+                        && let Err(e) = bounded(self.response_timeout, "unsubscribe", sink.unsubscribe(&idle)).await
+                    {
+                        return e;
+                    }
+                }
+            }
+        }
+    }
+}
+
+enum Ended {
+    Closed,
+    Failed(RedisError),
+    TimedOut(&'static str),
+}
+
+async fn bounded<T>(
+    within: Duration,
+    what: &'static str,
+    call: impl Future<Output = ::redis::RedisResult<T>>,
+) -> std::result::Result<T, Ended> {
+    match timeout(within, call).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(Ended::Failed(e)),
+        Err(_) => Err(Ended::TimedOut(what)),
+    }
+}
