@@ -59,6 +59,7 @@
 #![deny(missing_docs)]
 
 pub mod backend;
+mod backoff;
 mod engine;
 mod error;
 mod holder;

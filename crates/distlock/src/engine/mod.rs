@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backend::Backend;
+use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::key::Namespace;
 use crate::lease::LeaseRef;
@@ -188,14 +189,14 @@ impl Engine {
         F: Future<Output = Result<T>>,
     {
         let deadline = deadline.unwrap_or_else(|| Instant::now() + self.op_timeout);
-        let mut pause = Duration::from_millis(5);
+        let mut backoff = Backoff::new(Duration::from_millis(5), Duration::from_millis(200));
         loop {
             let (result, _) = self.call_by(op, Some(deadline), call()).await;
+            let pause = backoff.next_delay();
             match result {
                 Err(e) if e.is_transient() && Instant::now() + pause < deadline => {
                     tracing::debug!(op, error = %e, "retrying a transient store error");
                     tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(200));
                 }
                 other => return other,
             }

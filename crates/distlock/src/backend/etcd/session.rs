@@ -20,6 +20,8 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
+
 /// Clock-rate allowance between this host and the etcd leader.
 const DRIFT: f64 = 0.01;
 /// Fixed allowance subtracted from every guarantee.
@@ -204,7 +206,7 @@ async fn keep_alive(
     request_timeout: Duration,
 ) {
     let interval = ttl / 4;
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
     'open: loop {
         let opened_at = Instant::now();
         let opened = tokio::select! {
@@ -226,13 +228,12 @@ async fn keep_alive(
                 );
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue 'open;
             }
         };
-        backoff = Duration::from_millis(50);
+        backoff.reset();
         // Opening the stream sent one keepalive and saw it answered.
         shared.renewed(opened_at, ttl);
         let mut in_flight: VecDeque<Instant> = VecDeque::new();

@@ -18,6 +18,7 @@ use super::builder::Shared;
 use super::errors::is_permission_error;
 use super::keys::RedisKeys;
 use super::scripts::TURN;
+use crate::backoff::Backoff;
 use crate::error::Result;
 use crate::key::LockKey;
 use crate::lease::OwnerToken;
@@ -28,9 +29,10 @@ const HEARTBEAT: Duration = Duration::from_secs(2);
 /// How long a channel stays subscribed without waiters, so a hot key's
 /// waiters do not subscribe and unsubscribe on every wait.
 const LINGER: Duration = Duration::from_secs(10);
-/// Back-off bounds between subscription reconnection attempts.
-const MIN_BACKOFF: Duration = Duration::from_millis(20);
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Back-off bounds between subscription reconnection attempts (each delay
+/// jittered up to twice its base: 10 ms to 2 s).
+const MIN_BACKOFF: Duration = Duration::from_millis(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 impl Shared {
     /// The subscription supervisor's inbox; starts it on first use.
@@ -260,7 +262,7 @@ struct Supervisor {
 
 impl Supervisor {
     async fn run(self, mut inbox: UnboundedReceiver<String>) {
-        let mut backoff = MIN_BACKOFF;
+        let mut backoff = Backoff::jittered(MIN_BACKOFF, MAX_BACKOFF);
         let mut warned = false;
         loop {
             let why = tokio::select! {
@@ -283,22 +285,16 @@ impl Supervisor {
                     tracing::debug!(what, "distlock: Redis subscription connection timed out");
                 }
             }
-            let jittered = backoff.mul_f64(0.5 + fastrand::f64() * 0.5);
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
-                _ = sleep(jittered) => {}
+                _ = sleep(backoff.next_delay()) => {}
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 
     /// One connection's life: connect, subscribe every channel, then serve
     /// messages, new channels and heartbeats until something fails.
-    async fn session(
-        &self,
-        inbox: &mut UnboundedReceiver<String>,
-        backoff: &mut Duration,
-    ) -> Ended {
+    async fn session(&self, inbox: &mut UnboundedReceiver<String>, backoff: &mut Backoff) -> Ended {
         let pubsub = match bounded(
             self.connection_timeout,
             "connect",
@@ -322,7 +318,7 @@ impl Supervisor {
         // Waiters woken when the last connection was lost wait for this:
         // each re-checks its key, catching a release published meanwhile.
         self.channels.subscribed(&names);
-        *backoff = MIN_BACKOFF;
+        backoff.reset();
         let mut heartbeat = tokio::time::interval_at(Instant::now() + HEARTBEAT, HEARTBEAT);
         loop {
             tokio::select! {
