@@ -130,6 +130,7 @@ mod acquire;
 mod encode;
 mod entries;
 mod errors;
+mod extend;
 mod leases;
 mod options;
 mod reaper;
@@ -150,12 +151,12 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{AcquireRequest, Attempt, Backend, Capabilities, explain};
+use crate::backend::{AcquireRequest, Attempt, Backend, Capabilities, Renewal, explain};
 use crate::error::{Error, Result};
 use crate::holder::HolderInfo;
 use crate::key::LockKey;
 use crate::lease::{LeaseRef, OwnerToken};
-use session::{LeaseTrouble, Session};
+use session::Session;
 use watch::WatchHub;
 
 use entries::{Deleted, ReleaseGuard, State};
@@ -362,64 +363,6 @@ impl Inner {
         }
     }
 
-    async fn extend(&self, lease: &LeaseRef, ttl: Duration) -> Result<()> {
-        self.ensure_open()?;
-        let now = Instant::now();
-        let (etcd_key, revision, session) = {
-            let mut state = self.state();
-            let Some(entry) = state.entries.get_mut(&lease.owner) else {
-                return Err(not_held(&lease.key));
-            };
-            if !entry.granted || entry.releasing || entry.reap_at <= now {
-                return Err(not_held(&lease.key));
-            }
-            // Moved before the read, so the reaper cannot delete it behind us.
-            entry.reap_at = entry.reap_at.max(now + ttl);
-            (
-                entry.etcd_key.clone(),
-                entry.revision.unwrap_or_default(),
-                entry.session.clone(),
-            )
-        };
-        let lease_alive = async {
-            match session.ensure_until(now + ttl).await {
-                Ok(()) => Ok(()),
-                Err(LeaseTrouble::Dead) => Err(not_held(&lease.key)),
-                Err(LeaseTrouble::TooShort) => Err(backend_error(
-                    "extend",
-                    "the lease TTL is shorter than the lock TTL",
-                )),
-            }
-        };
-        let mut client = self.client.clone();
-        let still_ours = async {
-            let resp = client
-                .get(etcd_key, None)
-                .await
-                .map_err(|e| self.err("extend", Some(&lease.key), e))?;
-            match resp.kvs().first() {
-                Some(kv) if kv.create_revision() == revision => Ok(()),
-                _ => Err(not_held(&lease.key)),
-            }
-        };
-        let result = tokio::try_join!(still_ours, lease_alive).map(|_| ());
-        if matches!(&result, Err(e) if e.is_not_held()) {
-            let mut state = self.state();
-            let mut wake = false;
-            if let Some(entry) = state.entries.get_mut(&lease.owner) {
-                // Gone: let the reaper forget it (its guarded delete is a no-op).
-                entry.granted = false;
-                entry.reap_at = now;
-                wake = Self::schedule(&mut state, lease.owner, now);
-            }
-            drop(state);
-            if wake {
-                self.reaper_wake.notify_one();
-            }
-        }
-        result
-    }
-
     async fn release(self: &Arc<Self>, lease: &LeaseRef) -> Result<()> {
         // Wait out a release of this very entry already under way (the
         // reaper's, or an earlier call's) and an attempt in flight on it (of
@@ -602,6 +545,10 @@ impl Backend for EtcdBackend {
 
     fn extend<'a>(&'a self, lease: &'a LeaseRef, ttl: Duration) -> BoxFuture<'a, Result<()>> {
         Box::pin(self.inner.extend(lease, ttl))
+    }
+
+    fn extend_all<'a>(&'a self, renewals: &'a [Renewal]) -> BoxFuture<'a, Vec<Result<()>>> {
+        Box::pin(self.inner.extend_all(renewals))
     }
 
     fn release<'a>(&'a self, lease: &'a LeaseRef) -> BoxFuture<'a, Result<()>> {
