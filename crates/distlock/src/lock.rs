@@ -133,7 +133,6 @@ impl Lock {
                     return reason;
                 }
                 tokio::select! {
-                    _ = held.ended.cancelled() => {}
                     _ = changed => {}
                     _ = tokio::time::sleep_until(held.expires_at()) => {
                         held.end(LostReason::Expired);

@@ -2,12 +2,12 @@
 //! end. Front types ([`Lock`](crate::Lock)) hold one; the engine's held set
 //! and refresher refer to it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -49,10 +49,8 @@ pub(crate) struct Held {
     status: Mutex<Status>,
     /// Signalled when the validity deadline moves or the lock ends.
     pub(crate) changed: Notify,
-    /// Cancelled once the lock has ended, for whatever reason.
-    pub(crate) ended: CancellationToken,
-    /// Cancelled when the holder lets go: refreshers then stop quietly.
-    pub(crate) done: CancellationToken,
+    /// Set when the holder lets go: refreshers then stop quietly.
+    done: AtomicBool,
 }
 
 struct Status {
@@ -82,8 +80,7 @@ impl Held {
                 ended: None,
             }),
             changed: Notify::new(),
-            ended: CancellationToken::new(),
-            done: CancellationToken::new(),
+            done: AtomicBool::new(false),
         })
     }
 
@@ -106,9 +103,14 @@ impl Held {
         self.status().ended
     }
 
+    /// Whether the holder let go (release, drop, close).
+    pub(crate) fn is_let_go(&self) -> bool {
+        self.done.load(Ordering::Acquire)
+    }
+
     /// Whether the holder let go (release, drop) or the lock ended.
     pub(crate) fn is_over(&self) -> bool {
-        self.done.is_cancelled() || self.ended.is_cancelled()
+        self.is_let_go() || self.ended_with().is_some()
     }
 
     /// Ends the lock once; `Expired` only if the deadline really passed.
@@ -123,7 +125,6 @@ impl Held {
             }
             status.ended = Some(reason);
         }
-        self.ended.cancel();
         self.changed.notify_waiters();
         if reason.is_loss() {
             tracing::warn!(
@@ -226,7 +227,7 @@ impl Held {
 
     /// Called by [`Engine::close`].
     pub(crate) async fn close(&self) {
-        self.done.cancel();
+        self.done.store(true, Ordering::Release);
         // Ended before the release is sent: once the store may give the key
         // to someone else, the holder must already see its lock as gone.
         if self.end(LostReason::Closed) {
@@ -243,7 +244,7 @@ impl Held {
     /// The holder lets go of the lock (release or drop): refreshers stop and
     /// `close` no longer sees it.
     pub(crate) fn let_go(&self) {
-        self.done.cancel();
+        self.done.store(true, Ordering::Release);
         self.engine.forget(self.id);
     }
 }

@@ -13,7 +13,7 @@
 //! refresher: it has its own timer.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -21,7 +21,6 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::backend::Renewal;
 use crate::engine::Held;
@@ -63,9 +62,9 @@ struct Entry {
 pub(crate) struct Registration {
     id: u64,
     held: Arc<Held>,
-    stopped: CancellationToken,
+    stopped: AtomicBool,
     /// Set when the refresher gave up on the lock (it ended).
-    finished: CancellationToken,
+    finished: AtomicBool,
     on_error: Mutex<OnError>,
     shared: Arc<Shared>,
 }
@@ -79,8 +78,8 @@ impl Refresher {
         let registration = Arc::new(Registration {
             id: shared.next_id.fetch_add(1, Ordering::Relaxed),
             held,
-            stopped: CancellationToken::new(),
-            finished: CancellationToken::new(),
+            stopped: AtomicBool::new(false),
+            finished: AtomicBool::new(false),
             on_error: Mutex::new(on_error),
             shared: shared.clone(),
         });
@@ -109,14 +108,14 @@ impl Registration {
 
     /// Stops refreshing without waiting for a running callback (drop).
     pub(crate) fn cancel(&self) {
-        self.stopped.cancel();
+        self.stopped.store(true, Ordering::Release);
         self.shared.schedule().remove(self.id);
         self.shared.changed.notify_one();
     }
 
     /// True until stopped, let go of, or ended.
     pub(crate) fn is_running(&self) -> bool {
-        !(self.stopped.is_cancelled() || self.finished.is_cancelled() || self.held.is_over())
+        !(self.is_stopped() || self.finished.load(Ordering::Acquire) || self.held.is_over())
     }
 
     fn callback(&self) -> MutexGuard<'_, OnError> {
@@ -128,7 +127,7 @@ impl Registration {
     /// holder let go (a release racing an extend is not an error).
     fn report(&self, e: &Error) {
         let mut callback = self.callback();
-        if !self.stopped.is_cancelled() && !self.held.done.is_cancelled() {
+        if !self.is_stopped() && !self.held.is_let_go() {
             callback(e);
         }
     }
@@ -138,8 +137,12 @@ impl Registration {
         (now + after).min(self.held.expires_at())
     }
 
+    fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+
     fn is_quiet(&self) -> bool {
-        self.stopped.is_cancelled() || self.held.done.is_cancelled()
+        self.is_stopped() || self.held.is_let_go()
     }
 }
 
@@ -364,7 +367,7 @@ impl Registration {
     }
 
     fn finish(&self) {
-        self.finished.cancel();
+        self.finished.store(true, Ordering::Release);
         self.shared.schedule().remove(self.id);
     }
 }
