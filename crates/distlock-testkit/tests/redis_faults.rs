@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use distlock::backend::redis::{RedisBackend, RedisKeys};
-use distlock::backend::{AcquireRequest, Attempt, Backend};
+use distlock::backend::{AcquireRequest, Attempt, Backend, Renewal};
 use distlock::{
     Error, Key, LockKey, Locker, LostReason, Namespace, ObtainOptions, OwnerToken, RetryStrategy,
 };
@@ -872,4 +872,147 @@ async fn dead_and_departed_waiters_never_block_the_queue() {
     );
     assert_eq!(queued().await, 0);
     lock.release().await.unwrap();
+}
+
+fn request(namespace: &str, key: &str, ttl: Duration) -> AcquireRequest {
+    let key = LockKey {
+        namespace: Namespace::new(namespace).unwrap(),
+        key: Key::new(key).unwrap(),
+    };
+    AcquireRequest::new(key, OwnerToken::random().unwrap(), ttl)
+}
+
+/// An uncontended obtain + release is two script calls that touch only the
+/// lock and its counter: MGET, TIME, SET (counter), SET PX (lock); then
+/// MGET, DEL. No queue read, no publish, while nobody ever queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uncontended_cycle_never_touches_the_queue() {
+    let server = RedisServer::start();
+    let locker = locker(&server.url(), "lean").await;
+    locker.obtain("k").await.unwrap().release().await.unwrap();
+    let _: () = query(&server, redis::cmd("CONFIG").arg("RESETSTAT")).await;
+    let cycles = 10;
+    for _ in 0..cycles {
+        let lock = locker.obtain("k").await.unwrap();
+        lock.release().await.unwrap();
+    }
+    for (command, per_cycle) in [
+        ("evalsha", 2),
+        ("mget", 2),
+        ("time", 1),
+        ("set", 2),
+        ("del", 1),
+        ("zrange", 0),
+        ("publish", 0),
+        ("incr", 0),
+        ("get", 0),
+    ] {
+        assert_eq!(
+            calls(&server, command).await,
+            per_cycle * cycles,
+            "{command} calls in {cycles} cycles"
+        );
+    }
+}
+
+/// `extend_all` renews many locks in a few script calls (one per 256), and
+/// answers NotHeld only for the entries that are not held: released, taken
+/// by another owner, or never taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extend_all_renews_held_locks_and_reports_the_others_not_held() {
+    let server = RedisServer::start();
+    let backend = RedisBackend::connect(&server.url()).await.unwrap();
+    let short = Duration::from_secs(2);
+    let mut renewals = Vec::new();
+    for i in 0..600 {
+        let req = request("batch", &format!("k{i}"), short);
+        assert!(matches!(
+            backend.try_acquire(&req).await.unwrap(),
+            Attempt::Granted { .. }
+        ));
+        renewals.push(Renewal::new(req.lease(), Duration::from_secs(60)));
+    }
+    // Released; taken by someone else after a release; never taken.
+    backend.release(&renewals[7].lease).await.unwrap();
+    backend.release(&renewals[300].lease).await.unwrap();
+    let other = request("batch", "k300", short);
+    assert!(matches!(
+        backend.try_acquire(&other).await.unwrap(),
+        Attempt::Granted { .. }
+    ));
+    renewals.push(Renewal::new(
+        request("batch", "never", short).lease(),
+        Duration::from_secs(60),
+    ));
+    let before = calls(&server, "evalsha").await;
+    let results = backend.extend_all(&renewals).await;
+    assert_eq!(
+        calls(&server, "evalsha").await - before,
+        3,
+        "600 locks in 3 calls"
+    );
+    assert_eq!(results.len(), renewals.len());
+    for (i, result) in results.iter().enumerate() {
+        match (i, result) {
+            (7 | 300 | 600, Err(Error::NotHeld { .. })) => {}
+            (7 | 300 | 600, other) => panic!("entry {i}: expected NotHeld, got {other:?}"),
+            (_, Ok(())) => {}
+            (_, other) => panic!("entry {i}: expected Ok, got {other:?}"),
+        }
+    }
+    for i in [0, 299, 599] {
+        let name = names("batch", &format!("k{i}")).lock;
+        let pttl: i64 = query(&server, redis::cmd("PTTL").arg(&name)).await;
+        assert!(pttl > 50_000, "{name} has {pttl} ms left after extend_all");
+    }
+    // The other owner's lock kept its own TTL.
+    let pttl: i64 = query(&server, redis::cmd("PTTL").arg(names("batch", "k300").lock)).await;
+    assert!(
+        pttl <= 2_000,
+        "k300 was extended for the wrong owner: {pttl} ms"
+    );
+    assert!(backend.extend_all(&[]).await.is_empty());
+}
+
+/// The queue flag (the counter negated while waiters may be queued) never
+/// costs a token: a waiter queued behind a holder gets a larger token than
+/// the holder's even when the counter was deleted meanwhile, and the flag
+/// is cleared once the queue is empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_flag_keeps_tokens_increasing_and_clears_itself() {
+    let server = RedisServer::start();
+    let backend = RedisBackend::connect(&server.url()).await.unwrap();
+    let ttl = Duration::from_secs(30);
+    let holder = request("flag", "k", ttl);
+    let Attempt::Granted {
+        fencing_token: first,
+    } = backend.try_acquire(&holder).await.unwrap()
+    else {
+        panic!("not granted")
+    };
+    let fence = names("flag", "k").fence;
+    let _: () = query(&server, redis::cmd("DEL").arg(&fence)).await;
+    let mut waiter = request("flag", "k", ttl);
+    waiter.will_wait = true;
+    assert!(matches!(
+        backend.try_acquire(&waiter).await.unwrap(),
+        Attempt::Contended { holder: Some(_) }
+    ));
+    let flagged: i64 = query(&server, redis::cmd("GET").arg(&fence)).await;
+    assert_eq!(
+        flagged,
+        -i64::try_from(first).unwrap(),
+        "flag raised on the holder's token"
+    );
+    backend.release(&holder.lease()).await.unwrap();
+    let Attempt::Granted {
+        fencing_token: second,
+    } = backend.try_acquire(&waiter).await.unwrap()
+    else {
+        panic!("the queued waiter was not granted")
+    };
+    assert!(second > first, "{second} after {first}");
+    let counter: i64 = query(&server, redis::cmd("GET").arg(&fence)).await;
+    assert_eq!(counter, i64::try_from(second).unwrap(), "flag cleared");
+    backend.release(&waiter.lease()).await.unwrap();
 }

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::errors::{Who, acl_rules, is_auth_error, is_unknown_database, map_err, url_of};
 use super::pubsub::Channels;
-use super::scripts::ALL;
+use super::scripts::{ALL, Queued};
 use crate::error::{Error, Result};
 use crate::key::{LockKey, Namespace};
 
@@ -50,6 +50,8 @@ pub(super) struct Shared {
     pub(super) waiter_lease: Duration,
     /// The subscription supervisor's inbox, once started.
     pub(super) supervisor: OnceLock<UnboundedSender<String>>,
+    /// Owners waiting in a key's queue, for the choice of acquire call.
+    pub(super) queued: Queued,
     pub(super) shutdown: CancellationToken,
 }
 
@@ -201,6 +203,7 @@ impl RedisBackendBuilder {
             channels: Arc::new(Channels::default()),
             waiter_lease: self.waiter_lease,
             supervisor: OnceLock::new(),
+            queued: Queued::default(),
             shutdown: CancellationToken::new(),
         };
         backend.maxmemory_policy = backend.check_maxmemory_policy().await?;

@@ -110,7 +110,7 @@ pub(super) fn url_of(info: &::redis::ConnectionInfo) -> String {
 
 pub(super) fn acl_rules(namespace: &str) -> String {
     format!(
-        "~{namespace}:* &{namespace}:* +evalsha +script|load +get +set +incr +pexpire +pttl \
+        "~{namespace}:* &{namespace}:* +evalsha +script|load +get +mget +set +pexpire +pttl \
          +del +publish +time +zrange +zadd +zrem +hget +hset +hdel +exists +subscribe \
          +unsubscribe +ping"
     )

@@ -2,7 +2,7 @@
 
 use crate::key::LockKey;
 
-/// The Redis names distlock uses for one lock (see the [module docs](self)).
+/// The Redis names distlock uses for one lock (see the [module docs](super)).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RedisKeys {
@@ -31,27 +31,77 @@ impl RedisKeys {
     /// assert_eq!(names.lock.replace(":lock:", ":fence:"), names.fence);
     /// ```
     pub fn new(key: &LockKey) -> Self {
-        let prefix = format!("{}:{{{}}}", key.namespace, slot_tag(key.key.as_str()));
-        let name = |kind: &str| format!("{prefix}:{kind}:{}", key.key);
+        let names = Names::of(key);
         RedisKeys {
-            lock: name("lock"),
-            fence: name("fence"),
-            queue: name("queue"),
-            waiting: name("waiting"),
-            channel: name("released"),
+            lock: names.lock(),
+            fence: names.fence(),
+            queue: names.queue(),
+            waiting: names.waiting(),
+            channel: names.channel(),
         }
     }
 }
 
-/// 16 hex digits of the 64-bit FNV-1a hash of `key`: stable across builds
-/// and platforms, and free of braces, so it can be the hash tag.
-pub(super) fn slot_tag(key: &str) -> String {
+/// Builds only the names an operation needs (an extend needs one, an
+/// acquire two): each is one allocation of the right size.
+pub(super) struct Names<'a> {
+    key: &'a LockKey,
+    tag: u64,
+}
+
+impl<'a> Names<'a> {
+    pub(super) fn of(key: &'a LockKey) -> Self {
+        Names {
+            key,
+            tag: fnv1a(key.key.as_str()),
+        }
+    }
+
+    /// `NS:{H}:kind:K`.
+    fn name(&self, kind: &str) -> String {
+        use std::fmt::Write as _;
+        let (namespace, key) = (self.key.namespace.as_str(), self.key.key.as_str());
+        let mut name = String::with_capacity(namespace.len() + kind.len() + key.len() + 22);
+        // Writing to a String cannot fail.
+        let _ = write!(name, "{namespace}:{{{:016x}}}:{kind}:{key}", self.tag);
+        name
+    }
+
+    pub(super) fn lock(&self) -> String {
+        self.name("lock")
+    }
+
+    pub(super) fn fence(&self) -> String {
+        self.name("fence")
+    }
+
+    pub(super) fn queue(&self) -> String {
+        self.name("queue")
+    }
+
+    pub(super) fn waiting(&self) -> String {
+        self.name("waiting")
+    }
+
+    pub(super) fn channel(&self) -> String {
+        self.name("released")
+    }
+}
+
+/// The 64-bit FNV-1a hash of `key`: stable across builds and platforms.
+fn fnv1a(key: &str) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in key.bytes() {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    format!("{hash:016x}")
+    hash
+}
+
+/// 16 hex digits of [`fnv1a`]: free of braces, so it can be the hash tag.
+#[cfg(test)]
+fn slot_tag(key: &str) -> String {
+    format!("{:016x}", fnv1a(key))
 }
 
 #[cfg(test)]

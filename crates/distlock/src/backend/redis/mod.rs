@@ -25,14 +25,36 @@
 //! 64-bit hash (FNV-1a) of `K` (see [`RedisKeys`]):
 //!
 //! * `NS:{H}:lock:K` — the lock, a string `<owner token>:<fencing token>:<metadata>`
-//!   with the lock's TTL;
-//! * `NS:{H}:fence:K` — the key's fencing counter, without a TTL, so it
-//!   outlives the lock (one small key per distinct lock key ever used);
+//!   with the lock's TTL (Redis expires it);
+//! * `NS:{H}:fence:K` — the key's fencing counter: the last token granted,
+//!   written by every grant, without a TTL, so it outlives the lock. It
+//!   lives forever: one small string (about 60 bytes) per distinct lock
+//!   key ever used; delete it when a key is retired for good (tokens stay
+//!   increasing, see below). While waiters may be queued it holds the
+//!   token *negated*: that is the queue flag, raised by the first waiter
+//!   that queues and cleared by whichever script finds the queue empty;
 //! * `NS:{H}:queue:K` and `NS:{H}:waiting:K` — while processes wait: the
 //!   waiters' queue (a sorted set of owner tokens by arrival) and their
 //!   leases (a hash), both expiring a waiter lease after the last waiter's
-//!   last attempt;
-//! * `NS:{H}:released:K` — the pub/sub channel a release publishes on.
+//!   last attempt; read only when the flag is raised;
+//! * `NS:{H}:released:K` — the pub/sub channel a release publishes on,
+//!   only when the flag is raised.
+//!
+//! # Server work per operation
+//!
+//! Everything is one Lua script call (one round trip) unless said:
+//!
+//! * an uncontended acquire sends the lock and the counter only (the lean
+//!   call): `MGET`, `TIME`, `SET` (counter), `SET PX` (lock). When the flag
+//!   is raised, or a waiting attempt finds the lock held, the lean call
+//!   answers that the queue is needed and the attempt is sent again with
+//!   the queue's keys (one more round trip, only for the first attempt of a
+//!   waiter: an owner known to be queued sends the full call at once);
+//! * a release: `MGET`, `DEL`; with the flag raised also `ZRANGE` and a
+//!   `PUBLISH` to the queue's head;
+//! * an extend: `GET`, `PEXPIRE`; `extend_all` does the same for up to 256
+//!   locks per script call, all chunks sent at once;
+//! * inspect: `GET`, `PTTL`, read-only.
 //!
 //! The names are injective, all begin with `NS:` (so an ACL user can be
 //! limited to `~NS:*` keys and `&NS:*` channels), and the first `{...}` in
@@ -49,6 +71,9 @@
 //!   file backend's. Only a server clock stepped back past the last token,
 //!   together with a lost counter, could repeat one; with AOF `appendfsync
 //!   always` the counter itself survives and the clock does not matter.
+//!   A lost counter also drops the queue flag: until the next waiter's
+//!   attempt raises it again, one grant may skip the queue (fairness, not
+//!   safety, for that moment).
 //! * **Eviction breaks mutual exclusion**: with any `maxmemory-policy`
 //!   other than `noeviction`, Redis may evict a live lock. The backend reads
 //!   the policy on connect ([`RedisBackend::maxmemory_policy`]) and logs a
@@ -60,15 +85,15 @@
 //!
 //! A Redis user needs the keys `~NS:*`, the channels `&NS:*` and the
 //! commands listed by [`RedisBackend::required_acl`]. A missing permission
-//! is reported as an [`Error::Refused`] whose message names what is needed.
+//! is reported as an [`Error::Refused`](crate::Error::Refused) whose message names what is needed.
 //!
 //! # Errors that retrying cannot fix
 //!
 //! These are reported at once, never retried until a deadline: an ACL
 //! `NOPERM` and credentials the server turns down (`WRONGPASS`, `NOAUTH`)
-//! are [`Error::Refused`] naming the user, as is a server certificate the
+//! are [`Error::Refused`](crate::Error::Refused) naming the user, as is a server certificate the
 //! client does not trust; a database index the server does not have
-//! (`/99` with `databases 16`) is an [`Error::InvalidUrl`].
+//! (`/99` with `databases 16`) is an [`Error::InvalidUrl`](crate::Error::InvalidUrl).
 //!
 //! # Waiting
 //!
@@ -85,7 +110,9 @@
 //!
 //! A waiter subscribes to its key's release channel. A release (or a
 //! waiter leaving the queue of a free lock) publishes the owner token of
-//! the queue's head, and only that waiter wakes; the others sleep on. Each
+//! the queue's head, and only that waiter wakes; the others sleep on.
+//! With nobody queued nothing is published: a waiter that lost its place
+//! (retry delay longer than its lease) finds out by polling. Each
 //! backend has at most one subscription connection, shared by all its
 //! waiters and opened on first use; a supervisor task re-connects and
 //! re-subscribes it after failures and wakes every waiter when it does (a
@@ -104,7 +131,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use tokio::time::Instant;
 
-use crate::backend::{AcquireRequest, Attempt, Backend, Capabilities};
+use crate::backend::{AcquireRequest, Attempt, Backend, Capabilities, Renewal};
 use crate::error::Result;
 use crate::holder::HolderInfo;
 use crate::key::LockKey;
@@ -131,6 +158,10 @@ impl Backend for RedisBackend {
 
     fn extend<'a>(&'a self, lease: &'a LeaseRef, ttl: Duration) -> BoxFuture<'a, Result<()>> {
         Box::pin(self.shared.extend(lease, ttl))
+    }
+
+    fn extend_all<'a>(&'a self, renewals: &'a [Renewal]) -> BoxFuture<'a, Vec<Result<()>>> {
+        Box::pin(self.shared.extend_all(renewals))
     }
 
     fn release<'a>(&'a self, lease: &'a LeaseRef) -> BoxFuture<'a, Result<()>> {

@@ -1,26 +1,38 @@
 -- distlock: release a lock only if the owner still holds it, or take the
 -- owner out of the waiters' queue when it gave up waiting; when the lock
--- is free, tell the waiter whose turn it is on the key's release channel.
--- KEYS[1] the lock, KEYS[2] the waiters' queue, KEYS[3] the waiters'
--- leases. ARGV[1] owner token, ARGV[2] the release channel.
--- The message is the owner token of the queue's head, or "" when nobody
--- is queued (every waiter may try).
+-- is free and waiters may be queued, tell the waiter whose turn it is on
+-- the key's release channel.
+-- KEYS[1] the lock, KEYS[2] its fencing counter (negative while waiters
+-- may be queued: the queue flag, see acquire.lua), KEYS[3] the waiters'
+-- queue. ARGV[1] owner token, ARGV[2] the release channel.
+-- The message is the owner token of the queue's head. Nothing is
+-- published when the flag is clear, and a queue found empty clears it.
+-- A departed waiter's lease stays in the leases hash until that hash
+-- expires; only queued owners are ever looked up there.
 -- Returns 0 when the lock is gone or someone else's; else it is released
 -- and the reply is 1 + the number of subscriptions that were told.
+local lock, fence, queue = KEYS[1], KEYS[2], KEYS[3]
+local owner = ARGV[1]
+local v = redis.call('MGET', lock, fence)
+local value = v[1]
+local last = tonumber(v[2] or '0')
 local function tell()
-  local head = redis.call('ZRANGE', KEYS[2], 0, 0)[1] or ''
+  local head = redis.call('ZRANGE', queue, 0, 0)[1]
+  if not head then
+    redis.call('SET', fence, string.format('%d', -last))
+    return 0
+  end
   return redis.call('PUBLISH', ARGV[2], head)
 end
-local value = redis.call('GET', KEYS[1])
-if value and string.sub(value, 1, #ARGV[1] + 1) == ARGV[1] .. ':' then
+if value and string.sub(value, 1, 33) == owner .. ':' then
   -- A holder is never queued: its grant took it out of the queue.
-  redis.call('DEL', KEYS[1])
-  return 1 + tell()
-end
-if redis.call('ZREM', KEYS[2], ARGV[1]) == 1 then
-  redis.call('HDEL', KEYS[3], ARGV[1])
-  if not value then
-    tell()
+  redis.call('DEL', lock)
+  if last < 0 then
+    return 1 + tell()
   end
+  return 1
+end
+if last < 0 and redis.call('ZREM', queue, owner) == 1 and not value then
+  tell()
 end
 return 0
