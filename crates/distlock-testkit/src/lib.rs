@@ -15,6 +15,7 @@ pub mod conformance;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod fairness;
+mod faulty;
 mod fixture;
 pub mod proxy;
 #[cfg(feature = "redis")]
@@ -23,6 +24,7 @@ pub mod refusal;
 mod section;
 pub mod server;
 
+pub use faulty::Faulty;
 pub use fixture::{FileFixture, Fixture, MemoryFixture, ReachableFixture, unique_namespace};
 pub use section::CriticalSection;
 

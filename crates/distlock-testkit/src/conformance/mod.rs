@@ -6,17 +6,17 @@
 //! its deadline), not on a busy machine.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use distlock::backend::{AcquireRequest, Attempt, Backend, Capabilities};
+use distlock::backend::{AcquireRequest, Attempt};
 use distlock::{
-    Error, HolderInfo, Key, LeaseRef, LockKey, Locker, LostReason, MAX_KEY_BYTES, Namespace,
-    ObtainOptions, OwnerToken, RetryStrategy,
+    Error, Key, LeaseRef, LockKey, Locker, LostReason, MAX_KEY_BYTES, Namespace, ObtainOptions,
+    OwnerToken, RetryStrategy,
 };
-use futures::future::BoxFuture;
 use tokio::time::{Instant, sleep, timeout};
 
+use crate::Faulty;
 use crate::fixture::{Fixture, unique_namespace};
 use crate::section::CriticalSection;
 
@@ -579,65 +579,6 @@ pub async fn lost_fires_at_the_validity_deadline_before_the_store_expires_it(fx:
     );
 }
 
-/// A store whose first acquisition reply reaches the engine `delay` late,
-/// as over a stalled network: the store itself answers at once.
-#[derive(Debug)]
-struct LateFirstGrant {
-    inner: Arc<dyn Backend>,
-    delay: Duration,
-    delayed: AtomicBool,
-}
-
-impl Backend for LateFirstGrant {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-
-    fn try_acquire<'a>(
-        &'a self,
-        req: &'a AcquireRequest,
-    ) -> BoxFuture<'a, distlock::Result<Attempt>> {
-        Box::pin(async move {
-            let reply = self.inner.try_acquire(req).await;
-            if !self.delayed.swap(true, Ordering::SeqCst) {
-                sleep(self.delay).await;
-            }
-            reply
-        })
-    }
-
-    fn extend<'a>(
-        &'a self,
-        lease: &'a LeaseRef,
-        ttl: Duration,
-    ) -> BoxFuture<'a, distlock::Result<()>> {
-        self.inner.extend(lease, ttl)
-    }
-
-    fn release<'a>(&'a self, lease: &'a LeaseRef) -> BoxFuture<'a, distlock::Result<()>> {
-        self.inner.release(lease)
-    }
-
-    fn inspect<'a>(
-        &'a self,
-        key: &'a LockKey,
-    ) -> BoxFuture<'a, distlock::Result<Option<HolderInfo>>> {
-        self.inner.inspect(key)
-    }
-
-    fn wait<'a>(
-        &'a self,
-        req: &'a AcquireRequest,
-        until: Instant,
-    ) -> BoxFuture<'a, distlock::Result<()>> {
-        self.inner.wait(req, until)
-    }
-}
-
 /// A grant whose reply arrives after the lock's validity deadline is never
 /// handed out: the store may have expired it and granted the key to someone
 /// else meanwhile. (Found by the torture harness: etcd obtains stalled by a
@@ -648,12 +589,11 @@ impl Backend for LateFirstGrant {
 pub async fn a_grant_arriving_after_its_deadline_is_not_handed_out(fx: &dyn Fixture) {
     let (plain, ns) = locker(fx, "late_grant").await;
     let ttl = fx.short_ttl();
+    // A store whose first acquisition reply reaches the engine late, as
+    // over a stalled network: the store itself answers at once.
     let late = || {
-        let backend = LateFirstGrant {
-            inner: plain.backend(),
-            delay: ttl * 2,
-            delayed: AtomicBool::new(false),
-        };
+        let backend = Faulty::new(plain.backend());
+        backend.late_acquire_reply(ttl * 2);
         Locker::builder(Arc::new(backend))
             .namespace(ns.as_str())
             .build()

@@ -1,0 +1,271 @@
+//! [`Faulty`]: one fault-injecting decorator over any backend, shared by the
+//! conformance suite, the engine tests and the bench.
+//!
+//! With no fault set it only forwards (and counts), so a store behind it
+//! behaves, and costs, as without it. Every fault is switched on and off
+//! through `&self`, so a test can change it while a [`Locker`] uses the
+//! store.
+//!
+//! [`Locker`]: distlock::Locker
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use distlock::backend::{AcquireRequest, Attempt, Backend, Capabilities, Renewal};
+use distlock::{Error, HolderInfo, LeaseRef, LockKey, Result};
+use futures::future::BoxFuture;
+use tokio::time::{Instant, sleep};
+
+/// A backend that forwards every SPI call to `inner`, counting the engine's
+/// calls, with injectable faults: hanging calls, replies that arrive late,
+/// failing or stalled extends, slow releases, and waits without the store's
+/// notifications.
+pub struct Faulty {
+    inner: Arc<dyn Backend>,
+    /// Every call but `wait` and `close` hangs forever while set.
+    hang: AtomicBool,
+    /// Extends that fail with a transient error before succeeding again.
+    failing_extends: AtomicU32,
+    /// Extends fail with `Closed`, as a backend closed by its owner does.
+    closed_extends: AtomicBool,
+    /// The next acquire takes effect in the store, but its reply comes this
+    /// late (nanoseconds; 0: on time).
+    late_acquire_reply: AtomicU64,
+    /// The same for the next extend.
+    late_extend_reply: AtomicU64,
+    /// Every release takes this long before it reaches the store (ns).
+    slow_release: AtomicU64,
+    /// Whether `wait` may use the store's notifications.
+    notifications: AtomicBool,
+    /// Keys whose extends never reach the store and never answer.
+    stalled: Mutex<HashSet<LockKey>>,
+    acquires: AtomicU64,
+    extends: AtomicU64,
+    releases: AtomicU64,
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Sleeps `ns` nanoseconds, not at all (not even a yield) for 0.
+async fn delay(ns: u64) {
+    if ns > 0 {
+        sleep(Duration::from_nanos(ns)).await;
+    }
+}
+
+impl Faulty {
+    /// `inner` with no fault set: every call forwarded, `wait` with the
+    /// store's notifications.
+    pub fn new(inner: Arc<dyn Backend>) -> Self {
+        Faulty {
+            inner,
+            hang: AtomicBool::new(false),
+            failing_extends: AtomicU32::new(0),
+            closed_extends: AtomicBool::new(false),
+            late_acquire_reply: AtomicU64::new(0),
+            late_extend_reply: AtomicU64::new(0),
+            slow_release: AtomicU64::new(0),
+            notifications: AtomicBool::new(true),
+            stalled: Mutex::new(HashSet::new()),
+            acquires: AtomicU64::new(0),
+            extends: AtomicU64::new(0),
+            releases: AtomicU64::new(0),
+        }
+    }
+
+    /// The store it forwards to.
+    pub fn inner(&self) -> &Arc<dyn Backend> {
+        &self.inner
+    }
+
+    /// While `on`, every `try_acquire`, `extend`, `release` and `inspect`
+    /// hangs forever, as an unanswering store does.
+    pub fn hang(&self, on: bool) {
+        self.hang.store(on, Ordering::SeqCst);
+    }
+
+    /// The next `n` extends fail with a transient error (`u32::MAX`: all
+    /// of them, practically), without reaching the store.
+    pub fn fail_extends(&self, n: u32) {
+        self.failing_extends.store(n, Ordering::SeqCst);
+    }
+
+    /// While `on`, extends fail with [`Error::Closed`], as those of a
+    /// backend closed by whoever else shares it.
+    pub fn close_extends(&self, on: bool) {
+        self.closed_extends.store(on, Ordering::SeqCst);
+    }
+
+    /// The next acquire takes effect in the store at once, but its reply
+    /// reaches the caller `by` late, as over a stalled network.
+    pub fn late_acquire_reply(&self, by: Duration) {
+        self.late_acquire_reply.store(nanos(by), Ordering::SeqCst);
+    }
+
+    /// The next extend takes effect in the store at once, but its reply
+    /// reaches the caller `by` late.
+    pub fn late_extend_reply(&self, by: Duration) {
+        self.late_extend_reply.store(nanos(by), Ordering::SeqCst);
+    }
+
+    /// Every release takes `by` before it reaches the store (zero: none).
+    pub fn slow_release(&self, by: Duration) {
+        self.slow_release.store(nanos(by), Ordering::SeqCst);
+    }
+
+    /// Whether `wait` forwards to the store (`on`, the default) or only
+    /// sleeps until its bound, as a store without notifications does.
+    pub fn notifications(&self, on: bool) {
+        self.notifications.store(on, Ordering::SeqCst);
+    }
+
+    /// From now on, extends of `key` never reach the store and never
+    /// answer: a network partition between the holder and the store, for
+    /// that key only.
+    pub fn stall_extends(&self, key: &LockKey) {
+        self.stalled.lock().unwrap().insert(key.clone());
+    }
+
+    /// `try_acquire` calls so far.
+    pub fn acquires(&self) -> u64 {
+        self.acquires.load(Ordering::SeqCst)
+    }
+
+    /// Leases extended so far (by `extend` or in an `extend_all` batch),
+    /// stalled or failed ones included.
+    pub fn extends(&self) -> u64 {
+        self.extends.load(Ordering::SeqCst)
+    }
+
+    /// `release` calls so far.
+    pub fn releases(&self) -> u64 {
+        self.releases.load(Ordering::SeqCst)
+    }
+
+    async fn gate(&self) {
+        if self.hang.load(Ordering::SeqCst) {
+            futures::future::pending::<()>().await;
+        }
+    }
+
+    fn is_stalled(&self, key: &LockKey) -> bool {
+        self.stalled.lock().unwrap().contains(key)
+    }
+
+    /// Whether some fault could change how one of `renewals` is answered.
+    fn extends_touched(&self, renewals: &[Renewal]) -> bool {
+        self.hang.load(Ordering::SeqCst)
+            || self.closed_extends.load(Ordering::SeqCst)
+            || self.failing_extends.load(Ordering::SeqCst) > 0
+            || self.late_extend_reply.load(Ordering::SeqCst) > 0
+            || {
+                let stalled = self.stalled.lock().unwrap();
+                !stalled.is_empty() && renewals.iter().any(|r| stalled.contains(&r.lease.key))
+            }
+    }
+}
+
+impl fmt::Debug for Faulty {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Faulty")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+#[deny(clippy::missing_trait_methods)]
+impl Backend for Faulty {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    fn try_acquire<'a>(&'a self, req: &'a AcquireRequest) -> BoxFuture<'a, Result<Attempt>> {
+        self.acquires.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async move {
+            self.gate().await;
+            let reply = self.inner.try_acquire(req).await;
+            delay(self.late_acquire_reply.swap(0, Ordering::SeqCst)).await;
+            reply
+        })
+    }
+
+    fn extend<'a>(&'a self, lease: &'a LeaseRef, ttl: Duration) -> BoxFuture<'a, Result<()>> {
+        self.extends.fetch_add(1, Ordering::SeqCst);
+        if self.is_stalled(&lease.key) {
+            return Box::pin(futures::future::pending());
+        }
+        Box::pin(async move {
+            self.gate().await;
+            if self.closed_extends.load(Ordering::SeqCst) {
+                return Err(Error::Closed);
+            }
+            let failing = self.failing_extends.load(Ordering::SeqCst);
+            if failing > 0 {
+                self.failing_extends.store(failing - 1, Ordering::SeqCst);
+                return Err(Error::backend(
+                    self.inner.name(),
+                    "extend",
+                    "connection reset",
+                ));
+            }
+            let reply = self.inner.extend(lease, ttl).await;
+            delay(self.late_extend_reply.swap(0, Ordering::SeqCst)).await;
+            reply
+        })
+    }
+
+    /// One batch to the store while no fault touches its leases, so that a
+    /// store that batches keeps batching; otherwise this decorator's own
+    /// `extend` per renewal, concurrently, so every fault applies as to a
+    /// lone extend.
+    fn extend_all<'a>(&'a self, renewals: &'a [Renewal]) -> BoxFuture<'a, Vec<Result<()>>> {
+        if self.extends_touched(renewals) {
+            return Box::pin(futures::future::join_all(
+                renewals.iter().map(|r| self.extend(&r.lease, r.ttl)),
+            ));
+        }
+        self.extends
+            .fetch_add(renewals.len() as u64, Ordering::SeqCst);
+        self.inner.extend_all(renewals)
+    }
+
+    fn release<'a>(&'a self, lease: &'a LeaseRef) -> BoxFuture<'a, Result<()>> {
+        self.releases.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async move {
+            self.gate().await;
+            delay(self.slow_release.load(Ordering::SeqCst)).await;
+            self.inner.release(lease).await
+        })
+    }
+
+    fn inspect<'a>(&'a self, key: &'a LockKey) -> BoxFuture<'a, Result<Option<HolderInfo>>> {
+        Box::pin(async move {
+            self.gate().await;
+            self.inner.inspect(key).await
+        })
+    }
+
+    fn wait<'a>(&'a self, req: &'a AcquireRequest, until: Instant) -> BoxFuture<'a, Result<()>> {
+        if self.notifications.load(Ordering::SeqCst) {
+            self.inner.wait(req, until)
+        } else {
+            Box::pin(async move {
+                tokio::time::sleep_until(until).await;
+                Ok(())
+            })
+        }
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<()>> {
+        self.inner.close()
+    }
+}
