@@ -6,118 +6,28 @@
 //! flaky network takes runs here deterministically.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use distlock::backend::memory::MemoryBackend;
-use distlock::backend::{AcquireRequest, Attempt, Backend};
-use distlock::{
-    EXPIRY_LEAD, Error, HolderInfo, LeaseRef, LockKey, Locker, LostReason, ObtainOptions, Result,
-    RetryStrategy,
-};
-use futures::future::BoxFuture;
+use distlock::{EXPIRY_LEAD, Error, Locker, LostReason, ObtainOptions, RetryStrategy};
+use distlock_testkit::Faulty;
 use tokio::time::{Instant, advance, sleep, timeout};
 
 const MS: Duration = Duration::from_millis(1);
 
-/// The memory store with injectable faults.
-#[derive(Debug, Default)]
-struct Faulty {
-    store: MemoryBackend,
-    /// Extends that fail with a transient error before succeeding again.
-    failing_extends: AtomicU32,
-    /// Every call hangs forever while set.
-    hang: AtomicBool,
-    /// Acquires take effect in the store, but the reply comes this late.
-    late_acquire_reply: AtomicU32,
-    /// Extends take effect in the store, but the reply comes this late.
-    late_extend_reply: AtomicU32,
-    /// Releases take this long before they take effect.
-    slow_release: AtomicU32,
-    /// Extends fail with `Closed`, as a backend closed by its owner does.
-    closed: AtomicBool,
-    /// Whether `wait` may use the store's notifications.
-    notifications: AtomicBool,
-    acquires: AtomicUsize,
+/// The memory store behind the testkit's fault-injecting decorator, with
+/// the store's notifications.
+fn faulty() -> Arc<Faulty> {
+    Arc::new(Faulty::new(Arc::new(MemoryBackend::new())))
 }
 
-impl Faulty {
-    fn with_notifications() -> Arc<Self> {
-        let f = Faulty::default();
-        f.notifications.store(true, Ordering::SeqCst);
-        Arc::new(f)
-    }
-
-    async fn gate(&self) {
-        if self.hang.load(Ordering::SeqCst) {
-            futures::future::pending::<()>().await;
-        }
-    }
-}
-
-impl Backend for Faulty {
-    fn name(&self) -> &'static str {
-        "faulty-memory"
-    }
-
-    fn try_acquire<'a>(&'a self, req: &'a AcquireRequest) -> BoxFuture<'a, Result<Attempt>> {
-        Box::pin(async move {
-            self.gate().await;
-            self.acquires.fetch_add(1, Ordering::SeqCst);
-            let attempt = self.store.try_acquire(req).await?;
-            let late = self.late_acquire_reply.swap(0, Ordering::SeqCst);
-            sleep(late * MS).await;
-            Ok(attempt)
-        })
-    }
-
-    fn extend<'a>(&'a self, lease: &'a LeaseRef, ttl: Duration) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            self.gate().await;
-            if self.closed.load(Ordering::SeqCst) {
-                return Err(Error::Closed);
-            }
-            let failing = self.failing_extends.load(Ordering::SeqCst);
-            if failing > 0 {
-                self.failing_extends.store(failing - 1, Ordering::SeqCst);
-                return Err(Error::backend(
-                    "faulty-memory",
-                    "extend",
-                    "connection reset",
-                ));
-            }
-            self.store.extend(lease, ttl).await?;
-            let late = self.late_extend_reply.swap(0, Ordering::SeqCst);
-            sleep(late * MS).await;
-            Ok(())
-        })
-    }
-
-    fn release<'a>(&'a self, lease: &'a LeaseRef) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            self.gate().await;
-            sleep(self.slow_release.load(Ordering::SeqCst) * MS).await;
-            self.store.release(lease).await
-        })
-    }
-
-    fn inspect<'a>(&'a self, key: &'a LockKey) -> BoxFuture<'a, Result<Option<HolderInfo>>> {
-        Box::pin(async move {
-            self.gate().await;
-            self.store.inspect(key).await
-        })
-    }
-
-    fn wait<'a>(&'a self, req: &'a AcquireRequest, until: Instant) -> BoxFuture<'a, Result<()>> {
-        if self.notifications.load(Ordering::SeqCst) {
-            self.store.wait(req, until)
-        } else {
-            Box::pin(async move {
-                tokio::time::sleep_until(until).await;
-                Ok(())
-            })
-        }
-    }
+/// The same, with waits that cannot use the store's notifications: only a
+/// local release or the TTL bound can wake a waiter.
+fn without_notifications() -> Arc<Faulty> {
+    let store = faulty();
+    store.notifications(false);
+    store
 }
 
 fn locker(store: &Arc<Faulty>) -> Locker {
@@ -133,7 +43,7 @@ fn ttl(ms: u32) -> ObtainOptions {
 
 #[tokio::test(start_paused = true)]
 async fn seed_default_retries_ten_times_a_hundred_ms_apart() {
-    let store = Faulty::with_notifications();
+    let store = faulty();
     let locker = locker(&store);
     let _held = locker.obtain("k").await.unwrap();
     let start = Instant::now();
@@ -147,7 +57,7 @@ async fn seed_default_retries_ten_times_a_hundred_ms_apart() {
 
 #[tokio::test(start_paused = true)]
 async fn a_wait_deadline_cuts_the_last_delay_short() {
-    let store = Faulty::with_notifications();
+    let store = faulty();
     let locker = locker(&store);
     let _held = locker.obtain("k").await.unwrap();
     let start = Instant::now();
@@ -164,7 +74,7 @@ async fn a_wait_deadline_cuts_the_last_delay_short() {
 
 #[tokio::test(start_paused = true)]
 async fn exponential_backoff_never_waits_past_its_ceilings() {
-    let store = Faulty::with_notifications();
+    let store = faulty();
     let locker = locker(&store);
     let _held = locker.obtain("k").await.unwrap();
     let start = Instant::now();
@@ -182,8 +92,7 @@ async fn exponential_backoff_never_waits_past_its_ceilings() {
 
 #[tokio::test(start_paused = true)]
 async fn a_waiter_wakes_when_the_holders_ttl_runs_out() {
-    let store = Faulty::default(); // no notifications: only the TTL bound can wake it
-    let store = Arc::new(store);
+    let store = without_notifications(); // only the TTL bound can wake it
     let locker = locker(&store);
     let held = locker.obtain_with("k", ttl(150)).await.unwrap();
     let start = Instant::now();
@@ -202,7 +111,7 @@ async fn a_waiter_wakes_when_the_holders_ttl_runs_out() {
 
 #[tokio::test(start_paused = true)]
 async fn a_local_release_wakes_the_local_waiter_without_the_store() {
-    let store = Arc::new(Faulty::default()); // the store never notifies
+    let store = without_notifications(); // the store never notifies
     let locker = locker(&store);
     let held = locker.obtain("k").await.unwrap();
     let waiter = {
@@ -224,10 +133,10 @@ async fn a_local_release_wakes_the_local_waiter_without_the_store() {
 
 #[tokio::test(start_paused = true)]
 async fn the_refresher_rides_out_transient_errors() {
-    let store = Faulty::with_notifications();
+    let store = faulty();
     let locker = locker(&store);
     let lock = locker.obtain_with("k", ttl(300)).await.unwrap();
-    store.failing_extends.store(2, Ordering::SeqCst);
+    store.fail_extends(2);
     let errors = Arc::new(AtomicUsize::new(0));
     let seen = errors.clone();
     let handle = lock.start_refresh(move |e| {
@@ -247,10 +156,10 @@ async fn the_refresher_rides_out_transient_errors() {
 
 #[tokio::test(start_paused = true)]
 async fn lost_fires_at_the_validity_deadline_when_the_store_fails() {
-    let store = Faulty::with_notifications();
+    let store = faulty();
     let locker = locker(&store);
     let lock = locker.obtain_with("k", ttl(300)).await.unwrap();
-    store.failing_extends.store(u32::MAX, Ordering::SeqCst);
+    store.fail_extends(u32::MAX);
     let errors = Arc::new(AtomicUsize::new(0));
     let seen = errors.clone();
     let _handle = lock.start_refresh(move |_| {
@@ -272,10 +181,10 @@ async fn lost_fires_at_the_validity_deadline_when_the_store_fails() {
 
 #[tokio::test(start_paused = true)]
 async fn lost_fires_at_the_deadline_when_the_store_hangs() {
-    let store = Faulty::with_notifications();
+    let store = faulty();
     let locker = locker(&store);
     let lock = locker.obtain_with("k", ttl(300)).await.unwrap();
-    store.hang.store(true, Ordering::SeqCst);
+    store.hang(true);
     let _handle = lock.start_refresh(|_| {});
     let deadline = lock.valid_until();
     assert_eq!(lock.lost().await, LostReason::Expired);
@@ -286,11 +195,11 @@ async fn lost_fires_at_the_deadline_when_the_store_hangs() {
 
 #[tokio::test(start_paused = true)]
 async fn stop_during_a_hanging_extend_returns_and_reports_nothing() {
-    let store = Faulty::with_notifications();
+    let store = faulty();
     let locker = locker(&store);
     let lock = locker.obtain_with("k", ttl(3000)).await.unwrap();
     let handle = lock.start_refresh(|e| panic!("stop must not report {e}"));
-    store.hang.store(true, Ordering::SeqCst);
+    store.hang(true);
     advance(1100 * MS).await; // the first extend is now hanging
     timeout(MS, handle.stop())
         .await
@@ -301,9 +210,9 @@ async fn stop_during_a_hanging_extend_returns_and_reports_nothing() {
 
 #[tokio::test(start_paused = true)]
 async fn an_unanswered_try_times_out_after_the_op_timeout() {
-    let store = Faulty::with_notifications();
+    let store = faulty();
     let locker = locker(&store);
-    store.hang.store(true, Ordering::SeqCst);
+    store.hang(true);
     let start = Instant::now();
     let err = locker.try_obtain("k").await.unwrap_err();
     assert!(matches!(err, Error::Timeout { op: "acquire", .. }), "{err}");
@@ -324,7 +233,7 @@ async fn an_unanswered_try_times_out_after_the_op_timeout() {
 /// not hidden behind `NotObtained` ("held by someone else").
 #[tokio::test(start_paused = true)]
 async fn a_wait_ended_by_its_deadline_reports_the_stores_last_failure() {
-    let store = Faulty::with_notifications();
+    let store = faulty();
     let locker = Locker::builder(store.clone())
         .op_timeout(100 * MS)
         .build()
@@ -339,7 +248,7 @@ async fn a_wait_ended_by_its_deadline_reports_the_stores_last_failure() {
         }
     });
     sleep(50 * MS).await; // one contended attempt answered
-    store.hang.store(true, Ordering::SeqCst);
+    store.hang(true);
     // Attempts at ~100 ms and ~300 ms time out after the 100 ms op timeout;
     // the last, at ~400 ms, is cut short by the deadline at 450 ms.
     let err = waiting.await.unwrap().unwrap_err();
@@ -348,23 +257,23 @@ async fn a_wait_ended_by_its_deadline_reports_the_stores_last_failure() {
 
 #[tokio::test(start_paused = true)]
 async fn a_late_grant_is_retried_idempotently_with_the_same_token() {
-    let store = Faulty::with_notifications();
+    let store = faulty();
     let locker = locker(&store);
-    store.late_acquire_reply.store(1500, Ordering::SeqCst); // past the 1 s op timeout
+    store.late_acquire_reply(1500 * MS); // past the 1 s op timeout
     let lock = locker
         .obtain_with("k", ObtainOptions::new().wait(Duration::from_secs(5)))
         .await
         .unwrap();
-    assert_eq!(store.acquires.load(Ordering::SeqCst), 2);
+    assert_eq!(store.acquires(), 2);
     let holder = locker.inspect("k").await.unwrap().unwrap();
     assert_eq!(holder.fencing_token, lock.fencing_token());
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_obtain_dropped_while_its_grant_is_in_flight_releases_it() {
-    let store = Faulty::with_notifications();
+    let store = faulty();
     let locker = locker(&store);
-    store.late_acquire_reply.store(50, Ordering::SeqCst);
+    store.late_acquire_reply(50 * MS);
     assert!(timeout(25 * MS, locker.try_obtain("k")).await.is_err());
     assert!(locker.is_locked("k").await.unwrap(), "granted in the store");
     tokio::task::yield_now().await; // let the background release run
@@ -373,7 +282,7 @@ async fn an_obtain_dropped_while_its_grant_is_in_flight_releases_it() {
 
 #[tokio::test(start_paused = true)]
 async fn a_dropped_lock_is_released_in_the_background() {
-    let store = Faulty::with_notifications();
+    let store = faulty();
     let locker = locker(&store);
     let lock = locker.obtain("k").await.unwrap();
     let lost = lock.lost();
@@ -385,7 +294,7 @@ async fn a_dropped_lock_is_released_in_the_background() {
 
 #[test]
 fn a_lock_dropped_without_a_runtime_expires_after_its_ttl() {
-    let store = Faulty::with_notifications();
+    let store = faulty();
     let runtime = || {
         tokio::runtime::Builder::new_current_thread()
             .enable_time()
@@ -412,7 +321,7 @@ fn a_lock_dropped_without_a_runtime_expires_after_its_ttl() {
 
 #[tokio::test(start_paused = true)]
 async fn close_interrupts_a_waiting_obtain() {
-    let store = Faulty::with_notifications();
+    let store = faulty();
     let locker = locker(&store);
     let _held = Locker::builder(store.clone())
         .build()
@@ -435,9 +344,9 @@ async fn close_interrupts_a_waiting_obtain() {
 
 #[tokio::test(start_paused = true)]
 async fn the_validity_deadline_counts_from_the_send_time() {
-    let store = Faulty::with_notifications();
+    let store = faulty();
     let locker = locker(&store);
-    store.late_acquire_reply.store(400, Ordering::SeqCst);
+    store.late_acquire_reply(400 * MS);
     let sent = Instant::now();
     let lock = locker.obtain_with("k", ttl(1000)).await.unwrap();
     assert_eq!(Instant::now(), sent + 400 * MS, "the reply came late");
@@ -445,7 +354,7 @@ async fn the_validity_deadline_counts_from_the_send_time() {
     assert_eq!(lock.valid_until(), sent + 988 * MS);
 
     advance(100 * MS).await;
-    store.late_extend_reply.store(300, Ordering::SeqCst);
+    store.late_extend_reply(300 * MS);
     let sent = Instant::now();
     lock.refresh().await.unwrap();
     assert_eq!(Instant::now(), sent + 300 * MS);
@@ -477,7 +386,7 @@ async fn a_lost_lock_is_a_warn_event_with_its_key_and_token() {
         .with_writer(move || writer.clone())
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
-    let store = Faulty::with_notifications();
+    let store = faulty();
     let locker = locker(&store);
     let lock = locker.obtain_with("audit/key", ttl(100)).await.unwrap();
     assert_eq!(lock.lost().await, LostReason::Expired);
@@ -518,13 +427,13 @@ fn lock_token(log: &str) -> &str {
 /// release has reached the store, so nothing is left behind.
 #[tokio::test(start_paused = true)]
 async fn close_waits_for_background_releases() {
-    let store = Arc::new(Faulty::default());
+    let store = without_notifications();
     let closing = locker(&store);
     let lock = closing.obtain("k").await.unwrap();
-    store.slow_release.store(50, Ordering::SeqCst);
+    store.slow_release(50 * MS);
     drop(lock);
     closing.close().await.unwrap();
-    store.slow_release.store(0, Ordering::SeqCst);
+    store.slow_release(Duration::ZERO);
     assert!(!locker(&store).is_locked("k").await.unwrap());
 }
 
@@ -533,11 +442,11 @@ async fn close_waits_for_background_releases() {
 /// again, so waiting for its validity deadline would only hide that.
 #[tokio::test(start_paused = true)]
 async fn a_backend_closed_under_a_lock_ends_it_at_the_next_refresh() {
-    let store = Arc::new(Faulty::default());
+    let store = without_notifications();
     let locker = locker(&store);
     let lock = locker.obtain_with("k", ttl(30_000)).await.unwrap();
     let _refresher = lock.start_refresh(|_| {});
-    store.closed.store(true, Ordering::SeqCst);
+    store.close_extends(true);
     let start = Instant::now();
     let reason = lock.lost().await;
     assert_eq!(reason, LostReason::Closed);
@@ -556,7 +465,7 @@ async fn a_backend_closed_under_a_lock_ends_it_at_the_next_refresh() {
 async fn no_lock_escapes_a_close_racing_its_obtain() {
     let mut escaped = 0;
     for round in 0..5000 {
-        let store = Arc::new(Faulty::default());
+        let store = without_notifications();
         let locker = locker(&store);
         let obtaining = tokio::spawn({
             let locker = locker.clone();
@@ -581,10 +490,10 @@ async fn no_lock_escapes_a_close_racing_its_obtain() {
 /// store may give the key to someone else, the holder sees its lock gone.
 #[tokio::test(start_paused = true)]
 async fn close_ends_a_lock_before_releasing_it() {
-    let store = Arc::new(Faulty::default());
+    let store = without_notifications();
     let locker = locker(&store);
     let lock = locker.obtain("k").await.unwrap();
-    store.slow_release.store(50, Ordering::SeqCst);
+    store.slow_release(50 * MS);
     let closing = tokio::spawn({
         let locker = locker.clone();
         async move { locker.close().await }
