@@ -21,7 +21,6 @@ mod runner;
 mod scenarios;
 mod stats;
 mod stores;
-mod wrap;
 
 use std::sync::Arc;
 use std::time::Duration;

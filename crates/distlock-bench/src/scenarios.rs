@@ -6,6 +6,7 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 
 use distlock::{Key, LockKey, Locker, LostReason, ObtainOptions};
+use distlock_testkit::Faulty;
 use futures::StreamExt;
 use tokio::time::Instant;
 
@@ -13,7 +14,6 @@ use crate::report::{Report, Target};
 use crate::runner::{Plan, compare};
 use crate::stats::{Summary, us};
 use crate::stores::{Store, distlock_subjects};
-use crate::wrap::Wrapped;
 use crate::{Env, alloc};
 
 fn report(store: &dyn Store, scenario: &str, about: String) -> Report {
@@ -287,8 +287,8 @@ pub async fn held(env: &Env, store: Arc<dyn Store>) -> Report {
     let ttl = env.held_ttl;
     let interval = ttl / 3;
     let base = store.locker(NS).await;
-    let wrapped = Arc::new(Wrapped::new(base.backend()));
-    let locker = Locker::builder(wrapped.clone())
+    let faulty = Arc::new(Faulty::new(base.backend()));
+    let locker = Locker::builder(faulty.clone())
         .namespace(NS)
         .build()
         .expect("locker");
@@ -335,14 +335,14 @@ pub async fn held(env: &Env, store: Arc<dyn Store>) -> Report {
     // The window: every lock refreshes `rounds` times in it, provided all
     // were obtained within one interval (checked below by counting).
     let counters0 = store.counters().await;
-    let extends0 = wrapped.extends.load(Relaxed);
+    let extends0 = faulty.extends();
     let cpu0 = cpu_time();
     let window_start = Instant::now();
     let window = interval * env.held_rounds + interval / 20;
     tokio::time::sleep(window).await;
     let cpu = cpu_time() - cpu0;
     let window = window_start.elapsed();
-    let extends = wrapped.extends.load(Relaxed) - extends0;
+    let extends = faulty.extends() - extends0;
     let counters1 = store.counters().await;
     let mem2 = alloc::snapshot();
     let rss2 = alloc::rss_bytes();
@@ -491,8 +491,8 @@ pub async fn lost(env: &Env, store: Arc<dyn Store>) -> Report {
     let interval = ttl / 3;
     let trials = env.lost_trials;
     let base = store.locker(NS).await;
-    let wrapped = Arc::new(Wrapped::new(base.backend()));
-    let locker = Locker::builder(wrapped.clone())
+    let faulty = Arc::new(Faulty::new(base.backend()));
+    let locker = Locker::builder(faulty.clone())
         .namespace(NS)
         .build()
         .expect("locker");
@@ -530,9 +530,9 @@ pub async fn lost(env: &Env, store: Arc<dyn Store>) -> Report {
     // (b) Cut off: its extends stall from a random point on.
     let cut_off: Vec<(Duration, Duration)> = futures::stream::iter(0..trials)
         .map(|i| {
-            let (locker, wrapped, observer, opts) = (
+            let (locker, faulty, observer, opts) = (
                 locker.clone(),
-                wrapped.clone(),
+                faulty.clone(),
                 observer.clone(),
                 opts.clone(),
             );
@@ -544,7 +544,7 @@ pub async fn lost(env: &Env, store: Arc<dyn Store>) -> Report {
                     .expect("obtain");
                 let handle = lock.start_refresh(|_| {});
                 tokio::time::sleep(interval.mul_f64(1.0 + fastrand::f64())).await;
-                wrapped.stall(&LockKey {
+                faulty.stall_extends(&LockKey {
                     namespace: locker.namespace().clone(),
                     key: Key::new(key.as_str()).unwrap(),
                 });
