@@ -1,0 +1,191 @@
+//! Scenario 3: contended handoff of one hot key.
+
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::Duration;
+
+use distlock::{Locker, ObtainOptions};
+
+use super::report;
+use crate::Env;
+use crate::report::{Report, Target};
+use crate::stats::{Summary, us};
+use crate::stores::Store;
+
+/// Shared state of one contended run. Times are `std` instants: the
+/// contenders may run on different runtimes.
+#[derive(Default)]
+struct Hot {
+    /// Who released last, and when its release was called.
+    last_release: Mutex<Option<(usize, std::time::Instant)>>,
+    handoffs: Mutex<Vec<Duration>>,
+    waits: Mutex<Vec<Duration>>,
+    regrants: AtomicUsize,
+    grants: Mutex<Vec<usize>>,
+    inside: AtomicBool,
+    granted: AtomicUsize,
+}
+
+/// One contender: obtain, 1 ms critical section, release, until `total`
+/// sections were granted to anyone.
+async fn contend(id: usize, locker: &Locker, hot: &Hot, total: usize) {
+    use std::time::Instant;
+    while hot.granted.load(SeqCst) < total {
+        let asked = Instant::now();
+        let opts = ObtainOptions::new().wait(Duration::from_secs(60));
+        let lock = locker.obtain_with("hot", opts).await.expect("obtain");
+        let got = Instant::now();
+        assert!(!hot.inside.swap(true, SeqCst), "two holders at once");
+        hot.granted.fetch_add(1, SeqCst);
+        hot.waits.lock().unwrap().push(got - asked);
+        hot.grants.lock().unwrap()[id] += 1;
+        match *hot.last_release.lock().unwrap() {
+            Some((prev, at)) if prev != id => hot.handoffs.lock().unwrap().push(got - at),
+            Some(_) => {
+                hot.regrants.fetch_add(1, SeqCst);
+            }
+            None => {}
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        hot.inside.store(false, SeqCst);
+        *hot.last_release.lock().unwrap() = Some((id, Instant::now()));
+        lock.release().await.expect("release");
+    }
+}
+
+/// Scenario 3: Contended handoff: `waiters` contenders loop on one hot key.
+/// `processes`: each has its own thread, runtime and Locker (own
+/// connections), as separate processes would; otherwise they are tasks
+/// sharing one Locker.
+pub async fn handoff(env: &Env, store: Arc<dyn Store>, processes: bool) -> Report {
+    let waiters = 8;
+    let total = env.handoffs.max(waiters * 2);
+    let hot = Arc::new(Hot {
+        grants: Mutex::new(vec![0; waiters]),
+        ..Hot::default()
+    });
+    let namespace = if processes {
+        "bench-hot-procs"
+    } else {
+        "bench-hot-local"
+    };
+    let wall = if processes {
+        // All connected before the clock starts.
+        let ready = Arc::new(Barrier::new(waiters + 1));
+        let threads: Vec<_> = (0..waiters)
+            .map(|id| {
+                let (hot, ready, store) = (hot.clone(), ready.clone(), store.clone());
+                std::thread::spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    runtime.block_on(async {
+                        let locker = store.locker(namespace).await;
+                        ready.wait();
+                        contend(id, &locker, &hot, total).await;
+                        locker.close().await.unwrap();
+                    });
+                })
+            })
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            ready.wait();
+            let start = std::time::Instant::now();
+            for thread in threads {
+                thread.join().unwrap();
+            }
+            start.elapsed()
+        })
+        .await
+        .unwrap()
+    } else {
+        let shared = store.locker(namespace).await;
+        let start = std::time::Instant::now();
+        let tasks: Vec<_> = (0..waiters)
+            .map(|id| {
+                let (locker, hot) = (shared.clone(), hot.clone());
+                tokio::spawn(async move { contend(id, &locker, &hot, total).await })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let wall = start.elapsed();
+        shared.close().await.unwrap();
+        wall
+    };
+    let handoffs = std::mem::take(&mut *hot.handoffs.lock().unwrap());
+    let waits = std::mem::take(&mut *hot.waits.lock().unwrap());
+    let grants = hot.grants.lock().unwrap().clone();
+    let sections = grants.iter().sum::<usize>();
+    let fair_share = sections as f64 / waiters as f64;
+    let mode = if processes { "processes" } else { "one-locker" };
+    let mut report = report(
+        &*store,
+        &format!("handoff-{mode}"),
+        format!(
+            "{waiters} waiters loop on one key (obtain, 1 ms section, release), {}, {sections} sections",
+            if processes {
+                "each with its own thread, runtime, Locker and connections (like processes)"
+            } else {
+                "as tasks sharing one Locker"
+            }
+        ),
+    );
+    report.figure("sections per second", sections as f64 / wall.as_secs_f64());
+    report.figure("handoffs to a different holder", handoffs.len() as f64);
+    report.figure(
+        "re-grants to the releasing holder",
+        hot.regrants.load(SeqCst) as f64,
+    );
+    report.figure(
+        "min grants per waiter / fair share",
+        *grants.iter().min().unwrap() as f64 / fair_share,
+    );
+    report.figure(
+        "max grants per waiter / fair share",
+        *grants.iter().max().unwrap() as f64 / fair_share,
+    );
+    let handoff = (!handoffs.is_empty()).then(|| Summary::of(handoffs, None));
+    let waits = Summary::of(waits, Some(wall));
+    // The fair share of one wait: the other waiters' sections before ours.
+    let fair_wait = (waiters - 1) as f64 * wall.as_secs_f64() / sections as f64;
+    let max_wait_share = waits.max.as_secs_f64() / fair_wait;
+    report.figure("fair share of one wait, µs", fair_wait * 1e6);
+    report.figure("max wait / fair share", max_wait_share);
+    if let Some(h) = &handoff {
+        report.row("handoff to another holder", h.clone());
+    }
+    report.row("wait (obtain call to grant)", waits.clone());
+    if store.handoff_targets() {
+        let name = store.name();
+        match &handoff {
+            Some(h) => {
+                report.targets.push(Target::new(
+                    format!("{name} handoff ({mode}) p50"),
+                    us(h.p50) / 1e3,
+                    0.5,
+                    " ms",
+                ));
+                report.targets.push(Target::new(
+                    format!("{name} handoff ({mode}) p99"),
+                    us(h.p99) / 1e3,
+                    3.0,
+                    " ms",
+                ));
+            }
+            None => report
+                .notes
+                .push("no handoff to a different holder at all".into()),
+        }
+        report.targets.push(Target::new(
+            format!("{name} handoff ({mode}) max wait / fair share"),
+            max_wait_share,
+            2.0,
+            "x",
+        ));
+    }
+    report
+}
