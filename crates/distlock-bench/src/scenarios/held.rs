@@ -6,11 +6,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use distlock::{Locker, ObtainOptions};
-use distlock_testkit::Faulty;
 use futures::StreamExt;
 use tokio::time::Instant;
 
-use super::report;
+use super::{over_faulty, report};
 use crate::report::{Report, Target};
 use crate::stats::us;
 use crate::stores::Store;
@@ -46,11 +45,7 @@ pub async fn held(env: &Env, store: Arc<dyn Store>) -> Report {
     let ttl = env.held_ttl;
     let interval = ttl / 3;
     let base = store.locker(NS).await;
-    let faulty = Arc::new(Faulty::new(base.backend()));
-    let locker = Locker::builder(faulty.clone())
-        .namespace(NS)
-        .build()
-        .expect("locker");
+    let (faulty, locker) = over_faulty(&base, NS);
     let opts = ObtainOptions::new().ttl(ttl);
     // Warm up: connections, scripts, sessions, the refresher path.
     for i in 0..8 {

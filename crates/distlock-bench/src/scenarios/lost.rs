@@ -3,12 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use distlock::{Key, LockKey, Locker, LostReason, ObtainOptions};
-use distlock_testkit::Faulty;
+use distlock::{Key, Lock, LockKey, Locker, LostReason, ObtainOptions, RefreshHandle};
 use futures::StreamExt;
 use tokio::time::Instant;
 
-use super::report;
+use super::{over_faulty, report};
 use crate::Env;
 use crate::report::Report;
 use crate::stats::{Summary, us};
@@ -24,11 +23,7 @@ pub async fn lost(env: &Env, store: Arc<dyn Store>) -> Report {
     let interval = ttl / 3;
     let trials = env.lost_trials;
     let base = store.locker(NS).await;
-    let faulty = Arc::new(Faulty::new(base.backend()));
-    let locker = Locker::builder(faulty.clone())
-        .namespace(NS)
-        .build()
-        .expect("locker");
+    let (faulty, locker) = over_faulty(&base, NS);
     let observer = store.locker(NS).await;
     let opts = ObtainOptions::new().ttl(ttl);
 
@@ -39,12 +34,7 @@ pub async fn lost(env: &Env, store: Arc<dyn Store>) -> Report {
             let (locker, store, opts) = (locker.clone(), store.clone(), opts.clone());
             async move {
                 let key = format!("deleted-{i}");
-                let lock = locker
-                    .obtain_with(key.as_str(), opts)
-                    .await
-                    .expect("obtain");
-                let handle = lock.start_refresh(|_| {});
-                tokio::time::sleep(interval.mul_f64(1.0 + fastrand::f64())).await;
+                let (lock, handle) = refreshing(&locker, &key, opts, interval).await;
                 let lost = lock.lost();
                 let t0 = Instant::now();
                 store.delete_behind_back(NS, &key).await;
@@ -71,12 +61,7 @@ pub async fn lost(env: &Env, store: Arc<dyn Store>) -> Report {
             );
             async move {
                 let key = format!("cut-{i}");
-                let lock = locker
-                    .obtain_with(key.as_str(), opts)
-                    .await
-                    .expect("obtain");
-                let handle = lock.start_refresh(|_| {});
-                tokio::time::sleep(interval.mul_f64(1.0 + fastrand::f64())).await;
+                let (lock, handle) = refreshing(&locker, &key, opts, interval).await;
                 faulty.stall_extends(&LockKey {
                     namespace: locker.namespace().clone(),
                     key: Key::new(key.as_str()).unwrap(),
@@ -131,4 +116,18 @@ pub async fn lost(env: &Env, store: Arc<dyn Store>) -> Report {
     locker.close().await.expect("close");
     observer.close().await.expect("close");
     report
+}
+
+/// `key` obtained and refreshing, at a random point of its second refresh
+/// interval.
+async fn refreshing(
+    locker: &Locker,
+    key: &str,
+    opts: ObtainOptions,
+    interval: Duration,
+) -> (Lock, RefreshHandle) {
+    let lock = locker.obtain_with(key, opts).await.expect("obtain");
+    let handle = lock.start_refresh(|_| {});
+    tokio::time::sleep(interval.mul_f64(1.0 + fastrand::f64())).await;
+    (lock, handle)
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use distlock::{Error, LostReason, ObtainOptions};
 use tokio::time::{Instant, sleep, timeout};
 
-use super::{MS, SLACK, locker};
+use super::{MS, SLACK, assert_lost_soon, locker};
 use crate::fixture::Fixture;
 
 /// Dropping an obtain future, waiting or mid-attempt, leaves nothing held.
@@ -58,10 +58,7 @@ pub async fn close_releases_locks_and_refuses_operations(fx: &dyn Fixture) {
     let lock = a.obtain("k").await.unwrap();
     let lost = tokio::spawn(lock.lost());
     a.close().await.unwrap();
-    assert_eq!(
-        timeout(SLACK, lost).await.unwrap().unwrap(),
-        LostReason::Closed
-    );
+    assert_lost_soon(lost, LostReason::Closed).await;
     assert!(lock.is_lost(), "a closed lock protects nothing");
     assert!(!b.is_locked("k").await.unwrap(), "close released the lock");
     assert!(matches!(a.obtain("k2").await, Err(Error::Closed)));

@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-use distlock::{Error, Key, LeaseRef, LockKey, Locker, ObtainOptions, OwnerToken};
+use distlock::{Error, Key, LeaseRef, LockKey, Locker, LostReason, ObtainOptions, OwnerToken};
 
 use crate::fixture::{Fixture, unique_namespace};
 
@@ -111,6 +111,15 @@ pub async fn expect_ttl_expiry(fx: &dyn Fixture, expected: bool) {
         } else {
             "`conformance_suite!(fixture; without: ttl_expiry)`"
         }
+    );
+}
+
+/// Asserts that `lost`, a spawned `lost()`, resolves with `reason` within
+/// [`SLACK`].
+async fn assert_lost_soon(lost: tokio::task::JoinHandle<LostReason>, reason: LostReason) {
+    assert_eq!(
+        tokio::time::timeout(SLACK, lost).await.unwrap().unwrap(),
+        reason
     );
 }
 

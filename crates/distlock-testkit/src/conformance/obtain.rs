@@ -50,4 +50,3 @@ pub async fn try_obtain_on_held_key_fails_fast(fx: &dyn Fixture) {
     );
     held.release().await.unwrap();
 }
-

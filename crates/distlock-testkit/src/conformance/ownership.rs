@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use distlock::OwnerToken;
 use distlock::backend::{AcquireRequest, Attempt};
+use distlock::{Locker, OwnerToken};
 
 use super::{assert_not_held, forged, lock_key, locker, short};
 use crate::fixture::Fixture;
@@ -13,11 +13,7 @@ use crate::fixture::Fixture;
 pub async fn release_twice_at_the_store_is_not_held(fx: &dyn Fixture) {
     let (locker, _) = locker(fx, "release_twice").await;
     let backend = locker.backend();
-    let req = AcquireRequest::new(
-        lock_key(&locker, "k"),
-        OwnerToken::random().unwrap(),
-        fx.short_ttl() * 10,
-    );
+    let req = request(fx, &locker);
     assert!(matches!(
         backend.try_acquire(&req).await.unwrap(),
         Attempt::Granted { .. }
@@ -58,11 +54,7 @@ pub async fn non_owner_cannot_extend(fx: &dyn Fixture) {
 pub async fn acquire_is_idempotent_for_the_same_owner(fx: &dyn Fixture) {
     let (locker, _) = locker(fx, "idempotent").await;
     let backend = locker.backend();
-    let req = AcquireRequest::new(
-        lock_key(&locker, "k"),
-        OwnerToken::random().unwrap(),
-        fx.short_ttl() * 10,
-    );
+    let req = request(fx, &locker);
     let first = backend.try_acquire(&req).await.unwrap();
     let again = backend.try_acquire(&req).await.unwrap();
     assert!(matches!(first, Attempt::Granted { .. }));
@@ -77,4 +69,13 @@ pub async fn acquire_is_idempotent_for_the_same_owner(fx: &dyn Fixture) {
         Attempt::Contended { .. }
     ));
     backend.release(&req.lease()).await.unwrap();
+}
+
+/// A request for `k` by a fresh owner, for ten short TTLs.
+fn request(fx: &dyn Fixture, locker: &Locker) -> AcquireRequest {
+    AcquireRequest::new(
+        lock_key(locker, "k"),
+        OwnerToken::random().unwrap(),
+        fx.short_ttl() * 10,
+    )
 }

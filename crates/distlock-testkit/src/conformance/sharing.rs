@@ -5,9 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use distlock::{Locker, LostReason, ObtainOptions};
-use tokio::time::timeout;
 
-use super::SLACK;
+use super::assert_lost_soon;
 use crate::fixture::{Fixture, unique_namespace};
 
 /// Lockers sharing a backend are independent: closing one releases only
@@ -35,10 +34,7 @@ pub async fn closing_one_locker_leaves_the_others_on_its_backend_alone(fx: &dyn 
     let refresher = kept.start_refresh(move |e| seen.lock().unwrap().push(e.to_string()));
 
     closing.close().await.unwrap();
-    assert_eq!(
-        timeout(SLACK, lost).await.unwrap().unwrap(),
-        LostReason::Closed
-    );
+    assert_lost_soon(lost, LostReason::Closed).await;
     assert!(
         !elsewhere.is_locked("a").await.unwrap(),
         "close released its own lock"
