@@ -22,6 +22,22 @@
 //!   the future dropped), so the entry never outlives the obtain.
 //! * A backend bounds nothing by time itself: the engine wraps every call in
 //!   its timeout and deadline, and may drop any future at any await point.
+//!
+//! # Where the next primitives plug in
+//!
+//! A lock is the special case of a *counted lease*: a grant takes a weight
+//! out of a key's capacity, and a lock takes all of it (weight 1 of
+//! capacity 1). A semaphore of N permits asks for 1 of N; a reader of a
+//! reader-writer lock for 1 of `u32::MAX`, its writer for all of it;
+//! leadership is a lock whose holder others observe. So the next issues add
+//! one field to [`AcquireRequest`] (the weight and capacity, defaulting to a
+//! lock's), a capability saying which backends serve more than weight 1 of
+//! 1 (a request they cannot serve is refused at once, never narrowed), and
+//! per-holder fencing tokens in [`Attempt::Granted`] as today; the held
+//! record ([`LeaseRef`]: key and owner) and every other method stay as
+//! they are — extend, release, inspect and wait act on one holder's lease
+//! whatever its weight, and the engine's acquire loop, refresher, validity
+//! and close serve every front type unchanged.
 
 use std::fmt::Debug;
 use std::sync::Arc;
