@@ -4,11 +4,13 @@
 -- the key's release channel.
 -- KEYS[1] the lock, KEYS[2] its fencing counter (negative while waiters
 -- may be queued: the queue flag, see acquire.lua), KEYS[3] the waiters'
--- queue. ARGV[1] owner token, ARGV[2] the release channel.
+-- queue; for a waiter that gave up, KEYS[4] the waiters' leases.
+-- ARGV[1] owner token, ARGV[2] the release channel.
 -- The message is the owner token of the queue's head. Nothing is
 -- published when the flag is clear, and a queue found empty clears it.
--- A departed waiter's lease stays in the leases hash until that hash
--- expires; only queued owners are ever looked up there.
+-- A departed waiter whose client did not pass the leases hash (it forgot
+-- that it was queued) leaves its lease there until the hash expires, one
+-- waiter lease after the last attempt; only queued owners are looked up.
 -- Returns 0 when the lock is gone or someone else's; else it is released
 -- and the reply is 1 + the number of subscriptions that were told.
 local lock, fence, queue = KEYS[1], KEYS[2], KEYS[3]
@@ -32,7 +34,12 @@ if value and string.sub(value, 1, 33) == owner .. ':' then
   end
   return 1
 end
-if last < 0 and redis.call('ZREM', queue, owner) == 1 and not value then
-  tell()
+if last < 0 and redis.call('ZREM', queue, owner) == 1 then
+  if KEYS[4] then
+    redis.call('HDEL', KEYS[4], owner)
+  end
+  if not value then
+    tell()
+  end
 end
 return 0

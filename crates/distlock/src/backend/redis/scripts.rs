@@ -60,8 +60,9 @@ impl Queued {
         set.insert(owner);
     }
 
-    fn remove(&self, owner: OwnerToken) {
-        self.set().remove(&owner);
+    /// Forgets `owner`; whether it was there.
+    fn remove(&self, owner: OwnerToken) -> bool {
+        self.set().remove(&owner)
     }
 }
 
@@ -104,7 +105,9 @@ impl Shared {
                 }
                 Reply::Attempt(attempt) => {
                     match attempt {
-                        Attempt::Granted { .. } => self.queued.remove(req.owner),
+                        Attempt::Granted { .. } => {
+                            self.queued.remove(req.owner);
+                        }
                         // A full call that did not grant queued a waiter.
                         Attempt::Contended { .. } if full && req.will_wait => {
                             self.queued.insert(req.owner);
@@ -180,12 +183,17 @@ impl Shared {
     }
 
     pub(super) async fn release(&self, lease: &LeaseRef) -> Result<()> {
-        self.queued.remove(lease.owner);
+        // A waiter giving up also takes its lease out of the leases hash
+        // (a fourth key), so that it leaves nothing behind; a holder was
+        // never queued, and needs three.
+        let was_queued = self.queued.remove(lease.owner);
         let names = Names::of(&lease.key);
-        let reply: i64 = RELEASE
-            .key(names.lock())
-            .key(names.fence())
-            .key(names.queue())
+        let mut call = RELEASE.key(names.lock());
+        call.key(names.fence()).key(names.queue());
+        if was_queued {
+            call.key(names.waiting());
+        }
+        let reply: i64 = call
             .arg(lease.owner.to_hex())
             .arg(names.channel())
             .invoke_async(&mut self.conn())
