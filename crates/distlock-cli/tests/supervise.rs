@@ -4,14 +4,13 @@
 //! a TTL store; the binary tests cover loss through a deleted lock file.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use distlock::backend::memory::MemoryBackend;
-use distlock::backend::{AcquireRequest, Attempt, Backend};
-use distlock::{Error, HolderInfo, LeaseRef, LockKey, Locker, ObtainOptions};
+use distlock::{LockKey, Locker, ObtainOptions};
 use distlock_cli::{Ending, KillPolicy, become_subreaper, group_alive, supervise};
-use futures::future::BoxFuture;
+use distlock_testkit::Faulty;
 use nix::unistd::Pid;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -23,47 +22,8 @@ use common::running;
 /// A memory store whose extends can be made to fail transiently, as a
 /// Redis that stopped answering would: the lock is not proven lost, but it
 /// cannot be refreshed either.
-#[derive(Debug, Default)]
-struct Unreachable {
-    store: MemoryBackend,
-    down: AtomicBool,
-}
-
-impl Backend for Unreachable {
-    fn name(&self) -> &'static str {
-        "unreachable"
-    }
-    fn try_acquire<'a>(
-        &'a self,
-        req: &'a AcquireRequest,
-    ) -> BoxFuture<'a, distlock::Result<Attempt>> {
-        self.store.try_acquire(req)
-    }
-    fn extend<'a>(
-        &'a self,
-        lease: &'a LeaseRef,
-        ttl: Duration,
-    ) -> BoxFuture<'a, distlock::Result<()>> {
-        if self.down.load(Ordering::SeqCst) {
-            return Box::pin(async {
-                Err(Error::backend(
-                    "unreachable",
-                    "extend",
-                    "connection refused",
-                ))
-            });
-        }
-        self.store.extend(lease, ttl)
-    }
-    fn release<'a>(&'a self, lease: &'a LeaseRef) -> BoxFuture<'a, distlock::Result<()>> {
-        self.store.release(lease)
-    }
-    fn inspect<'a>(
-        &'a self,
-        key: &'a LockKey,
-    ) -> BoxFuture<'a, distlock::Result<Option<HolderInfo>>> {
-        self.store.inspect(key)
-    }
+fn unreachable_store() -> Arc<Faulty> {
+    Arc::new(Faulty::new(Arc::new(MemoryBackend::new())))
 }
 
 /// A command that ignores SIGTERM and leaves a second process in its group
@@ -112,7 +72,7 @@ fn pgid(child: &tokio::process::Child) -> Pid {
 #[tokio::test(flavor = "current_thread")]
 async fn failing_refreshes_stop_the_group_before_the_validity_deadline() {
     become_subreaper();
-    let store = Arc::new(Unreachable::default());
+    let store = unreachable_store();
     let locker = Locker::builder(store.clone()).build().unwrap();
     let ttl = Duration::from_millis(1500);
     let lock = locker
@@ -123,7 +83,7 @@ async fn failing_refreshes_stop_the_group_before_the_validity_deadline() {
     let mut child = stubborn_command();
     let group = pgid(&child);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    store.down.store(true, Ordering::SeqCst);
+    store.fail_extends(u32::MAX);
     let (_tx, mut signals) = mpsc::unbounded_channel();
     let policy = KillPolicy::new(Duration::from_millis(300));
     let mut messages = Vec::new();
@@ -304,7 +264,7 @@ async fn processes_left_in_the_group_are_stopped_before_returning() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_stalled_runtime_cannot_delay_the_kill_past_the_deadline() {
     become_subreaper();
-    let store = Arc::new(Unreachable::default());
+    let store = unreachable_store();
     let locker = Locker::builder(store.clone()).build().unwrap();
     let lock = locker
         .obtain_with("job", ObtainOptions::new().ttl(Duration::from_millis(1500)))

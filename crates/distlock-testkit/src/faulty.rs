@@ -198,9 +198,9 @@ impl Backend for Faulty {
         })
     }
 
-    fn extend<'a>(&'a self, lease: &'a LeaseRef, ttl: Duration) -> BoxFuture<'a, Result<()>> {
+    fn extend<'a>(&'a self, renewal: &'a Renewal) -> BoxFuture<'a, Result<()>> {
         self.extends.fetch_add(1, Ordering::SeqCst);
-        if self.is_stalled(&lease.key) {
+        if self.is_stalled(&renewal.lease.key) {
             return Box::pin(futures::future::pending());
         }
         Box::pin(async move {
@@ -217,7 +217,7 @@ impl Backend for Faulty {
                     "connection reset",
                 ));
             }
-            let reply = self.inner.extend(lease, ttl).await;
+            let reply = self.inner.extend(renewal).await;
             delay(self.late_extend_reply.swap(0, Ordering::SeqCst)).await;
             reply
         })
@@ -230,7 +230,7 @@ impl Backend for Faulty {
     fn extend_all<'a>(&'a self, renewals: &'a [Renewal]) -> BoxFuture<'a, Vec<Result<()>>> {
         if self.extends_touched(renewals) {
             return Box::pin(futures::future::join_all(
-                renewals.iter().map(|r| self.extend(&r.lease, r.ttl)),
+                renewals.iter().map(|r| self.extend(r)),
             ));
         }
         self.extends

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use distlock::backend::{AcquireRequest, Attempt};
+use distlock::backend::{AcquireRequest, Attempt, Renewal};
 use distlock::{Locker, OwnerToken};
 
 use super::{assert_not_held, forged, lock_key, locker, short};
@@ -39,7 +39,7 @@ pub async fn non_owner_cannot_extend(fx: &dyn Fixture) {
     let backend = locker.backend();
     assert_not_held(
         backend
-            .extend(&forged(&locker, "k"), Duration::from_secs(60))
+            .extend(&Renewal::new(forged(&locker, "k"), Duration::from_secs(60)))
             .await,
     );
     let holder = locker.inspect("k").await.unwrap().expect("still held");

@@ -13,7 +13,7 @@ use futures::future::BoxFuture;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::backend::{AcquireRequest, Attempt, Backend};
+use crate::backend::{AcquireRequest, Attempt, Backend, Renewal};
 use crate::error::{Error, Result};
 use crate::holder::HolderInfo;
 use crate::key::LockKey;
@@ -227,8 +227,8 @@ impl Backend for MemoryBackend {
         Box::pin(async move { Ok(self.acquire_now(req)) })
     }
 
-    fn extend<'a>(&'a self, lease: &'a LeaseRef, ttl: Duration) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move { self.extend_now(lease, ttl) })
+    fn extend<'a>(&'a self, renewal: &'a Renewal) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move { self.extend_now(&renewal.lease, renewal.ttl) })
     }
 
     fn release<'a>(&'a self, lease: &'a LeaseRef) -> BoxFuture<'a, Result<()>> {

@@ -50,6 +50,7 @@ use crate::error::Result;
 use crate::holder::HolderInfo;
 use crate::key::LockKey;
 use crate::lease::{LeaseRef, OwnerToken};
+use crate::validity::ValidityPolicy;
 
 #[cfg(feature = "etcd")]
 pub mod etcd;
@@ -75,6 +76,11 @@ pub struct AcquireRequest {
     pub ttl: Duration,
     /// Metadata to store with the lock for `inspect`.
     pub metadata: Option<Arc<str>>,
+    /// How the engine turns the TTL into a validity deadline (counted from
+    /// when it sent the request). A store whose own expiry mechanism needs
+    /// a safety allowance of its own (etcd's lease, renewed by keepalives)
+    /// applies this policy to it, rather than a formula of its own.
+    pub validity: ValidityPolicy,
     /// The engine may try again with the same owner after a `Contended`
     /// answer (false for a single attempt such as
     /// [`Locker::try_obtain`](crate::Locker::try_obtain)). A backend that
@@ -91,6 +97,7 @@ impl AcquireRequest {
             owner,
             ttl,
             metadata: None,
+            validity: ValidityPolicy::default(),
             will_wait: false,
         }
     }
@@ -104,20 +111,34 @@ impl AcquireRequest {
     }
 }
 
-/// One lease to extend, as [`Backend::extend_all`] gets it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One lease to extend, as [`Backend::extend`] and [`Backend::extend_all`]
+/// get it.
+#[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct Renewal {
     /// The held lease.
     pub lease: LeaseRef,
     /// The TTL to reset it to.
     pub ttl: Duration,
+    /// The engine's validity policy, as in [`AcquireRequest::validity`].
+    pub validity: ValidityPolicy,
 }
 
 impl Renewal {
-    /// A renewal of `lease` for `ttl`.
+    /// A renewal of `lease` for `ttl`, under the default validity policy.
     pub fn new(lease: LeaseRef, ttl: Duration) -> Self {
-        Renewal { lease, ttl }
+        Renewal {
+            lease,
+            ttl,
+            validity: ValidityPolicy::default(),
+        }
+    }
+
+    /// The same renewal under `validity`.
+    #[must_use]
+    pub fn validity(mut self, validity: ValidityPolicy) -> Self {
+        self.validity = validity;
+        self
     }
 }
 
@@ -198,8 +219,9 @@ pub trait Backend: Send + Sync + Debug + 'static {
     /// One atomic attempt to take the lock.
     fn try_acquire<'a>(&'a self, req: &'a AcquireRequest) -> BoxFuture<'a, Result<Attempt>>;
 
-    /// Resets the TTL to `ttl` if `lease.owner` still holds the key.
-    fn extend<'a>(&'a self, lease: &'a LeaseRef, ttl: Duration) -> BoxFuture<'a, Result<()>>;
+    /// Resets the TTL to `renewal.ttl` if `renewal.lease.owner` still holds
+    /// the key.
+    fn extend<'a>(&'a self, renewal: &'a Renewal) -> BoxFuture<'a, Result<()>>;
 
     /// Extends several leases in one go, as the Locker's refresher does each
     /// round: one result per renewal, in order, each as
@@ -208,7 +230,7 @@ pub trait Backend: Send + Sync + Debug + 'static {
     /// the extends concurrently.
     fn extend_all<'a>(&'a self, renewals: &'a [Renewal]) -> BoxFuture<'a, Vec<Result<()>>> {
         Box::pin(futures::future::join_all(
-            renewals.iter().map(|r| self.extend(&r.lease, r.ttl)),
+            renewals.iter().map(|r| self.extend(r)),
         ))
     }
 

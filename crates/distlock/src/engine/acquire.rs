@@ -35,6 +35,7 @@ impl Engine {
         let owner = OwnerToken::random().map_err(|e| (e, 0))?;
         let req = AcquireRequest {
             metadata: options.metadata_value().map(Arc::from),
+            validity: self.validity,
             will_wait: !plan.retry.is_once(),
             ..AcquireRequest::new(key, owner, options.ttl_value())
         };

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::backend::Renewal;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::lease::LeaseRef;
@@ -156,6 +157,11 @@ impl Held {
         }
     }
 
+    /// What an extend of this lock asks the store for.
+    pub(crate) fn renewal(&self) -> Renewal {
+        Renewal::new(self.lease.clone(), self.ttl).validity(self.engine.validity)
+    }
+
     /// How long an extend of this lock may take: until its validity
     /// deadline (see [`Engine::extend_retry_deadline`]).
     pub(crate) fn extend_deadline(&self) -> Instant {
@@ -170,7 +176,8 @@ impl Held {
         let engine = &self.engine;
         let deadline = self.extend_deadline();
         let sent = Instant::now();
-        let call = || engine.backend.extend(&self.lease, self.ttl);
+        let renewal = self.renewal();
+        let call = || engine.backend.extend(&renewal);
         let result = if retry {
             engine.call_idempotent("extend", Some(deadline), call).await
         } else {

@@ -291,10 +291,7 @@ async fn round(due: Vec<Arc<Registration>>) -> Vec<(u64, Instant)> {
         return Vec::new();
     };
     let engine = first.held.engine.clone();
-    let renewals: Vec<Renewal> = live
-        .iter()
-        .map(|r| Renewal::new(r.held.lease.clone(), r.held.ttl))
-        .collect();
+    let renewals: Vec<Renewal> = live.iter().map(|r| r.held.renewal()).collect();
     let deadline = live
         .iter()
         .map(|r| r.held.extend_deadline())

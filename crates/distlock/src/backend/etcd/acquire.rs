@@ -173,7 +173,7 @@ impl Inner {
         }
         // The guarantee must cover the lock's validity, counted from now.
         let target = now + req.ttl;
-        session.kick_if_short(target);
+        session.kick_if_short(target, &req.validity);
 
         // The deadline inspect counts to (extends do not rewrite it).
         let deadline = SystemTime::now() + req.ttl;
@@ -306,7 +306,7 @@ impl Inner {
         if !is_first {
             return Ok(Attempt::Contended { holder });
         }
-        match session.ensure_until(target).await {
+        match session.ensure_until(target, &req.validity).await {
             Ok(()) => {}
             Err(LeaseTrouble::Dead) => return Err(AttemptError::LeaseGone(vec![session])),
             Err(LeaseTrouble::TooShort) => {

@@ -27,10 +27,11 @@ struct Claim {
 }
 
 impl Inner {
-    pub(super) async fn extend(&self, lease: &LeaseRef, ttl: Duration) -> Result<()> {
+    pub(super) async fn extend(&self, renewal: &Renewal) -> Result<()> {
         self.ensure_open()?;
+        let lease = &renewal.lease;
         let now = Instant::now();
-        let claim = self.claim_for_extend(lease, ttl, now)?;
+        let claim = self.claim_for_extend(lease, renewal.ttl, now)?;
         let mut client = self.client.clone();
         let still_ours = async {
             let resp = client
@@ -39,7 +40,7 @@ impl Inner {
                 .map_err(|e| self.err("extend", Some(&lease.key), e))?;
             ours(lease, &claim, resp.kvs().first())
         };
-        let lease_alive = lease_alive(&claim.session, lease, now + ttl);
+        let lease_alive = lease_alive(&claim.session, renewal, now + renewal.ttl);
         let result = tokio::try_join!(still_ours, lease_alive).map(|_| ());
         self.settle_extend(lease, now, &result);
         result
@@ -57,19 +58,21 @@ impl Inner {
             .map(|r| self.claim_for_extend(&r.lease, r.ttl, now))
             .collect();
         // Each session once, for the longest TTL that needs it.
-        let mut sessions: HashMap<i64, (Arc<Session>, Instant, &LeaseRef)> = HashMap::new();
+        let mut sessions: HashMap<i64, (Arc<Session>, Instant, &Renewal)> = HashMap::new();
         for (claim, renewal) in claims.iter().zip(renewals) {
             if let Ok(claim) = claim {
                 let target = now + renewal.ttl;
                 let entry = sessions
                     .entry(claim.session.id)
-                    .or_insert_with(|| (claim.session.clone(), target, &renewal.lease));
-                entry.1 = entry.1.max(target);
+                    .or_insert_with(|| (claim.session.clone(), target, renewal));
+                if target > entry.1 {
+                    (entry.1, entry.2) = (target, renewal);
+                }
             }
         }
         let leases = futures::future::join_all(sessions.values().map(
-            |(session, target, lease)| async move {
-                (session.id, lease_alive(session, lease, *target).await)
+            |(session, target, renewal)| async move {
+                (session.id, lease_alive(session, renewal, *target).await)
             },
         ));
         let wanted: Vec<&Claim> = claims.iter().filter_map(|c| c.as_ref().ok()).collect();
@@ -187,11 +190,12 @@ fn ours(lease: &LeaseRef, claim: &Claim, kv: Option<&KeyValue>) -> Result<()> {
     }
 }
 
-/// Waits until `session`'s lease is guaranteed to live until `target`.
-async fn lease_alive(session: &Session, lease: &LeaseRef, target: Instant) -> Result<()> {
-    match session.ensure_until(target).await {
+/// Waits until `session`'s lease is guaranteed, under the renewal's
+/// validity policy, to live until `target`.
+async fn lease_alive(session: &Session, renewal: &Renewal, target: Instant) -> Result<()> {
+    match session.ensure_until(target, &renewal.validity).await {
         Ok(()) => Ok(()),
-        Err(LeaseTrouble::Dead) => Err(not_held(&lease.key)),
+        Err(LeaseTrouble::Dead) => Err(not_held(&renewal.lease.key)),
         Err(LeaseTrouble::TooShort) => Err(backend_error(
             "extend",
             "the lease TTL is shorter than the lock TTL",

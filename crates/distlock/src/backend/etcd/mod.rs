@@ -543,8 +543,8 @@ impl Backend for EtcdBackend {
         Box::pin(self.inner.try_acquire(req))
     }
 
-    fn extend<'a>(&'a self, lease: &'a LeaseRef, ttl: Duration) -> BoxFuture<'a, Result<()>> {
-        Box::pin(self.inner.extend(lease, ttl))
+    fn extend<'a>(&'a self, renewal: &'a Renewal) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.inner.extend(renewal))
     }
 
     fn extend_all<'a>(&'a self, renewals: &'a [Renewal]) -> BoxFuture<'a, Vec<Result<()>>> {

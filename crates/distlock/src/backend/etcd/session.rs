@@ -2,10 +2,12 @@
 //! keepalive stream that renews it.
 //!
 //! The session knows, on the local monotonic clock, until when the lease is
-//! *guaranteed* to live: the send time of the last keepalive that etcd
-//! answered, plus the TTL it granted, minus a drift allowance. etcd counts a
-//! renewal from when it receives it (later than the send) and a new leader
-//! only extends leases, so the lease cannot expire before that instant. A
+//! *guaranteed* to live: the validity deadline, under the engine's
+//! [`ValidityPolicy`] (its drift allowance and margin), of the last
+//! keepalive that etcd answered, counted from its send time with the TTL it
+//! granted. etcd counts a renewal from when it receives it (later than the
+//! send) and a new leader only extends leases, so the lease cannot expire
+//! before that instant. A
 //! grant or an extend is only reported to the engine once the guarantee
 //! covers the lock's whole validity; if the keepalives stop being answered
 //! the guarantee runs out, extends fail, and the engine fires `lost()` at
@@ -21,16 +23,15 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-
-/// Clock-rate allowance between this host and the etcd leader.
-const DRIFT: f64 = 0.01;
-/// Fixed allowance subtracted from every guarantee.
-const MARGIN: Duration = Duration::from_millis(5);
+use crate::validity::ValidityPolicy;
 
 #[derive(Clone, Copy, Debug)]
 pub(super) struct LeaseStatus {
-    /// The lease lives at least until then.
-    pub(super) until: Instant,
+    /// The send time of the answered keepalive (or grant) that renewed the
+    /// lease furthest.
+    sent: Instant,
+    /// The TTL etcd granted with it.
+    ttl: Duration,
     /// etcd said the lease no longer exists (expired or revoked): every key
     /// attached to it is gone.
     pub(super) dead: bool,
@@ -83,7 +84,8 @@ impl Session {
         request_timeout: Duration,
     ) -> Arc<Self> {
         let (status, _) = watch::channel(LeaseStatus {
-            until: guarantee(sent, ttl),
+            sent,
+            ttl,
             dead: false,
         });
         let session = Arc::new(Session {
@@ -131,17 +133,23 @@ impl Session {
         self.stop.cancel();
     }
 
-    /// Asks for a keepalive now, without waiting for it.
-    pub(super) fn kick_if_short(&self, target: Instant) {
-        if self.status().until < target {
+    /// Asks for a keepalive now, without waiting for it, unless the lease
+    /// is guaranteed (under `validity`) to live until `target`.
+    pub(super) fn kick_if_short(&self, target: Instant, validity: &ValidityPolicy) {
+        if self.status().until(validity) < target {
             self.shared.kick.notify_one();
         }
     }
 
-    /// Waits until the lease is guaranteed to live until `target`, sending
-    /// keepalives as needed. Unbounded in time: callers bound it.
-    pub(super) async fn ensure_until(&self, target: Instant) -> Result<(), LeaseTrouble> {
-        if target > Instant::now() + self.ttl.mul_f64(1.0 - DRIFT) {
+    /// Waits until the lease is guaranteed (under `validity`) to live until
+    /// `target`, sending keepalives as needed. Unbounded in time: callers
+    /// bound it.
+    pub(super) async fn ensure_until(
+        &self,
+        target: Instant,
+        validity: &ValidityPolicy,
+    ) -> Result<(), LeaseTrouble> {
+        if target > validity.deadline(Instant::now(), self.ttl) {
             return Err(LeaseTrouble::TooShort);
         }
         let mut rx = self.shared.status.subscribe();
@@ -150,7 +158,7 @@ impl Session {
             if status.dead {
                 return Err(LeaseTrouble::Dead);
             }
-            if status.until >= target {
+            if status.until(validity) >= target {
                 return Ok(());
             }
             self.shared.kick.notify_one();
@@ -167,10 +175,12 @@ impl Shared {
     }
 
     fn renewed(&self, sent: Instant, ttl: Duration) {
-        let until = guarantee(sent, ttl);
         self.status.send_if_modified(|s| {
-            if until > s.until {
-                s.until = until;
+            // Furthest by etcd's reckoning (send time + TTL): under any
+            // policy, the same renewal then gives the latest guarantee.
+            if sent + ttl > s.sent + s.ttl {
+                s.sent = sent;
+                s.ttl = ttl;
                 true
             } else {
                 false
@@ -179,10 +189,11 @@ impl Shared {
     }
 }
 
-fn guarantee(sent: Instant, ttl: Duration) -> Instant {
-    (sent + ttl.mul_f64(1.0 - DRIFT))
-        .checked_sub(MARGIN)
-        .unwrap_or(sent)
+impl LeaseStatus {
+    /// Until when the lease is guaranteed to live, under `validity`.
+    fn until(&self, validity: &ValidityPolicy) -> Instant {
+        validity.deadline(self.sent, self.ttl)
+    }
 }
 
 fn lease_not_found(e: &etcd_client::Error) -> bool {

@@ -82,7 +82,7 @@ use futures::future::BoxFuture;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
-use crate::backend::{AcquireRequest, Attempt, Backend, Capabilities};
+use crate::backend::{AcquireRequest, Attempt, Backend, Capabilities, Renewal};
 use crate::error::{Error, Result};
 use crate::holder::HolderInfo;
 use crate::key::{Key, LockKey, Namespace};
@@ -456,9 +456,9 @@ impl Backend for FileBackend {
         })
     }
 
-    fn extend<'a>(&'a self, lease: &'a LeaseRef, ttl: Duration) -> BoxFuture<'a, Result<()>> {
-        let _ = ttl; // a file lock has no TTL
-        Box::pin(async move { self.extend_now(lease) })
+    fn extend<'a>(&'a self, renewal: &'a Renewal) -> BoxFuture<'a, Result<()>> {
+        // A file lock has no TTL: extending checks it is still ours.
+        Box::pin(async move { self.extend_now(&renewal.lease) })
     }
 
     fn release<'a>(&'a self, lease: &'a LeaseRef) -> BoxFuture<'a, Result<()>> {

@@ -227,7 +227,7 @@ async fn a_replaced_lock_file_is_detected_by_extend() {
     let b = FileBackend::open(&dir).unwrap();
     grant(&b, &request("k")).await;
     assert!(
-        a.extend(&req.lease(), Duration::from_secs(1))
+        a.extend(&Renewal::new(req.lease(), Duration::from_secs(1)))
             .await
             .unwrap_err()
             .is_not_held()

@@ -126,8 +126,6 @@ mod keys;
 mod pubsub;
 mod scripts;
 
-use std::time::Duration;
-
 use futures::future::BoxFuture;
 use tokio::time::Instant;
 
@@ -156,8 +154,8 @@ impl Backend for RedisBackend {
         Box::pin(self.shared.acquire(req))
     }
 
-    fn extend<'a>(&'a self, lease: &'a LeaseRef, ttl: Duration) -> BoxFuture<'a, Result<()>> {
-        Box::pin(self.shared.extend(lease, ttl))
+    fn extend<'a>(&'a self, renewal: &'a Renewal) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.shared.extend(&renewal.lease, renewal.ttl))
     }
 
     fn extend_all<'a>(&'a self, renewals: &'a [Renewal]) -> BoxFuture<'a, Vec<Result<()>>> {
