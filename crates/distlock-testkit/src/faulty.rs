@@ -44,6 +44,8 @@ pub struct Faulty {
     stalled: Mutex<HashSet<LockKey>>,
     acquires: AtomicU64,
     extends: AtomicU64,
+    /// `extend_all` calls: one per refresh round of a Locker.
+    batches: AtomicU64,
     releases: AtomicU64,
 }
 
@@ -74,6 +76,7 @@ impl Faulty {
             stalled: Mutex::new(HashSet::new()),
             acquires: AtomicU64::new(0),
             extends: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
             releases: AtomicU64::new(0),
         }
     }
@@ -140,6 +143,11 @@ impl Faulty {
     /// stalled or failed ones included.
     pub fn extends(&self) -> u64 {
         self.extends.load(Ordering::SeqCst)
+    }
+
+    /// How many `extend_all` calls (batches of extends) reached this store.
+    pub fn batches(&self) -> u64 {
+        self.batches.load(Ordering::SeqCst)
     }
 
     /// `release` calls so far.
@@ -228,6 +236,7 @@ impl Backend for Faulty {
     /// `extend` per renewal, concurrently, so every fault applies as to a
     /// lone extend.
     fn extend_all<'a>(&'a self, renewals: &'a [Renewal]) -> BoxFuture<'a, Vec<Result<()>>> {
+        self.batches.fetch_add(1, Ordering::SeqCst);
         if self.extends_touched(renewals) {
             return Box::pin(futures::future::join_all(
                 renewals.iter().map(|r| self.extend(r)),

@@ -503,3 +503,52 @@ async fn close_ends_a_lock_before_releasing_it() {
     closing.await.unwrap().unwrap();
     assert!(lock.is_lost());
 }
+
+/// One refresher per Locker: locks obtained together are extended together,
+/// in one `extend_all` per round, not by one task (and one call) per lock.
+#[tokio::test(start_paused = true)]
+async fn one_refresher_extends_a_locker_s_locks_in_one_batch_per_round() {
+    let store = faulty();
+    let locker = locker(&store);
+    let mut locks = Vec::new();
+    for i in 0..100 {
+        locks.push(
+            locker
+                .obtain_with(format!("k{i}"), ttl(3000))
+                .await
+                .unwrap(),
+        );
+    }
+    let refreshers: Vec<_> = locks
+        .iter()
+        .map(|l| l.start_refresh(|e| panic!("{e}")))
+        .collect();
+    // Three rounds, one refresh interval (1 s) apart.
+    sleep(3100 * MS).await;
+    assert_eq!(store.extends(), 300);
+    assert_eq!(store.batches(), 3);
+    assert!(locks.iter().all(|l| !l.is_lost()));
+    // Stopping one leaves the others refreshed, in one batch still.
+    refreshers[0].stop().await;
+    assert!(!refreshers[0].is_running() && refreshers[1].is_running());
+    sleep(1000 * MS).await;
+    assert_eq!((store.extends(), store.batches()), (399, 4));
+}
+
+/// Locks due at different times are extended in different rounds, each on
+/// its own schedule.
+#[tokio::test(start_paused = true)]
+async fn locks_due_apart_are_refreshed_on_their_own_schedules() {
+    let store = faulty();
+    let locker = locker(&store);
+    let slow = locker.obtain_with("slow", ttl(3000)).await.unwrap();
+    sleep(500 * MS).await;
+    let fast = locker.obtain_with("fast", ttl(600)).await.unwrap();
+    let _a = slow.start_refresh(|e| panic!("{e}"));
+    let _b = fast.start_refresh(|e| panic!("{e}"));
+    // slow: every 1 s (at 1.0, 2.0, 3.0 s after it started refreshing);
+    // fast: every 200 ms (15 times in 3.05 s).
+    sleep(3050 * MS).await;
+    assert_eq!(store.extends(), 3 + 15);
+    assert!(!slow.is_lost() && !fast.is_lost());
+}
