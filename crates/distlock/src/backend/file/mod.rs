@@ -70,37 +70,33 @@
 //! [`Capabilities::ttl_expiry`]: crate::backend::Capabilities::ttl_expiry
 
 use std::collections::HashMap;
-use std::fmt::{self, Write as _};
-use std::fs::{File, OpenOptions, TryLockError};
-use std::io::{self, Write};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::fs::{File, TryLockError};
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use futures::future::BoxFuture;
-use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use crate::backend::{AcquireRequest, Attempt, Backend, Capabilities, Renewal};
 use crate::error::{Error, Result};
 use crate::holder::HolderInfo;
-use crate::key::{Key, LockKey, Namespace};
+use crate::key::{Key, LockKey};
 use crate::lease::{LeaseRef, OwnerToken};
 
+mod disk;
+mod errors;
 mod holders;
 
+use disk::{
+    KeyPaths, LOCK_HEADER, Record, TOKEN_DIGITS, create_lock_file, file_name, is_current,
+    micros_since_epoch, namespace_dir, open_lock_file, read_lock_file, read_record, write_record,
+};
+use errors::{Action, io_error};
+
 use holders::{Holder, HolderLookup};
-
-/// The longest percent-encoded key kept readable in a file name.
-const MAX_ENCODED: usize = 200;
-
-/// The start of every `.lock` file, followed by the 20-digit token.
-const LOCK_HEADER: &[u8] = b"distlock file lock v1\ntoken ";
-const TOKEN_DIGITS: usize = 20;
-const KEY_LINE: &[u8] = b"\nkey ";
-
-const HOLDER_HEADER: &str = "distlock holder v1";
 
 /// How often a waiter re-reads the holder record for a release.
 const RELEASE_POLL: Duration = Duration::from_millis(10);
@@ -151,30 +147,12 @@ struct Held {
     metadata: Option<Arc<str>>,
 }
 
-/// Where one key's files live.
-#[derive(Debug)]
-struct KeyPaths {
-    dir: PathBuf,
-    lock: PathBuf,
-    holder: PathBuf,
-}
-
 /// The outcome of one synchronous look at a lock.
 enum Step {
     Granted(u64),
     /// Held by someone else; `None` when the holder's record is not (yet)
     /// there.
     Busy(Option<HolderInfo>),
-}
-
-/// The holder record, as stored in `<name>.holder`.
-#[derive(Debug, PartialEq)]
-struct Record {
-    token: u64,
-    pid: u32,
-    host: String,
-    since: SystemTime,
-    metadata: Option<String>,
 }
 
 impl FileBackend {
@@ -491,347 +469,6 @@ fn not_held(key: &LockKey) -> Error {
     Error::NotHeld {
         key: key.key.to_string(),
     }
-}
-
-/// What an I/O call on a path was doing: named in its error, with the
-/// permission it needs.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Action {
-    /// Creating a directory: the lock directory or a namespace's.
-    CreateDir,
-    /// Creating a `.lock` file in its namespace's directory.
-    CreateLockFile,
-    /// Opening a `.lock` file to lock it.
-    OpenLockFile,
-    /// Opening a `.lock` file to look at it (`inspect`).
-    ReadLockFile,
-    /// Locking, reading or updating a `.lock` file already open.
-    UseLockFile,
-    /// Writing a holder record (a temporary file renamed into place).
-    WriteHolder,
-}
-
-impl Action {
-    fn what(self) -> &'static str {
-        match self {
-            Action::CreateDir => "create directory",
-            Action::CreateLockFile => "create lock file",
-            Action::OpenLockFile => "open lock file",
-            Action::ReadLockFile => "read lock file",
-            Action::UseLockFile => "use lock file",
-            Action::WriteHolder => "write holder record",
-        }
-    }
-
-    /// The permissions doing it on `path` takes.
-    fn needs(self, path: &Path) -> String {
-        let dir = path.parent().unwrap_or(path).display();
-        match self {
-            Action::CreateDir | Action::CreateLockFile | Action::WriteHolder => {
-                format!("write and search permission on {dir}")
-            }
-            Action::OpenLockFile => {
-                format!("read and write permission on it and search permission on {dir}")
-            }
-            Action::ReadLockFile => {
-                format!("read permission on it and search permission on {dir}")
-            }
-            Action::UseLockFile => "read and write permission on it".to_owned(),
-        }
-    }
-}
-
-/// An I/O call that failed: one [`Action`] on one path.
-#[derive(Debug)]
-struct FsError {
-    action: Action,
-    path: PathBuf,
-    source: io::Error,
-}
-
-impl FsError {
-    /// Why waiting cannot cure it, if it cannot: a permission is missing,
-    /// the file system is read-only or full, or something not ours stands
-    /// where a lock's directory or file belongs. Such a store fails every
-    /// later attempt alike until someone fixes it.
-    fn hopeless(&self) -> Option<String> {
-        use nix::libc;
-        Some(match self.source.raw_os_error()? {
-            libc::EACCES => format!(
-                "permission denied (needs {})",
-                self.action.needs(&self.path)
-            ),
-            libc::EPERM => "operation not permitted".to_owned(),
-            libc::EROFS => "read-only file system".to_owned(),
-            libc::ENOSPC => "no space left on device".to_owned(),
-            libc::EDQUOT => "disk quota exceeded".to_owned(),
-            // `O_NOFOLLOW`: a link planted where a lock file belongs.
-            libc::ELOOP => "it is a symbolic link, which distlock does not follow".to_owned(),
-            libc::EISDIR => "it is a directory".to_owned(),
-            libc::ENOTDIR => "a component of the path is not a directory".to_owned(),
-            // `create_dir_all` reports a file in the way as "exists".
-            libc::EEXIST if self.action == Action::CreateDir => {
-                "something other than a directory is in the way".to_owned()
-            }
-            _ => return None,
-        })
-    }
-}
-
-impl fmt::Display for FsError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (what, path) = (self.action.what(), self.path.display());
-        match self.hopeless() {
-            Some(why) => write!(f, "cannot {what} {path}: {why}"),
-            None => write!(f, "cannot {what} {path}: {}", self.source),
-        }
-    }
-}
-
-impl std::error::Error for FsError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.source)
-    }
-}
-
-/// An I/O failure during `op`: [`Error::Refused`] when waiting cannot cure
-/// it (see [`FsError::hopeless`]), else a transient [`Error::Backend`].
-fn io_error(op: &'static str, action: Action, path: &Path, source: io::Error) -> Error {
-    let failure = FsError {
-        action,
-        path: path.to_owned(),
-        source,
-    };
-    if failure.hopeless().is_some() {
-        Error::refused("file", op, failure)
-    } else {
-        Error::backend("file", op, failure)
-    }
-}
-
-fn micros_since_epoch() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
-/// The folder of a namespace. Namespaces may be `.` or `..`; the prefix
-/// keeps them inside the directory.
-fn namespace_dir(namespace: &Namespace) -> String {
-    format!("ns-{namespace}")
-}
-
-/// The injective, directory-safe file name stem of a key.
-fn file_name(key: &Key) -> String {
-    let mut encoded = String::with_capacity(key.as_str().len() + 2);
-    encoded.push_str("k-");
-    for b in key.as_str().bytes() {
-        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
-            encoded.push(char::from(b));
-        } else {
-            let _ = write!(encoded, "%{b:02X}");
-        }
-        if encoded.len() > MAX_ENCODED {
-            let digest = Sha256::digest(key.as_str().as_bytes());
-            let mut hashed = String::with_capacity(2 + 64);
-            hashed.push_str("h-");
-            for b in digest {
-                let _ = write!(hashed, "{b:02x}");
-            }
-            return hashed;
-        }
-    }
-    encoded
-}
-
-fn open_lock_file(path: &Path, write: bool) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(write)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(path)
-}
-
-/// Creates the `.lock` file complete, or leaves an existing one alone: the
-/// content is written to a temporary file first and hard-linked into place,
-/// which fails if the name exists.
-fn create_lock_file(paths: &KeyPaths, key: &Key) -> Result<()> {
-    std::fs::create_dir_all(&paths.dir)
-        .map_err(|e| io_error("acquire", Action::CreateDir, &paths.dir, e))?;
-    let failed = |e| io_error("acquire", Action::CreateLockFile, &paths.lock, e);
-    let mut content = Vec::with_capacity(LOCK_HEADER.len() + 32 + key.as_str().len());
-    content.extend_from_slice(LOCK_HEADER);
-    content.extend_from_slice(format!("{:0TOKEN_DIGITS$}", 0).as_bytes());
-    content.extend_from_slice(KEY_LINE);
-    content.extend_from_slice(key.as_str().as_bytes());
-    content.push(b'\n');
-    let tmp = write_temp(&paths.dir, &content).map_err(failed)?;
-    let linked = std::fs::hard_link(&tmp, &paths.lock);
-    let _ = std::fs::remove_file(&tmp);
-    match linked {
-        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(failed(e)),
-        _ => Ok(()),
-    }
-}
-
-/// Writes `content` to a new temporary file in `dir` and returns its path.
-/// Temporary names start with a dot, which no lock or holder file does.
-fn write_temp(dir: &Path, content: &[u8]) -> io::Result<PathBuf> {
-    let tmp = dir.join(format!(
-        ".tmp-{}-{:016x}",
-        std::process::id(),
-        fastrand::u64(..)
-    ));
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .open(&tmp)?;
-    if let Err(e) = file.write_all(content) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    Ok(tmp)
-}
-
-/// Whether `path` still names the file `file` has open.
-fn is_current(file: &File, path: &Path) -> io::Result<bool> {
-    let open = file.metadata()?;
-    match std::fs::symlink_metadata(path) {
-        Ok(named) => Ok(named.dev() == open.dev() && named.ino() == open.ino()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-/// The whole content of `file`, read from offset 0 whatever its position.
-fn read_from_start(file: &File) -> io::Result<Vec<u8>> {
-    let mut content = vec![0; 2048];
-    let mut len = 0;
-    loop {
-        if len == content.len() {
-            content.resize(len * 2, 0);
-        }
-        match file.read_at(&mut content[len..], len as u64) {
-            Ok(0) => break,
-            Ok(n) => len += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    content.truncate(len);
-    Ok(content)
-}
-
-/// Reads a `.lock` file: returns the last fencing token, after checking the
-/// file belongs to `key` (a hashed name shared by two keys is an error).
-fn read_lock_file(file: &File, key: &Key, path: &Path) -> Result<u64> {
-    let content =
-        read_from_start(file).map_err(|e| io_error("read", Action::UseLockFile, path, e))?;
-    // Neither a foreign file nor a collision goes away by waiting.
-    let corrupt = || {
-        Error::refused(
-            "file",
-            "read",
-            format!(
-                "{} is not a distlock lock file; remove it only when no process uses that lock",
-                path.display()
-            ),
-        )
-    };
-    let rest = content.strip_prefix(LOCK_HEADER).ok_or_else(corrupt)?;
-    if rest.len() < TOKEN_DIGITS {
-        return Err(corrupt());
-    }
-    let (digits, rest) = rest.split_at(TOKEN_DIGITS);
-    let token = std::str::from_utf8(digits)
-        .ok()
-        .and_then(|d| d.parse::<u64>().ok())
-        .ok_or_else(corrupt)?;
-    let stored = rest
-        .strip_prefix(KEY_LINE)
-        .and_then(|k| k.strip_suffix(b"\n"))
-        .ok_or_else(corrupt)?;
-    if stored != key.as_str().as_bytes() {
-        return Err(Error::refused(
-            "file",
-            "read",
-            format!(
-                "{} belongs to key {:?}, not {:?} (a SHA-256 collision of long keys)",
-                path.display(),
-                String::from_utf8_lossy(stored),
-                key.as_str()
-            ),
-        ));
-    }
-    Ok(token)
-}
-
-fn encode_record(r: &Record) -> Vec<u8> {
-    let since = r.since.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let mut out = format!(
-        "{HOLDER_HEADER}\ntoken {}\npid {}\nhost {}\nsince {}.{:09}\n",
-        r.token,
-        r.pid,
-        r.host,
-        since.as_secs(),
-        since.subsec_nanos()
-    )
-    .into_bytes();
-    match &r.metadata {
-        Some(m) => {
-            out.extend_from_slice(format!("metadata {}\n", m.len()).as_bytes());
-            out.extend_from_slice(m.as_bytes());
-        }
-        None => out.extend_from_slice(b"metadata none\n"),
-    }
-    out
-}
-
-fn decode_record(bytes: &[u8]) -> Option<Record> {
-    let mut rest = bytes;
-    let mut line = |prefix: &str| -> Option<String> {
-        let end = rest.iter().position(|&b| b == b'\n')?;
-        let text = std::str::from_utf8(&rest[..end]).ok()?;
-        rest = &rest[end + 1..];
-        text.strip_prefix(prefix).map(str::to_owned)
-    };
-    if !line(HOLDER_HEADER)?.is_empty() {
-        return None;
-    }
-    let token = line("token ")?.parse().ok()?;
-    let pid = line("pid ")?.parse().ok()?;
-    let host = line("host ")?;
-    let since = line("since ")?;
-    let (secs, nanos) = since.split_once('.')?;
-    let since = UNIX_EPOCH + Duration::new(secs.parse().ok()?, nanos.parse().ok()?);
-    let metadata = match line("metadata ")?.as_str() {
-        "none" => None,
-        len => {
-            let len: usize = len.parse().ok()?;
-            Some(String::from_utf8(rest.get(..len)?.to_vec()).ok()?)
-        }
-    };
-    Some(Record {
-        token,
-        pid,
-        host,
-        since,
-        metadata,
-    })
-}
-
-/// The current holder record, if there is a readable one.
-fn read_record(path: &Path) -> Option<Record> {
-    decode_record(&std::fs::read(path).ok()?)
-}
-
-fn write_record(paths: &KeyPaths, record: &Record) -> io::Result<()> {
-    let tmp = write_temp(&paths.dir, &encode_record(record))?;
-    std::fs::rename(&tmp, &paths.holder).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
 }
 
 #[cfg(test)]

@@ -1,6 +1,10 @@
 //! The file backend's own tests: naming, records, errors, probes.
 
+use std::time::UNIX_EPOCH;
+
+use super::disk::{MAX_ENCODED, decode_record, encode_record};
 use super::*;
+use crate::key::Namespace;
 
 fn key(k: &str) -> Key {
     Key::new(k).unwrap()
