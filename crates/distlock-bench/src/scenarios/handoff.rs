@@ -166,13 +166,13 @@ pub async fn handoff(env: &Env, store: Arc<dyn Store>, processes: bool) -> Repor
                 report.targets.push(Target::new(
                     format!("{name} handoff ({mode}) p50"),
                     us(h.p50) / 1e3,
-                    0.5,
+                    0.4,
                     " ms",
                 ));
                 report.targets.push(Target::new(
                     format!("{name} handoff ({mode}) p99"),
                     us(h.p99) / 1e3,
-                    3.0,
+                    1.0,
                     " ms",
                 ));
             }
@@ -183,7 +183,7 @@ pub async fn handoff(env: &Env, store: Arc<dyn Store>, processes: bool) -> Repor
         report.targets.push(Target::new(
             format!("{name} handoff ({mode}) max wait / fair share"),
             max_wait_share,
-            2.0,
+            1.5,
             "x",
         ));
     }

@@ -168,13 +168,13 @@ pub async fn held(env: &Env, store: Arc<dyn Store>) -> Report {
     report.targets.push(Target::new(
         format!("{} held locks: client heap per lock", store.name()),
         per_lock(mem0, mem2) / 1024.0,
-        2.0,
+        1.0,
         " KiB",
     ));
     report.targets.push(Target::new(
         format!("{} held locks: refresh CPU", store.name()),
         cpu_share * 100.0,
-        5.0,
+        1.0,
         "% of a core",
     ));
     report.notes.push(format!(
