@@ -411,12 +411,17 @@ impl Store {
         )
     }
 
-    /// Redis: `FLUSHALL`, sent to the server directly. Describes it.
+    /// Redis: `FLUSHALL`, sent to the server directly. Describes it; a
+    /// server that does not take a connection within a few seconds (just
+    /// restarted, or paused by an earlier fault) is reported, not a panic.
     pub async fn flushall(&self) -> String {
         let Some(server) = &self.redis else {
             return "no Redis server".into();
         };
-        let mut conn = server.admin().await;
+        let mut conn = match admin_within(server, Duration::from_secs(5)).await {
+            Ok(conn) => conn,
+            Err(e) => return format!("FLUSHALL not sent: {e}"),
+        };
         let keys: Result<u64, _> = redis::cmd("DBSIZE").query_async(&mut conn).await;
         let flushed: Result<(), _> = redis::cmd("FLUSHALL").query_async(&mut conn).await;
         match flushed {
@@ -509,6 +514,27 @@ impl Store {
         }
         for proxy in self.proxies.iter().chain(&self.peer_proxies) {
             proxy.heal();
+        }
+    }
+}
+
+/// An admin connection to `server`, retried until `within` has passed.
+async fn admin_within(
+    server: &RedisServer,
+    within: Duration,
+) -> Result<redis::aio::MultiplexedConnection, String> {
+    let deadline = tokio::time::Instant::now() + within;
+    let client = redis::Client::open(server.url()).map_err(|e| e.to_string())?;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let attempt = tokio::time::timeout(left, client.get_multiplexed_async_connection()).await;
+        match attempt {
+            Ok(Ok(conn)) => return Ok(conn),
+            Ok(Err(_)) if tokio::time::Instant::now() + Duration::from_millis(100) < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok(Err(e)) => return Err(format!("no connection within {within:?}: {e}")),
+            Err(_) => return Err(format!("no connection within {within:?}")),
         }
     }
 }
