@@ -29,6 +29,9 @@ pub struct Faulty {
     hang: AtomicBool,
     /// Extends that fail with a transient error before succeeding again.
     failing_extends: AtomicU32,
+    /// Releases that fail with a transient error without reaching the
+    /// store (a connection refused), before they reach it again.
+    failing_releases: AtomicU32,
     /// Extends fail with `Closed`, as a backend closed by its owner does.
     closed_extends: AtomicBool,
     /// The next acquire takes effect in the store, but its reply comes this
@@ -68,6 +71,7 @@ impl Faulty {
             inner,
             hang: AtomicBool::new(false),
             failing_extends: AtomicU32::new(0),
+            failing_releases: AtomicU32::new(0),
             closed_extends: AtomicBool::new(false),
             late_acquire_reply: AtomicU64::new(0),
             late_extend_reply: AtomicU64::new(0),
@@ -96,6 +100,12 @@ impl Faulty {
     /// of them, practically), without reaching the store.
     pub fn fail_extends(&self, n: u32) {
         self.failing_extends.store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` releases fail with a transient error and never reach
+    /// the store.
+    pub fn fail_releases(&self, n: u32) {
+        self.failing_releases.store(n, Ordering::SeqCst);
     }
 
     /// While `on`, extends fail with [`Error::Closed`], as those of a
@@ -251,6 +261,15 @@ impl Backend for Faulty {
         self.releases.fetch_add(1, Ordering::SeqCst);
         Box::pin(async move {
             self.gate().await;
+            let failing = self.failing_releases.load(Ordering::SeqCst);
+            if failing > 0 {
+                self.failing_releases.store(failing - 1, Ordering::SeqCst);
+                return Err(Error::backend(
+                    self.inner.name(),
+                    "release",
+                    "connection refused",
+                ));
+            }
             delay(self.slow_release.load(Ordering::SeqCst)).await;
             self.inner.release(lease).await
         })

@@ -199,11 +199,11 @@ impl Lock {
         if let Err(Error::Closed) = was_valid {
             return Err(Error::Closed);
         }
-        let (result, attempts) = held.engine.release(&held.lease).await;
+        let (result, maybe_ran) = held.engine.release(&held.lease).await;
         held.end(LostReason::Released);
         match result {
             // An earlier attempt whose reply was lost most likely deleted it.
-            Err(e) if e.is_not_held() && attempts > 1 && was_valid.is_ok() => Ok(()),
+            Err(e) if e.is_not_held() && maybe_ran && was_valid.is_ok() => Ok(()),
             Ok(()) => was_valid,
             Err(e) => Err(e),
         }

@@ -552,3 +552,27 @@ async fn locks_due_apart_are_refreshed_on_their_own_schedules() {
     assert_eq!(store.extends(), 3 + 15);
     assert!(!slow.is_lost() && !fast.is_lost());
 }
+
+/// A release that failed before reaching the store says nothing about the
+/// lock: when the retry finds it gone (the store lost it: FLUSHALL, a
+/// restart without it), the release reports NotHeld, not Ok. Found by the
+/// issue-11 long campaign on Redis (`release_by_non_owner` after a
+/// wipe_restart, while the connection was re-established).
+#[tokio::test(start_paused = true)]
+async fn a_release_retried_after_a_refused_attempt_reports_a_lock_the_store_lost() {
+    let memory = Arc::new(MemoryBackend::new());
+    let store = Arc::new(Faulty::new(memory.clone()));
+    let locker = locker(&store);
+    let lock = locker.obtain_with("k", ttl(3000)).await.unwrap();
+    let key = distlock::LockKey {
+        namespace: locker.namespace().clone(),
+        key: distlock::Key::new("k").unwrap(),
+    };
+    assert!(memory.evict(&key));
+    store.fail_releases(1);
+    let released = lock.release().await;
+    assert!(
+        released.as_ref().is_err_and(Error::is_not_held),
+        "{released:?}"
+    );
+}

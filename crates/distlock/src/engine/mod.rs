@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -204,17 +204,35 @@ impl Engine {
     }
 
     /// Releases `lease` for its holder, retrying transient errors within one
-    /// operation timeout, and wakes this engine's next local waiter.
-    pub(crate) async fn release(&self, lease: &LeaseRef) -> (Result<()>, u32) {
-        let mut attempts = 0u32;
+    /// operation timeout, and wakes this engine's next local waiter. The
+    /// flag says whether an earlier attempt may have released it without
+    /// its reply coming back (it timed out): a NotHeld from a later one
+    /// then most likely answers our own release. A failure that says the
+    /// call did not run (a refused connection) does not count.
+    pub(crate) async fn release(&self, lease: &LeaseRef) -> (Result<()>, bool) {
+        // Whether the attempt in flight came back, and whether one that came
+        // back (or never did) may have run unseen.
+        let answered = AtomicBool::new(true);
+        let maybe_ran = AtomicBool::new(false);
         let result = self
             .call_idempotent("release", None, || {
-                attempts += 1;
-                self.backend.release(lease)
+                if !answered.swap(false, Ordering::Relaxed) {
+                    maybe_ran.store(true, Ordering::Relaxed); // cut off by the timeout
+                }
+                let call = self.backend.release(lease);
+                let (answered, maybe_ran) = (&answered, &maybe_ran);
+                async move {
+                    let result = call.await;
+                    answered.store(true, Ordering::Relaxed);
+                    if matches!(result, Err(Error::Timeout { .. })) {
+                        maybe_ran.store(true, Ordering::Relaxed);
+                    }
+                    result
+                }
             })
             .await;
         self.queues.released(&lease.key);
-        (result, attempts)
+        (result, maybe_ran.load(Ordering::Relaxed))
     }
 
     /// Best-effort background release, for handles dropped without release
