@@ -248,10 +248,27 @@ pub(super) fn writes(c: &mut Checker, grants: &[Grant]) {
     }
 }
 
-/// Obtains that returned a lock already past its validity deadline.
-pub(super) fn expired(c: &mut Checker, grants: &[Grant], tolerance_ns: i64) {
+/// Obtains that returned a lock already past its validity deadline. One
+/// whose process was stopped across the deadline is excused (and counted):
+/// the engine checked the deadline before the stop, and nothing in a frozen
+/// process can act; its holder must check the lock, as `lost()` says.
+pub(super) fn expired(
+    c: &mut Checker,
+    grants: &[Grant],
+    stops: &HashMap<(u32, u32), Vec<(i64, i64)>>,
+    tolerance_ns: i64,
+) {
     for g in grants {
         if g.ok > g.valid_until_first.saturating_add(tolerance_ns) {
+            let deadline = g.valid_until_first;
+            let stopped = stops.get(&(g.client, g.incarnation)).is_some_and(|s| {
+                s.iter()
+                    .any(|&(start, end)| start <= g.ok && end >= deadline - tolerance_ns)
+            });
+            if stopped {
+                c.report.expired_grants_excused += 1;
+                continue;
+            }
             c.violation(
                 ViolationKind::ExpiredGrant,
                 format!(

@@ -175,7 +175,7 @@ pub fn check(dir: &Path) -> io::Result<Report> {
     checks::waiter_stops(&mut c, &run.obtains, &by.waiter_stops);
     if meta.ttl_expiry {
         checks::lost(&mut c, grants, &by.stops, tolerance_ns);
-        checks::expired(&mut c, grants, tolerance_ns);
+        checks::expired(&mut c, grants, &by.stops, tolerance_ns);
     }
 
     for key in &end.leftover_keys {

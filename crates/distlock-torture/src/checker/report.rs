@@ -75,6 +75,9 @@ pub struct Report {
     pub max_lost_lateness_ms: Option<f64>,
     /// Grants whose lateness was excused (their process was stopped).
     pub lost_lateness_excused: u64,
+    /// Obtains that returned past the deadline because their process was
+    /// stopped between the engine's check and the return.
+    pub expired_grants_excused: u64,
 }
 
 impl Report {
@@ -190,6 +193,10 @@ impl Report {
                 ),
                 None => "no lock lost by expiry or store".into(),
             },
+        );
+        row(
+            "late obtains excused (process stopped)",
+            self.expired_grants_excused.to_string(),
         );
         row("violations", join_counts(&self.violations, |k| k.name()));
         row("result", if self.passed() { "PASS" } else { "FAIL" }.into());
