@@ -171,6 +171,15 @@ impl Faulty {
         }
     }
 
+    /// A transient failure of `op`, while `remaining` says more are due
+    /// (taking one of them).
+    fn injected(&self, remaining: &AtomicU32, op: &'static str, what: &str) -> Option<Error> {
+        remaining
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .ok()
+            .map(|_| Error::backend(self.inner.name(), op, what.to_owned()))
+    }
+
     fn is_stalled(&self, key: &LockKey) -> bool {
         self.stalled.lock().unwrap().contains(key)
     }
@@ -226,14 +235,8 @@ impl Backend for Faulty {
             if self.closed_extends.load(Ordering::SeqCst) {
                 return Err(Error::Closed);
             }
-            let failing = self.failing_extends.load(Ordering::SeqCst);
-            if failing > 0 {
-                self.failing_extends.store(failing - 1, Ordering::SeqCst);
-                return Err(Error::backend(
-                    self.inner.name(),
-                    "extend",
-                    "connection reset",
-                ));
+            if let Some(e) = self.injected(&self.failing_extends, "extend", "connection reset") {
+                return Err(e);
             }
             let reply = self.inner.extend(renewal).await;
             delay(self.late_extend_reply.swap(0, Ordering::SeqCst)).await;
@@ -261,14 +264,9 @@ impl Backend for Faulty {
         self.releases.fetch_add(1, Ordering::SeqCst);
         Box::pin(async move {
             self.gate().await;
-            let failing = self.failing_releases.load(Ordering::SeqCst);
-            if failing > 0 {
-                self.failing_releases.store(failing - 1, Ordering::SeqCst);
-                return Err(Error::backend(
-                    self.inner.name(),
-                    "release",
-                    "connection refused",
-                ));
+            if let Some(e) = self.injected(&self.failing_releases, "release", "connection refused")
+            {
+                return Err(e);
             }
             delay(self.slow_release.load(Ordering::SeqCst)).await;
             self.inner.release(lease).await
