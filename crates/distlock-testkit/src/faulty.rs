@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use distlock::backend::{AcquireRequest, Attempt, Backend, Capabilities, Renewal};
-use distlock::{Error, HolderInfo, LeaseRef, LockKey, Result};
+use distlock::{Error, HolderInfo, Holders, LeaseRef, LockKey, Result};
 use futures::future::BoxFuture;
 use tokio::time::{Instant, sleep};
 
@@ -277,6 +277,13 @@ impl Backend for Faulty {
         Box::pin(async move {
             self.gate().await;
             self.inner.inspect(key).await
+        })
+    }
+
+    fn holders<'a>(&'a self, key: &'a LockKey) -> BoxFuture<'a, Result<Holders>> {
+        Box::pin(async move {
+            self.gate().await;
+            self.inner.holders(key).await
         })
     }
 

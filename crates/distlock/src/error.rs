@@ -46,6 +46,18 @@ pub enum Error {
         key: String,
     },
 
+    /// A semaphore's (or reader-writer lock's) holders asked for a
+    /// different limit, or a store without permits was asked for one. Not
+    /// transient: the caller's limit has to change.
+    #[error("{key:?}: {reason}")]
+    LimitMismatch {
+        /// The key that was asked for.
+        key: String,
+        /// What disagrees: the limit asked for and the one the key is held
+        /// with.
+        reason: String,
+    },
+
     /// The key is not a valid lock key.
     #[error("invalid key: {reason}")]
     InvalidKey {
@@ -158,6 +170,10 @@ impl Error {
             Error::Timeout { op, after } => Error::Timeout { op, after: *after },
             Error::Closed => Error::Closed,
             Error::NotHeld { key } => Error::NotHeld { key: key.clone() },
+            Error::LimitMismatch { key, reason } => Error::LimitMismatch {
+                key: key.clone(),
+                reason: reason.clone(),
+            },
             Error::Backend {
                 backend,
                 op,
@@ -169,6 +185,22 @@ impl Error {
                 source,
             } => Error::refused(backend, op, message(source)),
             other => Error::backend("engine", "extend", other.to_string()),
+        }
+    }
+
+    /// A limit mismatch on `key`: asked for `asked` permits where the
+    /// current holders share `held`; for backends to report.
+    pub fn limit_mismatch(key: &crate::key::LockKey, asked: u32, held: u32) -> Self {
+        let name = |limit: u32| {
+            if limit == u32::MAX {
+                "readers of a reader-writer lock".to_owned()
+            } else {
+                format!("a semaphore of {limit} permit(s)")
+            }
+        };
+        Error::LimitMismatch {
+            key: key.key.to_string(),
+            reason: format!("asked as {} but held as {}", name(asked), name(held)),
         }
     }
 

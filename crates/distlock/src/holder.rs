@@ -65,3 +65,44 @@ impl HolderInfo {
         self
     }
 }
+
+/// Everyone who holds a key, as [`Locker::holders`](crate::Locker::holders)
+/// reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Holders {
+    /// The permit limit the holders share, when they hold permits (a
+    /// semaphore's size; `u32::MAX` for the readers of a reader-writer
+    /// lock); `None` for an exclusive holder or a free key.
+    pub limit: Option<u32>,
+    /// The holders, in the order they were granted (oldest first).
+    pub holders: Vec<HolderInfo>,
+}
+
+impl Holders {
+    /// A free key.
+    pub fn none() -> Self {
+        Holders::default()
+    }
+
+    /// A key held by one exclusive holder.
+    pub fn exclusive(holder: HolderInfo) -> Self {
+        Holders {
+            limit: None,
+            holders: vec![holder],
+        }
+    }
+
+    /// A key held by permits of `limit`, the holders oldest first.
+    pub fn permits(limit: u32, holders: Vec<HolderInfo>) -> Self {
+        Holders {
+            limit: Some(limit),
+            holders,
+        }
+    }
+
+    /// True when nobody holds the key.
+    pub fn is_empty(&self) -> bool {
+        self.holders.is_empty()
+    }
+}

@@ -39,14 +39,61 @@ impl fmt::Debug for OwnerToken {
     }
 }
 
-/// A reference to one acquisition: the key and the owner token it was
-/// granted to. Backends extend and release only if the stored owner matches.
+/// How many holders a key admits besides this one: the mode of a lease.
+///
+/// Every primitive is a lease on a key and differs only in this: a lock and
+/// a writer hold the key alone; a semaphore permit is one of `limit` holders;
+/// a reader is a permit of [`Share::READERS`], so any number of readers hold
+/// the key together and a writer excludes them all.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Share {
+    /// The key alone: no other holder of either mode.
+    #[default]
+    Exclusive,
+    /// One of at most `limit` holders that all asked for the same limit,
+    /// with no exclusive holder.
+    Permit {
+        /// How many permits the key has (at least 1).
+        limit: u32,
+    },
+}
+
+impl Share {
+    /// The permit a reader of a reader-writer lock takes: one of
+    /// `u32::MAX`, which is as good as unlimited.
+    pub const READERS: Share = Share::Permit { limit: u32::MAX };
+
+    /// The permit limit, or `None` for an exclusive lease.
+    pub fn limit(self) -> Option<u32> {
+        match self {
+            Share::Exclusive => None,
+            Share::Permit { limit } => Some(limit),
+        }
+    }
+}
+
+/// A reference to one acquisition: the key, the owner token it was granted
+/// to, and its mode. Backends extend and release only if the stored owner
+/// matches.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaseRef {
     /// The locked key.
     pub key: LockKey,
     /// The owner token the lock was granted to.
     pub owner: OwnerToken,
+    /// How the key was shared: which of a store's records holds the lease.
+    pub share: Share,
+}
+
+impl LeaseRef {
+    /// An exclusive lease (a lock) on `key` by `owner`.
+    pub fn exclusive(key: LockKey, owner: OwnerToken) -> Self {
+        LeaseRef {
+            key,
+            owner,
+            share: Share::Exclusive,
+        }
+    }
 }
 
 #[cfg(test)]

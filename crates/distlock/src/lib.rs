@@ -69,20 +69,24 @@ mod lock;
 mod locker;
 mod options;
 mod retry;
+mod rwlock;
+mod semaphore;
 mod url;
 mod validity;
 
 pub use engine::LostReason;
 pub use error::{BoxError, Error, Result};
-pub use holder::HolderInfo;
+pub use holder::{HolderInfo, Holders};
 pub use key::{
     DEFAULT_NAMESPACE, IntoKey, Key, LockKey, MAX_KEY_BYTES, MAX_NAMESPACE_BYTES, Namespace,
 };
-pub use lease::{LeaseRef, OwnerToken};
+pub use lease::{LeaseRef, OwnerToken, Share};
 pub use lock::{Lock, RefreshHandle};
 pub use locker::{DEFAULT_OP_TIMEOUT, Locker, LockerBuilder};
 pub use options::{DEFAULT_TTL, MAX_METADATA_BYTES, MAX_TTL, ObtainOptions};
 pub use retry::RetryStrategy;
+pub use rwlock::RwLock;
+pub use semaphore::Semaphore;
 pub use validity::{EXPIRY_LEAD, ValidityPolicy};
 
 /// The README's examples, compiled and run as doctests.

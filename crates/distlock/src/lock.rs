@@ -10,6 +10,7 @@ use tracing::Instrument;
 
 use crate::engine::{Held, LostReason, Registration};
 use crate::error::{Error, Result};
+use crate::lease::Share;
 #[cfg(doc)]
 use crate::validity::EXPIRY_LEAD;
 
@@ -70,6 +71,13 @@ impl Lock {
     /// The key, as given to obtain.
     pub fn key(&self) -> &str {
         self.held.lease.key.key.as_str()
+    }
+
+    /// The lease's mode: [`Share::Exclusive`] for a lock or write lock, a
+    /// permit of the semaphore's limit, or [`Share::READERS`] for a read
+    /// lock.
+    pub fn share(&self) -> Share {
+        self.held.lease.share
     }
 
     /// The fencing token of this grant: strictly greater than every token

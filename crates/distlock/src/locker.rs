@@ -4,19 +4,19 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::Instant;
-use tracing::Instrument;
-
 use crate::backend::Backend;
 use crate::backend::memory::MemoryBackend;
 #[cfg(doc)]
 use crate::engine::LostReason;
 use crate::engine::{Engine, Settings};
 use crate::error::{Error, Result};
-use crate::holder::HolderInfo;
+use crate::holder::{HolderInfo, Holders};
 use crate::key::{IntoKey, LockKey, Namespace};
+use crate::lease::Share;
 use crate::lock::Lock;
 use crate::options::ObtainOptions;
+use crate::rwlock::RwLock;
+use crate::semaphore::Semaphore;
 use crate::url::backend_from_url;
 use crate::validity::ValidityPolicy;
 
@@ -214,32 +214,10 @@ impl Locker {
     /// background) and no task running.
     pub async fn obtain_with(&self, key: impl IntoKey, options: ObtainOptions) -> Result<Lock> {
         let key = self.lock_key(key)?;
-        options.validate(&self.engine.validity)?;
-        self.engine.ensure_open()?;
-        let span = tracing::debug_span!(
-            "distlock.obtain",
-            key = %key.key,
-            backend = self.engine.backend.name(),
-            outcome = tracing::field::Empty,
-            attempts = tracing::field::Empty,
-            waited_ms = tracing::field::Empty,
-        );
-        let start = Instant::now();
-        let result = self
-            .engine
-            .acquire(key, &options, start)
-            .instrument(span.clone())
+        self.engine
+            .obtain(key, Share::Exclusive, options)
             .await
-            .map(|(held, attempts)| (Lock::new(held), attempts));
-        let (outcome, attempts) = match &result {
-            Ok((_, attempts)) => ("obtained", *attempts),
-            Err((e, attempts)) if e.is_not_obtained() => ("not_obtained", *attempts),
-            Err((_, attempts)) => ("error", *attempts),
-        };
-        span.record("outcome", outcome);
-        span.record("attempts", attempts);
-        span.record("waited_ms", start.elapsed().as_secs_f64() * 1e3);
-        result.map(|(lock, _)| lock).map_err(|(e, _)| e)
+            .map(Lock::new)
     }
 
     /// Whether `key` is held by anyone. Read-only: never takes the lock.
@@ -256,6 +234,52 @@ impl Locker {
         engine
             .call_idempotent("inspect", None, || engine.backend.inspect(&key))
             .await
+    }
+
+    /// Everyone who holds `key` — a lock's holder, a semaphore's permit
+    /// holders, a reader-writer lock's readers or writer — and the permit
+    /// limit they share. Read-only: never takes the key.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> distlock::Result<()> {
+    /// let locker = distlock::Locker::memory();
+    /// let pool = locker.semaphore("pool", 3)?;
+    /// let _a = pool.acquire().await?;
+    /// let _b = pool.acquire().await?;
+    /// let held = locker.holders("pool").await?;
+    /// assert_eq!((held.limit, held.holders.len()), (Some(3), 2));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The store's error, after the engine's retries of a read.
+    pub async fn holders(&self, key: impl IntoKey) -> Result<Holders> {
+        let key = self.lock_key(key)?;
+        self.engine.holders(&key).await
+    }
+
+    /// A semaphore of `limit` permits on `key`: up to `limit` holders at
+    /// once, each with its own lease. Cheap; nothing is stored until a
+    /// permit is acquired. See [`Semaphore`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidKey`], or [`Error::InvalidOptions`] for a limit of 0.
+    pub fn semaphore(&self, key: impl IntoKey, limit: u32) -> Result<Semaphore> {
+        Semaphore::new(self.engine.clone(), self.lock_key(key)?, limit)
+    }
+
+    /// A reader-writer lock on `key`: any number of readers, or one writer.
+    /// A writer is the same as [`obtain`](Self::obtain) on the key, so
+    /// plain locks exclude readers too. See [`RwLock`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidKey`].
+    pub fn rw_lock(&self, key: impl IntoKey) -> Result<RwLock> {
+        Ok(RwLock::new(self.engine.clone(), self.lock_key(key)?))
     }
 
     /// Closes the locker: every lock still held through it is released

@@ -81,10 +81,7 @@ fn lock_key(locker: &Locker, key: &str) -> LockKey {
 }
 
 fn forged(locker: &Locker, key: &str) -> LeaseRef {
-    LeaseRef {
-        key: lock_key(locker, key),
-        owner: OwnerToken::random().unwrap(),
-    }
+    LeaseRef::exclusive(lock_key(locker, key), OwnerToken::random().unwrap())
 }
 
 /// Whether the store expires locks after their TTL (see

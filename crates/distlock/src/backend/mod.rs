@@ -23,21 +23,41 @@
 //! * A backend bounds nothing by time itself: the engine wraps every call in
 //!   its timeout and deadline, and may drop any future at any await point.
 //!
-//! # Where the next primitives plug in
+//! # Permits: semaphores and reader-writer locks
 //!
-//! A lock is the special case of a *counted lease*: a grant takes a weight
-//! out of a key's capacity, and a lock takes all of it (weight 1 of
-//! capacity 1). A semaphore of N permits asks for 1 of N; a reader of a
-//! reader-writer lock for 1 of `u32::MAX`, its writer for all of it;
-//! leadership is a lock whose holder others observe. So the next issues add
-//! one field to [`AcquireRequest`] (the weight and capacity, defaulting to a
-//! lock's), a capability saying which backends serve more than weight 1 of
-//! 1 (a request they cannot serve is refused at once, never narrowed), and
-//! per-holder fencing tokens in [`Attempt::Granted`] as today; the held
-//! record ([`LeaseRef`]: key and owner) and every other method stay as
-//! they are — extend, release, inspect and wait act on one holder's lease
-//! whatever its weight, and the engine's acquire loop, refresher, validity
-//! and close serve every front type unchanged.
+//! A lock is the special case of a lease that takes its whole key. Every
+//! request and lease carries a [`Share`]: [`Share::Exclusive`] (a lock, a
+//! writer) or [`Share::Permit`] with a limit (a semaphore's permit; a reader
+//! is a permit of [`Share::READERS`]). A backend with
+//! [`Capabilities::permits`] decides admission atomically in its store:
+//!
+//! * **Admission.** A permit of limit `n` is granted when the key has no
+//!   exclusive holder, fewer than `n` live permits, and (on a store that
+//!   queues waiters) no live queue entry ahead of it. An exclusive request
+//!   is granted when the key has no live holder of either mode and no queue
+//!   entry ahead of it. Permits asked for with a limit other than the one
+//!   the live permits share are answered at once with
+//!   [`Error::LimitMismatch`](crate::Error::LimitMismatch)
+//!   ([`Error::limit_mismatch`](crate::Error::limit_mismatch)), not
+//!   `Contended`.
+//! * **One lease per holder.** Each permit has its own owner, TTL, fencing
+//!   token and metadata: it expires, is extended and is released alone, and
+//!   a re-asked grant (same owner) answers the same token as for locks.
+//! * **One counter per key.** Fencing tokens strictly increase over all
+//!   grants of a key, whatever their mode: a writer's token exceeds every
+//!   earlier reader's, a reader's the last writer's.
+//! * **No writer starvation.** A `Contended` exclusive request with
+//!   [`will_wait`](AcquireRequest::will_wait) blocks permits asked for
+//!   after it, until it is granted or released. On a store that queues all
+//!   waiters in order this is its queue; any store with permits keeps such
+//!   an entry and so sets [`Capabilities::queues_waiters`], and the entry
+//!   lapses by itself (within about a second, or the request's TTL) if its
+//!   waiter dies.
+//! * [`holders`](Backend::holders) lists every live holder, oldest grant
+//!   first, with the limit of permit holders; releasing the last holder
+//!   leaves nothing of the key in the store.
+//!
+//! Leadership (next) is a lock whose holder others observe.
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -47,9 +67,9 @@ use futures::future::BoxFuture;
 use tokio::time::Instant;
 
 use crate::error::Result;
-use crate::holder::HolderInfo;
+use crate::holder::{HolderInfo, Holders};
 use crate::key::LockKey;
-use crate::lease::{LeaseRef, OwnerToken};
+use crate::lease::{LeaseRef, OwnerToken, Share};
 use crate::validity::ValidityPolicy;
 
 #[cfg(feature = "etcd")]
@@ -72,6 +92,10 @@ pub struct AcquireRequest {
     pub key: LockKey,
     /// The owner token to store with the lock.
     pub owner: OwnerToken,
+    /// The mode: a lock (exclusive), or one of a limited number of permits.
+    /// Only a backend with [`Capabilities::permits`] is ever asked for a
+    /// permit.
+    pub share: Share,
     /// How long the store keeps the lock without an extend.
     pub ttl: Duration,
     /// Metadata to store with the lock for `inspect`.
@@ -95,6 +119,7 @@ impl AcquireRequest {
         AcquireRequest {
             key,
             owner,
+            share: Share::Exclusive,
             ttl,
             metadata: None,
             validity: ValidityPolicy::default(),
@@ -102,11 +127,19 @@ impl AcquireRequest {
         }
     }
 
+    /// The same request for a lease of mode `share`.
+    #[must_use]
+    pub fn share(mut self, share: Share) -> Self {
+        self.share = share;
+        self
+    }
+
     /// The lease reference a grant of this request creates.
     pub fn lease(&self) -> LeaseRef {
         LeaseRef {
             key: self.key.clone(),
             owner: self.owner,
+            share: self.share,
         }
     }
 }
@@ -172,6 +205,10 @@ pub struct Capabilities {
     /// the store. The engine then releases that owner whenever the obtain
     /// ends without a grant.
     pub queues_waiters: bool,
+    /// The store serves [`Share::Permit`] requests (semaphores, readers of
+    /// reader-writer locks) as the SPI contract says. Without it the engine
+    /// refuses such a request at once, never narrowing it to a lock.
+    pub permits: bool,
 }
 
 impl Capabilities {
@@ -181,6 +218,7 @@ impl Capabilities {
         Capabilities {
             ttl_expiry: true,
             queues_waiters: false,
+            permits: false,
         }
     }
 
@@ -195,6 +233,13 @@ impl Capabilities {
     #[must_use]
     pub const fn with_queues_waiters(mut self, queues: bool) -> Self {
         self.queues_waiters = queues;
+        self
+    }
+
+    /// With [`permits`](Self::permits) set to `serves`.
+    #[must_use]
+    pub const fn with_permits(mut self, serves: bool) -> Self {
+        self.permits = serves;
         self
     }
 }
@@ -237,8 +282,22 @@ pub trait Backend: Send + Sync + Debug + 'static {
     /// Deletes the lock if `lease.owner` still holds the key.
     fn release<'a>(&'a self, lease: &'a LeaseRef) -> BoxFuture<'a, Result<()>>;
 
-    /// Reads the current holder, if any. Never writes.
+    /// Reads the current holder, if any: for a key held by permits, one of
+    /// them (the latest grant). Never writes.
     fn inspect<'a>(&'a self, key: &'a LockKey) -> BoxFuture<'a, Result<Option<HolderInfo>>>;
+
+    /// Reads every current holder of `key` and the permit limit they share.
+    /// Never writes. The default reports what [`inspect`](Self::inspect)
+    /// does, which is right for a store without
+    /// [`permits`](Capabilities::permits); a store with them overrides it.
+    fn holders<'a>(&'a self, key: &'a LockKey) -> BoxFuture<'a, Result<Holders>> {
+        Box::pin(async move {
+            Ok(match self.inspect(key).await? {
+                Some(holder) => Holders::exclusive(holder),
+                None => Holders::none(),
+            })
+        })
+    }
 
     /// Returns when the key of `req` may have become free for its owner,
     /// whose last attempt was `Contended`, or at `until` at the latest. A

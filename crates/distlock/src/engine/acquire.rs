@@ -4,19 +4,58 @@
 use std::sync::Arc;
 
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::backend::{AcquireRequest, Attempt};
 use crate::engine::{Engine, Held};
 use crate::error::{Error, Result};
 use crate::holder::HolderInfo;
 use crate::key::LockKey;
-use crate::lease::{LeaseRef, OwnerToken};
+use crate::lease::{LeaseRef, OwnerToken, Share};
 use crate::options::ObtainOptions;
 
 /// A failed acquisition and the number of attempts it made.
 pub(crate) type Failed = (Error, u32);
 
 impl Engine {
+    /// Obtains `key` in mode `share` with `options`, validated here, in a
+    /// tracing span that records the outcome: what every front type's
+    /// acquire calls.
+    ///
+    /// Cancel-safe, as [`acquire`](Self::acquire).
+    pub(crate) async fn obtain(
+        self: &Arc<Self>,
+        key: LockKey,
+        share: Share,
+        options: ObtainOptions,
+    ) -> Result<Arc<Held>> {
+        options.validate(&self.validity)?;
+        self.ensure_open()?;
+        let span = tracing::debug_span!(
+            "distlock.obtain",
+            key = %key.key,
+            backend = self.backend.name(),
+            limit = share.limit(),
+            outcome = tracing::field::Empty,
+            attempts = tracing::field::Empty,
+            waited_ms = tracing::field::Empty,
+        );
+        let start = Instant::now();
+        let result = self
+            .acquire(key, share, &options, start)
+            .instrument(span.clone())
+            .await;
+        let (outcome, attempts) = match &result {
+            Ok((_, attempts)) => ("obtained", *attempts),
+            Err((e, attempts)) if e.is_not_obtained() => ("not_obtained", *attempts),
+            Err((_, attempts)) => ("error", *attempts),
+        };
+        span.record("outcome", outcome);
+        span.record("attempts", attempts);
+        span.record("waited_ms", start.elapsed().as_secs_f64() * 1e3);
+        result.map(|(held, _)| held).map_err(|(e, _)| e)
+    }
+
     /// Acquires `key` as `options` say: queued behind this engine's other
     /// waiters for the key, trying the store until granted, out of retries,
     /// past the deadline, or closed. Returns the held record and the number
@@ -28,16 +67,24 @@ impl Engine {
     pub(crate) async fn acquire(
         self: &Arc<Self>,
         key: LockKey,
+        share: Share,
         options: &ObtainOptions,
         start: Instant,
     ) -> Result<(Arc<Held>, u32), Failed> {
+        if share != Share::Exclusive && !self.permits {
+            let reason = format!(
+                "the {} backend does not serve permits (semaphores, read locks)",
+                self.backend.name()
+            );
+            return Err((Error::invalid_options("limit", reason), 0));
+        }
         let plan = options.plan(start);
         let owner = OwnerToken::random().map_err(|e| (e, 0))?;
         let req = AcquireRequest {
             metadata: options.metadata_value().map(Arc::from),
             validity: self.validity,
             will_wait: !plan.retry.is_once(),
-            ..AcquireRequest::new(key, owner, options.ttl_value())
+            ..AcquireRequest::new(key, owner, options.ttl_value()).share(share)
         };
         // A store that queues waiters keeps our entry after a contended
         // attempt: `pending` then stays armed, so giving up removes it.

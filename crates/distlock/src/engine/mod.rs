@@ -23,7 +23,8 @@ use tokio_util::task::TaskTracker;
 use crate::backend::Backend;
 use crate::backoff::Backoff;
 use crate::error::{Error, Result};
-use crate::key::Namespace;
+use crate::holder::Holders;
+use crate::key::{LockKey, Namespace};
 use crate::lease::LeaseRef;
 use crate::options::ObtainOptions;
 use crate::validity::ValidityPolicy;
@@ -62,6 +63,8 @@ pub(crate) struct Engine {
     ttl_expiry: bool,
     /// The backend's `capabilities().queues_waiters`, read once at build.
     queues_waiters: bool,
+    /// The backend's `capabilities().permits`, read once at build.
+    permits: bool,
     pub(crate) namespace: Namespace,
     op_timeout: Duration,
     pub(crate) validity: ValidityPolicy,
@@ -81,6 +84,7 @@ impl Engine {
         Arc::new(Engine {
             ttl_expiry: capabilities.ttl_expiry,
             queues_waiters: capabilities.queues_waiters,
+            permits: capabilities.permits,
             backend: settings.backend,
             owns_backend: settings.owns_backend,
             namespace: settings.namespace,
@@ -124,6 +128,13 @@ impl Engine {
         on_error: refresher::OnError,
     ) -> Arc<Registration> {
         self.refresher.register(held, on_error)
+    }
+
+    /// Every holder of `key`, read with the engine's retries.
+    pub(crate) async fn holders(&self, key: &LockKey) -> Result<Holders> {
+        self.ensure_open()?;
+        self.call_idempotent("inspect", None, || self.backend.holders(key))
+            .await
     }
 
     /// Forgets a held lock its holder let go of.
