@@ -5,7 +5,8 @@
 use distlock::Error;
 
 /// Bad usage: unknown option, missing argument, bad duration, key, option
-/// combination or backend URL (including a backend not compiled in).
+/// combination or backend URL (including a backend not compiled in), or a
+/// `--limit` other than the one the key's holders share.
 pub const USAGE: u8 = 64;
 
 /// The backend could not be reached or failed (a directory that cannot be
@@ -45,7 +46,8 @@ pub const HELP: &str = "\
 Exit codes:
   distlock run      the command's own exit code (128+N if it died of signal N),
                     or one of distlock's own:
-  64  bad usage: unknown option, bad duration, key or backend URL
+  64  bad usage: unknown option, bad duration, key or backend URL,
+      or a --limit (or --shared) that disagrees with how KEY is held
   69  backend unavailable: the lock directory or server cannot be used, or refuses us (permissions)
   70  internal error
   75  lock not obtained: held by someone else (change with --conflict-exit-code)
@@ -77,9 +79,10 @@ impl Failure {
 impl From<Error> for Failure {
     fn from(e: Error) -> Self {
         let code = match &e {
-            Error::InvalidKey { .. } | Error::InvalidOptions { .. } | Error::InvalidUrl { .. } => {
-                USAGE
-            }
+            Error::InvalidKey { .. }
+            | Error::InvalidOptions { .. }
+            | Error::InvalidUrl { .. }
+            | Error::LimitMismatch { .. } => USAGE,
             Error::Backend { .. } | Error::Refused { .. } | Error::Timeout { .. } => UNAVAILABLE,
             Error::NotObtained { .. } => NOT_OBTAINED,
             _ => SOFTWARE,

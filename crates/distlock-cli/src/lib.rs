@@ -11,5 +11,5 @@ pub mod store;
 mod supervise;
 pub mod terminal;
 
-pub use holder::{CliMetadata, describe_holder, holder_json};
+pub use holder::{CliMetadata, describe_holder, describe_sharing, holders_json};
 pub use supervise::{Ending, KillPolicy, become_subreaper, group_alive, supervise};

@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand};
-use distlock::{Error, HolderInfo, Locker, ObtainOptions};
+use distlock::{Error, HolderInfo, Lock, Locker, ObtainOptions};
 use distlock_cli::exit::Failure;
 use distlock_cli::say::{flush, say};
 use distlock_cli::{
-    CliMetadata, Ending, KillPolicy, become_subreaper, describe_holder, exit, holder_json, store,
-    supervise, terminal,
+    CliMetadata, Ending, KillPolicy, become_subreaper, describe_holder, describe_sharing, exit,
+    holders_json, store, supervise, terminal,
 };
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -33,9 +33,12 @@ in a per-user directory, shared by the processes of this host, with no
 server: $XDG_RUNTIME_DIR/distlock, or /tmp/distlock-$UID.";
 
 const RUN_AFTER_HELP: &str = "\
-The command gets DISTLOCK_KEY and DISTLOCK_FENCING_TOKEN in its environment;
-pass the token to whatever the lock protects, so it can refuse writes from an
-older holder. The command runs in its own process group. SIGINT, SIGTERM,
+The command gets DISTLOCK_KEY and DISTLOCK_FENCING_TOKEN in its environment
+(and DISTLOCK_PERMITS=N with --limit N); pass the token to whatever the lock
+protects, so it can refuse writes from an older holder. With --limit N, up to
+N commands hold KEY at once, each with its own lease; with --shared, any
+number of --shared commands do, while a plain `run` of KEY holds it alone and
+waits for them (and new --shared runs wait behind a waiting plain one). The command runs in its own process group. SIGINT, SIGTERM,
 SIGHUP and SIGQUIT sent to distlock are forwarded to that group, and the lock
 is released once the command and everything left in its group are gone.
 If the lock is lost (its file deleted, or a Redis/etcd lock that could not be
@@ -46,7 +49,9 @@ exits with 76. If distlock itself is killed, the command gets SIGKILL.
 Examples:
   distlock run nightly-backup -- ./backup.sh
   distlock run deploy --no-wait -- make deploy || echo 'a deploy is running'
-  DISTLOCK_URL=redis://10.0.0.5:6379 distlock run --wait 5m migrate -- ./migrate";
+  DISTLOCK_URL=redis://10.0.0.5:6379 distlock run --wait 5m migrate -- ./migrate
+  distlock run --limit 4 encoders -- ffmpeg -i in.mov out.mp4
+  distlock run --shared schema -- ./read-report.sh";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -67,7 +72,7 @@ enum Command {
     /// Obtain a lock, run a command while holding it, release it; exit with the command's code.
     #[command(after_help = format!("{RUN_AFTER_HELP}\n\n{}", exit::HELP))]
     Run(RunArgs),
-    /// Show who holds a lock; exit 0 if it is held, 1 if it is free.
+    /// Show who holds a lock (every holder of a --limit or --shared key); exit 0 if held, 1 if free.
     #[command(after_help = exit::HELP)]
     Status(StatusArgs),
 }
@@ -102,6 +107,16 @@ struct RunArgs {
     /// Fail at once if the lock is held.
     #[arg(long)]
     no_wait: bool,
+
+    /// Take one of N permits of KEY (a semaphore): up to N commands run at
+    /// once. Every holder of KEY must give the same N.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "shared")]
+    limit: Option<u32>,
+
+    /// Take KEY shared (a read lock): any number of --shared runs hold it
+    /// together; a plain run of KEY excludes them all.
+    #[arg(long)]
+    shared: bool,
 
     /// Exit code when the lock is held by someone else and was not obtained.
     #[arg(long, value_name = "N", default_value_t = exit::NOT_OBTAINED)]
@@ -319,7 +334,7 @@ async fn run(locker: &Locker, args: RunArgs, policy: KillPolicy) -> Result<u8, F
     become_subreaper();
 
     let obtained = tokio::select! {
-        result = locker.obtain_with(key, options) => result,
+        result = obtain(locker, &args, options) => result,
         () = watch_holder(locker, key), if !try_once && !args.quiet => unreachable!(),
         Some(sig) = signals.recv() => {
             if !args.quiet {
@@ -331,9 +346,10 @@ async fn run(locker: &Locker, args: RunArgs, policy: KillPolicy) -> Result<u8, F
     let lock = match obtained {
         Ok(lock) => lock,
         Err(Error::NotObtained { waited, holder, .. }) => {
+            let holders = locker.holders(key).await.ok();
             let holder: Option<HolderInfo> = match holder {
                 Some(h) if h.pid.is_some() || h.metadata.is_some() => Some(*h),
-                _ => locker.inspect(key).await.ok().flatten(),
+                _ => holders.as_ref().and_then(|h| h.holders.last().cloned()),
             };
             let within = if try_once {
                 String::new()
@@ -344,6 +360,10 @@ async fn run(locker: &Locker, args: RunArgs, policy: KillPolicy) -> Result<u8, F
                 )
             };
             let by = holder.map_or("someone else".into(), |h| describe_holder(&h));
+            let by = match holders.as_ref().and_then(describe_sharing) {
+                Some(sharing) => format!("{sharing}, the latest by {by}"),
+                None => by,
+            };
             return Err(Failure::new(
                 args.conflict_exit_code,
                 format!("lock {key:?} not obtained{within}: held by {by}"),
@@ -358,6 +378,9 @@ async fn run(locker: &Locker, args: RunArgs, policy: KillPolicy) -> Result<u8, F
         .env("DISTLOCK_KEY", key)
         .env("DISTLOCK_FENCING_TOKEN", lock.fencing_token().to_string())
         .process_group(0);
+    if let Some(limit) = args.limit {
+        command.env("DISTLOCK_PERMITS", limit.to_string());
+    }
     die_with_distlock(&mut command);
     let mut child = match command.spawn() {
         Ok(child) => child,
@@ -409,6 +432,16 @@ async fn run(locker: &Locker, args: RunArgs, policy: KillPolicy) -> Result<u8, F
     }
 }
 
+/// Obtains the lock, the permit (`--limit`) or the read lock (`--shared`).
+async fn obtain(locker: &Locker, args: &RunArgs, options: ObtainOptions) -> distlock::Result<Lock> {
+    let key = args.key.as_str();
+    match (args.limit, args.shared) {
+        (Some(limit), _) => locker.semaphore(key, limit)?.acquire_with(options).await,
+        (None, true) => locker.rw_lock(key)?.read_with(options).await,
+        (None, false) => locker.obtain_with(key, options).await,
+    }
+}
+
 /// Has the kernel SIGKILL the command if distlock dies (SIGKILL, crash):
 /// its lock is free at once then, so the command must not go on.
 #[cfg(target_os = "linux")]
@@ -434,33 +467,37 @@ fn die_with_distlock(_command: &mut tokio::process::Command) {}
 
 async fn status(locker: &Locker, args: StatusArgs) -> Result<u8, Failure> {
     let key = args.key.as_str();
-    let holder = locker.inspect(key).await?;
+    let holders = locker.holders(key).await?;
     if args.json {
-        println!("{}", holder_json(key, holder.as_ref()));
+        println!("{}", holders_json(key, &holders));
+    } else if holders.is_empty() {
+        println!("{key:?} is free");
     } else {
-        match &holder {
-            None => println!("{key:?} is free"),
-            Some(h) => {
-                println!("{key:?} is held by {}", describe_holder(h));
-                let left = match h.expires_in {
-                    Some(left) => {
-                        humantime::format_duration(Duration::from_millis(left.as_millis() as u64))
-                            .to_string()
-                    }
-                    None => "until the holder releases it or exits (no TTL)".into(),
-                };
-                println!("  time left: {left}");
-                if let Some(metadata) = h.metadata.as_deref()
-                    && CliMetadata::from_json(metadata).is_none()
-                {
-                    println!("  metadata: {metadata}");
+        match describe_sharing(&holders) {
+            Some(sharing) => println!("{key:?} is held by {sharing}:"),
+            None => print!("{key:?} is held by "),
+        }
+        let indent = if holders.limit.is_some() { "  " } else { "" };
+        for h in &holders.holders {
+            println!("{indent}{}", describe_holder(h));
+            let left = match h.expires_in {
+                Some(left) => {
+                    humantime::format_duration(Duration::from_millis(left.as_millis() as u64))
+                        .to_string()
                 }
+                None => "until the holder releases it or exits (no TTL)".into(),
+            };
+            println!("{indent}  time left: {left}");
+            if let Some(metadata) = h.metadata.as_deref()
+                && CliMetadata::from_json(metadata).is_none()
+            {
+                println!("{indent}  metadata: {metadata}");
             }
         }
     }
-    Ok(if holder.is_some() {
-        exit::HELD
-    } else {
+    Ok(if holders.is_empty() {
         exit::FREE
+    } else {
+        exit::HELD
     })
 }
