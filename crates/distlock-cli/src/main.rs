@@ -50,7 +50,7 @@ Examples:
   distlock run nightly-backup -- ./backup.sh
   distlock run deploy --no-wait -- make deploy || echo 'a deploy is running'
   DISTLOCK_URL=redis://10.0.0.5:6379 distlock run --wait 5m migrate -- ./migrate
-  distlock run --limit 4 encoders -- ffmpeg -i in.mov out.mp4
+  distlock run --limit 4 encoders -- ./encode.sh
   distlock run --shared schema -- ./read-report.sh";
 
 #[derive(Parser, Debug)]
