@@ -43,6 +43,8 @@ pub struct Faulty {
     slow_release: AtomicU64,
     /// Whether `wait` may use the store's notifications.
     notifications: AtomicBool,
+    /// Whether `capabilities` reports the store's permits.
+    permits: AtomicBool,
     /// Keys whose extends never reach the store and never answer.
     stalled: Mutex<HashSet<LockKey>>,
     acquires: AtomicU64,
@@ -77,6 +79,7 @@ impl Faulty {
             late_extend_reply: AtomicU64::new(0),
             slow_release: AtomicU64::new(0),
             notifications: AtomicBool::new(true),
+            permits: AtomicBool::new(true),
             stalled: Mutex::new(HashSet::new()),
             acquires: AtomicU64::new(0),
             extends: AtomicU64::new(0),
@@ -88,6 +91,13 @@ impl Faulty {
     /// The store it forwards to.
     pub fn inner(&self) -> &Arc<dyn Backend> {
         &self.inner
+    }
+
+    /// While `off` is true, `capabilities` says the store serves no permits,
+    /// as a third-party backend without them does. Read by a Locker when it
+    /// is built.
+    pub fn hide_permits(&self, off: bool) {
+        self.permits.store(!off, Ordering::SeqCst);
     }
 
     /// While `on`, every `try_acquire`, `extend`, `release` and `inspect`
@@ -212,7 +222,8 @@ impl Backend for Faulty {
     }
 
     fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
+        let inner = self.inner.capabilities();
+        inner.with_permits(inner.permits && self.permits.load(Ordering::SeqCst))
     }
 
     fn try_acquire<'a>(&'a self, req: &'a AcquireRequest) -> BoxFuture<'a, Result<Attempt>> {
