@@ -41,7 +41,7 @@ pub struct Faulty {
     late_extend_reply: AtomicU64,
     /// Every release takes this long before it reaches the store (ns).
     slow_release: AtomicU64,
-    /// Whether `wait` may use the store's notifications.
+    /// Whether `wait` and `watch` may use the store's notifications.
     notifications: AtomicBool,
     /// Whether `capabilities` reports the store's permits.
     permits: AtomicBool,
@@ -56,6 +56,14 @@ pub struct Faulty {
 
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// A wait without the store's notifications: until `until`.
+fn sleep_until<'a>(until: Instant) -> BoxFuture<'a, Result<()>> {
+    Box::pin(async move {
+        tokio::time::sleep_until(until).await;
+        Ok(())
+    })
 }
 
 /// Sleeps `ns` nanoseconds, not at all (not even a yield) for 0.
@@ -141,7 +149,7 @@ impl Faulty {
         self.slow_release.store(nanos(by), Ordering::SeqCst);
     }
 
-    /// Whether `wait` forwards to the store (`on`, the default) or only
+    /// Whether `wait` and `watch` forward to the store (`on`, the default) or only
     /// sleeps until its bound, as a store without notifications does.
     pub fn notifications(&self, on: bool) {
         self.notifications.store(on, Ordering::SeqCst);
@@ -302,10 +310,15 @@ impl Backend for Faulty {
         if self.notifications.load(Ordering::SeqCst) {
             self.inner.wait(req, until)
         } else {
-            Box::pin(async move {
-                tokio::time::sleep_until(until).await;
-                Ok(())
-            })
+            sleep_until(until)
+        }
+    }
+
+    fn watch<'a>(&'a self, key: &'a LockKey, until: Instant) -> BoxFuture<'a, Result<()>> {
+        if self.notifications.load(Ordering::SeqCst) {
+            self.inner.watch(key, until)
+        } else {
+            sleep_until(until)
         }
     }
 
