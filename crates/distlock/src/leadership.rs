@@ -229,6 +229,12 @@ impl Leadership {
         self.lock.lost()
     }
 
+    /// The lock that is this leadership, for what works on locks (its
+    /// refresher belongs to the leadership: do not start another).
+    pub fn as_lock(&self) -> &Lock {
+        &self.lock
+    }
+
     /// Steps down at once: the key is released, so a waiting candidate
     /// takes over within a store round trip or a notification.
     ///
