@@ -5,6 +5,28 @@
 //! obtain, the term is the grant's fencing token, the identity rides in the
 //! lock's metadata, resigning is a release. Nothing here is a mechanism of
 //! its own.
+//!
+//! # What other elections got wrong, and how it is handled here
+//!
+//! * **etcd's `Campaign` does not abort when its session expires**: a
+//!   candidate whose lease lapsed while it waited can be told it leads
+//!   with a key etcd already deleted. Here a campaign is the engine's
+//!   obtain: a waiter whose queue entry vanished re-queues at the back, and
+//!   a grant that arrives after its own validity deadline (counted from
+//!   when it was sent) is never handed out.
+//! * **client-go requires LeaseDuration > RenewDeadline > RetryPeriod**, and
+//!   leaves checking it to the caller. The same order is validated here
+//!   for every campaign: the TTL, then the validity deadline (the TTL less
+//!   the clock-drift allowance and safety margin), then the refresh
+//!   interval (TTL/3 by default), which must be shorter than the validity;
+//!   failed refreshes are retried every quarter interval up to the
+//!   deadline. client-go's leader election also gives no fencing; here the
+//!   term is a fencing token.
+//! * **Curator's leaders must treat SUSPENDED as lost**, and many do not.
+//!   There is no "suspended" state here: [`Leadership::lost`] fires at the
+//!   validity deadline when refreshes could not get through, before the
+//!   store can give the key to the next candidate, and at once when the
+//!   store proves the leadership gone. A leader stops acting when it fires.
 
 use std::fmt;
 use std::sync::Arc;
