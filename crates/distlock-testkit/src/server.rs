@@ -74,12 +74,23 @@ impl ServerProcess {
     /// Starts `binary args...` in a fresh directory and waits until every
     /// port in `ready_ports` accepts connections.
     pub fn start(name: &str, binary: PathBuf, args: Vec<String>, ready_ports: Vec<u16>) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "distlock-{name}-{}-{}",
-            std::process::id(),
-            ready_ports.first().copied().unwrap_or_default()
-        ));
-        std::fs::create_dir_all(&dir).expect("create the server directory");
+        Self::start_with_files(name, binary, args, ready_ports, &[])
+    }
+
+    /// Like [`start`](Self::start), first writing `files` (name, contents)
+    /// into the fresh directory: for servers that read a configuration file
+    /// there, or rewrite it, as Redis Sentinel does.
+    pub fn start_with_files(
+        name: &str,
+        binary: PathBuf,
+        args: Vec<String>,
+        ready_ports: Vec<u16>,
+        files: &[(&str, &str)],
+    ) -> Self {
+        let dir = Self::fresh_dir(name, &ready_ports);
+        for (file, contents) in files {
+            std::fs::write(dir.join(file), contents).expect("write a server file");
+        }
         Self::spawn(name, binary, args, dir, ready_ports)
     }
 
@@ -92,13 +103,18 @@ impl ServerProcess {
         args: Vec<String>,
         ready_ports: Vec<u16>,
     ) -> Self {
+        let dir = Self::fresh_dir(name, &ready_ports);
+        Self::spawn_unready(name, binary, args, dir, ready_ports)
+    }
+
+    fn fresh_dir(name: &str, ports: &[u16]) -> PathBuf {
         let dir = std::env::temp_dir().join(format!(
             "distlock-{name}-{}-{}",
             std::process::id(),
-            ready_ports.first().copied().unwrap_or_default()
+            ports.first().copied().unwrap_or_default()
         ));
         std::fs::create_dir_all(&dir).expect("create the server directory");
-        Self::spawn_unready(name, binary, args, dir, ready_ports)
+        dir
     }
 
     fn spawn(
@@ -206,29 +222,47 @@ wait "$pid" 2>/dev/null
     pub fn is_alive(&self) -> bool {
         // A killed server stays a zombie until its watchdog reaps it at the
         // end: read the process state rather than probing with a signal.
-        std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).is_ok_and(|stat| {
-            let state = stat.rsplit(')').next().unwrap_or("").trim_start();
-            !state.starts_with(['Z', 'X'])
-        })
+        self.state()
+            .is_some_and(|state| !matches!(state, 'Z' | 'X'))
+    }
+
+    /// Whether the server is stopped by [`pause`](Self::pause): it holds
+    /// its connections but answers nothing, so fixtures must not ask it.
+    pub fn is_paused(&self) -> bool {
+        self.state() == Some('T')
+    }
+
+    /// The process state letter from `/proc/PID/stat`, if the process exists.
+    fn state(&self) -> Option<char> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok()?;
+        stat.rsplit(')').next()?.trim_start().chars().next()
     }
 
     /// SIGSTOP: the server stops answering but keeps its connections.
+    /// Returns once it is stopped (a signal is delivered asynchronously).
     pub fn pause(&self) {
         self.signal(Signal::SIGSTOP);
+        self.wait_for(|state| matches!(state, None | Some('T' | 'Z' | 'X')));
     }
 
-    /// SIGCONT after [`pause`](Self::pause).
+    /// SIGCONT after [`pause`](Self::pause); returns once it runs again.
     pub fn resume(&self) {
         self.signal(Signal::SIGCONT);
+        self.wait_for(|state| state != Some('T'));
+    }
+
+    /// Waits briefly until `done(state)`; a process that is gone is done.
+    fn wait_for(&self, done: impl Fn(Option<char>) -> bool) {
+        let start = Instant::now();
+        while !done(self.state()) && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// SIGKILL; the directory stays for [`restart`](Self::restart).
     pub fn kill(&self) {
         self.signal(Signal::SIGKILL);
-        let start = Instant::now();
-        while self.is_alive() && start.elapsed() < Duration::from_secs(5) {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        self.wait_for(|state| matches!(state, None | Some('Z' | 'X')));
     }
 
     /// Kills the server and starts it again with the same arguments, ports
