@@ -20,6 +20,8 @@ mod fixture;
 pub mod proxy;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "redis")]
+pub mod redis_ha;
 pub mod refusal;
 mod section;
 pub mod server;

@@ -1,0 +1,547 @@
+//! [`RedisCluster`]: three masters and three replicas.
+
+use std::sync::OnceLock;
+
+use redis::cmd;
+
+use super::{NODE_OPTIONS, SETTLE_TIMEOUT, ask, info_field, on_own_runtime, settle, tell};
+use crate::redis::RedisServer;
+use crate::server::{free_port, require_binary};
+
+const NODES: usize = 6;
+/// A node that does not answer for this long is failing: a replica takes
+/// over about two seconds after its master is killed.
+const NODE_TIMEOUT_MS: &str = "1000";
+/// Keys moved per `MIGRATE` during a slot migration.
+const MIGRATE_BATCH: usize = 100;
+/// `MIGRATE`'s own deadline for the source's exchange with the destination.
+const MIGRATE_IO_TIMEOUT_MS: u64 = 10_000;
+
+/// Three masters and three replicas (one each) on loopback, made a
+/// cluster by `redis-cli --cluster create --cluster-replicas 1`, with a
+/// node timeout of 1 s.
+///
+/// Nodes keep their index for life ([`node`](Self::node)); which of them
+/// serves a slot changes with failovers and migrations, so ask
+/// [`master_of_slot`](Self::master_of_slot). Methods that change the
+/// topology wait until the cluster has settled: every reachable node says
+/// `cluster_state:ok`, sees every reachable node healthy, agrees with the
+/// others on who serves every slot, and, if a replica, has its
+/// replication link up.
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+    ids: Vec<String>,
+}
+
+/// One line of `CLUSTER NODES`: one node, as the asked node sees it.
+#[derive(Debug)]
+struct NodeLine {
+    id: String,
+    port: u16,
+    myself: bool,
+    /// `fail`, `fail?` (suspected), `handshake` or `noaddr`.
+    unhealthy: bool,
+    /// The master's id, for a replica.
+    master_id: Option<String>,
+    slots: Vec<(u16, u16)>,
+    /// Whether it lists a slot being imported or migrated (`[...]`).
+    open_slots: bool,
+}
+
+impl NodeLine {
+    /// `<id> <ip:port@cport> <flags> <master> <ping> <pong> <epoch> <link> <slot>...`
+    fn parse(line: &str) -> Option<Self> {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (host, _bus) = fields.get(1)?.split_once('@')?;
+        let port = host.rsplit_once(':')?.1.parse().ok()?;
+        let flags: Vec<&str> = fields.get(2)?.split(',').collect();
+        let mut slots = Vec::new();
+        let mut open_slots = false;
+        for range in fields.iter().skip(8) {
+            if range.starts_with('[') {
+                open_slots = true;
+                continue;
+            }
+            let (start, end) = range.split_once('-').unwrap_or((range, range));
+            slots.push((start.parse().ok()?, end.parse().ok()?));
+        }
+        Some(NodeLine {
+            id: fields[0].to_owned(),
+            port,
+            myself: flags.contains(&"myself"),
+            unhealthy: flags
+                .iter()
+                .any(|f| matches!(*f, "fail" | "fail?" | "handshake" | "noaddr")),
+            master_id: Some(*fields.get(3)?)
+                .filter(|m| *m != "-")
+                .map(str::to_owned),
+            slots,
+            open_slots,
+        })
+    }
+
+    fn serves(&self, slot: u16) -> bool {
+        self.slots
+            .iter()
+            .any(|(start, end)| (*start..=*end).contains(&slot))
+    }
+}
+
+/// The cluster as all reachable nodes agree it is.
+#[derive(Debug)]
+struct View {
+    nodes: Vec<NodeLine>,
+    /// Whether any node reports an open (importing or migrating) slot.
+    open_slots: bool,
+}
+
+impl View {
+    fn owner_port(&self, slot: u16) -> Option<u16> {
+        self.nodes.iter().find(|n| n.serves(slot)).map(|n| n.port)
+    }
+}
+
+impl RedisCluster {
+    /// Starts six nodes, creates the cluster and waits until it has
+    /// settled (typically 2–3 s, most of it `redis-cli`'s own waiting).
+    /// Panics, naming the package, if `redis-server` or `redis-cli` is
+    /// missing, or with the reason if the cluster does not settle.
+    pub async fn start() -> Self {
+        let redis_cli = require_binary("redis-cli", "redis-tools");
+        let nodes: Vec<RedisServer> = (0..NODES)
+            .map(|_| {
+                // The bus port is given, not the default port + 10000,
+                // which could be taken or in the ephemeral range.
+                let bus = free_port().to_string();
+                let mut options = NODE_OPTIONS.to_vec();
+                options.extend([
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-port",
+                    &bus,
+                    "--cluster-node-timeout",
+                    NODE_TIMEOUT_MS,
+                ]);
+                RedisServer::start_with(&options)
+            })
+            .collect();
+        let mut ids = Vec::new();
+        for node in &nodes {
+            let id: String = tell(node.process(), cmd("CLUSTER").arg("MYID"), "CLUSTER MYID").await;
+            ids.push(id);
+        }
+        let cluster = RedisCluster { nodes, ids };
+        let mut create = std::process::Command::new(redis_cli);
+        create
+            .args(["--cluster", "create"])
+            .args(cluster.addrs())
+            .args(["--cluster-replicas", "1", "--cluster-yes"]);
+        let output = tokio::task::spawn_blocking(move || create.output())
+            .await
+            .expect("redis-cli did not panic")
+            .expect("run redis-cli");
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster create failed: {}\n{}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        cluster.wait_settled().await;
+        cluster
+    }
+
+    /// A cluster shared by every test of this process, started on first
+    /// use (on its own runtime, so any test's runtime may use it). For
+    /// tests that inject no faults, such as the conformance suite;
+    /// namespaces keep their keys apart.
+    pub fn shared() -> &'static RedisCluster {
+        static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
+        CLUSTER.get_or_init(|| on_own_runtime(RedisCluster::start()))
+    }
+
+    /// Every node's `127.0.0.1:PORT`, by node index.
+    pub fn addrs(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect()
+    }
+
+    /// Every node as a `redis://` URL, as redis-rs's `ClusterClient` takes them.
+    pub fn node_urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// `redis+cluster://127.0.0.1:P1,...,127.0.0.1:P6`: every node as a
+    /// seed, so the URL works while some are down.
+    pub fn url(&self) -> String {
+        format!("redis+cluster://{}", self.addrs().join(","))
+    }
+
+    /// The nodes, by index.
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+
+    /// Node `i`.
+    pub fn node(&self, i: usize) -> &RedisServer {
+        &self.nodes[i]
+    }
+
+    /// Node `i`'s cluster id.
+    pub fn node_id(&self, i: usize) -> &str {
+        &self.ids[i]
+    }
+
+    /// The slot of `key` (`CLUSTER KEYSLOT`).
+    pub async fn slot_of(&self, key: &str) -> u16 {
+        let node = self.nodes[self.reachable().next().expect("a reachable node")].process();
+        tell(
+            node,
+            cmd("CLUSTER").arg("KEYSLOT").arg(key),
+            "CLUSTER KEYSLOT",
+        )
+        .await
+    }
+
+    /// The index of the master serving `slot`, once the cluster has settled.
+    pub async fn master_of_slot(&self, slot: u16) -> usize {
+        let view = self.wait_settled_view().await;
+        self.owner(&view, slot)
+    }
+
+    /// The masters, by index ascending, once the cluster has settled.
+    pub async fn masters(&self) -> Vec<usize> {
+        let view = self.wait_settled_view().await;
+        let mut masters: Vec<usize> = view
+            .nodes
+            .iter()
+            .filter(|n| !n.slots.is_empty())
+            .map(|n| self.index_of_port(n.port))
+            .collect();
+        masters.sort();
+        masters
+    }
+
+    /// A live replica of master `master`, once the cluster has settled.
+    pub async fn replica_of(&self, master: usize) -> Option<usize> {
+        let view = self.wait_settled_view().await;
+        self.live_replica(&view, master)
+    }
+
+    /// Kills (SIGKILL) the master serving `slot` and waits until its
+    /// replica has taken over and the cluster has settled; returns the new
+    /// master's index. The killed node stays down until
+    /// [`restart`](Self::restart).
+    pub async fn kill_master_of(&self, slot: u16) -> usize {
+        let (master, replica) = self.master_and_replica(slot).await;
+        self.nodes[master].process().kill();
+        self.wait_owner(slot, replica, "a replica taking over from a killed master")
+            .await;
+        replica
+    }
+
+    /// `CLUSTER FAILOVER` on the replica of the master serving `slot`:
+    /// they swap roles without losing writes. Waits until the replica
+    /// serves the slot and the cluster has settled; returns its index.
+    pub async fn failover(&self, slot: u16) -> usize {
+        let (_, replica) = self.master_and_replica(slot).await;
+        let failover = cmd("CLUSTER").arg("FAILOVER").clone();
+        let _: () = tell(self.nodes[replica].process(), &failover, "CLUSTER FAILOVER").await;
+        self.wait_owner(slot, replica, "a manual failover").await;
+        replica
+    }
+
+    /// The master serving `slot` and a live replica of it, once settled.
+    async fn master_and_replica(&self, slot: u16) -> (usize, usize) {
+        let view = self.wait_settled_view().await;
+        let master = self.owner(&view, slot);
+        let replica = self
+            .live_replica(&view, master)
+            .unwrap_or_else(|| panic!("master {master} of slot {slot} has no live replica"));
+        (master, replica)
+    }
+
+    /// Moves `slot`, with its keys, to master `to`: the whole
+    /// [`begin_migration`](Self::begin_migration),
+    /// [`move_keys`](SlotMigration::move_keys),
+    /// [`finish`](SlotMigration::finish). Returns the keys moved.
+    pub async fn migrate_slot(&self, slot: u16, to: usize) -> usize {
+        let migration = self.begin_migration(slot, to).await;
+        let moved = migration.move_keys().await;
+        migration.finish().await;
+        moved
+    }
+
+    /// Opens the migration of `slot` from its master to master `to`:
+    /// `CLUSTER SETSLOT IMPORTING` on `to`, then `MIGRATING` on the
+    /// source. From here on the source answers `ASK` for the slot's keys
+    /// it no longer has, until [`finish`](SlotMigration::finish).
+    pub async fn begin_migration(&self, slot: u16, to: usize) -> SlotMigration<'_> {
+        let view = self.wait_settled_view().await;
+        let from = self.owner(&view, slot);
+        assert_ne!(from, to, "slot {slot} is already on node {to}");
+        let target = &view.nodes[self.line_of(&view, to)];
+        assert!(
+            target.master_id.is_none(),
+            "node {to} is a replica, not a master"
+        );
+        let setslot = |state: &str, node: usize| {
+            let mut c = cmd("CLUSTER");
+            c.arg("SETSLOT").arg(slot).arg(state).arg(&self.ids[node]);
+            c
+        };
+        let importing = setslot("IMPORTING", from);
+        let _: () = tell(self.nodes[to].process(), &importing, "SETSLOT IMPORTING").await;
+        let migrating = setslot("MIGRATING", to);
+        let _: () = tell(self.nodes[from].process(), &migrating, "SETSLOT MIGRATING").await;
+        SlotMigration {
+            cluster: self,
+            slot,
+            from,
+            to,
+        }
+    }
+
+    /// Pauses (SIGSTOP) node `i`: it keeps its connections but answers
+    /// nothing; the others declare it failing after the node timeout (a
+    /// paused master's replica takes over about 2 s later).
+    pub fn pause(&self, i: usize) {
+        self.nodes[i].process().pause();
+    }
+
+    /// Resumes (SIGCONT) node `i`. Call
+    /// [`wait_settled`](Self::wait_settled) to wait for it to rejoin.
+    pub fn resume(&self, i: usize) {
+        self.nodes[i].process().resume();
+    }
+
+    /// Restarts killed node `i` with its cluster configuration and waits
+    /// until it has rejoined (a former master rejoins as a replica of the
+    /// node that took over its slots).
+    pub async fn restart(&mut self, i: usize) {
+        self.nodes[i].restart();
+        self.wait_settled().await;
+    }
+
+    /// Waits until the cluster has settled (see [`RedisCluster`]); panics
+    /// with the reason if it does not.
+    pub async fn wait_settled(&self) {
+        self.wait_settled_view().await;
+    }
+
+    async fn wait_settled_view(&self) -> View {
+        settle("the cluster settling", SETTLE_TIMEOUT, || async {
+            let view = self.settled().await?;
+            if view.open_slots {
+                return Err("a slot is being migrated".into());
+            }
+            Ok(view)
+        })
+        .await
+    }
+
+    /// Waits until the cluster has settled with `slot` on node `owner`.
+    async fn wait_owner(&self, slot: u16, owner: usize, what: &str) {
+        let port = self.nodes[owner].port();
+        settle(what, SETTLE_TIMEOUT, || async {
+            let view = self.settled().await?;
+            match view.owner_port(slot) {
+                Some(p) if p == port && !view.open_slots => Ok(()),
+                other => Err(format!("slot {slot} on {other:?}, not {port}")),
+            }
+        })
+        .await;
+    }
+
+    fn reachable(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.nodes.len()).filter(|i| {
+            let p = self.nodes[*i].process();
+            p.is_alive() && !p.is_paused()
+        })
+    }
+
+    fn index_of_port(&self, port: u16) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.port() == port)
+            .unwrap_or_else(|| panic!("no node on port {port}"))
+    }
+
+    fn line_of(&self, view: &View, node: usize) -> usize {
+        view.nodes
+            .iter()
+            .position(|n| n.id == self.ids[node])
+            .unwrap_or_else(|| panic!("node {node} is not in the cluster's view"))
+    }
+
+    fn owner(&self, view: &View, slot: u16) -> usize {
+        let port = view
+            .owner_port(slot)
+            .unwrap_or_else(|| panic!("no node serves slot {slot}"));
+        self.index_of_port(port)
+    }
+
+    fn live_replica(&self, view: &View, master: usize) -> Option<usize> {
+        view.nodes
+            .iter()
+            .filter(|n| n.master_id.as_deref() == Some(&*self.ids[master]))
+            .map(|n| self.index_of_port(n.port))
+            .find(|i| self.nodes[*i].process().is_alive())
+    }
+
+    /// The view every reachable node agrees on, or why there is none yet
+    /// (open slots are reported in the view, not refused).
+    async fn settled(&self) -> Result<View, String> {
+        let reachable: Vec<usize> = self.reachable().collect();
+        let mut agreed: Option<(String, View)> = None;
+        let mut open_slots = false;
+        for &i in &reachable {
+            let port = self.nodes[i].port();
+            let info: String = ask(port, cmd("CLUSTER").arg("INFO")).await?;
+            if info_field(&info, "cluster_state") != Some("ok") {
+                return Err(format!("node {port}: {info}"));
+            }
+            let text: String = ask(port, cmd("CLUSTER").arg("NODES")).await?;
+            let lines: Vec<NodeLine> = text.lines().filter_map(NodeLine::parse).collect();
+            for &other in &reachable {
+                let seen = lines.iter().find(|n| n.id == self.ids[other]);
+                if seen.is_none_or(|n| n.unhealthy) {
+                    return Err(format!("node {port} sees node {other} as {seen:?}"));
+                }
+            }
+            let me = lines
+                .iter()
+                .find(|n| n.myself)
+                .ok_or_else(|| format!("node {port} lists no `myself`: {text}"))?;
+            if me.master_id.is_some() {
+                let replication: String = ask(port, cmd("INFO").arg("replication")).await?;
+                if info_field(&replication, "master_link_status") != Some("up") {
+                    return Err(format!("replica {port}: {replication}"));
+                }
+            }
+            open_slots |= lines.iter().any(|n| n.open_slots);
+            // Who serves which slots, and who replicates whom among the
+            // reachable nodes (views of dead nodes may lag for ever).
+            let mut layout: Vec<(u16, u16, &str)> = lines
+                .iter()
+                .flat_map(|n| n.slots.iter().map(|(s, e)| (*s, *e, n.id.as_str())))
+                .collect();
+            layout.sort();
+            let mut roles: Vec<(&str, Option<&str>)> = lines
+                .iter()
+                .filter(|n| reachable.iter().any(|&r| self.ids[r] == n.id))
+                .map(|n| (n.id.as_str(), n.master_id.as_deref()))
+                .collect();
+            roles.sort();
+            let signature = format!("{layout:?} {roles:?}");
+            match &agreed {
+                Some((first, _)) if *first != signature => {
+                    return Err(format!("node {port} disagrees: {signature}, not {first}"));
+                }
+                Some(_) => {}
+                None => {
+                    let view = View {
+                        nodes: lines,
+                        open_slots: false,
+                    };
+                    agreed = Some((signature, view));
+                }
+            }
+        }
+        let (_, mut view) = agreed.ok_or("no reachable node")?;
+        view.open_slots = open_slots;
+        Ok(view)
+    }
+}
+
+/// A slot migration in progress, from [`RedisCluster::begin_migration`].
+#[derive(Debug)]
+pub struct SlotMigration<'a> {
+    cluster: &'a RedisCluster,
+    slot: u16,
+    from: usize,
+    to: usize,
+}
+
+impl SlotMigration<'_> {
+    /// The slot.
+    pub fn slot(&self) -> u16 {
+        self.slot
+    }
+
+    /// The source node's index.
+    pub fn from(&self) -> usize {
+        self.from
+    }
+
+    /// The destination node's index.
+    pub fn to(&self) -> usize {
+        self.to
+    }
+
+    /// `MIGRATE`s every key now in the slot on the source to the
+    /// destination, in batches, until none is left; returns how many moved.
+    pub async fn move_keys(&self) -> usize {
+        let source = self.cluster.nodes[self.from].process();
+        let target = self.cluster.nodes[self.to].port();
+        let mut moved = 0;
+        loop {
+            let mut list = cmd("CLUSTER");
+            list.arg("GETKEYSINSLOT").arg(self.slot).arg(MIGRATE_BATCH);
+            let keys: Vec<Vec<u8>> = tell(source, &list, "GETKEYSINSLOT").await;
+            if keys.is_empty() {
+                return moved;
+            }
+            let mut migrate = cmd("MIGRATE");
+            migrate
+                .arg("127.0.0.1")
+                .arg(target)
+                .arg("")
+                .arg(0)
+                .arg(MIGRATE_IO_TIMEOUT_MS)
+                .arg("KEYS")
+                .arg(&keys);
+            let _: String = tell(source, &migrate, "MIGRATE").await;
+            moved += keys.len();
+        }
+    }
+
+    /// `CLUSTER SETSLOT NODE` on the destination, the source, then every
+    /// other master, and waits until the cluster has settled with the slot
+    /// on the destination.
+    pub async fn finish(self) {
+        let cluster = self.cluster;
+        let view = settle("the cluster before SETSLOT NODE", SETTLE_TIMEOUT, || {
+            cluster.settled()
+        })
+        .await;
+        let others = view
+            .nodes
+            .iter()
+            .filter(|n| !n.slots.is_empty())
+            .map(|n| cluster.index_of_port(n.port))
+            .filter(|i| ![self.from, self.to].contains(i));
+        let reachable: Vec<usize> = cluster.reachable().collect();
+        for node in [self.to, self.from].into_iter().chain(others) {
+            if !reachable.contains(&node) {
+                continue; // It learns the new owner from the others.
+            }
+            let mut assign = cmd("CLUSTER");
+            assign
+                .arg("SETSLOT")
+                .arg(self.slot)
+                .arg("NODE")
+                .arg(&cluster.ids[self.to]);
+            let what = format!("SETSLOT NODE on node {node}");
+            let _: () = tell(cluster.nodes[node].process(), &assign, &what).await;
+        }
+        cluster
+            .wait_owner(self.slot, self.to, "a migrated slot settling")
+            .await;
+    }
+}

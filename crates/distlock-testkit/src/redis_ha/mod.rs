@@ -1,0 +1,141 @@
+//! Replicated Redis topologies on loopback (cargo feature `redis`): a
+//! [`SentinelSet`] and a [`RedisCluster`], with the faults the tests
+//! need (kill a master and wait for the failover, manual failover, slot
+//! migration, pausing a replica).
+//!
+//! Every process is a [`RedisServer`](crate::redis::RedisServer) or a
+//! [`ServerProcess`](crate::server::ServerProcess): free loopback ports,
+//! a directory under the process's temporary directory, killed when
+//! dropped or when the test process exits. A missing binary fails naming
+//! its Debian package: `redis-server` (which also runs the sentinels, as
+//! `redis-server sentinel.conf --sentinel`, so the `redis-sentinel` package
+//! is not needed) and `redis-tools` (for `redis-cli --cluster create`).
+//!
+//! # URLs
+//!
+//! The fixtures hand out the URLs the backend accepts for these topologies:
+//!
+//! - `redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER_NAME`: the sentinels
+//!   to ask, and the name of the master they monitor ([`SentinelSet::url`]).
+//! - `redis+cluster://HOST:PORT[,HOST:PORT...]`: seed nodes of a cluster;
+//!   the client discovers the rest ([`RedisCluster::url`]).
+//!
+//! The fixtures' methods are `async` and open a fresh connection per admin
+//! command (a fixture may be shared by tests on different runtimes); every
+//! command has a deadline, so a paused or dying node cannot hang a test.
+
+mod cluster;
+mod sentinel;
+
+use std::future::Future;
+use std::time::Duration;
+
+use redis::{Cmd, FromRedisValue, RedisError};
+
+use crate::server::ServerProcess;
+
+pub use cluster::{RedisCluster, SlotMigration};
+pub use sentinel::{MASTER_NAME, SentinelSet};
+
+/// How long a probe (a read that [`settle`] repeats) may take: short, so
+/// a stopped node is noticed and the probe retried.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long a change (`SETSLOT`, `MIGRATE`, `FAILOVER`...) may take: a
+/// node saves and fsyncs its configuration before it answers one, which
+/// takes seconds on a busy disk. A change is not retried.
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long a fixture waits for a topology to settle (startup, failover,
+/// migration) before it fails with the last reason it was not settled.
+/// Typical settling takes 1–5 s; the rest is headroom for a loaded machine.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs `cmd` on the Redis (or sentinel) at `127.0.0.1:port`, on a fresh
+/// connection, within `within`.
+async fn query<T: FromRedisValue>(port: u16, cmd: &Cmd, within: Duration) -> Result<T, String> {
+    let work = async {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        cmd.query_async(&mut conn).await
+    };
+    match tokio::time::timeout(within, work).await {
+        Ok(result) => result.map_err(|e: RedisError| format!("127.0.0.1:{port}: {e}")),
+        Err(_) => Err(format!("127.0.0.1:{port} did not answer within {within:?}")),
+    }
+}
+
+/// A probe: `cmd` within [`PROBE_TIMEOUT`], for [`settle`]'s checks.
+async fn ask<T: FromRedisValue>(port: u16, cmd: &Cmd) -> Result<T, String> {
+    query(port, cmd, PROBE_TIMEOUT).await
+}
+
+/// A change: `cmd` to `server` (on its first port) within
+/// [`CHANGE_TIMEOUT`]; panics, naming `what`, with the server's state and
+/// log if it fails.
+async fn tell<T: FromRedisValue>(server: &ServerProcess, cmd: &Cmd, what: &str) -> T {
+    match query(server.ports()[0], cmd, CHANGE_TIMEOUT).await {
+        Ok(reply) => reply,
+        Err(e) => {
+            let log = server.log();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!(
+                "{what}: {e}\n(the server is {}; the end of its log:)\n{}",
+                if server.is_alive() { "running" } else { "dead" },
+                tail.join("\n")
+            )
+        }
+    }
+}
+
+/// One field of an `INFO` (or `CLUSTER INFO`) reply.
+fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
+    info.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        (name == field).then(|| value.trim())
+    })
+}
+
+/// Polls `check` until it returns `Ok` and returns that value; panics with
+/// `what` and the last reason it gave if that takes over `within`.
+async fn settle<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let start = tokio::time::Instant::now();
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(reason) if start.elapsed() > within => {
+                panic!("{what}: not done within {within:?}; last: {reason}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(25)).await,
+        }
+    }
+}
+
+/// Runs `work` to completion on a runtime of its own, on a thread of its
+/// own: starts a fixture kept in a `static` from synchronous code
+/// (`OnceLock::get_or_init`), whether or not the caller is on a runtime
+/// (blocking on one from inside another panics).
+fn on_own_runtime<T: Send>(work: impl Future<Output = T> + Send) -> T {
+    std::thread::scope(|scope| {
+        let thread = scope.spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for the fixture")
+                .block_on(work)
+        });
+        thread
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// `redis-server` options every node of both topologies gets: replicas
+/// sync at once (Redis 7 waits 5 s by default before a diskless sync, to
+/// batch replicas), which matters at startup and after every failover.
+const NODE_OPTIONS: &[&str] = &["--repl-diskless-sync-delay", "0"];
