@@ -30,7 +30,7 @@ mod sentinel;
 use std::future::Future;
 use std::time::Duration;
 
-use redis::{Cmd, FromRedisValue, RedisError};
+use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, RedisError};
 
 use crate::server::ServerProcess;
 
@@ -54,9 +54,16 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Runs `cmd` on the Redis (or sentinel) at `127.0.0.1:port`, on a fresh
 /// connection, within `within`.
 async fn query<T: FromRedisValue>(port: u16, cmd: &Cmd, within: Duration) -> Result<T, String> {
+    // redis-rs's own defaults (1 s to connect, 500 ms per reply) are
+    // shorter than a node's fsync on a busy disk: `within` bounds it all.
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(within))
+        .set_response_timeout(Some(within));
     let work = async {
         let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
-        let mut conn = client.get_multiplexed_async_connection().await?;
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
         cmd.query_async(&mut conn).await
     };
     match tokio::time::timeout(within, work).await {
