@@ -67,16 +67,38 @@ impl SentinelSet {
             nodes.push(RedisServer::start_with(&options));
         }
         let binary = require_binary("redis-server", "redis-server");
+        // Each sentinel's configuration names its own id, the replicas and
+        // the other sentinels: a sentinel saves (and fsyncs) its file on
+        // every id it generates and peer it discovers, and on a busy disk
+        // one fsync took over 20 s. Known in advance, nothing is saved
+        // until a failover.
+        let ports: Vec<u16> = (0..SENTINELS).map(|_| free_port()).collect();
+        let id = |port: u16| {
+            format!(
+                "{:0>40x}",
+                (u128::from(std::process::id()) << 16) | u128::from(port)
+            )
+        };
         let mut sentinels = Vec::new();
-        for _ in 0..SENTINELS {
-            let port = free_port();
-            let conf = format!(
+        for &port in &ports {
+            let mut conf = format!(
                 "port {port}\n\
                  bind 127.0.0.1\n\
+                 sentinel myid {}\n\
                  sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} {QUORUM}\n\
                  sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}\n\
-                 sentinel failover-timeout {MASTER_NAME} {FAILOVER_TIMEOUT_MS}\n"
+                 sentinel failover-timeout {MASTER_NAME} {FAILOVER_TIMEOUT_MS}\n",
+                id(port)
             );
+            for replica in &nodes[1..] {
+                let replica = replica.port();
+                conf += &format!("sentinel known-replica {MASTER_NAME} 127.0.0.1 {replica}\n");
+            }
+            for &peer in ports.iter().filter(|&&p| p != port) {
+                let peer_id = id(peer);
+                conf +=
+                    &format!("sentinel known-sentinel {MASTER_NAME} 127.0.0.1 {peer} {peer_id}\n");
+            }
             // Sentinel rewrites its configuration file, so it must be one.
             let args = vec!["sentinel.conf".into(), "--sentinel".into()];
             let files = [("sentinel.conf", conf.as_str())];
@@ -92,8 +114,6 @@ impl SentinelSet {
             for (param, value) in SENTINEL_DEBUG {
                 debug.arg(*param).arg(*value);
             }
-            // A sentinel listens before it serves: it first rewrites and
-            // fsyncs its configuration (a change's deadline covers that).
             let _: () = tell(&sentinel, &debug, "SENTINEL DEBUG").await;
             sentinels.push(sentinel);
         }
