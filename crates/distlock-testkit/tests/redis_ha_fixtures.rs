@@ -2,14 +2,24 @@
 //! and Cluster clients: they serve, and their faults do what they say.
 #![cfg(feature = "redis")]
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use distlock_testkit::redis_ha::{MASTER_NAME, RedisCluster, SentinelSet};
-use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelServerType};
+use redis::{AsyncCommands, AsyncConnectionConfig};
+
+/// Replies may take seconds: `WAIT` blocks by design, and a node that
+/// saves its configuration fsyncs first (redis-rs waits 500 ms by default).
+const REPLY_TIMEOUT: Duration = Duration::from_secs(15);
+
+fn patient() -> AsyncConnectionConfig {
+    AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(REPLY_TIMEOUT))
+        .set_response_timeout(Some(REPLY_TIMEOUT))
+}
 
 /// A connection to the master, found through the sentinels.
 async fn sentinel_master(set: &SentinelSet) -> MultiplexedConnection {
@@ -21,7 +31,7 @@ async fn sentinel_master(set: &SentinelSet) -> MultiplexedConnection {
     )
     .expect("sentinel URLs");
     client
-        .get_async_connection()
+        .get_async_connection_with_config(&patient())
         .await
         .expect("the master, through the sentinels")
 }
@@ -29,17 +39,27 @@ async fn sentinel_master(set: &SentinelSet) -> MultiplexedConnection {
 async fn direct(url: &str) -> MultiplexedConnection {
     redis::Client::open(url)
         .expect("valid URL")
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&patient())
         .await
         .expect("connect to a node")
 }
 
 async fn cluster_client(cluster: &RedisCluster) -> ClusterConnection {
-    ClusterClient::new(cluster.node_urls())
+    ClusterClient::builder(cluster.node_urls())
+        .connection_timeout(REPLY_TIMEOUT)
+        .response_timeout(REPLY_TIMEOUT)
+        .build()
         .expect("node URLs")
         .get_async_connection()
         .await
         .expect("connect to the cluster")
+}
+
+/// SET `key` to `value` and read it back, on any connection.
+async fn set_and_get(conn: &mut impl AsyncCommands, key: &str, value: &str) {
+    let _: () = conn.set(key, value).await.expect("SET");
+    let got: String = conn.get(key).await.expect("GET");
+    assert_eq!(got, value);
 }
 
 /// `WAIT n timeout_ms` on `conn`: how many replicas acknowledged its writes.
@@ -84,9 +104,7 @@ async fn sentinel_master_serves_reads_and_writes() {
 
     let mut master = sentinel_master(&set).await;
     assert_eq!(role(&mut master).await, "master");
-    let _: () = master.set("greeting", "hello").await.expect("SET");
-    let got: String = master.get("greeting").await.expect("GET");
-    assert_eq!(got, "hello");
+    set_and_get(&mut master, "greeting", "hello").await;
     assert_eq!(wait_replicas(&mut master, 2, 5000).await, 2);
     // Both replicas have it: they replicate this master.
     for i in set.replicas().await {
@@ -362,15 +380,9 @@ async fn slot_migration_moves_the_keys_and_the_client_follows() {
 async fn shared_topologies_start_once_from_any_runtime() {
     let set = SentinelSet::shared();
     assert!(std::ptr::eq(set, SentinelSet::shared()));
-    let mut master = sentinel_master(set).await;
-    let _: () = master.set("shared", "yes").await.expect("SET");
-    let got: String = master.get("shared").await.expect("GET");
-    assert_eq!(got, "yes");
+    set_and_get(&mut sentinel_master(set).await, "shared", "yes").await;
 
     let cluster = RedisCluster::shared();
     assert!(std::ptr::eq(cluster, RedisCluster::shared()));
-    let mut conn = cluster_client(cluster).await;
-    let _: () = conn.set("shared", "yes").await.expect("SET");
-    let got: String = conn.get("shared").await.expect("GET");
-    assert_eq!(got, "yes");
+    set_and_get(&mut cluster_client(cluster).await, "shared", "yes").await;
 }
