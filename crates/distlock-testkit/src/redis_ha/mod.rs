@@ -4,12 +4,18 @@
 //! migration, pausing a replica).
 //!
 //! Every process is a [`RedisServer`](crate::redis::RedisServer) or a
-//! [`ServerProcess`](crate::server::ServerProcess): free loopback ports,
-//! a directory under the process's temporary directory, killed when
-//! dropped or when the test process exits. A missing binary fails naming
-//! its Debian package: `redis-server` (which also runs the sentinels, as
-//! `redis-server sentinel.conf --sentinel`, so the `redis-sentinel` package
-//! is not needed) and `redis-tools` (for `redis-cli --cluster create`).
+//! [`ServerProcess`]: free loopback ports, a directory under the process's
+//! temporary directory, killed when dropped or when the test process
+//! exits. A missing binary fails naming its Debian package: `redis-server`
+//! (which also runs the sentinels, as `redis-server sentinel.conf
+//! --sentinel`, so the `redis-sentinel` package is not needed) and
+//! `redis-tools` (for `redis-cli --cluster create`). Redis 7.0 or later
+//! (`SENTINEL DEBUG`, `cluster-port`).
+//!
+//! Sentinels and cluster nodes save and fsync their configuration on every
+//! change of topology. On a disk under heavy I/O one such fsync took over
+//! 20 s here; with `TMPDIR` on a tmpfs (`TMPDIR=/dev/shm`) the disk is out
+//! of the picture.
 //!
 //! # URLs
 //!
