@@ -18,7 +18,7 @@ use crate::history::{JsonLines, RunEnd, RunMeta, write_json};
 use crate::nemesis::{FaultKind, Nemesis};
 use crate::register::Register;
 use crate::store::{BackendKind, Store};
-use crate::variant::Variant;
+use crate::variant::{Variant, Workload};
 use faults::Done;
 use pool::Pool;
 
@@ -30,6 +30,10 @@ pub const NAMESPACE: &str = "torture";
 pub struct RunConfig {
     /// The store.
     pub backend: BackendKind,
+    /// What the clients take.
+    pub workload: Workload,
+    /// The semaphore workload's permits per key.
+    pub limit: u32,
     /// The clients' behaviour.
     pub variant: Variant,
     /// The run seed: client RNGs and the fault schedule derive from it.
@@ -80,6 +84,8 @@ pub async fn run(cfg: &RunConfig) -> io::Result<Report> {
         &cfg.out.join("run.json"),
         &RunMeta {
             backend: cfg.backend.name().into(),
+            workload: cfg.workload,
+            limit: (cfg.workload == Workload::Semaphore).then_some(cfg.limit),
             variant: cfg.variant,
             seed: cfg.seed,
             clients: cfg.clients,

@@ -135,6 +135,8 @@ impl<'a> Pool<'a> {
             seed: client_seed(self.cfg.seed, client, incarnation),
             keys: self.keys.clone(),
             ttl_ms: self.cfg.ttl.as_millis() as u64,
+            workload: self.cfg.workload,
+            limit: self.cfg.limit,
             variant: self.cfg.variant,
             profile: self.cfg.variant.profile(self.cfg.backend, client),
             history: self

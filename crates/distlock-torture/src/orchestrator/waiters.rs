@@ -105,6 +105,7 @@ mod tests {
             op,
             key: format!("k{op}"),
             ttl_ms: 1000,
+            mode: Default::default(),
             locker: None,
             t,
         };

@@ -316,13 +316,20 @@ impl Store {
         };
         let mut found = Vec::new();
         for key in keys {
-            match locker.inspect(key.as_str()).await {
-                Ok(Some(holder)) => found.push(format!(
-                    "{key} (token {}, expires in {:?})",
-                    holder.fencing_token, holder.expires_in
-                )),
-                Ok(None) => {}
-                Err(e) => found.push(format!("{key} (inspect failed: {e})")),
+            // Every holder: a semaphore's or readers' permits too.
+            match locker.holders(key.as_str()).await {
+                Ok(held) => {
+                    for holder in held.holders {
+                        found.push(format!(
+                            "{key} (token {}, expires in {:?}{})",
+                            holder.fencing_token,
+                            holder.expires_in,
+                            held.limit
+                                .map_or(String::new(), |n| format!(", permit of {n}"))
+                        ));
+                    }
+                }
+                Err(e) => found.push(format!("{key} (holders failed: {e})")),
             }
         }
         if let Some(server) = &self.redis {
