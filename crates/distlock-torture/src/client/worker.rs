@@ -58,18 +58,16 @@ struct Stalls {
 impl Stalls {
     fn of(variant: Variant) -> Stalls {
         match variant {
-            Variant::Correct
-            | Variant::ReleaseByName
-            | Variant::LimitAboveCapacity
-            | Variant::ReadLockedWriter => Stalls {
+            Variant::Correct | Variant::ReleaseByName | Variant::ReadLockedWriter => Stalls {
                 overdue: 0.005,
                 delayed: 0.04,
                 slow: 0.005,
                 writes: (1, 3),
             },
             // Long sections, so that a sibling's close of the shared backend
-            // often finds a lock held (and refreshed) on it.
-            Variant::CloseSharedBackend => Stalls {
+            // often finds a lock held (and refreshed) on it, and that N + 1
+            // permits meet on a store slower to grant than to write (etcd).
+            Variant::CloseSharedBackend | Variant::LimitAboveCapacity => Stalls {
                 overdue: 0.0,
                 delayed: 0.0,
                 slow: 0.25,
