@@ -203,11 +203,7 @@ pub fn verdict(
     min: &Minimums,
 ) -> (bool, String) {
     if variant.is_control() {
-        let workload = report
-            .meta
-            .as_ref()
-            .map_or_else(Workload::default, |m| m.workload);
-        let expected = variant.expected_violations(workload);
+        let expected = variant.expected_violations();
         let caught: Vec<_> = expected
             .iter()
             .filter(|k| report.has(**k))

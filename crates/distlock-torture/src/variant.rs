@@ -171,12 +171,13 @@ impl Variant {
     ];
 
     /// The variants a campaign runs for `workload`: the correct one first,
-    /// then the controls made for it. Controls 1–5 were made for locks;
-    /// control 4's overrun is a semaphore's too.
+    /// then the controls made for it. Controls 1–5 were made for locks.
+    /// (Control 4 on permits is weak by construction: it is caught only when
+    /// N + 1 sections meet, and every holder's section starts late, its reply
+    /// delayed too; on etcd it was caught 2–5 times in 5 s.)
     pub fn of(workload: Workload) -> impl Iterator<Item = Variant> {
         Variant::ALL.into_iter().filter(move |v| match v {
             Variant::Correct => true,
-            Variant::DeadlineFromReply => workload != Workload::RwLock,
             Variant::LimitAboveCapacity => workload == Workload::Semaphore,
             Variant::ReadLockedWriter => workload == Workload::RwLock,
             _ => workload == Workload::Lock,
@@ -207,18 +208,14 @@ impl Variant {
         self != Variant::NoFencing
     }
 
-    /// The violations that prove the checker caught this control in a
-    /// `workload` run: a control run passes only if at least one of them
-    /// is reported.
-    pub fn expected_violations(self, workload: Workload) -> &'static [ViolationKind] {
+    /// The violations that prove the checker caught this control: a
+    /// control run passes only if at least one of them is reported.
+    pub fn expected_violations(self) -> &'static [ViolationKind] {
         match self {
             Variant::Correct => &[],
             Variant::ReleaseByName => &[ViolationKind::ReleaseByNonOwner],
             Variant::IgnoreValidity => &[ViolationKind::WriteOutsideCs],
             Variant::NoFencing => &[ViolationKind::StaleWriteAccepted],
-            Variant::DeadlineFromReply if workload == Workload::Semaphore => {
-                &[ViolationKind::PermitsOverLimit]
-            }
             Variant::DeadlineFromReply => &[ViolationKind::OverlappingCs],
             Variant::CloseSharedBackend => {
                 &[ViolationKind::OverlappingCs, ViolationKind::ClosedByOther]

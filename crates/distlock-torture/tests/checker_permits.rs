@@ -50,6 +50,13 @@ fn three_permits_at_once_pass_and_a_fourth_is_over_the_limit() {
     run.fault(FaultKind::ClientKill, 0, 125 * MS, 125 * MS);
     assert_eq!(run.violations(), vec![]);
 
+    // A permit's section ends at its validity deadline: its holder may not
+    // rely on it after (it never released; the store let a fourth in).
+    let run = Run::of("sem-expired", Workload::Semaphore);
+    permits(&run, P3, &[(2, 110, 400), (3, 120, 400), (4, 130, 400)]);
+    run.client(3, &grant_as(P3, 1, 1, 100, 125, None));
+    assert_eq!(run.violations(), vec![]);
+
     // Sections end at release: a fourth after one left is fine.
     let run = Run::of("sem-handover", Workload::Semaphore);
     permits(

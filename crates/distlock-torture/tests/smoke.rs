@@ -177,7 +177,7 @@ fn smoke(backend: BackendKind, s: Smoke) {
             Some(report) => {
                 let caught = run
                     .variant
-                    .expected_violations(run.workload)
+                    .expected_violations()
                     .iter()
                     .any(|kind| report.has(*kind));
                 assert!(
