@@ -42,8 +42,10 @@ pub struct Faulty {
     late_extend_reply: AtomicU64,
     /// Every release takes this long before it reaches the store (ns).
     slow_release: AtomicU64,
-    /// Whether `wait` may use the store's notifications.
+    /// Whether `wait` and `watch` may use the store's notifications.
     notifications: AtomicBool,
+    /// Whether `capabilities` reports the store's permits.
+    permits: AtomicBool,
     /// Keys whose extends never reach the store and never answer.
     stalled: Mutex<HashSet<LockKey>>,
     /// Whether granted leases are recorded in `grants` (off by default, so
@@ -60,6 +62,14 @@ pub struct Faulty {
 
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// A wait without the store's notifications: until `until`.
+fn sleep_until<'a>(until: Instant) -> BoxFuture<'a, Result<()>> {
+    Box::pin(async move {
+        tokio::time::sleep_until(until).await;
+        Ok(())
+    })
 }
 
 /// Sleeps `ns` nanoseconds, not at all (not even a yield) for 0.
@@ -83,6 +93,7 @@ impl Faulty {
             late_extend_reply: AtomicU64::new(0),
             slow_release: AtomicU64::new(0),
             notifications: AtomicBool::new(true),
+            permits: AtomicBool::new(true),
             stalled: Mutex::new(HashSet::new()),
             recording: AtomicBool::new(false),
             grants: Mutex::new(Vec::new()),
@@ -96,6 +107,13 @@ impl Faulty {
     /// The store it forwards to.
     pub fn inner(&self) -> &Arc<dyn Backend> {
         &self.inner
+    }
+
+    /// While `off` is true, `capabilities` says the store serves no permits,
+    /// as a third-party backend without them does. Read by a Locker when it
+    /// is built.
+    pub fn hide_permits(&self, off: bool) {
+        self.permits.store(!off, Ordering::SeqCst);
     }
 
     /// While `on`, every `try_acquire`, `extend`, `release` and `inspect`
@@ -139,7 +157,7 @@ impl Faulty {
         self.slow_release.store(nanos(by), Ordering::SeqCst);
     }
 
-    /// Whether `wait` forwards to the store (`on`, the default) or only
+    /// Whether `wait` and `watch` forward to the store (`on`, the default) or only
     /// sleeps until its bound, as a store without notifications does.
     pub fn notifications(&self, on: bool) {
         self.notifications.store(on, Ordering::SeqCst);
@@ -237,7 +255,8 @@ impl Backend for Faulty {
     }
 
     fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
+        let inner = self.inner.capabilities();
+        inner.with_permits(inner.permits && self.permits.load(Ordering::SeqCst))
     }
 
     fn try_acquire<'a>(&'a self, req: &'a AcquireRequest) -> BoxFuture<'a, Result<Attempt>> {
@@ -322,10 +341,15 @@ impl Backend for Faulty {
         if self.notifications.load(Ordering::SeqCst) {
             self.inner.wait(req, until)
         } else {
-            Box::pin(async move {
-                tokio::time::sleep_until(until).await;
-                Ok(())
-            })
+            sleep_until(until)
+        }
+    }
+
+    fn watch<'a>(&'a self, key: &'a LockKey, until: Instant) -> BoxFuture<'a, Result<()>> {
+        if self.notifications.load(Ordering::SeqCst) {
+            self.inner.watch(key, until)
+        } else {
+            sleep_until(until)
         }
     }
 
