@@ -146,6 +146,7 @@ macro_rules! conformance_list {
                     fencing_tokens_increase_over_permits_and_locks,
                     start_refresh_keeps_a_permit_past_several_ttls,
                     non_owner_cannot_release_or_extend_a_permit,
+                    extend_and_release_in_another_mode_are_not_held,
                     acquire_is_idempotent_for_the_same_owner,
                     dropped_acquire_future_leaks_no_permit,
                     a_dropped_permit_is_released_in_the_background,

@@ -15,8 +15,8 @@ use super::leases;
 use super::occupancy::contend;
 use super::{
     MS, SLACK, arrive_in_order, assert_limit_mismatch, assert_not_held, assert_not_lost,
-    assert_not_obtained, expires, granted, holder_tokens, lock_key, next_holder_wait,
-    permit_locker, poll_until_obtained, raw_request, short,
+    assert_not_obtained, expires, granted, holder_tokens, next_holder_wait, permit_locker,
+    poll_until_obtained, raw_request, short,
 };
 use crate::fixture::Fixture;
 
@@ -300,36 +300,64 @@ pub async fn start_refresh_keeps_a_permit_past_several_ttls(fx: &dyn Fixture) {
     leases::refresh_keeps_a_lease(fx, "sem_refresh", permits(1)).await;
 }
 
-/// Extend and release are checked against the holder's owner token and
-/// mode: a forged owner, or the right owner in the wrong mode, is NotHeld
-/// and leaves the permit as it was.
+/// Extend and release are checked against the holder's owner token: a
+/// forged one is NotHeld and leaves the permits as they were.
 pub async fn non_owner_cannot_release_or_extend_a_permit(fx: &dyn Fixture) {
     let (locker, _) = permit_locker(fx, "sem_non_owner").await;
     let backend = locker.backend();
     let ttl = fx.short_ttl() * 10;
-    let req = raw_request(&locker, "k", permits(2), ttl);
-    let token = granted(backend.try_acquire(&req).await);
+    let lock = locker
+        .semaphore("k", 2)
+        .unwrap()
+        .acquire_with(ObtainOptions::new().ttl(ttl))
+        .await
+        .unwrap();
     let forged = raw_request(&locker, "k", permits(2), ttl).lease();
-    let wrong_mode = LeaseRef::exclusive(lock_key(&locker, "k"), req.owner);
-    let long = Duration::from_secs(600);
-    for lease in [&forged, &wrong_mode] {
-        assert_not_held(backend.release(lease).await);
-        assert_not_held(backend.extend(&Renewal::new(lease.clone(), long)).await);
-    }
-    let lock = locker.semaphore("k", 2).unwrap().acquire().await.unwrap();
     assert_not_held(backend.release(&forged).await);
+    let long = Renewal::new(forged, Duration::from_secs(600));
+    assert_not_held(backend.extend(&long).await);
     let holders = locker.holders("k").await.unwrap();
     assert_eq!(
         holder_tokens(&locker, "k").await,
-        vec![token, lock.fencing_token()]
+        vec![lock.fencing_token()]
     );
     assert!(
         holders.holders[0].expires_in.is_none_or(|left| left <= ttl),
         "extended by a non-owner: {holders:?}"
     );
-    backend.release(&req.lease()).await.unwrap();
+    assert_not_lost(&lock, "the permit").await;
     lock.release().await.unwrap();
     assert!(locker.holders("k").await.unwrap().is_empty());
+}
+
+/// A lease names its holder by key, owner and mode: the owner of a permit
+/// asking to extend or release an exclusive lease, or the owner of a lock a
+/// permit, is NotHeld, and the holder stays as it was.
+pub async fn extend_and_release_in_another_mode_are_not_held(fx: &dyn Fixture) {
+    let (locker, _) = permit_locker(fx, "sem_other_mode").await;
+    let backend = locker.backend();
+    let ttl = fx.short_ttl() * 10;
+    for (held, asked) in [
+        (permits(2), Share::Exclusive),
+        (Share::Exclusive, permits(2)),
+    ] {
+        let req = raw_request(&locker, "k", held, ttl);
+        let token = granted(backend.try_acquire(&req).await);
+        let other_mode = LeaseRef {
+            share: asked,
+            ..req.lease()
+        };
+        let long = Renewal::new(other_mode.clone(), Duration::from_secs(600));
+        assert_not_held(backend.extend(&long).await);
+        assert_not_held(backend.release(&other_mode).await);
+        let holders = locker.holders("k").await.unwrap();
+        assert_eq!(holder_tokens(&locker, "k").await, vec![token], "{held:?}");
+        assert!(
+            holders.holders[0].expires_in.is_none_or(|left| left <= ttl),
+            "extended in another mode: {holders:?}"
+        );
+        backend.release(&req.lease()).await.unwrap();
+    }
 }
 
 /// Asking again with a permit holder's own owner token grants again with
