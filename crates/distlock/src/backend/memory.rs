@@ -52,7 +52,7 @@ pub struct MemoryBackend {
 struct Slot {
     holders: Vec<Holder>,
     queue: VecDeque<Waiter>,
-    /// Woken when a holder leaves or the queue moves.
+    /// Woken when a holder comes or leaves or the queue moves.
     released: Arc<Notify>,
 }
 
@@ -209,6 +209,8 @@ impl MemoryBackend {
                     expires_at: now + req.ttl,
                     metadata: req.metadata.clone(),
                 });
+                // For observers of the key (waiters just look again).
+                slot.released.notify_waiters();
                 return Ok(Attempt::Granted { fencing_token });
             }
             // Only a writer waiting for permits queues (no writer starvation);
@@ -354,6 +356,20 @@ impl Backend for MemoryBackend {
 
     fn wait<'a>(&'a self, req: &'a AcquireRequest, until: Instant) -> BoxFuture<'a, Result<()>> {
         Box::pin(self.wait_for_turn(req, until))
+    }
+
+    fn watch<'a>(&'a self, key: &'a LockKey, until: Instant) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let changed = self.with_slot(key, |slot| slot.released.clone());
+            tokio::select! {
+                _ = changed.notified() => {}
+                _ = tokio::time::sleep_until(until) => {}
+            }
+            drop(changed);
+            // Forget the slot if we were the last to look at it.
+            self.with_slot(key, |_| ());
+            Ok(())
+        })
     }
 }
 
