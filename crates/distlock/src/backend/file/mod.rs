@@ -85,16 +85,17 @@
 //! [`Capabilities::ttl_expiry`] is false: a lock lives exactly as long as
 //! its holder keeps it, whatever its TTL. The engine therefore gives such
 //! locks no validity deadline; extending only checks that the lock is still
-//! ours. Deleting or replacing a `.lock` file behind its holder's back is
-//! detected by the next extend ([`Error::NotHeld`], so
-//! [`Lock::lost`](crate::Lock::lost) fires). Ownership is checked against
+//! ours. Deleting or replacing a `.lock` file (or a permit's slot) behind
+//! its holder's back is detected by the next extend ([`Error::NotHeld`],
+//! so [`Lock::lost`](crate::Lock::lost) fires). Ownership is checked against
 //! the owner token inside this process; other processes cannot release a
 //! lock they do not hold, since the OS lock belongs to the holder's open
 //! file.
 //!
 //! A [`Lock`](crate::Lock) dropped where no tokio runtime can release it
 //! stays held until the backend itself is dropped or the process exits
-//! (there is no TTL to end it sooner).
+//! (there is no TTL to end it sooner); so does a waiting writer's place at
+//! the gate when its obtain is dropped there.
 //!
 //! The directory must be on a local file system: `flock` over NFS is not
 //! reliable. Unix only.

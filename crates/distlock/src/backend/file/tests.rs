@@ -166,6 +166,21 @@ fn io_errors_that_cannot_heal_are_refusals() {
             "cannot open lock file /locks/ns-x/k-a.lock: \
              it is a symbolic link, which distlock does not follow",
         ),
+        (
+            Action::OpenPermitFile,
+            &dir.join("k-a.permit-0"),
+            libc::EACCES,
+            "cannot open permit file /locks/ns-x/k-a.permit-0: permission denied \
+             (needs read and write permission on it, or write and search permission \
+             on /locks/ns-x to create it)",
+        ),
+        (
+            Action::ListDir,
+            &dir.to_path_buf(),
+            libc::EACCES,
+            "cannot list directory /locks/ns-x: permission denied \
+             (needs read and search permission on it)",
+        ),
     ] {
         let err = io_error("acquire", action, path, io::Error::from_raw_os_error(errno));
         assert!(matches!(err, Error::Refused { .. }), "{errno}: {err:?}");

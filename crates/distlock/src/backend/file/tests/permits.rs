@@ -351,3 +351,34 @@ async fn a_permit_whose_slot_is_deleted_is_lost_alone() {
     backend.release(&p3.lease()).await.unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A symbolic link where a permit's file belongs is refused, never
+/// followed (it could point anywhere, say at another key's lock).
+#[tokio::test]
+async fn a_link_where_a_permit_file_belongs_is_refused() {
+    let dir = temp_dir("permit-link");
+    let backend = FileBackend::open(&dir).unwrap();
+    let req = permit("k", 2);
+    let paths = backend.paths(&req.key);
+    let target = dir.join("elsewhere");
+    std::fs::write(&target, "").unwrap();
+    std::fs::create_dir_all(&paths.dir).unwrap();
+    for planted in [paths.guard(), paths.slot(0)] {
+        std::os::unix::fs::symlink(&target, &planted).unwrap();
+        let err = backend.try_acquire(&req).await.unwrap_err();
+        assert!(matches!(err, Error::Refused { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains("symbolic link")
+                && err.to_string().contains(&planted.display().to_string()),
+            "{err}"
+        );
+        std::fs::remove_file(&planted).unwrap();
+    }
+    assert_eq!(
+        std::fs::read(&target).unwrap(),
+        b"",
+        "the link's target is untouched"
+    );
+    grant(&backend, &req).await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
