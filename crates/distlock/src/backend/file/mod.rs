@@ -65,13 +65,14 @@
 //! slot below `n` nobody has locked (refused when there is none), bumps
 //! the key's fencing counter, and writes its record into its slot.
 //!
-//! A lock request refused because permits hold the key, from an obtain
-//! that will wait, keeps a shared `flock` on the gate until it is granted
-//! or released ([`Capabilities::queues_waiters`]: the engine releases it
-//! when the obtain gives up); the kernel drops it when the process exits.
-//! Permits therefore cannot starve a writer; a lock request does not check
-//! the gate (lock requests are not served in order among themselves, as
-//! before). A permit's lease is its two `flock`s: it too lives as long as
+//! A lock request refused, from an obtain that will wait, keeps a shared
+//! `flock` on the gate until it is granted or released
+//! ([`Capabilities::queues_waiters`]: the engine releases it when the
+//! obtain gives up); the kernel drops it when the process exits. Permits
+//! therefore cannot starve a writer. A key on which no permit was ever
+//! asked for gets no gate (nothing to hold back, one failed `open` per
+//! refusal), and a lock request does not check the gate (lock requests
+//! are not served in order among themselves, as before). A permit's lease is its two `flock`s: it too lives as long as
 //! its holder, and comes back the moment its process exits.
 //!
 //! [`holders`] lists the holders of live slots, oldest grant first, read
@@ -362,8 +363,8 @@ impl FileBackend {
     }
 
     /// Locks (one attempt, with a few quick looks again while a holder's
-    /// record is missing); a request that will wait for permits to go
-    /// takes its place at the gate.
+    /// record is missing); a request that will wait takes its place at the
+    /// gate, holding back the permits asked for after it.
     async fn acquire_lock(&self, req: &AcquireRequest) -> Result<Attempt> {
         let mut rechecks = 0;
         loop {
@@ -374,14 +375,7 @@ impl FileBackend {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                     continue;
                 }
-                Step::Busy(Some(holder)) => {
-                    return Ok(Attempt::Contended {
-                        holder: Some(holder),
-                    });
-                }
-                // Permits hold it (a probe cannot tell them from a holder
-                // without a record, so that counts too).
-                Step::Busy(None) | Step::Shared(_) => None,
+                Step::Busy(holder) | Step::Shared(holder) => holder,
             };
             if req.will_wait {
                 self.enter_gate(req).await?;

@@ -215,8 +215,9 @@ impl FileBackend {
         }
     }
 
-    /// Takes a place at the gate for `req`, an exclusive request that will
-    /// wait, unless it has one or no permit was ever asked for on its key.
+    /// Takes a place at the gate for `req`, a refused exclusive request
+    /// that will wait, unless it has one or no permit was ever asked for on
+    /// its key (no guard file).
     pub(super) async fn enter_gate(&self, req: &AcquireRequest) -> Result<()> {
         if self
             .held()

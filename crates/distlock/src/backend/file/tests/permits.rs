@@ -232,9 +232,25 @@ async fn a_waiting_writer_holds_back_later_permits() {
     drop(c); // both of c's readers end with its "process"
     let t = grant(&b, &writer).await;
     b.release(&writer.lease()).await.unwrap();
-    assert!(grant(&a, &request("k").share(Share::READERS)).await > t);
+    let after = request("k").share(Share::READERS);
+    assert!(grant(&a, &after).await > t);
+    a.release(&after.lease()).await.unwrap();
+
+    // A writer waiting behind another lock holds back readers too.
+    let first = request("k");
+    grant(&a, &first).await;
+    let writer = waiting_writer("k");
+    assert!(contended(&b, &writer).await.is_some(), "the lock's holder");
+    a.release(&first.lease()).await.unwrap();
+    assert_eq!(
+        contended(&a, &request("k").share(Share::READERS)).await,
+        None
+    );
+    grant(&b, &writer).await;
+    b.release(&writer.lease()).await.unwrap();
 
     // A waiting writer's process exits: its place goes with it.
+    grant(&a, &request("k").share(Share::READERS)).await;
     let writer = waiting_writer("k");
     contended(&b, &writer).await;
     assert_eq!(
