@@ -284,9 +284,9 @@ impl Store {
         ClientStore::new(self.kind, &self.client_url, self.memory.clone())
     }
 
-    /// Keys of `namespace` still held (the known `keys`, plus for Redis
-    /// any lock key or waiters' queue at all), read directly from the
-    /// store, not through the proxy. Read-only.
+    /// Keys of `namespace` still held (every holder of the known `keys`,
+    /// plus for Redis any lock key, waiters' queue or permit set at all),
+    /// read directly from the store, not through the proxy. Read-only.
     pub async fn leftover(&self, namespace: &str, keys: &[String]) -> Vec<String> {
         let locker = match self.kind {
             BackendKind::Memory => Locker::builder(self.memory.clone().expect("memory store"))
@@ -334,7 +334,9 @@ impl Store {
         }
         if let Some(server) = &self.redis {
             let mut conn = server.admin().await;
-            for kind in ["lock", "queue", "waiting"] {
+            // Permits live in `expiries` and `permits` beside the lock key;
+            // the last one out must leave neither.
+            for kind in ["lock", "queue", "waiting", "expiries", "permits"] {
                 let pattern = format!("{namespace}:*:{kind}:*");
                 let all: Vec<String> = redis::cmd("KEYS")
                     .arg(&pattern)
