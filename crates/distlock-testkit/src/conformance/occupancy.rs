@@ -1,10 +1,11 @@
-//! Who is inside a section guarded by one key's leases: the checker of the
-//! semaphore and reader-writer cases that race many holders.
+//! Racing holders of one key: single attempts at once, and rounds of
+//! holders checked by who is inside the section the key guards.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use distlock::{Lock, Locker, ObtainOptions, Share};
+use tokio::sync::Barrier;
 use tokio::time::sleep;
 
 use super::{MS, take};
@@ -121,4 +122,28 @@ pub(super) async fn contend(
     let entries = occupancy.entries_with_distinct_tokens();
     assert_eq!(entries, lockers.len() * per_locker * rounds);
     occupancy
+}
+
+/// `tasks` single attempts at `key` in mode `share`, spread over
+/// `lockers` and let go together: the leases they won (every other attempt
+/// must be `NotObtained`).
+pub(super) async fn race(lockers: &[Locker], tasks: usize, share: Share) -> Vec<Lock> {
+    let start = Arc::new(Barrier::new(tasks));
+    let attempts: Vec<_> = (0..tasks)
+        .map(|i| {
+            let (locker, start) = (lockers[i % lockers.len()].clone(), start.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                take(&locker, "k", share, ObtainOptions::new().try_once()).await
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for attempt in attempts {
+        match attempt.await.unwrap() {
+            Ok(lock) => winners.push(lock),
+            Err(e) => assert!(e.is_not_obtained(), "{e}"),
+        }
+    }
+    winners
 }
