@@ -40,7 +40,9 @@ local queued = last < 0
 if queued then
   last = -last
 end
-if value and string.sub(value, 1, 33) == owner .. ':' then
+-- The lock's own holder asking again (never for a permit: a lease is its
+-- owner and its mode).
+if value and (not KEYS[3] or ARGV[6] == 'x') and string.sub(value, 1, 33) == owner .. ':' then
   redis.call('PEXPIRE', lock, ARGV[2])
   return tonumber(string.match(value, '^%x+:(%d+):'))
 end

@@ -28,7 +28,9 @@ local function tell()
   end
   return redis.call('PUBLISH', ARGV[2], head)
 end
-if value and string.sub(value, 1, 33) == owner .. ':' then
+-- A lease is its owner and its mode: a permit's release never takes the
+-- lock.
+if value and not KEYS[5] and string.sub(value, 1, 33) == owner .. ':' then
   -- A holder is never queued: its grant took it out of the queue.
   redis.call('DEL', lock)
   if last < 0 then

@@ -412,6 +412,36 @@ async fn each_permit_is_extended_and_released_alone() {
     assert!(server.leftovers("own").await.is_empty());
 }
 
+/// A lease is its owner and its mode: the lock's owner asking for, or
+/// releasing, a permit of the key touches neither the lock nor permits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_owner_gets_no_permit_and_releases_none() {
+    let server = shared();
+    let backend = server.backend().build().await.unwrap();
+    let lock = request("mode", "k", Share::Exclusive, Duration::from_secs(30));
+    let token = granted(&backend, &lock).await;
+    let mut as_permit = lock.clone().share(Share::READERS);
+    as_permit.will_wait = true;
+    assert!(matches!(
+        backend.try_acquire(&as_permit).await.unwrap(),
+        Attempt::Contended { holder: Some(_) }
+    ));
+    // Its queue entry goes with the release, which is NotHeld.
+    assert!(
+        backend
+            .release(&as_permit.lease())
+            .await
+            .unwrap_err()
+            .is_not_held()
+    );
+    let renewal = Renewal::new(as_permit.lease(), Duration::from_secs(60));
+    assert!(backend.extend(&renewal).await.unwrap_err().is_not_held());
+    let held = backend.holders(&lock.key).await.unwrap();
+    assert_eq!((held.limit, held.holders[0].fencing_token), (None, token));
+    backend.release(&lock.lease()).await.unwrap();
+    assert!(server.leftovers("mode").await.is_empty());
+}
+
 /// `extend_all` renews locks and permits of several keys in one go and
 /// answers NotHeld, in order, for the entries not held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
