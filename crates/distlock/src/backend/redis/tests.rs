@@ -620,3 +620,63 @@ async fn after_permits_the_key_is_clean_and_the_lock_path_lean() {
         assert_eq!(server.calls(command).await, 0, "{command}");
     }
 }
+
+/// A user limited to what `required_acl` lists can use permits: acquire,
+/// wait, refresh, list, inspect, release, for semaphores and readers and
+/// a writer queued behind them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_acl_covers_permits() {
+    let server = shared();
+    let mut cmd = ::redis::cmd("ACL");
+    cmd.arg("SETUSER")
+        .arg("permits")
+        .arg("reset")
+        .arg("on")
+        .arg(">secret");
+    for rule in RedisBackend::required_acl(&Namespace::new("acl").unwrap()).split_whitespace() {
+        cmd.arg(rule);
+    }
+    let _: () = server.query(&mut cmd).await;
+    let url = server.url.replace("redis://", "redis://permits:secret@") + "?namespace=acl";
+    let (a, b) = (
+        Locker::from_url(&url).await.unwrap(),
+        Locker::from_url(&url).await.unwrap(),
+    );
+    let pool = a.semaphore("pool", 1).unwrap();
+    let held = pool.acquire().await.unwrap();
+    held.refresh().await.unwrap();
+    assert_eq!(b.holders("pool").await.unwrap().holders.len(), 1);
+    assert!(b.inspect("pool").await.unwrap().is_some());
+    let other = b.semaphore("pool", 1).unwrap();
+    let waiter =
+        tokio::spawn(async move { other.acquire_with(waiting(Duration::from_secs(10))).await });
+    server
+        .until("the waiter queued", async |s| {
+            queued(s, "acl", "pool").await == 1
+        })
+        .await;
+    held.release().await.unwrap();
+    let permit = timeout(Duration::from_secs(10), waiter)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    permit.release().await.unwrap();
+
+    let reader = a.rw_lock("rw").unwrap().read().await.unwrap();
+    let rw = b.rw_lock("rw").unwrap();
+    let writer = tokio::spawn(async move { rw.write_with(waiting(Duration::from_secs(10))).await });
+    server
+        .until("the writer queued", async |s| {
+            queued(s, "acl", "rw").await == 1
+        })
+        .await;
+    reader.release().await.unwrap();
+    let write = timeout(Duration::from_secs(10), writer)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    write.release().await.unwrap();
+    assert!(server.leftovers("acl").await.is_empty());
+}
