@@ -130,6 +130,27 @@ async fn queued(server: &Server, namespace: &str, key: &str) -> i64 {
         .await
 }
 
+/// Releases `held` once `waiter`, a task waiting for `key`, queued behind
+/// it; returns what the waiter then got.
+async fn hand_over(
+    server: &Server,
+    (namespace, key): (&str, &str),
+    held: crate::Lock,
+    waiter: tokio::task::JoinHandle<crate::Result<crate::Lock>>,
+) -> crate::Lock {
+    server
+        .until("the waiter queued", async |s| {
+            queued(s, namespace, key).await == 1
+        })
+        .await;
+    held.release().await.unwrap();
+    timeout(Duration::from_secs(10), waiter)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+}
+
 fn waiting(max: Duration) -> ObtainOptions {
     ObtainOptions::new().wait(max)
 }

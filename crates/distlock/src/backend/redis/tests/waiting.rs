@@ -209,18 +209,8 @@ async fn after_permits_the_key_is_clean_and_the_lock_path_lean() {
         .await;
     let writer =
         tokio::spawn(async move { b.obtain_with("k", waiting(Duration::from_secs(30))).await });
-    server
-        .until("the writer queued", async |s| {
-            queued(s, "lean", "k").await == 1
-        })
-        .await;
     one.release().await.unwrap();
-    two.release().await.unwrap();
-    let write = timeout(Duration::from_secs(10), writer)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let write = hand_over(&server, ("lean", "k"), two, writer).await;
     write.release().await.unwrap();
     assert!(server.leftovers("lean").await.is_empty());
 
@@ -280,33 +270,13 @@ async fn the_documented_acl_covers_permits() {
     let other = b.semaphore("pool", 1).unwrap();
     let waiter =
         tokio::spawn(async move { other.acquire_with(waiting(Duration::from_secs(10))).await });
-    server
-        .until("the waiter queued", async |s| {
-            queued(s, "acl", "pool").await == 1
-        })
-        .await;
-    held.release().await.unwrap();
-    let permit = timeout(Duration::from_secs(10), waiter)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let permit = hand_over(server, ("acl", "pool"), held, waiter).await;
     permit.release().await.unwrap();
 
     let reader = a.rw_lock("rw").unwrap().read().await.unwrap();
     let rw = b.rw_lock("rw").unwrap();
     let writer = tokio::spawn(async move { rw.write_with(waiting(Duration::from_secs(10))).await });
-    server
-        .until("the writer queued", async |s| {
-            queued(s, "acl", "rw").await == 1
-        })
-        .await;
-    reader.release().await.unwrap();
-    let write = timeout(Duration::from_secs(10), writer)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let write = hand_over(server, ("acl", "rw"), reader, writer).await;
     write.release().await.unwrap();
     assert!(server.leftovers("acl").await.is_empty());
 }
