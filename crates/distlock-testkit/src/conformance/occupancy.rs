@@ -79,6 +79,15 @@ impl Occupancy {
         self.state.lock().unwrap().most_permits
     }
 
+    /// Returns once `limit` permits have been inside at once, or after
+    /// `bound`.
+    async fn until_permits(&self, limit: u32, bound: Duration) {
+        let start = tokio::time::Instant::now();
+        while self.most_permits() < limit && start.elapsed() < bound {
+            sleep(MS).await;
+        }
+    }
+
     /// How many entered; panics if two entries had the same token.
     pub(super) fn entries_with_distinct_tokens(&self) -> usize {
         let mut tokens = self.state.lock().unwrap().tokens.clone();
@@ -92,7 +101,10 @@ impl Occupancy {
 
 /// `per_locker` tasks on each of `lockers` take `key` `rounds` times each,
 /// task `i` of a locker in mode `mode(i)`, hold it for a millisecond or
-/// two inside one [`Occupancy`], and release it.
+/// two inside one [`Occupancy`], and release it. Until a semaphore's
+/// permits have all been in use at once, holders stay inside for up to
+/// 300 ms more, so that a store whose round trips outlast a hold still
+/// fills them.
 pub(super) async fn contend(
     lockers: &[Locker],
     per_locker: usize,
@@ -109,6 +121,11 @@ pub(super) async fn contend(
                     let opts = ObtainOptions::new().wait(Duration::from_secs(60));
                     let lock = take(&locker, "k", share, opts).await.unwrap();
                     occupancy.enter(&lock);
+                    if let Share::Permit { limit } = share
+                        && share != Share::READERS
+                    {
+                        occupancy.until_permits(limit, 300 * MS).await;
+                    }
                     sleep(2 * MS).await;
                     occupancy.leave(&lock);
                     lock.release().await.unwrap();

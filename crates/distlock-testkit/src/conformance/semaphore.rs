@@ -342,18 +342,27 @@ pub async fn extend_and_release_in_another_mode_are_not_held(fx: &dyn Fixture) {
 }
 
 /// Asking again with a permit holder's own owner token grants again with
-/// the same token and takes no second permit.
+/// the same token and a fresh TTL, and takes no second permit.
 pub async fn acquire_is_idempotent_for_the_same_owner(fx: &dyn Fixture) {
     let (locker, _) = permit_locker(fx, "sem_idempotent").await;
     let backend = locker.backend();
     let ttl = fx.short_ttl() * 10;
     let req = raw_request(&locker, "k", permits(2), ttl);
     let first = backend.try_acquire(&req).await.unwrap();
-    sleep(50 * MS).await;
+    sleep(200 * MS).await;
+    let left = async || locker.holders("k").await.unwrap().holders[0].expires_in;
+    let before = left().await;
     let again = backend.try_acquire(&req).await.unwrap();
     assert!(matches!(first, Attempt::Granted { .. }));
     assert_eq!(first, again);
     assert_eq!(locker.holders("k").await.unwrap().holders.len(), 1);
+    if expires(&locker) {
+        let after = left().await;
+        assert!(
+            after > before,
+            "the TTL was not reset: {before:?} then {after:?}"
+        );
+    }
     let second = raw_request(&locker, "k", permits(2), ttl);
     let second_token = granted(backend.try_acquire(&second).await);
     let third = raw_request(&locker, "k", permits(2), ttl);
