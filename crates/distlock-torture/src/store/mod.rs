@@ -247,6 +247,10 @@ impl Store {
                     peer_proxies.push(proxy);
                 }
                 let cluster = tokio::task::block_in_place(|| EtcdCluster::start_with_peers(&peers));
+                // The members listen before they have elected a leader; on a
+                // loaded machine that took seconds, which the clients' first
+                // connect spent (a 5 s control run once made no acquisition).
+                cluster.leader(ELECTION_WITHIN).await;
                 let mut proxies = Vec::new();
                 for member in &cluster.members {
                     let upstream = member.endpoint.parse().expect("a socket address");
