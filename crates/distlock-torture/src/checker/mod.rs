@@ -34,7 +34,9 @@
 //! * `write_outside_cs` — a write decided outside its grant's CS (the
 //!   holder acted on a lock it could not rely on);
 //! * `release_by_non_owner` — a release that returned `Ok` although a newer
-//!   grant of the key had been handed out before the release was sent;
+//!   grant of the key had been handed out before the release was sent (one
+//!   that excludes it: for permits, one of the two holds the key alone),
+//!   unless a data loss had erased the lock by then (excused, and counted);
 //! * `lost_late` — `lost()` seen later than the validity deadline plus the
 //!   tolerance (grants whose process was SIGSTOPped across the deadline are
 //!   excused, and counted; stores without TTL expiry have no deadline, so
@@ -188,7 +190,7 @@ pub fn check(dir: &Path) -> io::Result<Report> {
     for idx in by_key.values() {
         checks::tokens(&mut c, grants, idx);
         checks::overlaps(&mut c, grants, idx, &by.losses);
-        checks::releases(&mut c, grants, idx);
+        checks::releases(&mut c, grants, idx, &by.losses);
     }
     checks::writes(&mut c, grants);
     checks::closes(&mut c, grants, &run.closed_obtains);

@@ -211,8 +211,11 @@ impl Report {
         );
         let d = &self.data_loss;
         row(
-            "data losses: sections cut / overlaps across them (excused)",
-            format!("{}: {} / {}", d.losses, d.grants_cut, d.overlaps_excused),
+            "data losses: sections cut / overlaps across them / releases Ok after them (excused)",
+            format!(
+                "{}: {} / {} / {}",
+                d.losses, d.grants_cut, d.overlaps_excused, d.releases_excused
+            ),
         );
         let tolerance = self.meta.as_ref().map_or(0, |m| m.lost_tolerance_ms);
         row(
@@ -282,4 +285,8 @@ pub struct DataLoss {
     pub grants_cut: u64,
     /// Overlaps with such a section that the cut excused.
     pub overlaps_excused: u64,
+    /// Releases that returned Ok for a lock a loss had erased and a newer
+    /// grant replaced, excused.
+    #[serde(default)]
+    pub releases_excused: u64,
 }
