@@ -5,7 +5,8 @@
 use distlock::Error;
 
 /// Bad usage: unknown option, missing argument, bad duration, key, option
-/// combination or backend URL (including a backend not compiled in).
+/// combination or backend URL (including a backend not compiled in), or a
+/// `--limit` other than the one the key's holders share.
 pub const USAGE: u8 = 64;
 
 /// The backend could not be reached or failed (a directory that cannot be
@@ -45,14 +46,17 @@ pub const HELP: &str = "\
 Exit codes:
   distlock run      the command's own exit code (128+N if it died of signal N),
                     or one of distlock's own:
-  64  bad usage: unknown option, bad duration, key or backend URL
+  64  bad usage: unknown option, bad duration, key or backend URL,
+      or a --limit (or --shared) that disagrees with how KEY is held
   69  backend unavailable: the lock directory or server cannot be used, or refuses us (permissions)
   70  internal error
   75  lock not obtained: held by someone else (change with --conflict-exit-code)
   76  lock lost while the command ran; the command was stopped
   126 the command is not executable; 127 the command was not found
   130/143  interrupted (SIGINT/SIGTERM) while waiting for the lock
-  distlock status   0 held, 1 free, or 64/69 as above";
+  distlock elect    as distlock run (76: the leadership was lost)
+  distlock status   0 held, 1 free, or 64/69 as above
+  distlock leader   0 led, 1 no leader, or 64/69 as above (--watch: 0 when interrupted)";
 
 /// An error that ends distlock: one line on stderr and an exit code.
 #[derive(Debug)]
@@ -77,9 +81,10 @@ impl Failure {
 impl From<Error> for Failure {
     fn from(e: Error) -> Self {
         let code = match &e {
-            Error::InvalidKey { .. } | Error::InvalidOptions { .. } | Error::InvalidUrl { .. } => {
-                USAGE
-            }
+            Error::InvalidKey { .. }
+            | Error::InvalidOptions { .. }
+            | Error::InvalidUrl { .. }
+            | Error::LimitMismatch { .. } => USAGE,
             Error::Backend { .. } | Error::Refused { .. } | Error::Timeout { .. } => UNAVAILABLE,
             Error::NotObtained { .. } => NOT_OBTAINED,
             _ => SOFTWARE,

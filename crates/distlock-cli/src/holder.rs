@@ -2,8 +2,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use distlock::HolderInfo;
-use serde_json::{Value, json};
+use distlock::{HolderInfo, Holders, Leader};
+use serde_json::{Map, Value, json};
 
 /// What `distlock run` stores as the lock's metadata, as JSON, so that
 /// holders are described on every backend, including those that do not
@@ -79,7 +79,7 @@ fn ago(since: SystemTime) -> String {
 /// One line describing a holder: who, since when, fencing token, time left.
 ///
 /// ```
-/// use distlock::HolderInfo;
+/// use distlock::{HolderInfo, Holders, Leader};
 /// let h = HolderInfo::new(7).process(42, "box-1");
 /// assert_eq!(distlock_cli::describe_holder(&h), "pid 42 on box-1, fencing token 7");
 /// ```
@@ -111,15 +111,20 @@ pub fn describe_holder(h: &HolderInfo) -> String {
     parts.join(", ")
 }
 
-/// The JSON `distlock status --json` prints.
-pub fn holder_json(key: &str, holder: Option<&HolderInfo>) -> Value {
-    let Some(h) = holder else {
-        return json!({ "key": key, "held": false });
-    };
+/// How the holders of a key share it, for people: `None` for one
+/// exclusive holder, else "2 of 3 permits" or "3 readers".
+pub fn describe_sharing(holders: &Holders) -> Option<String> {
+    let n = holders.holders.len();
+    match holders.limit? {
+        u32::MAX => Some(format!("{n} reader{}", if n == 1 { "" } else { "s" })),
+        limit => Some(format!("{n} of {limit} permits")),
+    }
+}
+
+/// The JSON of one holder: who, since when, fencing token, time left.
+fn one_holder_json(h: &HolderInfo) -> Map<String, Value> {
     let (pid, host, since, command) = process_of(h);
-    json!({
-        "key": key,
-        "held": true,
+    let Value::Object(fields) = json!({
         "fencing_token": h.fencing_token,
         "pid": pid,
         "host": host,
@@ -128,6 +133,81 @@ pub fn holder_json(key: &str, holder: Option<&HolderInfo>) -> Value {
         "command": command,
         "expires_in_ms": h.expires_in.map(|d| d.as_millis() as u64),
         "metadata": h.metadata,
+    }) else {
+        unreachable!("a JSON object literal")
+    };
+    fields
+}
+
+/// The JSON `distlock status --json` prints: `{"key", "held": false}` for a
+/// free key; else `held`, the permit `limit` (null for an exclusive holder,
+/// 4294967295 for readers), every holder under `holders` (oldest first),
+/// and the latest holder's fields at the top level as well.
+pub fn holders_json(key: &str, holders: &Holders) -> Value {
+    let Some(latest) = holders.holders.last() else {
+        return json!({ "key": key, "held": false });
+    };
+    let mut out = Map::new();
+    out.insert("key".into(), key.into());
+    out.insert("held".into(), true.into());
+    out.insert("limit".into(), holders.limit.into());
+    out.extend(one_holder_json(latest));
+    out.insert(
+        "holders".into(),
+        holders
+            .holders
+            .iter()
+            .map(|h| Value::Object(one_holder_json(h)))
+            .collect(),
+    );
+    Value::Object(out)
+}
+
+/// One line about a key's leader, as `distlock leader` prints it.
+///
+/// ```
+/// use distlock::{HolderInfo, Leader};
+/// let leader = Leader::from_holder(&HolderInfo::new(7).metadata(Some("node-a".into())));
+/// assert_eq!(distlock_cli::describe_leader("k", Some(&leader)), "\"k\" is led by node-a, term 7");
+/// assert_eq!(distlock_cli::describe_leader("k", None), "\"k\" has no leader");
+/// ```
+pub fn describe_leader(key: &str, leader: Option<&Leader>) -> String {
+    let Some(l) = leader else {
+        return format!("{key:?} has no leader");
+    };
+    let mut parts = vec![
+        format!("{key:?} is led by {}", l.identity),
+        format!("term {}", l.term),
+    ];
+    if let Some(since) = l.since {
+        parts.push(format!(
+            "since {} ({})",
+            humantime::format_rfc3339_seconds(since),
+            ago(since)
+        ));
+    }
+    if let Some(left) = l.expires_in {
+        parts.push(format!(
+            "expires in {}",
+            humantime::format_duration(Duration::from_millis(left.as_millis() as u64))
+        ));
+    }
+    parts.join(", ")
+}
+
+/// The JSON `distlock leader --json` prints: `{"key", "leader": null}`, or
+/// the leader's `identity`, `term`, `since`, `since_unix_ms` and
+/// `expires_in_ms`.
+pub fn leader_json(key: &str, leader: Option<&Leader>) -> Value {
+    json!({
+        "key": key,
+        "leader": leader.map(|l| json!({
+            "identity": l.identity,
+            "term": l.term,
+            "since": l.since.map(|s| humantime::format_rfc3339_seconds(s).to_string()),
+            "since_unix_ms": l.since.and_then(|s| s.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_millis() as u64),
+            "expires_in_ms": l.expires_in.map(|d| d.as_millis() as u64),
+        })),
     })
 }
 
@@ -156,9 +236,27 @@ mod tests {
                 && text.ends_with("fencing token 3, expires in 2s 500ms"),
             "{text}"
         );
-        let v = holder_json("k", Some(&h));
+        let v = holders_json("k", &Holders::exclusive(h.clone()));
         assert_eq!(v["pid"], 9);
         assert_eq!(v["expires_in_ms"], 2500);
-        assert_eq!(holder_json("k", None)["held"], false);
+        assert_eq!(v["limit"], Value::Null);
+        assert_eq!(v["holders"][0]["fencing_token"], 3);
+        assert_eq!(
+            holders_json("k", &Holders::none()),
+            json!({"key": "k", "held": false})
+        );
+        let permits = Holders::permits(3, vec![HolderInfo::new(4), h]);
+        assert_eq!(
+            describe_sharing(&permits).as_deref(),
+            Some("2 of 3 permits")
+        );
+        let v = holders_json("k", &permits);
+        assert_eq!(
+            (v["limit"].as_u64(), v["fencing_token"].as_u64()),
+            (Some(3), Some(3))
+        );
+        assert_eq!(v["holders"].as_array().map(Vec::len), Some(2));
+        let readers = Holders::permits(u32::MAX, vec![HolderInfo::new(4)]);
+        assert_eq!(describe_sharing(&readers).as_deref(), Some("1 reader"));
     }
 }

@@ -25,9 +25,9 @@ use crate::options::ObtainOptions;
 /// waits for every permit to be returned, and permits wait for it.
 ///
 /// Waiters are served in order of arrival: within one [`Locker`], always;
-/// across processes, on the stores that queue waiters (Redis, etcd, and
-/// memory across the lockers sharing one store). A waiter at the head that
-/// wants the whole key holds up the permits behind it.
+/// across processes, on the stores that queue waiters (Redis, etcd). A
+/// waiting plain lock holds up the permits asked for after it, on every
+/// store, so it is not starved.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]

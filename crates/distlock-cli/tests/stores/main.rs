@@ -5,7 +5,10 @@
 //! that client. `DISTLOCK_BIN` runs them against another build of the
 //! binary (scripts/test: the one README's install line builds).
 
+#[path = "../common/mod.rs"]
 mod common;
+mod leadership;
+mod sharing;
 
 use std::time::{Duration, Instant};
 
@@ -13,6 +16,15 @@ use distlock_testkit::server::free_port;
 use distlock_testkit::{FileFixture, ReachableFixture, unique_namespace};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+
+use leadership::{
+    a_lost_leadership_stops_the_command_with_exit_76,
+    elect_runs_only_the_leader_and_hands_over_when_it_exits,
+};
+use sharing::{
+    limit_runs_at_most_n_commands_and_status_lists_them,
+    shared_runs_hold_together_and_a_plain_run_excludes_them,
+};
 
 use common::{TempDir, alive, read_pids, running, stderr, wait_for_file};
 
@@ -175,6 +187,10 @@ every_store!(
     conflicts_and_interrupted_waits_leave_the_store_clean,
     a_lock_deleted_behind_its_back_stops_the_group_within_its_validity,
     an_unusable_store_is_exit_code_69,
+    limit_runs_at_most_n_commands_and_status_lists_them,
+    shared_runs_hold_together_and_a_plain_run_excludes_them,
+    elect_runs_only_the_leader_and_hands_over_when_it_exits,
+    a_lost_leadership_stops_the_command_with_exit_76,
 );
 
 /// 4 processes × 4 rounds each of `distlock run` on one key: a counter in
