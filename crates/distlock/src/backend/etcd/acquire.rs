@@ -186,6 +186,7 @@ impl Inner {
             let entry = state.entries.entry(owner).or_insert_with(|| Entry {
                 key: req.key.clone(),
                 etcd_key: etcd_key.clone(),
+                share: req.share,
                 session: session.clone(),
                 waiting_on: None,
                 ttl: req.ttl,
@@ -250,15 +251,26 @@ impl Inner {
             }
             // Else our entry vanished: queue again at the back, below.
         }
-        let (mine, head) = match found {
-            Some(found) => (Some(found.0), found.1),
+        // With the revision of a read of the queue's whole head (not one
+        // cut at our entry), which a later permit can go by.
+        let (mine, head, whole_head_at) = match found {
+            Some(found) => (Some(found.0), found.1, None),
             None => {
                 // A lock waits whenever the key is not free, so it joins the
                 // queue in its first transaction; a permit first sees
                 // whether it fits beside the holders.
                 let mut queue = waiters.is_some() && req.share == Share::Exclusive;
-                // Some(revision): put ours if no entry was created since.
-                let mut guard = None;
+                // Some(revision): put ours if no entry was created since;
+                // at once if what this backend saw of the queue lets it in.
+                let mut guard = match req.share {
+                    Share::Exclusive => None,
+                    Share::Permit { .. } => self
+                        .state()
+                        .seen
+                        .get(&req.key)
+                        .filter(|seen| seen.fits(req.share))
+                        .map(|seen| seen.revision),
+                };
                 let mut guarded_puts = 0;
                 loop {
                     // Whatever this put's fate, a release or the reaper must
@@ -324,7 +336,7 @@ impl Inner {
                     };
                     let head = reply.head();
                     if mine.is_some() {
-                        break (mine, head);
+                        break (mine, head, Some(reply.revision));
                     }
                     guard = None;
                     if req.share != Share::Exclusive && !queue {
@@ -349,10 +361,16 @@ impl Inner {
                         queue = true;
                         continue;
                     }
-                    break (None, head);
+                    break (None, head, Some(reply.revision));
                 }
             }
         };
+        let shares = admission::shares_of(&head);
+        if let (Share::Permit { .. }, Some(revision)) = (req.share, whole_head_at) {
+            let whole = (shares.len() as i64) < admission::head_len(req.share);
+            let seen = admission::Seen::of(&shares, whole, revision);
+            self.state().saw(&req.key, seen);
+        }
         let holder = head
             .first()
             .map(|kv| encode::holder_info(kv.mod_revision(), kv.value(), SystemTime::now(), None));
@@ -364,7 +382,7 @@ impl Inner {
         let position = head
             .iter()
             .position(|kv| kv.create_revision() == mine.revision);
-        let standing = admission::standing(&admission::shares_of(&head), position, req.share);
+        let standing = admission::standing(&shares, position, req.share);
         {
             let mut state = self.state();
             let Some(entry) = state.entries.get_mut(&owner) else {

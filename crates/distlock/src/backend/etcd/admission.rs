@@ -58,12 +58,68 @@ pub(super) enum Standing {
 }
 
 /// How many leading entries an attempt for `share` reads to judge its
-/// standing: one for an exclusive lease (it holds only when first), the
-/// limit for a permit (the most holders there can be).
+/// standing: one for an exclusive lease (it holds only when first); for a
+/// permit, one more than its limit (the most holders there can be), so a
+/// read that returns fewer is the whole queue (see [`Seen`]).
 pub(super) fn head_len(share: Share) -> i64 {
     match share {
         Share::Exclusive => 1,
-        Share::Permit { limit } => i64::from(limit.max(1)),
+        Share::Permit { limit } => i64::from(limit) + 1,
+    }
+}
+
+/// What the backend last saw of a key's queue that a permit could join:
+/// the whole queue at `revision`, every entry a permit of one limit. A
+/// later permit of that limit that fits beside them, as far as the backend
+/// knows (its own entries' deletions since are counted), takes the key
+/// with one put guarded on no entry having been created since `revision`:
+/// the queue is then a part of what was seen, so it still fits. Stale
+/// knowledge costs the guard's failure, whose reads serve the attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Seen {
+    pub(super) revision: i64,
+    /// The limit the entries share (`None` when there are none).
+    limit: Option<u32>,
+    /// How many entries of it there were, less those deleted since.
+    entries: usize,
+}
+
+impl Seen {
+    /// What a read at `revision` of the queue's first entries, `head`
+    /// (all of them when `complete`), tells.
+    pub(super) fn of(head: &[Share], complete: bool, revision: i64) -> Option<Seen> {
+        let limit = match head.first() {
+            None => None,
+            Some(Share::Permit { limit }) => Some(*limit),
+            Some(Share::Exclusive) => return None,
+        };
+        let one_limit = head.iter().all(|s| s.limit() == limit);
+        (complete && one_limit).then_some(Seen {
+            revision,
+            limit,
+            entries: head.len(),
+        })
+    }
+
+    /// Whether a permit for `share` appended to the queue seen would be
+    /// granted.
+    pub(super) fn fits(&self, share: Share) -> bool {
+        match share {
+            Share::Exclusive => self.entries == 0,
+            Share::Permit { limit } => {
+                self.limit.is_none_or(|seen| seen == limit) && self.entries < limit as usize
+            }
+        }
+    }
+
+    /// One of the entries seen, created at `created`, was deleted.
+    pub(super) fn left(&mut self, created: i64) {
+        if created <= self.revision {
+            self.entries = self.entries.saturating_sub(1);
+            if self.entries == 0 {
+                self.limit = None;
+            }
+        }
     }
 }
 
@@ -111,7 +167,7 @@ pub(super) enum Awaited {
 
 /// What a queued waiter for `share` watches, given the modes of the
 /// entries just ahead of it (`ahead`, oldest first: the nearest
-/// [`head_len`] + 1 of them, or all).
+/// [`head_len`] of them, or all).
 ///
 /// * An exclusive waiter watches its predecessor (it holds only when
 ///   first).
@@ -214,5 +270,20 @@ mod tests {
             "behind a waiter"
         );
         assert_eq!(awaited(&[p(2)], p(2)), Nothing);
+    }
+
+    #[test]
+    fn what_was_seen_tells_whether_a_permit_fits_until_something_is_created() {
+        assert_eq!(Seen::of(&[p(2), X], true, 5), None);
+        assert_eq!(Seen::of(&[p(2), p(3)], true, 5), None);
+        assert_eq!(Seen::of(&[p(2)], false, 5), None, "not the whole queue");
+        let mut seen = Seen::of(&[p(2), p(2)], true, 5).unwrap();
+        assert!(!seen.fits(p(2)));
+        seen.left(7);
+        assert!(!seen.fits(p(2)), "created after the read: not counted");
+        seen.left(4);
+        assert!(seen.fits(p(2)) && !seen.fits(p(3)) && !seen.fits(X));
+        seen.left(3);
+        assert!(seen.fits(p(3)) && seen.fits(X), "empty");
     }
 }

@@ -408,7 +408,12 @@ impl Inner {
             released.as_mut().enable();
             {
                 let mut state = self.state();
-                let Some(entry) = state.entries.get(&lease.owner) else {
+                // In another mode, it is not this lease.
+                let Some(entry) = state
+                    .entries
+                    .get(&lease.owner)
+                    .filter(|e| e.share == lease.share)
+                else {
                     return Err(not_held(&lease.key));
                 };
                 let found = (entry.etcd_key.clone(), entry.revision, entry.granted);

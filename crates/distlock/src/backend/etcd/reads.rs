@@ -130,7 +130,7 @@ impl Inner {
         let prefix = encode::lock_prefix(&req.key);
         let (watched, event, revision) = match queued {
             Some(ours) => {
-                let nearest = admission::head_len(req.share) + 1;
+                let nearest = admission::head_len(req.share);
                 let (ahead, revision) = self.queue(&req.key, Some(nearest), Some(ours)).await?;
                 match admission::awaited(&admission::shares_of(&ahead), req.share) {
                     Awaited::Nothing => return Ok(()),

@@ -68,6 +68,19 @@ async fn await_keys(client: &mut Client, ns: &str, n: usize, within: Duration) {
     }
 }
 
+/// How many transactions etcd answered: one per round trip of an attempt.
+fn txns(etcd: &TestEtcd) -> f64 {
+    use std::io::{Read, Write};
+    let name = r#"grpc_server_handled_total{grpc_code="OK",grpc_method="Txn",grpc_service="etcdserverpb.KV",grpc_type="unary"}"#;
+    let mut conn = std::net::TcpStream::connect(etcd.endpoint()).unwrap();
+    write!(conn, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut body = String::new();
+    conn.read_to_string(&mut body).unwrap();
+    body.lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name}"))
+}
+
 async fn revision(client: &mut Client) -> i64 {
     let read = client.get("/", None).await.unwrap();
     read.header().unwrap().revision()
@@ -279,6 +292,28 @@ async fn a_permit_cycle_writes_twice_and_a_refused_try_never_writes() {
         2,
         "beside another permit"
     );
+    // On a key it has not seen, an attempt reads before its put; once it
+    // has, the backend knows the queue: the guarded put alone.
+    let fresh = a.semaphore("fresh", 3).unwrap();
+    let theirs = b.semaphore("fresh", 3).unwrap().acquire().await.unwrap();
+    let before = txns(&etcd);
+    let own = fresh.acquire().await.unwrap();
+    assert_eq!(txns(&etcd) - before, 2.0, "a read and the put");
+    let before = txns(&etcd);
+    let second = fresh.acquire().await.unwrap();
+    assert_eq!(txns(&etcd) - before, 1.0, "the guarded put");
+    // What it knows is stale once another backend takes a permit: the
+    // guard fails, its reads show the key full, and nothing is written.
+    second.release().await.unwrap();
+    let last = b.semaphore("fresh", 3).unwrap().acquire().await.unwrap();
+    let (before, written) = (txns(&etcd), revision(&mut raw).await);
+    assert!(fresh.try_acquire().await.unwrap_err().is_not_obtained());
+    assert_eq!(txns(&etcd) - before, 1.0, "the failed guard's reads serve");
+    assert_eq!(revision(&mut raw).await, written);
+    assert_eq!(a.holders("fresh").await.unwrap().holders.len(), 3);
+    for permit in [theirs, own, last] {
+        permit.release().await.unwrap();
+    }
     let full = a.semaphore("k", 2).unwrap().acquire().await.unwrap();
     let before = revision(&mut raw).await;
     let err = b
