@@ -282,15 +282,19 @@ impl Inner {
                     let txn = match (guard, &waiters) {
                         // Fits beside the holders read at `seen`, unless
                         // someone queued or took a permit since.
-                        (Some(seen), _) => Txn::new()
-                            .when([Compare::create_revision(
-                                prefix.clone(),
-                                CompareOp::Less,
-                                seen + 1,
-                            )
-                            .with_prefix()])
-                            .and_then(grant)
-                            .or_else(reads(None)),
+                        (Some(seen), _) => {
+                            let nothing_since =
+                                Compare::create_revision(prefix.clone(), CompareOp::Less, seen + 1)
+                                    .with_prefix();
+                            // Ours may be there (an owner asking again): its
+                            // grant is read, not put again.
+                            let not_ours =
+                                Compare::create_revision(etcd_key.clone(), CompareOp::Equal, 0);
+                            Txn::new()
+                                .when([nothing_since, not_ours])
+                                .and_then(grant)
+                                .or_else(reads(None))
+                        }
                         (None, waiters) => {
                             let otherwise = match waiters.as_ref().filter(|_| queue) {
                                 // Join the queue (once), on the waiters' lease.

@@ -453,7 +453,7 @@ async fn holders_lists_every_holder_oldest_first_and_inspect_the_latest() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn extend_all_renews_leases_of_every_mode_and_only_held_ones() {
+async fn grants_are_idempotent_and_extend_all_renews_leases_of_every_mode_and_only_held_ones() {
     let (etcd, mut raw) = server().await;
     let backend = backend(&etcd).await;
     let key = |k: &str| LockKey {
@@ -474,6 +474,8 @@ async fn extend_all_renews_leases_of_every_mode_and_only_held_ones() {
             matches!(granted, Attempt::Granted { .. }),
             "{k}: {granted:?}"
         );
+        // Asked again (a lost reply retried), the same grant.
+        assert_eq!(backend.try_acquire(&req).await.unwrap(), granted, "{k}");
         renewals.push(Renewal::new(req.lease(), ttl));
     }
     // Not the holder's owner: only that one is not held.
