@@ -179,6 +179,7 @@ impl Inner {
         let queued_on = waiters.as_ref().unwrap_or(&session);
         let queued_reap_at = now + req.ttl.max(queued_on.ttl);
         let known;
+        let granted_in_queue;
         let wake;
         {
             let mut state = self.state();
@@ -191,6 +192,7 @@ impl Inner {
                 waiting_on: None,
                 ttl: req.ttl,
                 revision: None,
+                granted_in_queue: None,
                 granted: false,
                 reap_at: queued_reap_at,
                 releasing: false,
@@ -205,6 +207,12 @@ impl Inner {
             entry.reap_at = entry.reap_at.max(queued_reap_at);
             let at = entry.reap_at;
             known = entry.revision;
+            // A wait saw the queue grant our key, still on the waiters' lease.
+            granted_in_queue = entry
+                .granted_in_queue
+                .take()
+                .filter(|created| known == Some(*created))
+                .and(entry.waiting_on.as_ref().map(|w| w.id));
             wake = Self::schedule(state, owner, at);
         }
         if wake {
@@ -238,7 +246,17 @@ impl Inner {
         };
         let reads = |upto| [TxnOp::get(etcd_key.clone(), None), read_head(upto)];
         let mut found = None;
-        if req.will_wait && known.is_some() {
+        let told_by_wait = known.is_some() && req.will_wait && granted_in_queue.is_some();
+        if let (true, Some(revision), Some(lease)) = (told_by_wait, known, granted_in_queue) {
+            // No need to read where we stand: the move below is guarded by
+            // our create revision, in case our key vanished since.
+            let mine = Mine {
+                revision,
+                modified: revision,
+                lease,
+            };
+            found = Some((mine, Vec::new()));
+        } else if req.will_wait && known.is_some() {
             // Already queued: a read-only transaction (served without a
             // raft proposal) says where we stand now.
             let reply = self
@@ -386,7 +404,11 @@ impl Inner {
         let position = head
             .iter()
             .position(|kv| kv.create_revision() == mine.revision);
-        let standing = admission::standing(&shares, position, req.share);
+        let standing = if told_by_wait {
+            Standing::Granted
+        } else {
+            admission::standing(&shares, position, req.share)
+        };
         {
             let mut state = self.state();
             let Some(entry) = state.entries.get_mut(&owner) else {

@@ -64,6 +64,9 @@ pub(super) struct Entry {
     pub(super) ttl: Duration,
     /// The create revision of our key, once an attempt's reply said so.
     pub(super) revision: Option<i64>,
+    /// The create revision of our queued key when a wait saw that the
+    /// queue grants it (entries ahead of it only leave).
+    pub(super) granted_in_queue: Option<i64>,
     pub(super) granted: bool,
     /// When the reaper deletes the key unless an extend or attempt moves it.
     pub(super) reap_at: Instant,
@@ -282,6 +285,7 @@ mod tests {
             waiting_on: None,
             ttl: Duration::from_secs(1),
             revision: Some(5),
+            granted_in_queue: None,
             granted: false,
             reap_at: Instant::now(),
             releasing: false,

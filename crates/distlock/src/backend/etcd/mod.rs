@@ -54,9 +54,11 @@
 //!   of its limit, fewer than the limit, nobody waiting), it puts its key
 //!   in a second transaction guarded on no key having been created under
 //!   the prefix since that read, a grant; else it joins the queue as a lock
-//!   does. An uncontended obtain + release is two writes (the put and a
-//!   delete), a permit beside others too; keepalives and reads are not
-//!   writes. A single attempt ([`Locker::try_obtain`](crate::Locker::try_obtain))
+//!   does; beside what this backend last saw of the queue (its own
+//!   grants' reads, less its own deletions since), it sends that guarded
+//!   put at once. An uncontended obtain + release is two writes (the put
+//!   and a delete), a permit beside others too; keepalives and reads are
+//!   not writes. A single attempt ([`Locker::try_obtain`](crate::Locker::try_obtain))
 //!   puts only when it is granted, so it never leaves a queue entry.
 //! * **Limits**: a permit asked for with another limit than the one the
 //!   permits holding the key share is refused with [`Error::LimitMismatch`]
@@ -73,8 +75,10 @@
 //!   that one's change (its grant moves its key, a put), so one release
 //!   wakes one waiter, not every one. It re-checks its turn with a
 //!   read-only transaction (no raft proposal) at the engine's poll
-//!   interval. Once granted, it moves its key onto the lease of the lock's
-//!   TTL with a put guarded by its create revision, which a put keeps. A
+//!   interval, or not at all when its wait had read every entry ahead of
+//!   it and the deletion it saw lets it in (entries ahead only leave).
+//!   Once granted, it moves its key onto the lease of the lock's TTL with a
+//!   put guarded by its create revision, which a put keeps. A
 //!   wait that ends with the lock costs three writes (queue, move, delete),
 //!   one that ends without it — deadline, retries exhausted, close, a
 //!   dropped future — two (its key deleted). A waiter whose key vanished

@@ -7,9 +7,9 @@ use std::time::{Duration, SystemTime};
 use etcd_client::{GetOptions, KeyValue, SortOrder, SortTarget};
 use tokio::time::Instant;
 
-use super::admission::{self, Awaited};
+use super::admission::{self, Awaited, Standing};
 use super::errors::backend_error;
-use super::watch::Event;
+use super::watch::{Change, Event};
 use super::{Inner, encode};
 use crate::backend::AcquireRequest;
 use crate::error::Result;
@@ -120,6 +120,11 @@ impl Inner {
     /// Returns when what stands between `req`'s queued entry and the key
     /// changed (see [`admission::awaited`]); if it is not queued, when an
     /// entry of the key is deleted (the holder's, for a lock).
+    ///
+    /// When it read every entry ahead of ours, what it sees deleted tells
+    /// whether ours is granted now (entries ahead only ever leave): if so,
+    /// it marks the entry so, and the next attempt takes the grant without
+    /// reading the queue again.
     async fn wait_for_turn(&self, req: &AcquireRequest) -> Result<()> {
         let queued = self
             .state()
@@ -128,33 +133,65 @@ impl Inner {
             .filter(|e| !e.granted)
             .and_then(|e| e.revision);
         let prefix = encode::lock_prefix(&req.key);
-        let (watched, event, revision) = match queued {
-            Some(ours) => {
-                let nearest = admission::head_len(req.share);
-                let (ahead, revision) = self.queue(&req.key, Some(nearest), Some(ours)).await?;
-                match admission::awaited(&admission::shares_of(&ahead), req.share) {
-                    Awaited::Nothing => return Ok(()),
-                    Awaited::Deleted(at) => (ahead[at].key().to_vec(), Event::Deleted, revision),
-                    Awaited::Changed(at) => (ahead[at].key().to_vec(), Event::Changed, revision),
-                    Awaited::AnyDeletion => (prefix, Event::DeletedUnder, revision),
-                }
-            }
-            None => {
-                let (first, revision) = self.queue(&req.key, Some(1), None).await?;
-                let Some(first) = first.first() else {
-                    return Ok(()); // Nobody there: try now.
-                };
-                match req.share {
-                    Share::Exclusive => (first.key().to_vec(), Event::Deleted, revision),
-                    Share::Permit { .. } => (prefix, Event::DeletedUnder, revision),
-                }
-            }
+        let Some(ours) = queued else {
+            let (first, revision) = self.queue(&req.key, Some(1), None).await?;
+            let Some(first) = first.first() else {
+                return Ok(()); // Nobody there: try now.
+            };
+            let (watched, event) = match req.share {
+                Share::Exclusive => (first.key().to_vec(), Event::Deleted),
+                Share::Permit { .. } => (prefix, Event::DeletedUnder),
+            };
+            return self.watch(watched, event, revision).await.map(|_| ());
         };
-        // From the revision of the read: a change since then is replayed.
-        if self.watches.happened(watched, event, revision).await {
-            Ok(())
-        } else {
-            Err(backend_error("watch", "the watch ended without a change"))
+        // One more than judging our standing needs: fewer back means all.
+        let nearest = admission::head_len(req.share) + 1;
+        let (ahead, revision) = self.queue(&req.key, Some(nearest), Some(ours)).await?;
+        let all_ahead = (ahead.len() as i64) < nearest;
+        let (watched, event) = match admission::awaited(&admission::shares_of(&ahead), req.share) {
+            Awaited::Nothing => {
+                if all_ahead {
+                    self.granted_in_queue(req, ours);
+                }
+                return Ok(());
+            }
+            Awaited::Deleted(at) => (ahead[at].key().to_vec(), Event::Deleted),
+            Awaited::Changed(at) => (ahead[at].key().to_vec(), Event::Changed),
+            Awaited::AnyDeletion => (prefix, Event::DeletedUnder),
+        };
+        let change = self.watch(watched, event, revision).await?;
+        if let (true, Change::Deleted(gone)) = (all_ahead, change) {
+            let left: Vec<Share> = ahead
+                .iter()
+                .filter(|kv| kv.key() != gone.as_slice())
+                .map(admission::share_of)
+                .collect();
+            let granted = admission::standing(&left, None, req.share) == Standing::Granted;
+            if left.len() < ahead.len() && granted {
+                self.granted_in_queue(req, ours);
+            }
+        }
+        Ok(())
+    }
+
+    /// Watches for `event` on `key` from `revision` on: a change since the
+    /// read at `revision` is replayed.
+    async fn watch(&self, key: Vec<u8>, event: Event, revision: i64) -> Result<Change> {
+        self.watches
+            .happened(key, event, revision)
+            .await
+            .ok_or_else(|| backend_error("watch", "the watch ended without a change"))
+    }
+
+    /// Marks `req`'s queued entry, created at `ours`, as granted by the
+    /// queue (its next attempt moves it onto its lease without a read).
+    fn granted_in_queue(&self, req: &AcquireRequest, ours: i64) {
+        let mut state = self.state();
+        if let Some(entry) = state.entries.get_mut(&req.owner)
+            && entry.revision == Some(ours)
+            && !entry.granted
+        {
+            entry.granted_in_queue = Some(ours);
         }
     }
 

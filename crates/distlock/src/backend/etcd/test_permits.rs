@@ -540,3 +540,48 @@ async fn a_permit_waiter_is_woken_by_the_release_of_any_holder_ahead() {
     third.release().await.unwrap();
     assert_eq!(leftovers(&mut raw, ns).await, Vec::<String>::new());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_that_saw_the_release_that_lets_it_in_takes_the_key_without_a_read() {
+    let (etcd, mut raw) = server().await;
+    let ns = "handoff";
+    let (holder, waiter) = (locker(&etcd, ns).await, locker(&etcd, ns).await);
+    for limit in [None, Some(2)] {
+        let take = |l: &Locker| {
+            let l = l.clone();
+            async move {
+                match limit {
+                    None => l.obtain_with("k", woken_only()).await,
+                    Some(n) => {
+                        l.semaphore("k", n)
+                            .unwrap()
+                            .acquire_with(woken_only())
+                            .await
+                    }
+                }
+            }
+        };
+        let mut held = vec![take(&holder).await.unwrap()];
+        if limit.is_some() {
+            held.push(take(&holder).await.unwrap());
+        }
+        let waiting = tokio::spawn(take(&waiter));
+        await_keys(&mut raw, ns, held.len() + 1, Duration::from_secs(2)).await;
+        // Its wait has read the queue and watches.
+        sleep(300 * MS).await;
+        let before = txns(&etcd);
+        held.remove(0).release().await.unwrap();
+        let granted = timeout(Duration::from_secs(2), waiting).await;
+        let granted = granted.expect("not woken").unwrap().unwrap();
+        assert_eq!(
+            txns(&etcd) - before,
+            2.0,
+            "{limit:?}: the delete and the move"
+        );
+        granted.release().await.unwrap();
+        for lock in held {
+            lock.release().await.unwrap();
+        }
+    }
+    assert_eq!(leftovers(&mut raw, ns).await, Vec::<String>::new());
+}

@@ -2,9 +2,9 @@
 //!
 //! A waiter asks for "tell me when key K is deleted (or changed, or any key
 //! under prefix K is deleted), counting from revision R"; the hub adds a
-//! watch for it on its one stream, and answers true on the first such
-//! event, false when it cannot tell (the stream broke, the watch was
-//! cancelled or its revision compacted). Starting from the revision of the read that found K means
+//! watch for it on its one stream, and answers with the first such event
+//! (which key was deleted, or that a put happened), or that it cannot tell
+//! (the stream broke, the watch was cancelled or its revision compacted). Starting from the revision of the read that found K means
 //! a delete in between is replayed, so no wake-up is lost. Waiters that give
 //! up are pruned, and their watches cancelled, as the hub goes.
 
@@ -26,16 +26,28 @@ pub(super) enum Event {
     DeletedUnder,
 }
 
+/// What happened, as a watch saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Change {
+    /// This key was deleted.
+    Deleted(Vec<u8>),
+    /// The key was put.
+    Put,
+}
+
+/// What a waiter is told: `None` when the hub cannot tell.
+type Fire = oneshot::Sender<Option<Change>>;
+
 struct Request {
     key: Vec<u8>,
     event: Event,
     start_revision: i64,
-    fire: oneshot::Sender<bool>,
+    fire: Fire,
 }
 
 /// A waiter: whom to tell, and whether puts count.
 struct Waiter {
-    fire: oneshot::Sender<bool>,
+    fire: Fire,
     puts: bool,
 }
 
@@ -58,13 +70,16 @@ impl WatchHub {
     /// cancelled or compacted, etcd unreachable).
     #[cfg(test)]
     pub(super) async fn deleted(&self, key: Vec<u8>, after: i64) -> bool {
-        self.happened(key, Event::Deleted, after).await
+        matches!(
+            self.happened(key, Event::Deleted, after).await,
+            Some(Change::Deleted(_))
+        )
     }
 
-    /// Resolves with true when `event` happens to `key` (the prefix, for
-    /// [`Event::DeletedUnder`]) at a revision after `after`, with false when
-    /// the hub cannot tell.
-    pub(super) async fn happened(&self, key: Vec<u8>, event: Event, after: i64) -> bool {
+    /// Resolves with the first `event` that happens to `key` (under the
+    /// prefix `key`, for [`Event::DeletedUnder`]) at a revision after
+    /// `after`, with `None` when the hub cannot tell.
+    pub(super) async fn happened(&self, key: Vec<u8>, event: Event, after: i64) -> Option<Change> {
         let (fire, fired) = oneshot::channel();
         let request = Request {
             key,
@@ -73,9 +88,9 @@ impl WatchHub {
             fire,
         };
         if self.requests.send(request).is_err() {
-            return false;
+            return None;
         }
-        fired.await.unwrap_or(false)
+        fired.await.ok().flatten()
     }
 }
 
@@ -96,7 +111,7 @@ impl Watches {
             .drain(..)
             .chain(self.active.drain().map(|(_, w)| w))
         {
-            let _ = waiter.fire.send(false);
+            let _ = waiter.fire.send(None);
         }
     }
 
@@ -162,7 +177,7 @@ async fn run(
                 if added {
                     watches.creating.push_back(waiter);
                 } else {
-                    let _ = waiter.fire.send(false);
+                    let _ = waiter.fire.send(None);
                     watches.fire_all();
                     stream = None;
                 }
@@ -212,18 +227,22 @@ async fn handle(response: WatchResponse, stream: &mut WatchStream, watches: &mut
             return;
         };
         if response.canceled() || waiter.fire.is_closed() {
-            let _ = waiter.fire.send(false);
+            let _ = waiter.fire.send(None);
             let _ = stream.cancel(id).await;
             return;
         }
         watches.active.insert(id, waiter);
     }
     let puts = watches.active.get(&id).is_some_and(|w| w.puts);
-    let happened = response
-        .events()
-        .iter()
-        .any(|e| puts || e.event_type() == EventType::Delete);
-    if happened || response.canceled() || response.compact_revision() > 0 {
+    let happened = response.events().iter().find_map(|e| match e.event_type() {
+        EventType::Delete => {
+            let key = e.kv().map(|kv| kv.key().to_vec()).unwrap_or_default();
+            Some(Change::Deleted(key))
+        }
+        EventType::Put if puts => Some(Change::Put),
+        EventType::Put => None,
+    });
+    if happened.is_some() || response.canceled() || response.compact_revision() > 0 {
         if let Some(waiter) = watches.active.remove(&id) {
             let _ = waiter.fire.send(happened);
         }
