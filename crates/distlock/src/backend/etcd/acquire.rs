@@ -246,8 +246,8 @@ impl Inner {
         };
         let reads = |upto| [TxnOp::get(etcd_key.clone(), None), read_head(upto)];
         let mut found = None;
-        let told_by_wait = known.is_some() && req.will_wait && granted_in_queue.is_some();
-        if let (true, Some(revision), Some(lease)) = (told_by_wait, known, granted_in_queue) {
+        let told_by_wait = known.filter(|_| req.will_wait).zip(granted_in_queue);
+        if let Some((revision, lease)) = told_by_wait {
             // No need to read where we stand: the move below is guarded by
             // our create revision, in case our key vanished since.
             let mine = Mine {
@@ -404,7 +404,7 @@ impl Inner {
         let position = head
             .iter()
             .position(|kv| kv.create_revision() == mine.revision);
-        let standing = if told_by_wait {
+        let standing = if told_by_wait.is_some() {
             Standing::Granted
         } else {
             admission::standing(&shares, position, req.share)
