@@ -186,6 +186,26 @@ macro_rules! conformance_list {
                     a_crashed_readers_place_returns_after_its_ttl,
                 ],
             },
+            // leadership.rs
+            leadership: {
+                always: [
+                    one_leader_among_racing_candidates,
+                    terms_increase_and_are_fencing_tokens,
+                    resign_hands_over_promptly,
+                    a_dropped_leadership_resigns_in_the_background,
+                    observe_reports_every_change_in_order,
+                    observe_is_quiet_while_the_leader_stays,
+                    leader_is_read_only,
+                    leader_reports_identity_term_since_and_time_left,
+                    invalid_identities_are_rejected,
+                    a_campaign_gives_up_at_its_deadline_and_leaves_nothing,
+                    a_dropped_campaign_leaves_no_candidate,
+                ],
+                ttl_expiry: [
+                    a_cut_off_leader_is_lost_at_its_deadline_and_replaced,
+                    observe_reports_a_vanished_leader_within_a_poll,
+                ],
+            },
         }
     };
 }
