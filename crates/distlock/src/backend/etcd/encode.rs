@@ -1,9 +1,10 @@
 //! How locks are laid out in etcd's key space.
 //!
 //! Every acquisition of `key` in namespace `ns` is its own etcd key,
-//! `/<ns>/<encoded key>/<owner token, 32 hex digits>`; the one with the
-//! lowest create revision under the lock's prefix `/<ns>/<encoded key>/`
-//! holds the lock, the others queue behind it in create-revision order.
+//! `/<ns>/<encoded key>/<owner token, 32 hex digits>`; the keys under the
+//! lock's prefix `/<ns>/<encoded key>/` queue in create-revision order,
+//! each value recording the acquisition's mode (see `admission` for who
+//! holds).
 //!
 //! The encoding percent-escapes `/`, `%` and every byte outside printable
 //! ASCII, so a key never contains the separator and "a" and "a/b" get
@@ -13,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::holder::HolderInfo;
 use crate::key::LockKey;
-use crate::lease::OwnerToken;
+use crate::lease::{OwnerToken, Share};
 
 /// The prefix every entry of `key` lives under, ending in `/`.
 pub(super) fn lock_prefix(key: &LockKey) -> Vec<u8> {
@@ -53,38 +54,73 @@ pub(super) fn owner_of(entry_key: &[u8]) -> Option<OwnerToken> {
 }
 
 /// The value stored with an entry: the lock's TTL in milliseconds, when
-/// it ends unless extended (Unix milliseconds, the writer's clock) and its
-/// metadata, as `<ttl ms>+<deadline ms>:<0 | 1 metadata>`. (Values without
-/// the deadline, `<ttl ms>:...`, were written by older versions.)
-pub(super) fn entry_value(ttl: Duration, deadline: SystemTime, metadata: Option<&str>) -> Vec<u8> {
+/// it ends unless extended (Unix milliseconds, the writer's clock), its
+/// mode and its metadata, as `<ttl ms>+<deadline ms>[p<limit>]:<0 | 1
+/// metadata>`: `p<limit>` for one of `limit` permits, nothing for an
+/// exclusive lease, so a lock's value is what older versions wrote (and
+/// they read). Values without the deadline, `<ttl ms>:...`, were written by
+/// older versions still.
+pub(super) fn entry_value(
+    ttl: Duration,
+    deadline: SystemTime,
+    share: Share,
+    metadata: Option<&str>,
+) -> Vec<u8> {
     let ms = ttl.as_millis();
     let until = deadline
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis();
+    let mode = match share {
+        Share::Exclusive => String::new(),
+        Share::Permit { limit } => format!("p{limit}"),
+    };
     match metadata {
-        Some(m) => format!("{ms}+{until}:1{m}").into_bytes(),
-        None => format!("{ms}+{until}:0").into_bytes(),
+        Some(m) => format!("{ms}+{until}{mode}:1{m}").into_bytes(),
+        None => format!("{ms}+{until}{mode}:0").into_bytes(),
     }
 }
 
-/// What `inspect` reports for the entry with `create_revision` and
-/// `value`, read at `now`, when its lease has `lease_left` (if known).
+/// The head of a value, before its metadata.
+fn head(value: &[u8]) -> &[u8] {
+    let end = value.iter().position(|&b| b == b':').unwrap_or(value.len());
+    &value[..end]
+}
+
+/// The mode an entry's value records: exclusive unless it names a limit
+/// (what older versions wrote, and what is safest to assume of a value
+/// that cannot be read: it admits nobody beside it).
+pub(super) fn entry_share(value: &[u8]) -> Share {
+    let head = head(value);
+    let Some(at) = head.iter().position(|&b| b == b'p') else {
+        return Share::Exclusive;
+    };
+    std::str::from_utf8(&head[at + 1..])
+        .ok()
+        .and_then(|limit| limit.parse().ok())
+        .map_or(Share::Exclusive, |limit| Share::Permit { limit })
+}
+
+/// What `inspect` reports for the entry with fencing token `token` (the
+/// revision of its grant) and `value`, read at `now`, when its lease has
+/// `lease_left` (if known).
 ///
 /// The time left is counted to the deadline written with the grant, and
 /// once that passed (the holder extended it: extends are reads, not
 /// writes) it is the TTL; never more than the lease's time left.
 pub(super) fn holder_info(
-    create_revision: i64,
+    token: i64,
     value: &[u8],
     now: SystemTime,
     lease_left: Option<Duration>,
 ) -> HolderInfo {
-    let token = u64::try_from(create_revision).unwrap_or_default();
+    let token = u64::try_from(token).unwrap_or_default();
     let text = String::from_utf8_lossy(value);
     let Some((head, rest)) = text.split_once(':') else {
         return HolderInfo::new(token);
     };
+    // The mode, if any, is not part of the deadline.
+    let head = head.split_once('p').map_or(head, |(times, _)| times);
     let (ttl, deadline) = match head.split_once('+') {
         Some((ttl, deadline)) => (ttl, deadline.parse::<u64>().ok()),
         None => (head, None),
@@ -152,7 +188,7 @@ mod tests {
     fn values_round_trip_ttl_and_metadata() {
         let now = SystemTime::now();
         let ttl = Duration::from_millis(1500);
-        let v = entry_value(ttl, now + ttl, Some("w:1 {x}"));
+        let v = entry_value(ttl, now + ttl, Share::Exclusive, Some("w:1 {x}"));
         let info = holder_info(42, &v, now, None);
         assert_eq!(info.fencing_token, 42);
         assert!(
@@ -160,7 +196,7 @@ mod tests {
                 .is_some_and(|left| left <= ttl && left > ttl - Duration::from_millis(2))
         );
         assert_eq!(info.metadata.as_deref(), Some("w:1 {x}"));
-        let bare = holder_info(7, &entry_value(ttl, now, None), now, None);
+        let bare = holder_info(7, &entry_value(ttl, now, Share::Exclusive, None), now, None);
         assert_eq!(bare.metadata, None);
         assert_eq!(holder_info(9, b"garbage", now, None).expires_in, None);
     }
@@ -169,7 +205,7 @@ mod tests {
     fn the_time_left_counts_to_the_deadline_then_is_the_ttl_and_never_exceeds_the_lease() {
         let granted = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let ttl = Duration::from_secs(6);
-        let v = entry_value(ttl, granted + ttl, None);
+        let v = entry_value(ttl, granted + ttl, Share::Exclusive, None);
         let s = Duration::from_secs;
         let left = |after: u64, lease: Option<u64>| {
             holder_info(1, &v, granted + s(after), lease.map(s)).expires_in
@@ -181,5 +217,30 @@ mod tests {
         // Written by an older version: the TTL, within the lease.
         let old = holder_info(1, b"6000:0", granted, Some(s(9)));
         assert_eq!(old.expires_in, Some(ttl));
+    }
+
+    #[test]
+    fn values_record_the_mode_and_a_lock_is_written_as_before() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let ttl = Duration::from_secs(6);
+        let lock = entry_value(ttl, now + ttl, Share::Exclusive, Some("p:5"));
+        assert_eq!(
+            lock, b"6000+1700000006000:1p:5",
+            "the value older versions read"
+        );
+        assert_eq!(
+            entry_share(&lock),
+            Share::Exclusive,
+            "metadata is not a mode"
+        );
+        for share in [Share::Permit { limit: 3 }, Share::READERS] {
+            let v = entry_value(ttl, now + ttl, share, Some("m"));
+            assert_eq!(entry_share(&v), share);
+            let info = holder_info(3, &v, now + Duration::from_secs(2), None);
+            assert_eq!(info.expires_in, Some(Duration::from_secs(4)));
+            assert_eq!(info.metadata.as_deref(), Some("m"));
+        }
+        assert_eq!(entry_share(b"6000:0"), Share::Exclusive);
+        assert_eq!(entry_share(b"6000+1pxyz:0"), Share::Exclusive);
     }
 }
