@@ -5,7 +5,7 @@
 //! client profile — Lockers sharing a backend, `distlock run` on file,
 //! Redis and etcd —, Lockers closed between and during rounds), then every
 //! negative control that applies, each of which the checker must catch.
-//! Then the same for the permit workloads — a semaphore of 3 per key, and
+//! Then the same for each permit workload — a semaphore of 3 per key, and
 //! a reader-writer lock per key — in shorter runs on fewer keys, with
 //! faults twice as often, and the workloads' own minimums (every permit of
 //! a key held at once; readers together; writes granted).
@@ -13,7 +13,7 @@
 //! Tests run one at a time (a process-wide lock) so their client processes
 //! do not compete for the two cores with each other. Budget: 60–100 s per
 //! backend for locks (each correct run lasts 30 s — etcd 40 s — and up to
-//! twice that only while short of the minimums), 40–90 s for permits.
+//! twice that only while short of the minimums), 20–50 s per permit workload.
 //!
 //! The CLI clients run `distlock` from beside the test's
 //! `distlock-torture` (the workspace build makes it; CI's
@@ -101,15 +101,17 @@ fn locks(duration_s: u64, keys: u32) -> Smoke {
     }
 }
 
-/// The permit workloads: `duration_s` each on three keys (four clients per
-/// key, so that a semaphore of 3 fills and readers meet), a fault every
-/// 0.5–1.2 s so that the short runs see every kind.
-fn permits(duration_s: u64) -> Smoke {
+/// A permit workload's smoke: `duration_s` on few keys, a fault every
+/// 0.5–1.2 s so that the short runs see every kind. The semaphore gets two
+/// keys (six clients for three permits: every key fills, and waiters queue
+/// long enough for a waiter stop to catch one — on three keys a Redis run
+/// caught none), the reader-writer lock three (readers meet, writers get in).
+fn permits(workload: &'static str, duration_s: u64) -> Smoke {
     Smoke {
-        workloads: "semaphore,rwlock",
+        workloads: workload,
         duration_s,
         control_duration_s: 5,
-        keys: 3,
+        keys: if workload == "semaphore" { 2 } else { 3 },
         minimums: PERMIT_MINIMUMS,
         fault_ms: (500, 1200),
     }
@@ -222,23 +224,43 @@ fn etcd() {
 }
 
 #[test]
-fn memory_permits() {
-    smoke(BackendKind::Memory, permits(10));
+fn memory_semaphore() {
+    smoke(BackendKind::Memory, permits("semaphore", 10));
 }
 
 #[test]
-fn file_permits() {
-    smoke(BackendKind::File, permits(10));
+fn memory_rwlock() {
+    smoke(BackendKind::Memory, permits("rwlock", 10));
 }
 
 #[test]
-fn redis_permits() {
-    smoke(BackendKind::Redis, permits(10));
+fn file_semaphore() {
+    smoke(BackendKind::File, permits("semaphore", 10));
+}
+
+#[test]
+fn file_rwlock() {
+    smoke(BackendKind::File, permits("rwlock", 10));
+}
+
+#[test]
+fn redis_semaphore() {
+    smoke(BackendKind::Redis, permits("semaphore", 10));
+}
+
+#[test]
+fn redis_rwlock() {
+    smoke(BackendKind::Redis, permits("rwlock", 10));
 }
 
 /// 15 s: an etcd fault takes about 2 s (an election, an isolation past it),
 /// and the run must see all eight kinds.
 #[test]
-fn etcd_permits() {
-    smoke(BackendKind::Etcd, permits(15));
+fn etcd_semaphore() {
+    smoke(BackendKind::Etcd, permits("semaphore", 15));
+}
+
+#[test]
+fn etcd_rwlock() {
+    smoke(BackendKind::Etcd, permits("rwlock", 15));
 }
