@@ -35,10 +35,12 @@ const MINIMUMS: Minimums = Minimums {
     coverage: true,
 };
 
-/// What each correct run of a permit workload must reach (10 s runs; etcd
-/// 15 s, where a 24 s reader-writer run under faults made 248).
+/// What each correct run of a permit workload must reach (10 s runs, up to
+/// 20 s while short; etcd 15 s): acquisitions with room for a loaded
+/// machine, where fsyncing stores slow down most (a reader-writer run made
+/// 123 in 23 s on Redis, 179 in 32 s on etcd, at a load of 8 on 2 cores).
 const PERMIT_MINIMUMS: Minimums = Minimums {
-    acquisitions: 150,
+    acquisitions: 100,
     faults: 8,
     coverage: true,
 };
