@@ -1,18 +1,18 @@
 //! The stores a run measures, behind one trait, so every scenario runs the
-//! same code on memory, Redis and etcd.
+//! same code on memory, file, Redis and etcd.
 
 use std::sync::Arc;
 
 use distlock::backend::Backend;
 use distlock::{DEFAULT_TTL, Key, Lock, LockKey, Locker, OwnerToken};
-use distlock_testkit::{Fixture, MemoryFixture};
+use distlock_testkit::{FileFixture, Fixture, MemoryFixture};
 use futures::future::BoxFuture;
 
 use crate::runner::{Cycle, ROTATE, Subject, keys};
 
 /// One store under test.
 pub trait Store: Send + Sync + 'static {
-    /// `memory`, `redis`, `etcd`.
+    /// `memory`, `file`, `redis`, `etcd`.
     fn name(&self) -> &'static str;
 
     /// A Locker with a backend of its own (its own connections, sessions),
@@ -118,22 +118,36 @@ pub fn distlock_subjects(locker: &Locker) -> Vec<Subject> {
     ]
 }
 
-/// The in-process memory store: one `MemoryBackend` shared by every locker.
-pub struct MemoryStore {
-    fixture: MemoryFixture,
+/// A store without a server: the in-process memory store (one
+/// `MemoryBackend` shared by every locker), or the file store (a fresh lock
+/// directory under the system's temp dir, each locker with its own
+/// `FileBackend` on it, contending through the OS as processes do).
+pub struct FixtureStore<F> {
+    name: &'static str,
+    fixture: F,
 }
 
-impl MemoryStore {
-    pub fn new() -> Self {
-        MemoryStore {
+impl FixtureStore<MemoryFixture> {
+    pub fn memory() -> Self {
+        FixtureStore {
+            name: "memory",
             fixture: MemoryFixture::default(),
         }
     }
 }
 
-impl Store for MemoryStore {
+impl FixtureStore<FileFixture> {
+    pub fn file() -> Self {
+        FixtureStore {
+            name: "file",
+            fixture: futures::executor::block_on(FileFixture::new()),
+        }
+    }
+}
+
+impl<F: Fixture> Store for FixtureStore<F> {
     fn name(&self) -> &'static str {
-        "memory"
+        self.name
     }
 
     fn locker<'a>(&'a self, namespace: &'a str) -> BoxFuture<'a, Locker> {
@@ -144,7 +158,7 @@ impl Store for MemoryStore {
         self.fixture.delete_behind_back(namespace, key)
     }
 
-    /// The SPI-only subject is the memory store's floor; it has no peers.
+    /// The SPI-only subject is the floor; there is no peer crate.
     fn baselines(&self, _tasks: usize) -> BoxFuture<'_, Vec<Subject>> {
         Box::pin(async { Vec::new() })
     }
