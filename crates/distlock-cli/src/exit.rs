@@ -54,7 +54,9 @@ Exit codes:
   76  lock lost while the command ran; the command was stopped
   126 the command is not executable; 127 the command was not found
   130/143  interrupted (SIGINT/SIGTERM) while waiting for the lock
-  distlock status   0 held, 1 free, or 64/69 as above";
+  distlock elect    as distlock run (76: the leadership was lost)
+  distlock status   0 held, 1 free, or 64/69 as above
+  distlock leader   0 led, 1 no leader, or 64/69 as above (--watch: 0 when interrupted)";
 
 /// An error that ends distlock: one line on stderr and an exit code.
 #[derive(Debug)]

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use distlock::{HolderInfo, Holders};
+use distlock::{HolderInfo, Holders, Leader};
 use serde_json::{Map, Value, json};
 
 /// What `distlock run` stores as the lock's metadata, as JSON, so that
@@ -79,7 +79,7 @@ fn ago(since: SystemTime) -> String {
 /// One line describing a holder: who, since when, fencing token, time left.
 ///
 /// ```
-/// use distlock::{HolderInfo, Holders};
+/// use distlock::{HolderInfo, Holders, Leader};
 /// let h = HolderInfo::new(7).process(42, "box-1");
 /// assert_eq!(distlock_cli::describe_holder(&h), "pid 42 on box-1, fencing token 7");
 /// ```
@@ -161,6 +161,54 @@ pub fn holders_json(key: &str, holders: &Holders) -> Value {
             .collect(),
     );
     Value::Object(out)
+}
+
+/// One line about a key's leader, as `distlock leader` prints it.
+///
+/// ```
+/// use distlock::{HolderInfo, Leader};
+/// let leader = Leader::from_holder(&HolderInfo::new(7).metadata(Some("node-a".into())));
+/// assert_eq!(distlock_cli::describe_leader("k", Some(&leader)), "\"k\" is led by node-a, term 7");
+/// assert_eq!(distlock_cli::describe_leader("k", None), "\"k\" has no leader");
+/// ```
+pub fn describe_leader(key: &str, leader: Option<&Leader>) -> String {
+    let Some(l) = leader else {
+        return format!("{key:?} has no leader");
+    };
+    let mut parts = vec![
+        format!("{key:?} is led by {}", l.identity),
+        format!("term {}", l.term),
+    ];
+    if let Some(since) = l.since {
+        parts.push(format!(
+            "since {} ({})",
+            humantime::format_rfc3339_seconds(since),
+            ago(since)
+        ));
+    }
+    if let Some(left) = l.expires_in {
+        parts.push(format!(
+            "expires in {}",
+            humantime::format_duration(Duration::from_millis(left.as_millis() as u64))
+        ));
+    }
+    parts.join(", ")
+}
+
+/// The JSON `distlock leader --json` prints: `{"key", "leader": null}`, or
+/// the leader's `identity`, `term`, `since`, `since_unix_ms` and
+/// `expires_in_ms`.
+pub fn leader_json(key: &str, leader: Option<&Leader>) -> Value {
+    json!({
+        "key": key,
+        "leader": leader.map(|l| json!({
+            "identity": l.identity,
+            "term": l.term,
+            "since": l.since.map(|s| humantime::format_rfc3339_seconds(s).to_string()),
+            "since_unix_ms": l.since.and_then(|s| s.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_millis() as u64),
+            "expires_in_ms": l.expires_in.map(|d| d.as_millis() as u64),
+        })),
+    })
 }
 
 #[cfg(test)]

@@ -6,10 +6,14 @@
 
 pub mod exit;
 mod holder;
+pub mod job;
 pub mod say;
+pub mod show;
 pub mod store;
 mod supervise;
 pub mod terminal;
 
-pub use holder::{CliMetadata, describe_holder, describe_sharing, holders_json};
+pub use holder::{
+    CliMetadata, describe_holder, describe_leader, describe_sharing, holders_json, leader_json,
+};
 pub use supervise::{Ending, KillPolicy, become_subreaper, group_alive, supervise};

@@ -1,6 +1,6 @@
 //! The `distlock` binary, spawned as users run it, on the file backend:
 //! what does not depend on the store (the cases every store runs are in
-//! `stores.rs`).
+//! `stores/`).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

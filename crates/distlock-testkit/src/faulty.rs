@@ -22,7 +22,8 @@ use tokio::time::{Instant, sleep};
 /// A backend that forwards every SPI call to `inner`, counting the engine's
 /// calls, with injectable faults: hanging calls, replies that arrive late,
 /// failing or stalled extends, slow releases, and waits without the store's
-/// notifications.
+/// notifications. On request it also records the leases it saw granted,
+/// so a test can act on one of them behind its holder's back.
 pub struct Faulty {
     inner: Arc<dyn Backend>,
     /// Every call but `wait` and `close` hangs forever while set.
@@ -41,10 +42,17 @@ pub struct Faulty {
     late_extend_reply: AtomicU64,
     /// Every release takes this long before it reaches the store (ns).
     slow_release: AtomicU64,
-    /// Whether `wait` may use the store's notifications.
+    /// Whether `wait` and `watch` may use the store's notifications.
     notifications: AtomicBool,
+    /// Whether `capabilities` reports the store's permits.
+    permits: AtomicBool,
     /// Keys whose extends never reach the store and never answer.
     stalled: Mutex<HashSet<LockKey>>,
+    /// Whether granted leases are recorded in `grants` (off by default, so
+    /// a long benchmark does not grow a record).
+    recording: AtomicBool,
+    /// Granted leases by fencing token, while recording.
+    grants: Mutex<Vec<(u64, LeaseRef)>>,
     acquires: AtomicU64,
     extends: AtomicU64,
     /// `extend_all` calls: one per refresh round of a Locker.
@@ -54,6 +62,14 @@ pub struct Faulty {
 
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// A wait without the store's notifications: until `until`.
+fn sleep_until<'a>(until: Instant) -> BoxFuture<'a, Result<()>> {
+    Box::pin(async move {
+        tokio::time::sleep_until(until).await;
+        Ok(())
+    })
 }
 
 /// Sleeps `ns` nanoseconds, not at all (not even a yield) for 0.
@@ -77,7 +93,10 @@ impl Faulty {
             late_extend_reply: AtomicU64::new(0),
             slow_release: AtomicU64::new(0),
             notifications: AtomicBool::new(true),
+            permits: AtomicBool::new(true),
             stalled: Mutex::new(HashSet::new()),
+            recording: AtomicBool::new(false),
+            grants: Mutex::new(Vec::new()),
             acquires: AtomicU64::new(0),
             extends: AtomicU64::new(0),
             batches: AtomicU64::new(0),
@@ -88,6 +107,13 @@ impl Faulty {
     /// The store it forwards to.
     pub fn inner(&self) -> &Arc<dyn Backend> {
         &self.inner
+    }
+
+    /// While `off` is true, `capabilities` says the store serves no permits,
+    /// as a third-party backend without them does. Read by a Locker when it
+    /// is built.
+    pub fn hide_permits(&self, off: bool) {
+        self.permits.store(!off, Ordering::SeqCst);
     }
 
     /// While `on`, every `try_acquire`, `extend`, `release` and `inspect`
@@ -131,7 +157,7 @@ impl Faulty {
         self.slow_release.store(nanos(by), Ordering::SeqCst);
     }
 
-    /// Whether `wait` forwards to the store (`on`, the default) or only
+    /// Whether `wait` and `watch` forward to the store (`on`, the default) or only
     /// sleeps until its bound, as a store without notifications does.
     pub fn notifications(&self, on: bool) {
         self.notifications.store(on, Ordering::SeqCst);
@@ -142,6 +168,23 @@ impl Faulty {
     /// that key only.
     pub fn stall_extends(&self, key: &LockKey) {
         self.stalled.lock().unwrap().insert(key.clone());
+    }
+
+    /// From now on, every lease a `try_acquire` grants is recorded, for
+    /// [`granted_lease`](Self::granted_lease).
+    pub fn record_grants(&self) {
+        self.recording.store(true, Ordering::SeqCst);
+    }
+
+    /// The lease granted with `fencing_token` while recording: owner token
+    /// included, so a test can extend or release it through
+    /// [`inner`](Self::inner) behind the holder's back.
+    pub fn granted_lease(&self, fencing_token: u64) -> Option<LeaseRef> {
+        let grants = self.grants.lock().unwrap();
+        grants
+            .iter()
+            .find(|(token, _)| *token == fencing_token)
+            .map(|(_, lease)| lease.clone())
     }
 
     /// `try_acquire` calls so far.
@@ -212,7 +255,8 @@ impl Backend for Faulty {
     }
 
     fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
+        let inner = self.inner.capabilities();
+        inner.with_permits(inner.permits && self.permits.load(Ordering::SeqCst))
     }
 
     fn try_acquire<'a>(&'a self, req: &'a AcquireRequest) -> BoxFuture<'a, Result<Attempt>> {
@@ -220,6 +264,12 @@ impl Backend for Faulty {
         Box::pin(async move {
             self.gate().await;
             let reply = self.inner.try_acquire(req).await;
+            if let Ok(Attempt::Granted { fencing_token }) = &reply
+                && self.recording.load(Ordering::SeqCst)
+            {
+                let mut grants = self.grants.lock().unwrap();
+                grants.push((*fencing_token, req.lease()));
+            }
             delay(self.late_acquire_reply.swap(0, Ordering::SeqCst)).await;
             reply
         })
@@ -291,10 +341,15 @@ impl Backend for Faulty {
         if self.notifications.load(Ordering::SeqCst) {
             self.inner.wait(req, until)
         } else {
-            Box::pin(async move {
-                tokio::time::sleep_until(until).await;
-                Ok(())
-            })
+            sleep_until(until)
+        }
+    }
+
+    fn watch<'a>(&'a self, key: &'a LockKey, until: Instant) -> BoxFuture<'a, Result<()>> {
+        if self.notifications.load(Ordering::SeqCst) {
+            self.inner.watch(key, until)
+        } else {
+            sleep_until(until)
         }
     }
 

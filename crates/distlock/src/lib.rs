@@ -64,6 +64,7 @@ mod engine;
 mod error;
 mod holder;
 mod key;
+mod leadership;
 mod lease;
 mod lock;
 mod locker;
@@ -80,6 +81,7 @@ pub use holder::{HolderInfo, Holders};
 pub use key::{
     DEFAULT_NAMESPACE, IntoKey, Key, LockKey, MAX_KEY_BYTES, MAX_NAMESPACE_BYTES, Namespace,
 };
+pub use leadership::{DEFAULT_OBSERVE_POLL, Leader, Leadership, default_identity};
 pub use lease::{LeaseRef, OwnerToken, Share};
 pub use lock::{Lock, RefreshHandle};
 pub use locker::{DEFAULT_OP_TIMEOUT, Locker, LockerBuilder};

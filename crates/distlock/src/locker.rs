@@ -4,6 +4,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::Stream;
+
 use crate::backend::Backend;
 use crate::backend::memory::MemoryBackend;
 #[cfg(doc)]
@@ -12,6 +14,7 @@ use crate::engine::{Engine, Settings};
 use crate::error::{Error, Result};
 use crate::holder::{HolderInfo, Holders};
 use crate::key::{IntoKey, LockKey, Namespace};
+use crate::leadership::{self, DEFAULT_OBSERVE_POLL, Leader, Leadership};
 use crate::lease::Share;
 use crate::lock::Lock;
 use crate::options::ObtainOptions;
@@ -280,6 +283,127 @@ impl Locker {
     /// [`Error::InvalidKey`].
     pub fn rw_lock(&self, key: impl IntoKey) -> Result<RwLock> {
         Ok(RwLock::new(self.engine.clone(), self.lock_key(key)?))
+    }
+
+    /// Campaigns for the leadership of `key` as `identity` (any one-line
+    /// text; [`default_identity`](crate::default_identity) is `host:pid`),
+    /// waiting as long as it takes, with the locker's default TTL. See
+    /// [`campaign_with`](Self::campaign_with).
+    ///
+    /// # Errors
+    ///
+    /// As [`campaign_with`](Self::campaign_with).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`campaign_with`](Self::campaign_with).
+    pub async fn campaign(
+        &self,
+        key: impl IntoKey,
+        identity: impl Into<String>,
+    ) -> Result<Leadership> {
+        let options = self.engine.defaults.clone().wait_forever();
+        self.campaign_with(key, identity, options).await
+    }
+
+    /// Campaigns for the leadership of `key` as `identity` with `options`
+    /// (TTL, how long to wait; their metadata is replaced by the identity),
+    /// returning once this candidate leads. The leadership is refreshed
+    /// until it is resigned, dropped or lost.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> distlock::Result<()> {
+    /// let locker = distlock::Locker::memory();
+    /// let leading = locker.campaign("scheduler", "node-a").await?;
+    /// let seen = locker.leader("scheduler").await?.expect("a leader");
+    /// assert_eq!((seen.identity.as_str(), seen.term), ("node-a", leading.term()));
+    /// leading.resign().await?;
+    /// assert!(locker.leader("scheduler").await?.is_none());
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotObtained`] when `options` bound the wait and another
+    /// candidate led throughout; [`Error::InvalidOptions`] for an empty or
+    /// multi-line identity; the store and [`Error::Closed`] errors of
+    /// [`obtain_with`](Self::obtain_with).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future at any point leaves nothing in the store (no
+    /// grant, no queue entry) and no task running.
+    pub async fn campaign_with(
+        &self,
+        key: impl IntoKey,
+        identity: impl Into<String>,
+        options: ObtainOptions,
+    ) -> Result<Leadership> {
+        leadership::campaign(&self.engine, self.lock_key(key)?, identity.into(), options).await
+    }
+
+    /// The current leader of `key` (identity, term, since, time left), or
+    /// `None`. Read-only: never campaigns.
+    ///
+    /// # Errors
+    ///
+    /// The store's error, after the engine's retries of a read.
+    pub async fn leader(&self, key: impl IntoKey) -> Result<Option<Leader>> {
+        leadership::leader(&self.engine, &self.lock_key(key)?).await
+    }
+
+    /// Every change of `key`'s leader — a new term, or no leader — the
+    /// current state first, until the locker is closed. Driven by the
+    /// store's notifications where it has them, and read again every
+    /// [`DEFAULT_OBSERVE_POLL`](crate::DEFAULT_OBSERVE_POLL) and when the
+    /// leader's time runs out in any case, so it never reports a leader the
+    /// store no longer has for longer than one poll.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> distlock::Result<()> {
+    /// use futures::StreamExt;
+    ///
+    /// let locker = distlock::Locker::memory();
+    /// let mut changes = Box::pin(locker.observe("scheduler")?);
+    /// assert_eq!(changes.next().await.unwrap()?, None);
+    /// let leading = locker.campaign("scheduler", "node-a").await?;
+    /// let first = changes.next().await.unwrap()?.expect("a leader");
+    /// assert_eq!(first.term, leading.term());
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidKey`]; the stream yields the store's errors (and
+    /// goes on afterwards).
+    pub fn observe(
+        &self,
+        key: impl IntoKey,
+    ) -> Result<impl Stream<Item = Result<Option<Leader>>> + Send + 'static> {
+        self.observe_every(key, DEFAULT_OBSERVE_POLL)
+    }
+
+    /// [`observe`](Self::observe), reading the key at least every `poll`.
+    ///
+    /// # Errors
+    ///
+    /// As [`observe`](Self::observe), and [`Error::InvalidOptions`] for a
+    /// zero `poll`.
+    pub fn observe_every(
+        &self,
+        key: impl IntoKey,
+        poll: Duration,
+    ) -> Result<impl Stream<Item = Result<Option<Leader>>> + Send + 'static> {
+        if poll.is_zero() {
+            return Err(Error::invalid_options("poll", "must be greater than zero"));
+        }
+        Ok(leadership::observe(
+            self.engine.clone(),
+            self.lock_key(key)?,
+            poll,
+        ))
     }
 
     /// Closes the locker: every lock still held through it is released

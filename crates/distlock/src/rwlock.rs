@@ -39,10 +39,11 @@ use crate::options::ObtainOptions;
 /// let r1 = config.read().await?;
 /// let r2 = config.read().await?;
 /// assert!(config.try_write().await.unwrap_err().is_not_obtained());
+/// let read_token = r2.fencing_token();
 /// r1.release().await?;
 /// r2.release().await?;
 /// let w = config.try_write().await?;
-/// assert!(w.fencing_token() > r2.fencing_token());
+/// assert!(w.fencing_token() > read_token);
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]

@@ -7,6 +7,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod leadership;
 mod sharing;
 
 use std::time::{Duration, Instant};
@@ -16,6 +17,10 @@ use distlock_testkit::{FileFixture, ReachableFixture, unique_namespace};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use leadership::{
+    a_lost_leadership_stops_the_command_with_exit_76,
+    elect_runs_only_the_leader_and_hands_over_when_it_exits,
+};
 use sharing::{
     limit_runs_at_most_n_commands_and_status_lists_them,
     shared_runs_hold_together_and_a_plain_run_excludes_them,
@@ -184,6 +189,8 @@ every_store!(
     an_unusable_store_is_exit_code_69,
     limit_runs_at_most_n_commands_and_status_lists_them,
     shared_runs_hold_together_and_a_plain_run_excludes_them,
+    elect_runs_only_the_leader_and_hands_over_when_it_exits,
+    a_lost_leadership_stops_the_command_with_exit_76,
 );
 
 /// 4 processes × 4 rounds each of `distlock run` on one key: a counter in

@@ -57,7 +57,9 @@
 //!   first, with the limit of permit holders; releasing the last holder
 //!   leaves nothing of the key in the store.
 //!
-//! Leadership (next) is a lock whose holder others observe.
+//! Leadership is a lock whose holder others observe: a store with change
+//! notifications makes [`Backend::watch`] return on a grant as well as on
+//! a release.
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -308,6 +310,20 @@ pub trait Backend: Send + Sync + Debug + 'static {
     /// waiter's predecessor.
     fn wait<'a>(&'a self, req: &'a AcquireRequest, until: Instant) -> BoxFuture<'a, Result<()>> {
         let _ = req;
+        Box::pin(async move {
+            tokio::time::sleep_until(until).await;
+            Ok(())
+        })
+    }
+
+    /// Returns when the holders of `key` may have changed — a grant, a
+    /// release, an expiry — or at `until` at the latest: how an observer of
+    /// a key ([`Locker::observe`](crate::Locker::observe)) learns of a new
+    /// leader without polling. A hint only: the observer reads the key
+    /// again afterwards and bounds the wait itself. The default sleeps
+    /// until `until`, so observers poll.
+    fn watch<'a>(&'a self, key: &'a LockKey, until: Instant) -> BoxFuture<'a, Result<()>> {
+        let _ = key;
         Box::pin(async move {
             tokio::time::sleep_until(until).await;
             Ok(())

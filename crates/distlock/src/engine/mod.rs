@@ -69,7 +69,7 @@ pub(crate) struct Engine {
     op_timeout: Duration,
     pub(crate) validity: ValidityPolicy,
     pub(crate) defaults: ObtainOptions,
-    closed: CancellationToken,
+    pub(crate) closed: CancellationToken,
     queues: WaitQueues,
     held: Mutex<HashMap<u64, Weak<Held>>>,
     next_id: AtomicU64,
