@@ -35,11 +35,12 @@ fn refreshed(lock: &Lock, errors: &Arc<AtomicUsize>) -> distlock::RefreshHandle 
     })
 }
 
-/// A holder in mode `share` (of limit 2 when limited) crashes beside a live
-/// one: its lease comes back when its TTL runs out, never before, and the
-/// live holder keeps its own. Without TTL expiry: the crashed lease is held
-/// past its TTL while its process (backend) lives and comes back when that
-/// is dropped.
+/// A holder in mode `share` (permits of a semaphore of 2, or readers)
+/// crashes beside a live one: it stops refreshing and never releases. Its
+/// lease comes back when its TTL runs out, never before, and the live
+/// holder keeps its own. Without TTL expiry: the crashed lease is held past
+/// its TTL while its process lives, and comes back when the process is gone
+/// (its backend dropped).
 pub(super) async fn crashed_lease_returns_after_its_ttl(
     fx: &dyn Fixture,
     case: &str,
@@ -52,17 +53,17 @@ pub(super) async fn crashed_lease_returns_after_its_ttl(
     let errors = Arc::new(AtomicUsize::new(0));
     let _refresh = refreshed(&live, &errors);
     // A separate process's connection that takes a lease and never
-    // refreshes or releases it.
-    let crashed = fx.backend().await;
+    // refreshes or releases it. It stays open on a store with TTL expiry, so
+    // that the TTL, not the end of a connection, is what frees the lease.
+    let mut crashed = Some(fx.backend().await);
     let req = raw_request(&a, "k", share, ttl);
     let sent = Instant::now();
-    let crashed_token = granted(crashed.try_acquire(&req).await);
+    let crashed_token = granted(crashed.as_ref().unwrap().try_acquire(&req).await);
     assert_not_obtained(b.try_obtain("k").await);
     if is_limited(share) {
         assert_not_obtained(try_take(&b, share).await);
     }
     let (taken, at) = if expires(&a) {
-        drop(crashed); // changes nothing: the store keeps the lease
         let (taken, at) =
             crashed_lease_back(&b, share, crashed_token, ttl + next_holder_wait(fx)).await;
         // Store clocks count in milliseconds.
@@ -78,7 +79,7 @@ pub(super) async fn crashed_lease_returns_after_its_ttl(
         if is_limited(share) {
             assert_not_obtained(try_take(&b, share).await);
         }
-        drop(crashed);
+        drop(crashed.take());
         let dropped = Instant::now();
         let (taken, at) = crashed_lease_back(&b, share, crashed_token, SLACK).await;
         assert!(at - dropped < SLACK);
@@ -97,6 +98,7 @@ pub(super) async fn crashed_lease_returns_after_its_ttl(
     let next = b.obtain_with("k", short(fx).wait(SLACK)).await.unwrap();
     assert!(next.fencing_token() > crashed_token);
     next.release().await.unwrap();
+    drop(crashed);
     assert_eq!(
         errors.load(Ordering::SeqCst),
         0,

@@ -24,7 +24,6 @@ use distlock::{
     Error, Key, LeaseRef, Lock, LockKey, Locker, LostReason, ObtainOptions, OwnerToken, Share,
 };
 use futures::future::BoxFuture;
-use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep};
 
 use crate::Faulty;
@@ -207,21 +206,42 @@ fn granted(attempt: distlock::Result<Attempt>) -> u64 {
     }
 }
 
-/// Starts `waiters` in their order: each is polled once here, which queues
-/// it among its locker's waiters for the key, before the next one is, and
-/// is then spawned. So the order of arrival is the order given, without
-/// sleeping between them.
-async fn arrive_in_order<T: Send + 'static>(
-    waiters: Vec<BoxFuture<'static, T>>,
-) -> Vec<JoinHandle<T>> {
-    let mut started = Vec::new();
-    for mut waiter in waiters {
+/// One waiter of `locker` per mode of `modes` arrives at the held key `k`
+/// in that order: each is polled once here, which queues it among the
+/// locker's waiters, before the next one is (no sleeping between them),
+/// and is then spawned. `free` then lets the key go. Each waiter holds its
+/// lease for 20 ms; asserts that the grants' tokens follow the order of
+/// arrival.
+async fn assert_served_in_arrival_order(
+    locker: &Locker,
+    modes: &[Share],
+    free: impl Future<Output = ()>,
+) {
+    let mut waiters = Vec::new();
+    for (id, &share) in modes.iter().enumerate() {
+        let locker = locker.clone();
+        let mut waiter: BoxFuture<'static, (u64, usize)> = Box::pin(async move {
+            let opts = ObtainOptions::new().wait(Duration::from_secs(30));
+            let lock = take(&locker, "k", share, opts).await.unwrap();
+            let token = lock.fencing_token();
+            sleep(20 * MS).await;
+            lock.release().await.unwrap();
+            (token, id)
+        });
         if futures::poll!(&mut waiter).is_ready() {
-            panic!("a waiter was served before its turn could come");
+            panic!("waiter {id} was served before the key was free");
         }
-        started.push(tokio::spawn(waiter));
+        waiters.push(tokio::spawn(waiter));
     }
-    started
+    free.await;
+    let mut served = Vec::new();
+    for waiter in waiters {
+        served.push(waiter.await.unwrap());
+    }
+    served.sort_unstable();
+    let order: Vec<usize> = served.iter().map(|(_, id)| *id).collect();
+    let arrival: Vec<usize> = (0..modes.len()).collect();
+    assert_eq!(order, arrival, "served out of turn");
 }
 
 /// Tries `attempt` every 10 ms until it yields a lock, failing after

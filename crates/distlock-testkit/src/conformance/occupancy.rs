@@ -1,10 +1,11 @@
-//! Who is inside a section guarded by one key's leases: the checker of the
-//! semaphore and reader-writer cases that race many holders.
+//! Racing holders of one key: single attempts at once, and rounds of
+//! holders checked by who is inside the section the key guards.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use distlock::{Lock, Locker, ObtainOptions, Share};
+use tokio::sync::Barrier;
 use tokio::time::sleep;
 
 use super::{MS, take};
@@ -78,6 +79,15 @@ impl Occupancy {
         self.state.lock().unwrap().most_permits
     }
 
+    /// Returns once `limit` permits have been inside at once, or after
+    /// `bound`.
+    async fn until_permits(&self, limit: u32, bound: Duration) {
+        let start = tokio::time::Instant::now();
+        while self.most_permits() < limit && start.elapsed() < bound {
+            sleep(MS).await;
+        }
+    }
+
     /// How many entered; panics if two entries had the same token.
     pub(super) fn entries_with_distinct_tokens(&self) -> usize {
         let mut tokens = self.state.lock().unwrap().tokens.clone();
@@ -91,7 +101,10 @@ impl Occupancy {
 
 /// `per_locker` tasks on each of `lockers` take `key` `rounds` times each,
 /// task `i` of a locker in mode `mode(i)`, hold it for a millisecond or
-/// two inside one [`Occupancy`], and release it.
+/// two inside one [`Occupancy`], and release it. Until a semaphore's
+/// permits have all been in use at once, holders stay inside for up to
+/// 300 ms more, so that a store whose round trips outlast a hold still
+/// fills them.
 pub(super) async fn contend(
     lockers: &[Locker],
     per_locker: usize,
@@ -108,6 +121,11 @@ pub(super) async fn contend(
                     let opts = ObtainOptions::new().wait(Duration::from_secs(60));
                     let lock = take(&locker, "k", share, opts).await.unwrap();
                     occupancy.enter(&lock);
+                    if let Share::Permit { limit } = share
+                        && share != Share::READERS
+                    {
+                        occupancy.until_permits(limit, 300 * MS).await;
+                    }
                     sleep(2 * MS).await;
                     occupancy.leave(&lock);
                     lock.release().await.unwrap();
@@ -121,4 +139,28 @@ pub(super) async fn contend(
     let entries = occupancy.entries_with_distinct_tokens();
     assert_eq!(entries, lockers.len() * per_locker * rounds);
     occupancy
+}
+
+/// `tasks` single attempts at `key` in mode `share`, spread over
+/// `lockers` and let go together: the leases they won (every other attempt
+/// must be `NotObtained`).
+pub(super) async fn race(lockers: &[Locker], tasks: usize, share: Share) -> Vec<Lock> {
+    let start = Arc::new(Barrier::new(tasks));
+    let attempts: Vec<_> = (0..tasks)
+        .map(|i| {
+            let (locker, start) = (lockers[i % lockers.len()].clone(), start.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                take(&locker, "k", share, ObtainOptions::new().try_once()).await
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for attempt in attempts {
+        match attempt.await.unwrap() {
+            Ok(lock) => winners.push(lock),
+            Err(e) => assert!(e.is_not_obtained(), "{e}"),
+        }
+    }
+    winners
 }

@@ -7,16 +7,14 @@ use std::time::Duration;
 
 use distlock::backend::{Attempt, Renewal};
 use distlock::{Holders, LeaseRef, LostReason, ObtainOptions, RetryStrategy, Share};
-use futures::FutureExt;
-use tokio::sync::Barrier;
 use tokio::time::{Instant, sleep, timeout};
 
 use super::leases;
-use super::occupancy::contend;
+use super::occupancy::{contend, race};
 use super::{
-    MS, SLACK, arrive_in_order, assert_limit_mismatch, assert_not_held, assert_not_lost,
-    assert_not_obtained, expires, granted, holder_tokens, next_holder_wait, permit_locker,
-    poll_until_obtained, raw_request, short,
+    MS, SLACK, assert_limit_mismatch, assert_not_held, assert_not_lost, assert_not_obtained,
+    assert_served_in_arrival_order, expires, granted, holder_tokens, next_holder_wait,
+    permit_locker, poll_until_obtained, raw_request, short,
 };
 use crate::fixture::Fixture;
 
@@ -52,24 +50,7 @@ pub async fn racing_try_acquires_win_exactly_the_limit(fx: &dyn Fixture) {
     for _ in 1..10 {
         lockers.push(fx.locker(&ns).await);
     }
-    let start = Arc::new(Barrier::new(60));
-    let tasks: Vec<_> = (0..60)
-        .map(|i| {
-            let sem = lockers[i % 10].semaphore("k", 3).unwrap();
-            let start = start.clone();
-            tokio::spawn(async move {
-                start.wait().await;
-                sem.try_acquire().await
-            })
-        })
-        .collect();
-    let mut winners = Vec::new();
-    for task in tasks {
-        match task.await.unwrap() {
-            Ok(lock) => winners.push(lock),
-            Err(e) => assert!(e.is_not_obtained(), "{e}"),
-        }
-    }
+    let winners = race(&lockers, 60, permits(3)).await;
     assert_eq!(winners.len(), 3);
     let mut tokens: Vec<u64> = winners.iter().map(|l| l.fencing_token()).collect();
     assert_eq!(holder_tokens(&lockers[0], "k").await.len(), 3);
@@ -361,18 +342,27 @@ pub async fn extend_and_release_in_another_mode_are_not_held(fx: &dyn Fixture) {
 }
 
 /// Asking again with a permit holder's own owner token grants again with
-/// the same token and takes no second permit.
+/// the same token and a fresh TTL, and takes no second permit.
 pub async fn acquire_is_idempotent_for_the_same_owner(fx: &dyn Fixture) {
     let (locker, _) = permit_locker(fx, "sem_idempotent").await;
     let backend = locker.backend();
     let ttl = fx.short_ttl() * 10;
     let req = raw_request(&locker, "k", permits(2), ttl);
     let first = backend.try_acquire(&req).await.unwrap();
-    sleep(50 * MS).await;
+    sleep(200 * MS).await;
+    let left = async || locker.holders("k").await.unwrap().holders[0].expires_in;
+    let before = left().await;
     let again = backend.try_acquire(&req).await.unwrap();
     assert!(matches!(first, Attempt::Granted { .. }));
     assert_eq!(first, again);
     assert_eq!(locker.holders("k").await.unwrap().holders.len(), 1);
+    if expires(&locker) {
+        let after = left().await;
+        assert!(
+            after > before,
+            "the TTL was not reset: {before:?} then {after:?}"
+        );
+    }
     let second = raw_request(&locker, "k", permits(2), ttl);
     let second_token = granted(backend.try_acquire(&second).await);
     let third = raw_request(&locker, "k", permits(2), ttl);
@@ -460,31 +450,11 @@ pub async fn waiters_of_one_locker_get_permits_in_arrival_order(fx: &dyn Fixture
     let (locker, _) = permit_locker(fx, "sem_fifo").await;
     let sem = locker.semaphore("k", 2).unwrap();
     let (p1, p2) = (sem.acquire().await.unwrap(), sem.acquire().await.unwrap());
-    let waiters = (0..5)
-        .map(|id| {
-            let sem = sem.clone();
-            async move {
-                let opts = ObtainOptions::new().wait(Duration::from_secs(30));
-                let lock = sem.acquire_with(opts).await.unwrap();
-                let token = lock.fencing_token();
-                sleep(20 * MS).await;
-                lock.release().await.unwrap();
-                (token, id)
-            }
-            .boxed()
-        })
-        .collect();
-    let waiters = arrive_in_order(waiters).await;
-    p1.release().await.unwrap();
-    p2.release().await.unwrap();
-    let mut served = Vec::new();
-    for waiter in waiters {
-        served.push(waiter.await.unwrap());
-    }
-    // Tokens order the grants.
-    served.sort_unstable();
-    let order: Vec<usize> = served.iter().map(|(_, id)| *id).collect();
-    assert_eq!(order, vec![0, 1, 2, 3, 4], "served out of turn");
+    let free = async {
+        p1.release().await.unwrap();
+        p2.release().await.unwrap();
+    };
+    assert_served_in_arrival_order(&locker, &[permits(2); 5], free).await;
 }
 
 /// Releasing the last permit leaves nothing of the key: no holder, no
@@ -514,23 +484,7 @@ pub async fn releasing_the_last_permit_frees_the_key(fx: &dyn Fixture) {
 pub async fn a_semaphore_of_one_is_a_lock(fx: &dyn Fixture) {
     let (first, ns) = permit_locker(fx, "sem_one").await;
     let lockers = vec![first, fx.locker(&ns).await, fx.locker(&ns).await];
-    let start = Arc::new(Barrier::new(30));
-    let tasks: Vec<_> = (0..30)
-        .map(|i| {
-            let (sem, start) = (lockers[i % 3].semaphore("k", 1).unwrap(), start.clone());
-            tokio::spawn(async move {
-                start.wait().await;
-                sem.try_acquire().await
-            })
-        })
-        .collect();
-    let mut winners = Vec::new();
-    for task in tasks {
-        match task.await.unwrap() {
-            Ok(lock) => winners.push(lock),
-            Err(e) => assert!(e.is_not_obtained(), "{e}"),
-        }
-    }
+    let mut winners = race(&lockers, 30, permits(1)).await;
     assert_eq!(winners.len(), 1);
     winners.pop().unwrap().release().await.unwrap();
     let occupancy = contend(&lockers, 2, 4, |_| permits(1)).await;
