@@ -2,12 +2,14 @@
 
 mod handoff;
 mod held;
+mod leadership;
 mod lost;
 mod throughput;
 mod uncontended;
 
 pub use handoff::handoff;
 pub use held::held;
+pub use leadership::leadership;
 pub use lost::lost;
 pub use throughput::throughput;
 pub use uncontended::uncontended;
