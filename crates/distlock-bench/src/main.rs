@@ -136,6 +136,11 @@ const SCENARIOS: &[(&str, &str, Run)] = &[
         "time from deletion / cut-off to lost(), with start_refresh running",
         |env, s| Box::pin(scenarios::lost(env, s)),
     ),
+    (
+        "leadership",
+        "takeover after resign (vs a plain lock's), observe latency, killed leader",
+        |env, s| Box::pin(scenarios::leadership(env, s)),
+    ),
 ];
 
 /// A store the bench can start.

@@ -3,6 +3,7 @@
 
 mod handoff;
 mod held;
+mod leadership;
 mod lost;
 mod permits;
 mod throughput;
@@ -10,6 +11,7 @@ mod uncontended;
 
 pub use handoff::handoff;
 pub use held::held;
+pub use leadership::leadership;
 pub use lost::lost;
 pub use permits::permits;
 pub use throughput::throughput;
