@@ -72,10 +72,11 @@ impl Env {
     }
 
     /// A few seconds per backend: every code path, no meaningful numbers.
+    /// 16 tasks: the concurrent runs' shapes with a quarter of the cycles.
     fn smoke() -> Self {
         Env {
             iterations: 100,
-            tasks: 64,
+            tasks: 16,
             per_task: 12,
             handoffs: 40,
             held: 300,
