@@ -49,18 +49,21 @@ impl From<Error> for AttemptError {
 struct Mine {
     /// Its create revision: the entry's identity, which guards deletes.
     revision: i64,
-    /// The revision of its last put: of its grant once on its holder's
-    /// lease, the fencing token.
-    modified: i64,
+    /// Once on its holder's lease, its fencing token: the revision of the
+    /// put that granted it.
+    token: i64,
     lease: i64,
+    /// This attempt put it.
+    put_now: bool,
 }
 
 impl Mine {
     fn of(kv: &KeyValue) -> Self {
         Mine {
             revision: kv.create_revision(),
-            modified: kv.mod_revision(),
+            token: encode::entry_token(kv.value(), kv.mod_revision()),
             lease: kv.lease(),
+            put_now: false,
         }
     }
 }
@@ -224,7 +227,8 @@ impl Inner {
 
         // The deadline inspect counts to (extends do not rewrite it).
         let deadline = SystemTime::now() + req.ttl;
-        let value = encode::entry_value(req.ttl, deadline, req.share, req.metadata.as_deref());
+        let metadata = req.metadata.as_deref();
+        let value = encode::entry_value(req.ttl, deadline, req.share, None, metadata);
         let put_on = |lease: i64| {
             TxnOp::put(
                 etcd_key.clone(),
@@ -252,8 +256,9 @@ impl Inner {
             // our create revision, in case our key vanished since.
             let mine = Mine {
                 revision,
-                modified: revision,
+                token: revision,
                 lease,
+                put_now: false,
             };
             found = Some((mine, Vec::new()));
         } else if req.will_wait && known.is_some() {
@@ -347,8 +352,9 @@ impl Inner {
                     let mine = match put {
                         Some(lease) => Some(Mine {
                             revision: reply.revision,
-                            modified: reply.revision,
+                            token: reply.revision,
                             lease: lease.id,
+                            put_now: true,
                         }),
                         None => reply
                             .ranges
@@ -393,9 +399,10 @@ impl Inner {
             let seen = admission::Seen::of(&shares, whole, revision);
             self.state().saw(&req.key, seen);
         }
-        let holder = head
-            .first()
-            .map(|kv| encode::holder_info(kv.mod_revision(), kv.value(), SystemTime::now(), None));
+        let holder = head.first().map(|kv| {
+            let token = encode::entry_token(kv.value(), kv.mod_revision());
+            encode::holder_info(token, kv.value(), SystemTime::now(), None)
+        });
         let Some(mine) = mine else {
             // A single attempt that found the key taken: nothing was written.
             self.forget_unwritten(owner);
@@ -452,24 +459,41 @@ impl Inner {
                 );
             }
         }
-        let mut granted_at = mine.modified;
-        if mine.lease != session.id {
+        let mut token = mine.token;
+        let moved = mine.lease != session.id;
+        if moved || !mine.put_now {
             // Granted in the queue: the grant moves our key onto the lease
             // of its TTL, guaranteed to outlive the validity deadline. A put
             // keeps the create revision (our identity), and its revision is
             // the fencing token: grants are numbered in the order they are
-            // made, also when several permits came free at once.
+            // made, also when several permits came free at once. Granted
+            // before (asked again): the put writes the new deadline, and the
+            // token it keeps.
+            let put = match moved {
+                true => put_on(session.id),
+                false => {
+                    let again = Some(mine.token);
+                    let value = encode::entry_value(req.ttl, deadline, req.share, again, metadata);
+                    TxnOp::put(
+                        etcd_key.clone(),
+                        value,
+                        Some(PutOptions::new().with_lease(session.id)),
+                    )
+                }
+            };
             let same = Compare::create_revision(etcd_key.clone(), CompareOp::Equal, mine.revision);
-            let moved = Txn::new().when([same]).and_then([put_on(session.id)]);
+            let txn = Txn::new().when([same]).and_then([put]);
             let reply = self
-                .run_txn(&req.key, moved, std::slice::from_ref(&session))
+                .run_txn(&req.key, txn, std::slice::from_ref(&session))
                 .await?;
             if reply.put_depth.is_none() {
                 // Gone since the read (its lease expired): the next attempt
                 // queues again.
                 return Ok(Attempt::Contended { holder: None });
             }
-            granted_at = reply.revision;
+            if moved {
+                token = reply.revision;
+            }
         }
         let mut state = self.state();
         let Some(entry) = state.entries.get_mut(&owner) else {
@@ -489,7 +513,7 @@ impl Inner {
             self.reaper_wake.notify_one();
         }
         Ok(Attempt::Granted {
-            fencing_token: u64::try_from(granted_at).unwrap_or_default(),
+            fencing_token: u64::try_from(token).unwrap_or_default(),
         })
     }
 

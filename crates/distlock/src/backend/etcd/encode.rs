@@ -55,7 +55,8 @@ pub(super) fn owner_of(entry_key: &[u8]) -> Option<OwnerToken> {
 
 /// The value stored with an entry: the lock's TTL in milliseconds, when
 /// it ends unless extended (Unix milliseconds, the writer's clock), its
-/// mode and its metadata, as `<ttl ms>+<deadline ms>[p<limit>]:<0 | 1
+/// mode, its fencing token when a put other than its grant's wrote it, and
+/// its metadata, as `<ttl ms>+<deadline ms>[p<limit>][t<token>]:<0 | 1
 /// metadata>`: `p<limit>` for one of `limit` permits, nothing for an
 /// exclusive lease, so a lock's value is what older versions wrote (and
 /// they read). Values without the deadline, `<ttl ms>:...`, were written by
@@ -64,6 +65,7 @@ pub(super) fn entry_value(
     ttl: Duration,
     deadline: SystemTime,
     share: Share,
+    token: Option<i64>,
     metadata: Option<&str>,
 ) -> Vec<u8> {
     let ms = ttl.as_millis();
@@ -71,34 +73,43 @@ pub(super) fn entry_value(
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis();
-    let mode = match share {
-        Share::Exclusive => String::new(),
-        Share::Permit { limit } => format!("p{limit}"),
-    };
+    let mut head = format!("{ms}+{until}");
+    if let Share::Permit { limit } = share {
+        head.push_str(&format!("p{limit}"));
+    }
+    if let Some(token) = token {
+        head.push_str(&format!("t{token}"));
+    }
     match metadata {
-        Some(m) => format!("{ms}+{until}{mode}:1{m}").into_bytes(),
-        None => format!("{ms}+{until}{mode}:0").into_bytes(),
+        Some(m) => format!("{head}:1{m}").into_bytes(),
+        None => format!("{head}:0").into_bytes(),
     }
 }
 
-/// The head of a value, before its metadata.
-fn head(value: &[u8]) -> &[u8] {
+/// The number tagged `tag` in a value's head, before its metadata.
+fn field(value: &[u8], tag: u8) -> Option<u64> {
     let end = value.iter().position(|&b| b == b':').unwrap_or(value.len());
-    &value[..end]
+    let head = &value[..end];
+    let at = head.iter().position(|&b| b == tag)?;
+    let digits = head[at + 1..].split(|b| !b.is_ascii_digit()).next()?;
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 /// The mode an entry's value records: exclusive unless it names a limit
 /// (what older versions wrote, and what is safest to assume of a value
 /// that cannot be read: it admits nobody beside it).
 pub(super) fn entry_share(value: &[u8]) -> Share {
-    let head = head(value);
-    let Some(at) = head.iter().position(|&b| b == b'p') else {
-        return Share::Exclusive;
-    };
-    std::str::from_utf8(&head[at + 1..])
-        .ok()
-        .and_then(|limit| limit.parse().ok())
+    field(value, b'p')
+        .and_then(|limit| u32::try_from(limit).ok())
         .map_or(Share::Exclusive, |limit| Share::Permit { limit })
+}
+
+/// An entry's fencing token: the revision of the put that granted it (its
+/// last put), unless a later put (a grant asked for again) recorded it.
+pub(super) fn entry_token(value: &[u8], mod_revision: i64) -> i64 {
+    field(value, b't')
+        .and_then(|token| i64::try_from(token).ok())
+        .unwrap_or(mod_revision)
 }
 
 /// What `inspect` reports for the entry with fencing token `token` (the
@@ -119,8 +130,11 @@ pub(super) fn holder_info(
     let Some((head, rest)) = text.split_once(':') else {
         return HolderInfo::new(token);
     };
-    // The mode, if any, is not part of the deadline.
-    let head = head.split_once('p').map_or(head, |(times, _)| times);
+    // The tagged fields (mode, token), if any, are not part of the deadline.
+    let head = head
+        .split(|c: char| c.is_ascii_alphabetic())
+        .next()
+        .unwrap_or(head);
     let (ttl, deadline) = match head.split_once('+') {
         Some((ttl, deadline)) => (ttl, deadline.parse::<u64>().ok()),
         None => (head, None),
@@ -188,7 +202,7 @@ mod tests {
     fn values_round_trip_ttl_and_metadata() {
         let now = SystemTime::now();
         let ttl = Duration::from_millis(1500);
-        let v = entry_value(ttl, now + ttl, Share::Exclusive, Some("w:1 {x}"));
+        let v = entry_value(ttl, now + ttl, Share::Exclusive, None, Some("w:1 {x}"));
         let info = holder_info(42, &v, now, None);
         assert_eq!(info.fencing_token, 42);
         assert!(
@@ -196,7 +210,12 @@ mod tests {
                 .is_some_and(|left| left <= ttl && left > ttl - Duration::from_millis(2))
         );
         assert_eq!(info.metadata.as_deref(), Some("w:1 {x}"));
-        let bare = holder_info(7, &entry_value(ttl, now, Share::Exclusive, None), now, None);
+        let bare = holder_info(
+            7,
+            &entry_value(ttl, now, Share::Exclusive, None, None),
+            now,
+            None,
+        );
         assert_eq!(bare.metadata, None);
         assert_eq!(holder_info(9, b"garbage", now, None).expires_in, None);
     }
@@ -205,7 +224,7 @@ mod tests {
     fn the_time_left_counts_to_the_deadline_then_is_the_ttl_and_never_exceeds_the_lease() {
         let granted = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let ttl = Duration::from_secs(6);
-        let v = entry_value(ttl, granted + ttl, Share::Exclusive, None);
+        let v = entry_value(ttl, granted + ttl, Share::Exclusive, None, None);
         let s = Duration::from_secs;
         let left = |after: u64, lease: Option<u64>| {
             holder_info(1, &v, granted + s(after), lease.map(s)).expires_in
@@ -223,7 +242,7 @@ mod tests {
     fn values_record_the_mode_and_a_lock_is_written_as_before() {
         let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let ttl = Duration::from_secs(6);
-        let lock = entry_value(ttl, now + ttl, Share::Exclusive, Some("p:5"));
+        let lock = entry_value(ttl, now + ttl, Share::Exclusive, None, Some("p:5"));
         assert_eq!(
             lock, b"6000+1700000006000:1p:5",
             "the value older versions read"
@@ -234,8 +253,11 @@ mod tests {
             "metadata is not a mode"
         );
         for share in [Share::Permit { limit: 3 }, Share::READERS] {
-            let v = entry_value(ttl, now + ttl, share, Some("m"));
+            let v = entry_value(ttl, now + ttl, share, None, Some("m"));
             assert_eq!(entry_share(&v), share);
+            assert_eq!(entry_token(&v, 8), 8, "the grant's put");
+            let again = entry_value(ttl, now + ttl, share, Some(5), Some("t9"));
+            assert_eq!((entry_share(&again), entry_token(&again, 8)), (share, 5));
             let info = holder_info(3, &v, now + Duration::from_secs(2), None);
             assert_eq!(info.expires_in, Some(Duration::from_secs(4)));
             assert_eq!(info.metadata.as_deref(), Some("m"));

@@ -45,6 +45,8 @@
 //! (the grant's own key, or the move below): strictly increasing per key
 //! over every grant, whatever its mode, in the order grants are made, even
 //! when several permits come free at once; durable across etcd restarts.
+//! A grant asked for again by its owner (a reply lost) is rewritten with
+//! its new deadline and the token it keeps, recorded in the value.
 //!
 //! * **Acquire** is one transaction: if the prefix is empty, put our key on
 //!   the lease of the lock's TTL (a grant); else a lock joins the queue,

@@ -82,13 +82,15 @@ impl Inner {
     /// What `inspect` reports of `kv`, whose lease has `lease_left`.
     fn info(kv: &KeyValue, lease_left: Option<Duration>) -> HolderInfo {
         // The revision of its grant's put: its fencing token.
-        encode::holder_info(kv.mod_revision(), kv.value(), SystemTime::now(), lease_left)
+        let token = encode::entry_token(kv.value(), kv.mod_revision());
+        encode::holder_info(token, kv.value(), SystemTime::now(), lease_left)
     }
 
     /// The holder of `key`: for permits, the latest grant.
     pub(super) async fn inspect(&self, key: &LockKey) -> Result<Option<HolderInfo>> {
         let holding = self.holding(key).await?;
-        let Some(kv) = holding.iter().max_by_key(|kv| kv.mod_revision()) else {
+        let latest = |kv: &&KeyValue| encode::entry_token(kv.value(), kv.mod_revision());
+        let Some(kv) = holding.iter().max_by_key(latest) else {
             return Ok(None);
         };
         let left = self.lease_left(kv.lease()).await;
