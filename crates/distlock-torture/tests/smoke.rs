@@ -256,10 +256,15 @@ fn redis_rwlock() {
 }
 
 /// 15 s: an etcd fault takes about 2 s (an election, an isolation past it),
-/// and the run must see all eight kinds.
+/// and the run must see all eight kinds. One key: etcd grants fast enough on
+/// a quiet machine that on two keys no waiter stop caught a client waiting.
 #[test]
 fn etcd_semaphore() {
-    smoke(BackendKind::Etcd, permits("semaphore", 15));
+    let one_key = Smoke {
+        keys: 1,
+        ..permits("semaphore", 15)
+    };
+    smoke(BackendKind::Etcd, one_key);
 }
 
 #[test]
