@@ -4,6 +4,7 @@
 
 mod faults;
 mod pool;
+mod waiter_stop;
 mod waiters;
 
 use std::io;
@@ -149,7 +150,8 @@ pub async fn run(cfg: &RunConfig) -> io::Result<Report> {
                 end_at = (Instant::now() + Duration::from_secs(2)).min(begun + cfg.max_duration);
             }
             if let Some(plan) = plan
-                && let Some(fault) = faults::apply(&mut pool, &mut store, plan, &mut done).await?
+                && let Some(fault) =
+                    faults::apply(&mut pool, &mut store, plan, &mut done, &faults_log).await?
             {
                 faults_log.append(&fault);
             }
