@@ -13,12 +13,13 @@ use etcd_client::{
 };
 use tokio::time::Instant;
 
+use super::Inner;
 use super::admission::{self, Standing};
+use super::encode::{self, Put};
 use super::entries::Entry;
 use super::errors::{backend_error, lease_not_found};
 use super::leases::WAITERS;
 use super::session::{LeaseTrouble, Session};
-use super::{Inner, encode};
 use crate::backend::{AcquireRequest, Attempt};
 use crate::error::{Error, Result};
 use crate::key::LockKey;
@@ -228,8 +229,9 @@ impl Inner {
         // The deadline inspect counts to (extends do not rewrite it).
         let deadline = SystemTime::now() + req.ttl;
         let metadata = req.metadata.as_deref();
-        let value = encode::entry_value(req.ttl, deadline, req.share, None, metadata);
-        let put_on = |lease: i64| {
+        let value = encode::entry_value(req.ttl, deadline, req.share, Put::Grant, metadata);
+        let queued = encode::entry_value(req.ttl, deadline, req.share, Put::Queued, metadata);
+        let put_on = |lease: i64, value: &Vec<u8>| {
             TxnOp::put(
                 etcd_key.clone(),
                 value.clone(),
@@ -301,7 +303,7 @@ impl Inner {
                     if let Some(entry) = self.state().entries.get_mut(&owner) {
                         entry.revision = None;
                     }
-                    let grant = [put_on(session.id), read_head(None)];
+                    let grant = [put_on(session.id, &value), read_head(None)];
                     let txn = match (guard, &waiters) {
                         // Fits beside the holders read at `seen`, unless
                         // someone queued or took a permit since.
@@ -328,7 +330,7 @@ impl Inner {
                                             CompareOp::Equal,
                                             0,
                                         )])
-                                        .and_then([put_on(waiters.id), read_head(None)])
+                                        .and_then([put_on(waiters.id, &queued), read_head(None)])
                                         .or_else(reads(None)),
                                 )],
                                 // A read: nothing is written.
@@ -470,9 +472,9 @@ impl Inner {
             // before (asked again): the put writes the new deadline, and the
             // token it keeps.
             let put = match moved {
-                true => put_on(session.id),
+                true => put_on(session.id, &value),
                 false => {
-                    let again = Some(mine.token);
+                    let again = Put::Again(mine.token);
                     let value = encode::entry_value(req.ttl, deadline, req.share, again, metadata);
                     TxnOp::put(
                         etcd_key.clone(),

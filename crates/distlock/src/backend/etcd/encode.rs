@@ -53,19 +53,33 @@ pub(super) fn owner_of(entry_key: &[u8]) -> Option<OwnerToken> {
         .map(OwnerToken::from_u128)
 }
 
+/// What an entry's put is: a grant, a grant asked for again (which keeps
+/// the token of the grant's put), or a place in the queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Put {
+    /// A grant: the put's revision is the fencing token.
+    Grant,
+    /// A grant written again, with its token.
+    Again(i64),
+    /// A queued entry, on the waiters' lease. Its grant is a later put, so
+    /// readers must not take it for a holder even once the queue admits it:
+    /// its token is not chosen yet.
+    Queued,
+}
+
 /// The value stored with an entry: the lock's TTL in milliseconds, when
 /// it ends unless extended (Unix milliseconds, the writer's clock), its
-/// mode, its fencing token when a put other than its grant's wrote it, and
-/// its metadata, as `<ttl ms>+<deadline ms>[p<limit>][t<token>]:<0 | 1
-/// metadata>`: `p<limit>` for one of `limit` permits, nothing for an
-/// exclusive lease, so a lock's value is what older versions wrote (and
-/// they read). Values without the deadline, `<ttl ms>:...`, were written by
-/// older versions still.
+/// mode, its fencing token when a put other than its grant's wrote it, a
+/// mark on a queued entry, and its metadata, as `<ttl ms>+<deadline
+/// ms>[p<limit>][t<token>][q]:<0 | 1 metadata>`: `p<limit>` for one of
+/// `limit` permits, nothing for an exclusive lease, so a lock's value is
+/// what older versions wrote (and they read). Values without the deadline,
+/// `<ttl ms>:...`, were written by older versions still.
 pub(super) fn entry_value(
     ttl: Duration,
     deadline: SystemTime,
     share: Share,
-    token: Option<i64>,
+    put: Put,
     metadata: Option<&str>,
 ) -> Vec<u8> {
     let ms = ttl.as_millis();
@@ -77,8 +91,10 @@ pub(super) fn entry_value(
     if let Share::Permit { limit } = share {
         head.push_str(&format!("p{limit}"));
     }
-    if let Some(token) = token {
-        head.push_str(&format!("t{token}"));
+    match put {
+        Put::Grant => {}
+        Put::Again(token) => head.push_str(&format!("t{token}")),
+        Put::Queued => head.push('q'),
     }
     match metadata {
         Some(m) => format!("{head}:1{m}").into_bytes(),
@@ -102,6 +118,13 @@ pub(super) fn entry_share(value: &[u8]) -> Share {
     field(value, b'p')
         .and_then(|limit| u32::try_from(limit).ok())
         .map_or(Share::Exclusive, |limit| Share::Permit { limit })
+}
+
+/// Whether an entry's value marks it queued: not granted yet, however far
+/// up the queue it stands.
+pub(super) fn entry_queued(value: &[u8]) -> bool {
+    let end = value.iter().position(|&b| b == b':').unwrap_or(value.len());
+    value[..end].contains(&b'q')
 }
 
 /// An entry's fencing token: the revision of the put that granted it (its
@@ -202,7 +225,13 @@ mod tests {
     fn values_round_trip_ttl_and_metadata() {
         let now = SystemTime::now();
         let ttl = Duration::from_millis(1500);
-        let v = entry_value(ttl, now + ttl, Share::Exclusive, None, Some("w:1 {x}"));
+        let v = entry_value(
+            ttl,
+            now + ttl,
+            Share::Exclusive,
+            Put::Grant,
+            Some("w:1 {x}"),
+        );
         let info = holder_info(42, &v, now, None);
         assert_eq!(info.fencing_token, 42);
         assert!(
@@ -212,7 +241,7 @@ mod tests {
         assert_eq!(info.metadata.as_deref(), Some("w:1 {x}"));
         let bare = holder_info(
             7,
-            &entry_value(ttl, now, Share::Exclusive, None, None),
+            &entry_value(ttl, now, Share::Exclusive, Put::Grant, None),
             now,
             None,
         );
@@ -224,7 +253,7 @@ mod tests {
     fn the_time_left_counts_to_the_deadline_then_is_the_ttl_and_never_exceeds_the_lease() {
         let granted = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let ttl = Duration::from_secs(6);
-        let v = entry_value(ttl, granted + ttl, Share::Exclusive, None, None);
+        let v = entry_value(ttl, granted + ttl, Share::Exclusive, Put::Grant, None);
         let s = Duration::from_secs;
         let left = |after: u64, lease: Option<u64>| {
             holder_info(1, &v, granted + s(after), lease.map(s)).expires_in
@@ -242,7 +271,7 @@ mod tests {
     fn values_record_the_mode_and_a_lock_is_written_as_before() {
         let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let ttl = Duration::from_secs(6);
-        let lock = entry_value(ttl, now + ttl, Share::Exclusive, None, Some("p:5"));
+        let lock = entry_value(ttl, now + ttl, Share::Exclusive, Put::Grant, Some("p:5"));
         assert_eq!(
             lock, b"6000+1700000006000:1p:5",
             "the value older versions read"
@@ -253,15 +282,23 @@ mod tests {
             "metadata is not a mode"
         );
         for share in [Share::Permit { limit: 3 }, Share::READERS] {
-            let v = entry_value(ttl, now + ttl, share, None, Some("m"));
+            let v = entry_value(ttl, now + ttl, share, Put::Grant, Some("m"));
             assert_eq!(entry_share(&v), share);
             assert_eq!(entry_token(&v, 8), 8, "the grant's put");
-            let again = entry_value(ttl, now + ttl, share, Some(5), Some("t9"));
+            let again = entry_value(ttl, now + ttl, share, Put::Again(5), Some("t9q"));
             assert_eq!((entry_share(&again), entry_token(&again, 8)), (share, 5));
+            let queued = entry_value(ttl, now + ttl, share, Put::Queued, Some("q"));
+            assert_eq!(entry_share(&queued), share);
+            assert!(entry_queued(&queued));
+            assert!(
+                !entry_queued(&v) && !entry_queued(&again),
+                "metadata is no mark"
+            );
             let info = holder_info(3, &v, now + Duration::from_secs(2), None);
             assert_eq!(info.expires_in, Some(Duration::from_secs(4)));
             assert_eq!(info.metadata.as_deref(), Some("m"));
         }
+        assert!(!entry_queued(&lock));
         assert_eq!(entry_share(b"6000:0"), Share::Exclusive);
         assert_eq!(entry_share(b"6000+1pxyz:0"), Share::Exclusive);
     }

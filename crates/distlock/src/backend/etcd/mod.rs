@@ -178,6 +178,8 @@ mod session;
 mod test_etcd;
 #[cfg(test)]
 mod test_permits;
+#[cfg(test)]
+mod test_queue;
 mod watch;
 
 use std::collections::HashMap;

@@ -57,6 +57,8 @@ impl Inner {
         self.ensure_open()?;
         let (mut kvs, _) = self.queue(key, None, None).await?;
         kvs.truncate(admission::holders(admission::shares_of(&kvs)));
+        // Admitted but not yet granted: no holder until its grant's put.
+        kvs.retain(|kv| !encode::entry_queued(kv.value()));
         Ok(kvs)
     }
 
