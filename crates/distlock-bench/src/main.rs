@@ -5,12 +5,14 @@
 //! cargo run --release -p distlock-bench -- [--json] [--smoke] [OPTIONS] [SELECTION...]
 //! ```
 //!
-//! A selection is a backend (`memory`, `redis`, `etcd`), a scenario (`uncontended`,
-//! `throughput`, `handoff-processes`, `handoff-one-locker`, `held`, `lost`)
-//! or both (`redis-held`); none means everything. Every scenario is one
-//! async function over a [`stores::Store`] returning a [`report::Report`];
-//! adding one means one entry in [`SCENARIOS`], adding a store one entry in
-//! [`BACKENDS`].
+//! A selection is a backend (`memory`, `file`, `redis`, `etcd`), a scenario
+//! (`uncontended`, `throughput`, `handoff-processes`, `handoff-one-locker`,
+//! `held`, `lost`, `permits-uncontended`, `permits-throughput`,
+//! `permits-handoff-processes`), a scenario's first words (`permits`,
+//! `handoff`) or a backend and a scenario (`redis-held`, `etcd-permits`);
+//! none means everything. Every scenario is one async function over a
+//! [`stores::Store`] returning a [`report::Report`]; adding one means one
+//! entry in [`SCENARIOS`], adding a store one entry in [`BACKENDS`].
 
 mod alloc;
 mod etcd_store;
@@ -70,10 +72,11 @@ impl Env {
     }
 
     /// A few seconds per backend: every code path, no meaningful numbers.
+    /// 16 tasks: the concurrent runs' shapes with a quarter of the cycles.
     fn smoke() -> Self {
         Env {
             iterations: 100,
-            tasks: 64,
+            tasks: 16,
             per_task: 12,
             handoffs: 40,
             held: 300,
@@ -102,12 +105,27 @@ const SCENARIOS: &[(&str, &str, Run)] = &[
     (
         "handoff-processes",
         "8 waiters with their own Lockers on one hot key, 1 ms sections",
-        |env, s| Box::pin(scenarios::handoff(env, s, true)),
+        |env, s| Box::pin(scenarios::handoff(env, s, true, None)),
     ),
     (
         "handoff-one-locker",
         "8 waiters sharing one Locker on one hot key, 1 ms sections",
-        |env, s| Box::pin(scenarios::handoff(env, s, false)),
+        |env, s| Box::pin(scenarios::handoff(env, s, false, None)),
+    ),
+    (
+        "permits-uncontended",
+        "a permit (limit 8) and a read lock, acquire+release, one task; vs obtain+release",
+        |env, s| Box::pin(scenarios::permits(env, s, false)),
+    ),
+    (
+        "permits-throughput",
+        "64 tasks, 8 per semaphore (limit 8) or read key; vs 64 tasks' obtain+release",
+        |env, s| Box::pin(scenarios::permits(env, s, true)),
+    ),
+    (
+        "permits-handoff-processes",
+        "8 waiters with their own Lockers on one semaphore of 2 permits, 1 ms sections",
+        |env, s| Box::pin(scenarios::handoff(env, s, true, Some(2))),
     ),
     (
         "held",
@@ -119,16 +137,71 @@ const SCENARIOS: &[(&str, &str, Run)] = &[
         "time from deletion / cut-off to lost(), with start_refresh running",
         |env, s| Box::pin(scenarios::lost(env, s)),
     ),
+    (
+        "leadership",
+        "takeover after resign (vs a plain lock's), observe latency, killed leader",
+        |env, s| Box::pin(scenarios::leadership(env, s)),
+    ),
 ];
 
-type Start = fn() -> Arc<dyn Store>;
+/// A store the bench can start.
+struct Backend {
+    name: &'static str,
+    start: fn() -> Arc<dyn Store>,
+    /// The server program whose version the report names.
+    server: Option<&'static str>,
+    /// Which scenarios it runs.
+    runs: fn(&str) -> bool,
+}
 
 /// Every store, and how to start it.
-const BACKENDS: &[(&str, Start)] = &[
-    ("memory", || Arc::new(stores::MemoryStore::new())),
-    ("redis", || Arc::new(redis_store::RedisStore::start())),
-    ("etcd", || Arc::new(etcd_store::EtcdStore::start())),
+const BACKENDS: &[Backend] = &[
+    Backend {
+        name: "memory",
+        start: || Arc::new(stores::FixtureStore::memory()),
+        server: None,
+        runs: |_| true,
+    },
+    // Only issue 13's scenarios (whose cycles include the lock's): the
+    // file store was not among issue 7's, and it has no TTL expiry for the
+    // lost scenario to cut off.
+    Backend {
+        name: "file",
+        start: || Arc::new(stores::FixtureStore::file()),
+        server: None,
+        runs: |scenario| scenario.starts_with("permits-"),
+    },
+    Backend {
+        name: "redis",
+        start: || Arc::new(redis_store::RedisStore::start()),
+        server: Some("redis-server"),
+        runs: |_| true,
+    },
+    Backend {
+        name: "etcd",
+        start: || Arc::new(etcd_store::EtcdStore::start()),
+        server: Some("etcd"),
+        runs: |_| true,
+    },
 ];
+
+/// Whether `selection` names `scenario`: all of it or its first words.
+fn names(selection: &str, scenario: &str) -> bool {
+    scenario == selection
+        || scenario
+            .strip_prefix(selection)
+            .is_some_and(|rest| rest.starts_with('-'))
+}
+
+/// Whether `sel` selects `scenario` on `backend`.
+fn selects(sel: &str, backend: &str, scenario: &str) -> bool {
+    sel == backend
+        || names(sel, scenario)
+        || sel
+            .strip_prefix(backend)
+            .and_then(|rest| rest.strip_prefix('-'))
+            .is_some_and(|rest| names(rest, scenario))
+}
 
 fn usage() -> ! {
     eprintln!(
@@ -137,8 +210,8 @@ fn usage() -> ! {
          \x20                     [--lost-ttl-ms MS] [SELECTION...]\n\
          a selection is a backend, a scenario, or BACKEND-SCENARIO; none means all.\nbackends:"
     );
-    for (name, _) in BACKENDS {
-        eprintln!("  {name}");
+    for backend in BACKENDS {
+        eprintln!("  {}", backend.name);
     }
     eprintln!("scenarios:");
     for (name, about, _) in SCENARIOS {
@@ -184,25 +257,25 @@ fn main() {
         }
     }
     let mut runs: Vec<(usize, usize)> = Vec::new();
-    for (b, (backend, _)) in BACKENDS.iter().enumerate() {
+    for (b, backend) in BACKENDS.iter().enumerate() {
         for (s, (scenario, _, _)) in SCENARIOS.iter().enumerate() {
             let wanted = selection.is_empty()
-                || selection.iter().any(|sel| {
-                    sel == backend || sel == scenario || *sel == format!("{backend}-{scenario}")
-                });
-            if wanted {
+                || selection
+                    .iter()
+                    .any(|sel| selects(sel, backend.name, scenario));
+            if wanted && (backend.runs)(scenario) {
                 runs.push((b, s));
             }
         }
     }
     for sel in &selection {
-        let known = BACKENDS.iter().any(|(b, _)| b == sel)
-            || SCENARIOS.iter().any(|(s, _, _)| s == sel)
-            || BACKENDS
+        let known = BACKENDS.iter().any(|b| {
+            SCENARIOS
                 .iter()
-                .any(|(b, _)| SCENARIOS.iter().any(|(s, _, _)| *sel == format!("{b}-{s}")));
+                .any(|(s, _, _)| (b.runs)(s) && selects(sel, b.name, s))
+        });
         if !known {
-            eprintln!("unknown selection {sel:?}");
+            eprintln!("unknown selection {sel:?} (or nothing it names runs on its backend)");
             usage();
         }
     }
@@ -211,17 +284,16 @@ fn main() {
     let mut stores: Vec<Option<Arc<dyn Store>>> = BACKENDS.iter().map(|_| None).collect();
     for (b, _) in &runs {
         if stores[*b].is_none() {
-            eprintln!("starting {} ...", BACKENDS[*b].0);
-            stores[*b] = Some(BACKENDS[*b].1());
+            eprintln!("starting {} ...", BACKENDS[*b].name);
+            stores[*b] = Some((BACKENDS[*b].start)());
         }
     }
-    let mut servers = Vec::new();
-    if stores[1].is_some() {
-        servers.push(machine::version("redis-server"));
-    }
-    if stores[2].is_some() {
-        servers.push(machine::version("etcd"));
-    }
+    let servers = BACKENDS
+        .iter()
+        .zip(&stores)
+        .filter(|(_, started)| started.is_some())
+        .filter_map(|(backend, _)| backend.server.map(machine::version))
+        .collect();
     let machine = machine::Machine::probe(servers);
     if !json {
         println!("{}", machine.text());
@@ -234,7 +306,7 @@ fn main() {
     for (b, s) in runs {
         let store = stores[b].clone().expect("started");
         let (name, _, run) = SCENARIOS[s];
-        eprintln!("running {}-{name} ...", BACKENDS[b].0);
+        eprintln!("running {}-{name} ...", BACKENDS[b].name);
         let load = machine::load1();
         let mut report = runtime.block_on(run(&env, store));
         report.load = (load, machine::load1());

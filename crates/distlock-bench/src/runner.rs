@@ -8,10 +8,10 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use tokio::time::Instant;
 
-use crate::alloc;
 use crate::report::{Report, Target};
 use crate::stats::{Summary, median, ratio};
 use crate::stores::Store;
+use crate::{Env, alloc};
 
 /// One obtain + release cycle of a subject on the key with the given index
 /// (each subject has its own key names).
@@ -34,6 +34,8 @@ pub fn keys(prefix: &str, tasks: usize) -> &'static [String] {
 /// A measured subject.
 pub struct Subject {
     pub name: String,
+    /// What a ratio with this subject on top calls it (`distlock / ...`).
+    pub short: Option<String>,
     pub cycle: Cycle,
     /// A target on distlock's cost relative to this subject (median of the
     /// per-block ratios of mean cycle times must stay at or below it).
@@ -44,9 +46,15 @@ impl Subject {
     pub fn new(name: impl Into<String>, cycle: Cycle) -> Self {
         Subject {
             name: name.into(),
+            short: None,
             cycle,
             target: None,
         }
+    }
+
+    pub fn short(mut self, short: impl Into<String>) -> Self {
+        self.short = Some(short.into());
+        self
     }
 
     pub fn target(mut self, what: impl Into<String>, limit: f64) -> Self {
@@ -115,6 +123,37 @@ pub struct Plan {
     pub warmup: usize,
 }
 
+impl Plan {
+    /// The uncontended cycle: one task, `env.iterations` cycles per subject.
+    pub fn uncontended(env: &Env, store: &dyn Store) -> Self {
+        let blocks = 10;
+        let per_block = (env.iterations / store.slowness() / blocks).max(1);
+        Plan {
+            tasks: 1,
+            blocks,
+            per_block,
+            warmup: (per_block / 2).max(5),
+        }
+    }
+
+    /// `env.tasks` concurrent tasks, `env.per_task` cycles each per subject.
+    pub fn concurrent(env: &Env, store: &dyn Store) -> Self {
+        let blocks = 6;
+        let per_block = (env.per_task / store.slowness() / blocks).max(1);
+        Plan {
+            tasks: env.tasks,
+            blocks,
+            per_block,
+            warmup: (per_block / 2).max(2),
+        }
+    }
+
+    /// Cycles per subject.
+    pub fn cycles(&self) -> usize {
+        self.tasks * self.blocks * self.per_block
+    }
+}
+
 async fn block(cycle: &Cycle, plan: &Plan, n: usize, offset: usize) -> (Vec<Duration>, Duration) {
     let start = Instant::now();
     let samples = if plan.tasks == 1 {
@@ -152,8 +191,21 @@ async fn block(cycle: &Cycle, plan: &Plan, n: usize, offset: usize) -> (Vec<Dura
 /// Runs every subject in interleaved blocks and reports them, distlock
 /// (the first subject) against each of the others.
 pub async fn compare(
+    report: Report,
+    subjects: &[Subject],
+    plan: &Plan,
+    store: &dyn Store,
+) -> Report {
+    let pairs: Vec<(usize, usize)> = (1..subjects.len()).map(|s| (0, s)).collect();
+    compare_pairs(report, subjects, &pairs, plan, store).await
+}
+
+/// Runs every subject in interleaved blocks and reports them, with the
+/// ratio of subject `a` to subject `b` for each `(a, b)` of `pairs`.
+pub async fn compare_pairs(
     mut report: Report,
     subjects: &[Subject],
+    pairs: &[(usize, usize)],
     plan: &Plan,
     store: &dyn Store,
 ) -> Report {
@@ -193,38 +245,36 @@ pub async fn compare(
             m.samples.extend(samples);
         }
     }
-    let ours = &measured[0];
-    let ours_summary = Summary::of(ours.samples.clone(), Some(ours.wall));
-    for (s, m) in subjects.iter().zip(&measured) {
-        report.row(s.name.clone(), Summary::of(m.samples.clone(), Some(m.wall)));
+    let summaries: Vec<Summary> = measured
+        .iter()
+        .map(|m| Summary::of(m.samples.clone(), Some(m.wall)))
+        .collect();
+    for (s, summary) in subjects.iter().zip(&summaries) {
+        report.row(s.name.clone(), summary.clone());
     }
-    for (s, m) in subjects.iter().zip(&measured).skip(1) {
-        let theirs = Summary::of(m.samples.clone(), Some(m.wall));
-        let blocks: Vec<f64> = ours
+    let cost = if plan.tasks == 1 {
+        "mean cycle"
+    } else {
+        "wall per cycle"
+    };
+    for &(a, b) in pairs {
+        let (ours, theirs) = (&summaries[a], &summaries[b]);
+        let blocks: Vec<f64> = measured[a]
             .block_cost
             .iter()
-            .zip(&m.block_cost)
-            .map(|(a, b)| a / b)
+            .zip(&measured[b].block_cost)
+            .map(|(x, y)| x / y)
             .collect();
         let by_blocks = median(blocks);
-        let cost = if plan.tasks == 1 {
-            "mean cycle"
-        } else {
-            "wall per cycle"
-        };
+        let top = subjects[a].short.as_deref().unwrap_or(&subjects[a].name);
+        let name = &subjects[b].name;
         report.figure(
-            format!("distlock / {}: {cost}, median of blocks", s.name),
+            format!("{top} / {name}: {cost}, median of blocks"),
             by_blocks,
         );
-        report.figure(
-            format!("distlock / {}: p50", s.name),
-            ratio(ours_summary.p50, theirs.p50),
-        );
-        report.figure(
-            format!("distlock / {}: p99", s.name),
-            ratio(ours_summary.p99, theirs.p99),
-        );
-        if let Some((what, limit)) = &s.target {
+        report.figure(format!("{top} / {name}: p50"), ratio(ours.p50, theirs.p50));
+        report.figure(format!("{top} / {name}: p99"), ratio(ours.p99, theirs.p99));
+        if let Some((what, limit)) = &subjects[b].target {
             report
                 .targets
                 .push(Target::new(what.clone(), by_blocks, *limit, "x"));

@@ -1,18 +1,18 @@
 //! The stores a run measures, behind one trait, so every scenario runs the
-//! same code on memory, Redis and etcd.
+//! same code on memory, file, Redis and etcd.
 
 use std::sync::Arc;
 
 use distlock::backend::Backend;
-use distlock::{DEFAULT_TTL, Key, LockKey, Locker, OwnerToken};
-use distlock_testkit::{Fixture, MemoryFixture};
+use distlock::{DEFAULT_TTL, Key, Lock, LockKey, Locker, OwnerToken};
+use distlock_testkit::{FileFixture, Fixture, MemoryFixture};
 use futures::future::BoxFuture;
 
-use crate::runner::{Cycle, Subject, keys};
+use crate::runner::{Cycle, ROTATE, Subject, keys};
 
 /// One store under test.
 pub trait Store: Send + Sync + 'static {
-    /// `memory`, `redis`, `etcd`.
+    /// `memory`, `file`, `redis`, `etcd`.
     fn name(&self) -> &'static str;
 
     /// A Locker with a backend of its own (its own connections, sessions),
@@ -37,27 +37,54 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// Divides iteration counts for a store whose every write is a
-    /// consensus round with an fsync.
+    /// consensus round with an fsync, or whose permits wait on the disk.
     fn slowness(&self) -> usize {
         1
     }
 }
 
+/// A cycle through the public API: `acquire` (a lock, a permit, a read
+/// lock) on one of `keys`, then release. In a concurrent run `per_key`
+/// tasks share a key (the uncontended cycle's rotating keys have one
+/// holder at a time anyway). Generic, not boxed, so every kind of cycle
+/// costs the same one allocation for its future.
+pub fn api_cycle<F, Fut>(
+    locker: &Locker,
+    keys: &'static [String],
+    per_key: usize,
+    acquire: F,
+) -> Cycle
+where
+    F: Fn(Locker, &'static str) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = distlock::Result<Lock>> + Send + 'static,
+{
+    let locker = locker.clone();
+    Arc::new(move |k| {
+        let k = if k < ROTATE {
+            k
+        } else {
+            ROTATE + (k - ROTATE) / per_key
+        };
+        let acquired = acquire(locker.clone(), keys[k].as_str());
+        Box::pin(async move {
+            let lock = acquired.await.expect("acquire");
+            lock.release().await.expect("release");
+        })
+    })
+}
+
+/// The plain lock cycle: obtain + release.
+fn obtain_cycle(locker: &Locker, keys: &'static [String]) -> Cycle {
+    api_cycle(locker, keys, 1, |locker, key| async move {
+        locker.obtain(key).await
+    })
+}
+
 /// distlock's own subjects: obtain + release, and the backend's SPI alone
 /// (the same store operations without the engine).
 pub fn distlock_subjects(locker: &Locker) -> Vec<Subject> {
-    let keys_ours = keys("cycle", 256);
+    let ours = obtain_cycle(locker, keys("cycle", 256));
     let keys_spi = keys("spi", 256);
-    let ours: Cycle = {
-        let locker = locker.clone();
-        Arc::new(move |k| {
-            let locker = locker.clone();
-            Box::pin(async move {
-                let lock = locker.obtain(keys_ours[k].as_str()).await.expect("obtain");
-                lock.release().await.expect("release");
-            })
-        })
-    };
     let backend: Arc<dyn Backend> = locker.backend();
     let namespace = locker.namespace().clone();
     let lock_keys: Arc<Vec<LockKey>> = Arc::new(
@@ -86,27 +113,47 @@ pub fn distlock_subjects(locker: &Locker) -> Vec<Subject> {
         })
     });
     vec![
-        Subject::new("distlock obtain+release", ours),
+        Subject::new("distlock obtain+release", ours).short("distlock"),
         Subject::new("backend SPI only (no engine)", spi),
     ]
 }
 
-/// The in-process memory store: one `MemoryBackend` shared by every locker.
-pub struct MemoryStore {
-    fixture: MemoryFixture,
+/// A store without a server: the in-process memory store (one
+/// `MemoryBackend` shared by every locker), or the file store (a fresh lock
+/// directory under the system's temp dir, each locker with its own
+/// `FileBackend` on it, contending through the OS as processes do).
+pub struct FixtureStore<F> {
+    name: &'static str,
+    fixture: F,
+    slowness: usize,
 }
 
-impl MemoryStore {
-    pub fn new() -> Self {
-        MemoryStore {
+impl FixtureStore<MemoryFixture> {
+    pub fn memory() -> Self {
+        FixtureStore {
+            name: "memory",
             fixture: MemoryFixture::default(),
+            slowness: 1,
         }
     }
 }
 
-impl Store for MemoryStore {
+impl FixtureStore<FileFixture> {
+    pub fn file() -> Self {
+        FixtureStore {
+            name: "file",
+            fixture: futures::executor::block_on(FileFixture::new()),
+            // A permit's release waits on the disk: ext4 writes back a file
+            // truncated to zero and rewritten (the slot's record) when it is
+            // closed, 1-100 ms on a busy disk, against 0.2 ms for a lock.
+            slowness: 5,
+        }
+    }
+}
+
+impl<F: Fixture> Store for FixtureStore<F> {
     fn name(&self) -> &'static str {
-        "memory"
+        self.name
     }
 
     fn locker<'a>(&'a self, namespace: &'a str) -> BoxFuture<'a, Locker> {
@@ -117,8 +164,12 @@ impl Store for MemoryStore {
         self.fixture.delete_behind_back(namespace, key)
     }
 
-    /// The SPI-only subject is the memory store's floor; it has no peers.
+    /// The SPI-only subject is the floor; there is no peer crate.
     fn baselines(&self, _tasks: usize) -> BoxFuture<'_, Vec<Subject>> {
         Box::pin(async { Vec::new() })
+    }
+
+    fn slowness(&self) -> usize {
+        self.slowness
     }
 }

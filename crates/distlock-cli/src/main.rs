@@ -118,15 +118,8 @@ struct RunArgs {
     #[arg(long)]
     shared: bool,
 
-    /// The command to run and its arguments, best after `--`.
-    #[arg(
-        required = true,
-        value_name = "COMMAND",
-        num_args = 1..,
-        trailing_var_arg = true,
-        allow_hyphen_values = true
-    )]
-    command: Vec<OsString>,
+    #[command(flatten)]
+    program: Program,
 }
 
 #[derive(Args, Debug)]
@@ -144,7 +137,14 @@ struct ElectArgs {
     #[command(flatten)]
     hold: Hold,
 
-    /// The command to run while leader, and its arguments, best after `--`.
+    #[command(flatten)]
+    program: Program,
+}
+
+/// The command `run` and `elect` run.
+#[derive(Args, Debug)]
+struct Program {
+    /// The command to run (while holding the lock or leading) and its arguments, best after `--`.
     #[arg(
         required = true,
         value_name = "COMMAND",
@@ -211,7 +211,7 @@ fn main() -> ExitCode {
                 let job = Job {
                     key: &args.key,
                     hold: &args.hold,
-                    command: &args.command,
+                    command: &args.program.command,
                     want,
                 };
                 supervised(&args.store, job).await
@@ -221,7 +221,7 @@ fn main() -> ExitCode {
                 let job = Job {
                     key: &args.key,
                     hold: &args.hold,
-                    command: &args.command,
+                    command: &args.program.command,
                     want: Want::Leader(id),
                 };
                 supervised(&args.store, job).await

@@ -22,7 +22,8 @@ use tokio::time::{Instant, sleep};
 /// A backend that forwards every SPI call to `inner`, counting the engine's
 /// calls, with injectable faults: hanging calls, replies that arrive late,
 /// failing or stalled extends, slow releases, and waits without the store's
-/// notifications.
+/// notifications. On request it also records the leases it saw granted,
+/// so a test can act on one of them behind its holder's back.
 pub struct Faulty {
     inner: Arc<dyn Backend>,
     /// Every call but `wait` and `close` hangs forever while set.
@@ -47,6 +48,11 @@ pub struct Faulty {
     permits: AtomicBool,
     /// Keys whose extends never reach the store and never answer.
     stalled: Mutex<HashSet<LockKey>>,
+    /// Whether granted leases are recorded in `grants` (off by default, so
+    /// a long benchmark does not grow a record).
+    recording: AtomicBool,
+    /// Granted leases by fencing token, while recording.
+    grants: Mutex<Vec<(u64, LeaseRef)>>,
     acquires: AtomicU64,
     extends: AtomicU64,
     /// `extend_all` calls: one per refresh round of a Locker.
@@ -89,6 +95,8 @@ impl Faulty {
             notifications: AtomicBool::new(true),
             permits: AtomicBool::new(true),
             stalled: Mutex::new(HashSet::new()),
+            recording: AtomicBool::new(false),
+            grants: Mutex::new(Vec::new()),
             acquires: AtomicU64::new(0),
             extends: AtomicU64::new(0),
             batches: AtomicU64::new(0),
@@ -160,6 +168,23 @@ impl Faulty {
     /// that key only.
     pub fn stall_extends(&self, key: &LockKey) {
         self.stalled.lock().unwrap().insert(key.clone());
+    }
+
+    /// From now on, every lease a `try_acquire` grants is recorded, for
+    /// [`granted_lease`](Self::granted_lease).
+    pub fn record_grants(&self) {
+        self.recording.store(true, Ordering::SeqCst);
+    }
+
+    /// The lease granted with `fencing_token` while recording: owner token
+    /// included, so a test can extend or release it through
+    /// [`inner`](Self::inner) behind the holder's back.
+    pub fn granted_lease(&self, fencing_token: u64) -> Option<LeaseRef> {
+        let grants = self.grants.lock().unwrap();
+        grants
+            .iter()
+            .find(|(token, _)| *token == fencing_token)
+            .map(|(_, lease)| lease.clone())
     }
 
     /// `try_acquire` calls so far.
@@ -239,6 +264,12 @@ impl Backend for Faulty {
         Box::pin(async move {
             self.gate().await;
             let reply = self.inner.try_acquire(req).await;
+            if let Ok(Attempt::Granted { fencing_token }) = &reply
+                && self.recording.load(Ordering::SeqCst)
+            {
+                let mut grants = self.grants.lock().unwrap();
+                grants.push((*fencing_token, req.lease()));
+            }
             delay(self.late_acquire_reply.swap(0, Ordering::SeqCst)).await;
             reply
         })

@@ -1,6 +1,7 @@
-//! A campaign: for each backend, one correct run with faults, then every
-//! negative control that applies (without faults), each checked; plus a
-//! combined table. The CI smoke test and `scripts/torture` both run one.
+//! A campaign: for each backend and workload, one correct run with faults,
+//! then every negative control of the workload that applies (without
+//! faults), each checked; plus a combined table. The CI smoke test and
+//! `scripts/torture` both run one.
 
 use std::fmt::Write as _;
 use std::io;
@@ -14,13 +15,17 @@ use crate::history::CloseWhy;
 use crate::nemesis::FaultKind;
 use crate::orchestrator::{self, RunConfig};
 use crate::store::BackendKind;
-use crate::variant::{ClientProfile, Variant};
+use crate::variant::{ClientProfile, Variant, Workload};
 
 /// A campaign's parameters.
 #[derive(Clone, Debug)]
 pub struct CampaignConfig {
     /// The backends, in order.
     pub backends: Vec<BackendKind>,
+    /// The workloads run on each backend, in order.
+    pub workloads: Vec<Workload>,
+    /// The semaphore workload's permits per key.
+    pub limit: u32,
     /// The run seed (every run of the campaign uses it).
     pub seed: u64,
     /// Clients per run.
@@ -42,7 +47,8 @@ pub struct CampaignConfig {
     pub lost_tolerance: Duration,
     /// What a correct run must reach to pass.
     pub minimums: Minimums,
-    /// The campaign directory; each run gets `<backend>-<variant>/` in it.
+    /// The campaign directory; each run gets `<backend>-<variant>/` in it
+    /// (`<backend>-<workload>-<variant>/` for the permit workloads).
     pub out: PathBuf,
     /// The binary client processes are started from.
     pub client_exe: PathBuf,
@@ -57,6 +63,9 @@ pub struct CampaignConfig {
 pub struct CampaignRun {
     /// The backend.
     pub backend: BackendKind,
+    /// The workload.
+    #[serde(default)]
+    pub workload: Workload,
     /// The variant.
     pub variant: Variant,
     /// Whether the run did what it had to: a correct run passed the checker
@@ -79,13 +88,15 @@ pub struct Minimums {
     /// Faults.
     pub faults: u64,
     /// Every fault kind of the backend (a waiter stop that caught a client
-    /// waiting), an acquisition by every client profile of the run, and a
-    /// Locker closed between rounds and one during a round.
+    /// waiting), an acquisition by every client profile of the run; for
+    /// locks, a Locker closed between rounds and one during a round; for
+    /// the semaphore, a key whose permits were all held at once; for the
+    /// reader-writer lock, reads and writes granted, and readers together.
     pub coverage: bool,
 }
 
 /// What a run of `variant` on `backend` with `clients` clients falls short
-/// of in `min` (empty: nothing).
+/// of in `min` (empty: nothing); its workload is the report's.
 pub fn shortfalls(
     backend: BackendKind,
     variant: Variant,
@@ -130,10 +141,53 @@ pub fn shortfalls(
             short.push(format!("no acquisition by a {profile} client"));
         }
     }
-    if profiles.contains(&ClientProfile::Shared) {
+    // Lockers closed while their sections work: a lock smoke's coverage
+    // (permits go through the same close; their short runs see too few
+    // rounds of the shared profile to count on one close during a round).
+    let workload = report.meta.as_ref().map(|m| m.workload);
+    if profiles.contains(&ClientProfile::Shared) && workload == Some(Workload::Lock) {
         for (why, when) in [(CloseWhy::Cycle, "between"), (CloseWhy::Race, "during")] {
             if report.locker_closes.get(&why).is_none_or(|n| *n == 0) {
                 short.push(format!("no Locker closed {when} rounds"));
+            }
+        }
+    }
+    short.extend(workload_shortfall(report));
+    short
+}
+
+/// What a permit workload's run must have seen: every permit of a key
+/// held at once; reads and writes, and readers together.
+fn workload_shortfall(report: &Report) -> Vec<String> {
+    let Some(meta) = &report.meta else {
+        return Vec::new();
+    };
+    let granted = |mode: &str| {
+        report
+            .acquisitions_by_mode
+            .get(mode)
+            .is_some_and(|n| *n > 0)
+    };
+    let mut short = Vec::new();
+    match meta.workload {
+        Workload::Lock => {}
+        Workload::Semaphore => {
+            let limit = u64::from(meta.limit.unwrap_or(1));
+            if report.max_concurrent < limit {
+                short.push(format!(
+                    "at most {} of {limit} permits of a key held at once",
+                    report.max_concurrent
+                ));
+            }
+        }
+        Workload::RwLock => {
+            for mode in ["read", "exclusive"] {
+                if !granted(mode) {
+                    short.push(format!("no {mode} lock granted"));
+                }
+            }
+            if report.max_concurrent < 2 {
+                short.push("no two readers at once".into());
             }
         }
     }
@@ -149,17 +203,14 @@ pub fn verdict(
     min: &Minimums,
 ) -> (bool, String) {
     if variant.is_control() {
-        let caught: Vec<_> = variant
-            .expected_violations()
+        let expected = variant.expected_violations();
+        let caught: Vec<_> = expected
             .iter()
             .filter(|k| report.has(**k))
             .map(|k| k.name())
             .collect();
         return if caught.is_empty() {
-            (
-                false,
-                format!("MISSED: expected {:?}", variant.expected_violations()),
-            )
+            (false, format!("MISSED: expected {expected:?}"))
         } else {
             (true, format!("CAUGHT: {}", caught.join(", ")))
         };
@@ -180,75 +231,10 @@ pub async fn run(cfg: &CampaignConfig) -> io::Result<Vec<CampaignRun>> {
     std::fs::create_dir_all(&cfg.out)?;
     let mut runs = Vec::new();
     for &backend in &cfg.backends {
-        let variants: Vec<Variant> = if cfg.controls {
-            Variant::ALL.to_vec()
-        } else {
-            vec![Variant::Correct]
-        };
-        for variant in variants {
-            let dir = format!("{backend}-{variant}");
-            if let Some(why) = variant.not_applicable(backend) {
-                println!("== {dir}: not applicable ({why})\n");
-                runs.push(CampaignRun {
-                    backend,
-                    variant,
-                    ok: true,
-                    verdict: format!("n/a: {why}"),
-                    dir,
-                    report: None,
-                });
-                continue;
+        for &workload in &cfg.workloads {
+            for variant in Variant::of(workload).filter(|v| cfg.controls || !v.is_control()) {
+                runs.push(one(cfg, backend, workload, variant).await?);
             }
-            let correct = variant == Variant::Correct;
-            let run = RunConfig {
-                backend,
-                variant,
-                seed: cfg.seed,
-                clients: cfg.clients,
-                keys: cfg.keys,
-                ttl: cfg.ttl,
-                duration: if correct {
-                    cfg.duration
-                } else {
-                    cfg.control_duration
-                },
-                min_acquisitions: if correct {
-                    cfg.minimums.acquisitions
-                } else {
-                    0
-                },
-                min_faults: if correct { cfg.minimums.faults } else { 0 },
-                min_coverage: correct && cfg.minimums.coverage,
-                max_duration: if correct {
-                    cfg.duration * 2
-                } else {
-                    cfg.control_duration
-                },
-                faults: correct,
-                fault_interval: cfg.fault_interval,
-                lost_tolerance: cfg.lost_tolerance,
-                out: cfg.out.join(&dir),
-                client_exe: cfg.client_exe.clone(),
-                cli_bin: cfg.cli_bin.clone(),
-                command: cfg.command.clone(),
-            };
-            println!("== {dir}: running for {:?}", run.duration);
-            let report = orchestrator::run(&run).await?;
-            let min = if correct {
-                cfg.minimums
-            } else {
-                Minimums::default()
-            };
-            let (ok, verdict) = verdict(backend, variant, cfg.clients, &report, &min);
-            println!("{}\n{dir}: {verdict}\n", report.table());
-            runs.push(CampaignRun {
-                backend,
-                variant,
-                ok,
-                verdict,
-                dir,
-                report: Some(report),
-            });
         }
     }
     let table = table(&runs);
@@ -258,11 +244,89 @@ pub async fn run(cfg: &CampaignConfig) -> io::Result<Vec<CampaignRun>> {
     Ok(runs)
 }
 
+/// Runs (or declares not applicable) `variant` of `workload` on `backend`.
+async fn one(
+    cfg: &CampaignConfig,
+    backend: BackendKind,
+    workload: Workload,
+    variant: Variant,
+) -> io::Result<CampaignRun> {
+    let dir = match workload {
+        Workload::Lock => format!("{backend}-{variant}"),
+        _ => format!("{backend}-{workload}-{variant}"),
+    };
+    if let Some(why) = variant.not_applicable(backend) {
+        println!("== {dir}: not applicable ({why})\n");
+        return Ok(CampaignRun {
+            backend,
+            workload,
+            variant,
+            ok: true,
+            verdict: format!("n/a: {why}"),
+            dir,
+            report: None,
+        });
+    }
+    let correct = variant == Variant::Correct;
+    let run = RunConfig {
+        backend,
+        workload,
+        limit: cfg.limit,
+        variant,
+        seed: cfg.seed,
+        clients: cfg.clients,
+        keys: cfg.keys,
+        ttl: cfg.ttl,
+        duration: if correct {
+            cfg.duration
+        } else {
+            cfg.control_duration
+        },
+        min_acquisitions: if correct {
+            cfg.minimums.acquisitions
+        } else {
+            0
+        },
+        min_faults: if correct { cfg.minimums.faults } else { 0 },
+        min_coverage: correct && cfg.minimums.coverage,
+        max_duration: if correct {
+            cfg.duration * 2
+        } else {
+            cfg.control_duration
+        },
+        faults: correct,
+        fault_interval: cfg.fault_interval,
+        lost_tolerance: cfg.lost_tolerance,
+        out: cfg.out.join(&dir),
+        client_exe: cfg.client_exe.clone(),
+        cli_bin: cfg.cli_bin.clone(),
+        command: cfg.command.clone(),
+    };
+    println!("== {dir}: running for {:?}", run.duration);
+    let report = orchestrator::run(&run).await?;
+    let min = if correct {
+        cfg.minimums
+    } else {
+        Minimums::default()
+    };
+    let (ok, verdict) = verdict(backend, variant, cfg.clients, &report, &min);
+    println!("{}\n{dir}: {verdict}\n", report.table());
+    Ok(CampaignRun {
+        backend,
+        workload,
+        variant,
+        ok,
+        verdict,
+        dir,
+        report: Some(report),
+    })
+}
+
 /// The combined table of a campaign, in Markdown.
 pub fn table(runs: &[CampaignRun]) -> String {
     let mut out = String::from(
-        "| backend | variant | duration | acquisitions | faults | writes accepted / rejected | violations | max lost() lateness | verdict |\n\
-         |---|---|---|---|---|---|---|---|---|\n",
+        "| backend | workload | variant | duration | acquisitions | faults | writes accepted / rejected | violations | max lost() lateness | verdict |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
     );
     for run in runs {
         match &run.report {
@@ -273,8 +337,9 @@ pub fn table(runs: &[CampaignRun]) -> String {
                     .map_or("-".to_owned(), |ms| format!("{ms:.1} ms"));
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {:.0} s | {} | {} | {} / {} | {} | {} | {} |",
+                    "| {} | {} | {} | {:.0} s | {} | {} | {} / {} | {} | {} | {} |",
                     run.backend,
+                    run.workload,
                     run.variant,
                     r.duration_s,
                     r.acquisitions,
@@ -289,8 +354,8 @@ pub fn table(runs: &[CampaignRun]) -> String {
             None => {
                 let _ = writeln!(
                     out,
-                    "| {} | {} | - | - | - | - | - | - | {} |",
-                    run.backend, run.variant, run.verdict
+                    "| {} | {} | {} | - | - | - | - | - | - | {} |",
+                    run.backend, run.workload, run.variant, run.verdict
                 );
             }
         }

@@ -16,6 +16,7 @@
 //! and its CLI sections included: they write to the same file); a grant is
 //! named by the id of the obtain that produced it.
 
+use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::Path;
@@ -25,7 +26,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::nemesis::FaultKind;
-use crate::variant::{ClientProfile, Variant};
+use crate::variant::{ClientProfile, Variant, Workload};
 
 /// One line of a client's history. Times (`t`, `checked`, `valid_until`)
 /// are monotonic nanoseconds.
@@ -58,6 +59,9 @@ pub enum Event {
         key: String,
         /// The lock's TTL in milliseconds.
         ttl_ms: u64,
+        /// What it asks for: the whole key, a permit, or a read lock.
+        #[serde(default, skip_serializing_if = "Mode::is_exclusive")]
+        mode: Mode,
         /// The Locker it was called on (none for a CLI client's obtain,
         /// which `distlock run` makes).
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -87,6 +91,9 @@ pub enum Event {
         /// Whether it was `Closed` (its Locker, or the backend under it).
         #[serde(default)]
         closed: bool,
+        /// Whether it was `LimitMismatch`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        limit_mismatch: bool,
         /// The error.
         error: String,
         /// When.
@@ -114,6 +121,10 @@ pub enum Event {
         key: String,
         /// The fencing token it carries.
         token: u64,
+        /// What the act needs of the key (the register fences it so): a
+        /// write alone, a write by one of N permit holders, or a read.
+        #[serde(default, skip_serializing_if = "Mode::is_exclusive")]
+        mode: Mode,
         /// When the client last checked that its lock was valid (the
         /// decision to write).
         checked: i64,
@@ -251,6 +262,52 @@ pub enum Event {
     },
 }
 
+/// What a grant holds of its key, or what an act on the register needs of
+/// it: the key alone, one of `limit` permits (a semaphore's), or a read
+/// (a permit among any number of readers).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// The whole key: a lock, a write lock.
+    #[default]
+    Exclusive,
+    /// One of `limit` permits.
+    Permit {
+        /// How many holders the key may have at once.
+        limit: u32,
+    },
+    /// A read lock: a permit among any number of readers.
+    Read,
+}
+
+impl Mode {
+    /// How many holders (or acts) of this mode may share the key at once.
+    pub fn limit(self) -> u32 {
+        match self {
+            Mode::Exclusive => 1,
+            Mode::Permit { limit } => limit,
+            Mode::Read => u32::MAX,
+        }
+    }
+
+    /// Whether this is the whole key.
+    pub fn is_exclusive(&self) -> bool {
+        *self == Mode::Exclusive
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Mode::Exclusive => f.write_str("exclusive"),
+            Mode::Permit { limit } => write!(f, "permit of {limit}"),
+            Mode::Read => f.write_str("read"),
+        }
+    }
+}
+
 /// Why a client stalled inside a critical section on purpose.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -335,6 +392,9 @@ pub struct RegisterEntry {
     pub key: String,
     /// The fencing token the write carried.
     pub token: u64,
+    /// What the act needed of the key (see [`Mode`]).
+    #[serde(default, skip_serializing_if = "Mode::is_exclusive")]
+    pub mode: Mode,
     /// The writing client.
     pub client: u32,
     /// Its incarnation.
@@ -343,7 +403,7 @@ pub struct RegisterEntry {
     pub op: u64,
     /// Whether the write was accepted.
     pub accepted: bool,
-    /// The highest token accepted for the key before this write.
+    /// The highest token accepted for the key (any act) before this one.
     pub highest_before: u64,
 }
 
@@ -385,6 +445,14 @@ pub struct RunEnd {
 pub struct RunMeta {
     /// The backend's name.
     pub backend: String,
+    /// What the clients take: locks, semaphore permits, or read and
+    /// write locks.
+    #[serde(default)]
+    pub workload: Workload,
+    /// The semaphore workload's permits per key: what the resource (the
+    /// register) allows at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
     /// The behaviour the clients ran.
     pub variant: Variant,
     /// The run seed.

@@ -1,8 +1,9 @@
 //! # distlock-torture
 //!
 //! Evidence that distlock keeps mutual exclusion under faults: real client
-//! processes contend for a few keys and write to a **fenced register** under
-//! their locks while a seeded **nemesis** pauses and kills clients (waiters
+//! processes contend for a few keys — as locks, as semaphore permits, or as
+//! read and write locks (the [`variant::Workload`]) — and act on a **fenced
+//! register** under them while a seeded **nemesis** pauses and kills clients (waiters
 //! too, past their lease), kills, pauses and restarts the server, makes
 //! Redis lose its data, and resets or black-holes connections through a
 //! fault proxy. Everything is recorded with system-wide monotonic
@@ -28,8 +29,8 @@
 //! * [`nemesis`] — the fault schedule;
 //! * [`orchestrator`] — one run, end to end;
 //! * [`checker`] — the offline checks and the summary table;
-//! * [`variant`] — the correct workload, the negative controls and which
-//!   profile each client runs;
+//! * [`variant`] — the workloads, the correct behaviour, the negative
+//!   controls and which profile each client runs;
 //! * [`store`] — everything backend-specific;
 //! * [`campaign`] — runs and controls over several backends, and their
 //!   minimums.

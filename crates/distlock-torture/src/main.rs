@@ -12,7 +12,7 @@ use distlock_torture::client::{self, ClientConfig, Control, SectionConfig};
 use distlock_torture::history::JsonLines;
 use distlock_torture::orchestrator::{self, RunConfig};
 use distlock_torture::store::{BackendKind, ClientStore};
-use distlock_torture::variant::Variant;
+use distlock_torture::variant::{Variant, Workload};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -69,6 +69,9 @@ struct Common {
     /// Lock TTL in milliseconds.
     #[arg(long, default_value_t = 1000)]
     ttl_ms: u64,
+    /// The semaphore workload's permits per key.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(2..))]
+    limit: u32,
     /// Shortest pause between two faults, ms.
     #[arg(long, default_value_t = 1000)]
     fault_min_ms: u64,
@@ -90,7 +93,13 @@ struct RunArgs {
     /// memory, file, redis or etcd.
     #[arg(long)]
     backend: BackendKind,
-    /// correct, release-by-name, ignore-validity, no-fencing or deadline-from-reply.
+    /// lock, semaphore or rwlock.
+    #[arg(long, default_value = "lock")]
+    workload: Workload,
+    /// correct, or a negative control: release-by-name, ignore-validity,
+    /// no-fencing, deadline-from-reply, close-shared-backend (lock);
+    /// deadline-from-reply, limit-above-capacity (semaphore);
+    /// read-locked-writer (rwlock).
     #[arg(long, default_value = "correct")]
     variant: Variant,
     /// Workload duration, seconds.
@@ -111,6 +120,9 @@ struct CampaignArgs {
     /// Comma-separated backends.
     #[arg(long, value_delimiter = ',', default_value = "memory,file,redis,etcd")]
     backends: Vec<BackendKind>,
+    /// Comma-separated workloads, run on each backend.
+    #[arg(long, value_delimiter = ',', default_value = "lock,semaphore,rwlock")]
+    workloads: Vec<Workload>,
     /// Duration of each correct run, seconds.
     #[arg(long, default_value_t = 30)]
     duration_s: u64,
@@ -162,6 +174,8 @@ fn main() -> ExitCode {
             let c = &args.common;
             let cfg = RunConfig {
                 backend: args.backend,
+                workload: args.workload,
+                limit: c.limit,
                 variant: args.variant,
                 seed: c.seed,
                 clients: c.clients,
@@ -192,6 +206,8 @@ fn main() -> ExitCode {
             let c = &args.common;
             let cfg = CampaignConfig {
                 backends: args.backends,
+                workloads: args.workloads,
+                limit: c.limit,
                 seed: c.seed,
                 clients: c.clients,
                 keys: c.keys,

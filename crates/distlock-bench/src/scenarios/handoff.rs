@@ -1,13 +1,15 @@
-//! Scenario 3: contended handoff of one hot key.
+//! Scenario 3: contended handoff of one hot key (a lock, or one of its
+//! permits).
 
+use std::collections::VecDeque;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::SeqCst;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 
 use distlock::{Locker, ObtainOptions};
 
-use super::report;
+use super::{report, without_permits};
 use crate::Env;
 use crate::report::{Report, Target};
 use crate::stats::{Summary, us};
@@ -17,30 +19,45 @@ use crate::stores::Store;
 /// contenders may run on different runtimes.
 #[derive(Default)]
 struct Hot {
-    /// Who released last, and when its release was called.
-    last_release: Mutex<Option<(usize, std::time::Instant)>>,
+    /// The key's permits (`None`: it is a lock).
+    permits: Option<u32>,
+    /// The releases whose permit (or lock) nobody was granted yet, oldest
+    /// first: who released, and when its release was called. Each grant
+    /// takes the oldest, so a handoff is the time a freed permit stayed
+    /// free.
+    released: Mutex<VecDeque<(usize, std::time::Instant)>>,
     handoffs: Mutex<Vec<Duration>>,
     waits: Mutex<Vec<Duration>>,
     regrants: AtomicUsize,
     grants: Mutex<Vec<usize>>,
-    inside: AtomicBool,
+    inside: AtomicUsize,
     granted: AtomicUsize,
 }
 
-/// One contender: obtain, 1 ms critical section, release, until `total`
-/// sections were granted to anyone.
+/// One contender: obtain (or acquire a permit), 1 ms critical section,
+/// release, until `total` sections were granted to anyone.
 async fn contend(id: usize, locker: &Locker, hot: &Hot, total: usize) {
     use std::time::Instant;
+    let holders = hot.permits.unwrap_or(1) as usize;
     while hot.granted.load(SeqCst) < total {
         let asked = Instant::now();
         let opts = ObtainOptions::new().wait(Duration::from_secs(60));
-        let lock = locker.obtain_with("hot", opts).await.expect("obtain");
+        let lock = match hot.permits {
+            None => locker.obtain_with("hot", opts).await,
+            Some(n) => locker.semaphore("hot", n).unwrap().acquire_with(opts).await,
+        }
+        .expect("obtain");
         let got = Instant::now();
-        assert!(!hot.inside.swap(true, SeqCst), "two holders at once");
+        let inside = hot.inside.fetch_add(1, SeqCst) + 1;
+        assert!(
+            inside <= holders,
+            "{inside} holders at once, {holders} allowed"
+        );
         hot.granted.fetch_add(1, SeqCst);
         hot.waits.lock().unwrap().push(got - asked);
         hot.grants.lock().unwrap()[id] += 1;
-        match *hot.last_release.lock().unwrap() {
+        // The first grants of the run find nothing released: not handoffs.
+        match hot.released.lock().unwrap().pop_front() {
             Some((prev, at)) if prev != id => hot.handoffs.lock().unwrap().push(got - at),
             Some(_) => {
                 hot.regrants.fetch_add(1, SeqCst);
@@ -48,27 +65,57 @@ async fn contend(id: usize, locker: &Locker, hot: &Hot, total: usize) {
             None => {}
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
-        hot.inside.store(false, SeqCst);
-        *hot.last_release.lock().unwrap() = Some((id, Instant::now()));
+        hot.inside.fetch_sub(1, SeqCst);
+        hot.released.lock().unwrap().push_back((id, Instant::now()));
         lock.release().await.expect("release");
     }
 }
 
-/// Scenario 3: Contended handoff: `waiters` contenders loop on one hot key.
-/// `processes`: each has its own thread, runtime and Locker (own
-/// connections), as separate processes would; otherwise they are tasks
-/// sharing one Locker.
-pub async fn handoff(env: &Env, store: Arc<dyn Store>, processes: bool) -> Report {
+/// Scenario 3: Contended handoff: `waiters` contenders loop on one hot key,
+/// a lock or (issue 13) a semaphore of `permits`. `processes`: each has
+/// its own thread, runtime and Locker (own connections), as separate
+/// processes would; otherwise they are tasks sharing one Locker.
+pub async fn handoff(
+    env: &Env,
+    store: Arc<dyn Store>,
+    processes: bool,
+    permits: Option<u32>,
+) -> Report {
     let waiters = 8;
+    let holders = permits.unwrap_or(1) as usize;
     let total = env.handoffs.max(waiters * 2);
+    let mode = if processes { "processes" } else { "one-locker" };
+    let (scenario, what, verb) = match permits {
+        None => (format!("handoff-{mode}"), "one key".to_owned(), "obtain"),
+        Some(n) => (
+            format!("permits-handoff-{mode}"),
+            format!("one semaphore of {n} permits"),
+            "acquire",
+        ),
+    };
+    let about = format!(
+        "{waiters} waiters loop on {what} ({verb}, 1 ms section, release), {}",
+        if processes {
+            "each with its own thread, runtime, Locker and connections (like processes)"
+        } else {
+            "as tasks sharing one Locker"
+        }
+    );
+    if permits.is_some()
+        && let Some(skipped) = without_permits(&*store, &scenario, &about).await
+    {
+        return skipped;
+    }
     let hot = Arc::new(Hot {
+        permits,
         grants: Mutex::new(vec![0; waiters]),
         ..Hot::default()
     });
-    let namespace = if processes {
-        "bench-hot-procs"
-    } else {
-        "bench-hot-local"
+    let namespace = match (processes, permits) {
+        (true, None) => "bench-hot-procs",
+        (false, None) => "bench-hot-local",
+        (true, Some(_)) => "bench-permits-procs",
+        (false, Some(_)) => "bench-permits-local",
     };
     let wall = if processes {
         // All connected before the clock starts.
@@ -121,19 +168,7 @@ pub async fn handoff(env: &Env, store: Arc<dyn Store>, processes: bool) -> Repor
     let grants = hot.grants.lock().unwrap().clone();
     let sections = grants.iter().sum::<usize>();
     let fair_share = sections as f64 / waiters as f64;
-    let mode = if processes { "processes" } else { "one-locker" };
-    let mut report = report(
-        &*store,
-        &format!("handoff-{mode}"),
-        format!(
-            "{waiters} waiters loop on one key (obtain, 1 ms section, release), {}, {sections} sections",
-            if processes {
-                "each with its own thread, runtime, Locker and connections (like processes)"
-            } else {
-                "as tasks sharing one Locker"
-            }
-        ),
-    );
+    let mut report = report(&*store, &scenario, format!("{about}, {sections} sections"));
     report.figure("sections per second", sections as f64 / wall.as_secs_f64());
     report.figure("handoffs to a different holder", handoffs.len() as f64);
     report.figure(
@@ -150,8 +185,9 @@ pub async fn handoff(env: &Env, store: Arc<dyn Store>, processes: bool) -> Repor
     );
     let handoff = (!handoffs.is_empty()).then(|| Summary::of(handoffs, None));
     let waits = Summary::of(waits, Some(wall));
-    // The fair share of one wait: the other waiters' sections before ours.
-    let fair_wait = (waiters - 1) as f64 * wall.as_secs_f64() / sections as f64;
+    // The fair share of one wait: the sections of the waiters ahead of
+    // ours, `holders` at a time.
+    let fair_wait = (waiters - holders) as f64 * wall.as_secs_f64() / sections as f64;
     let max_wait_share = waits.max.as_secs_f64() / fair_wait;
     report.figure("fair share of one wait, µs", fair_wait * 1e6);
     report.figure("max wait / fair share", max_wait_share);
@@ -159,7 +195,8 @@ pub async fn handoff(env: &Env, store: Arc<dyn Store>, processes: bool) -> Repor
         report.row("handoff to another holder", h.clone());
     }
     report.row("wait (obtain call to grant)", waits.clone());
-    if store.handoff_targets() {
+    // The issue's targets are for locks.
+    if permits.is_none() && store.handoff_targets() {
         let name = store.name();
         match &handoff {
             Some(h) => {

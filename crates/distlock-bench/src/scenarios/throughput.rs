@@ -11,24 +11,18 @@ use crate::stores::{Store, distlock_subjects};
 /// Scenario 2: Throughput: 64 tasks, each on its own key, through one Locker (one
 /// connection), against the raw client and peers doing the same.
 pub async fn throughput(env: &Env, store: Arc<dyn Store>) -> Report {
-    let tasks = env.tasks;
     let locker = store.locker("bench-throughput").await;
+    let plan = Plan::concurrent(env, &*store);
     let mut subjects = distlock_subjects(&locker);
-    subjects.extend(store.baselines(tasks).await);
-    let blocks = 6;
-    let per_block = (env.per_task / store.slowness() / blocks).max(1);
-    let plan = Plan {
-        tasks,
-        blocks,
-        per_block,
-        warmup: (per_block / 2).max(2),
-    };
+    subjects.extend(store.baselines(plan.tasks).await);
     let mut report = report(
         &*store,
         "throughput",
         format!(
-            "{tasks} tasks on distinct keys through one Locker / client, {} cycles per subject in {blocks} interleaved blocks",
-            per_block * blocks * tasks
+            "{} tasks on distinct keys through one Locker / client, {} cycles per subject in {} interleaved blocks",
+            plan.tasks,
+            plan.cycles(),
+            plan.blocks
         ),
     );
     report.notes.push(

@@ -14,21 +14,15 @@ pub async fn uncontended(env: &Env, store: Arc<dyn Store>) -> Report {
     let locker = store.locker("bench-uncontended").await;
     let mut subjects = distlock_subjects(&locker);
     subjects.extend(store.baselines(1).await);
-    let blocks = 10;
-    let per_block = (env.iterations / store.slowness() / blocks).max(1);
-    let plan = Plan {
-        tasks: 1,
-        blocks,
-        per_block,
-        warmup: (per_block / 2).max(5),
-    };
+    let plan = Plan::uncontended(env, &*store);
     let report = report(
         &*store,
         "uncontended",
         format!(
-            "obtain + release, one task, {} rotating keys, {} cycles per subject in {blocks} interleaved blocks",
+            "obtain + release, one task, {} rotating keys, {} cycles per subject in {} interleaved blocks",
             crate::runner::ROTATE,
-            per_block * blocks
+            plan.cycles(),
+            plan.blocks
         ),
     );
     let report = compare(report, &subjects, &plan, &*store).await;

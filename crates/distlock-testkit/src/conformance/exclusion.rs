@@ -3,9 +3,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use distlock::{Locker, ObtainOptions};
+use distlock::{Locker, ObtainOptions, Share};
 use tokio::time::sleep;
 
+use super::occupancy::race;
 use super::{MS, locker};
 use crate::fixture::Fixture;
 use crate::section::CriticalSection;
@@ -17,24 +18,7 @@ pub async fn racing_tasks_have_exactly_one_winner(fx: &dyn Fixture) {
     for _ in 1..10 {
         lockers.push(fx.locker(&ns).await);
     }
-    let start = Arc::new(tokio::sync::Barrier::new(100));
-    let tasks: Vec<_> = (0..100)
-        .map(|i| {
-            let locker = lockers[i % 10].clone();
-            let start = start.clone();
-            tokio::spawn(async move {
-                start.wait().await;
-                locker.try_obtain("k").await
-            })
-        })
-        .collect();
-    let mut winners = Vec::new();
-    for task in tasks {
-        match task.await.unwrap() {
-            Ok(lock) => winners.push(lock),
-            Err(e) => assert!(e.is_not_obtained(), "{e}"),
-        }
-    }
+    let mut winners = race(&lockers, 100, Share::Exclusive).await;
     assert_eq!(winners.len(), 1);
     winners.pop().unwrap().release().await.unwrap();
 }

@@ -5,28 +5,40 @@ use std::collections::{HashMap, HashSet};
 
 use super::replay::{Answer, ClosedObtain, Grant, Obtain, Outcome};
 use super::{Checker, ViolationKind, ms};
-use crate::history::{LostCause, RegisterEntry};
+use crate::history::{LostCause, Mode, RegisterEntry};
+use crate::register::Fence;
 
+/// The register's accepts, replayed through a fresh [`Fence`] per key:
+/// an accept the fence refuses is a stale write (or read) accepted.
 pub(super) fn register(c: &mut Checker, register: &[RegisterEntry], grants: &[Grant]) {
     let known: HashSet<(&str, u64)> = grants.iter().map(|g| (g.key.as_str(), g.token)).collect();
-    let mut highest: HashMap<&str, u64> = HashMap::new();
+    let mut fences: HashMap<&str, Fence> = HashMap::new();
     for e in register {
+        let reads = e.mode == Mode::Read;
         if !e.accepted {
             c.report.writes_rejected += 1;
+            c.report.reads_rejected += u64::from(reads);
             continue;
         }
         c.report.writes_accepted += 1;
-        let max = highest.entry(e.key.as_str()).or_default();
-        if e.token < *max {
+        c.report.reads_accepted += u64::from(reads);
+        let fence = fences.entry(e.key.as_str()).or_default();
+        if !fence.admits(e.token, e.mode) {
             c.violation(
                 ViolationKind::StaleWriteAccepted,
                 format!(
-                    "register accepted token {} on key {} after token {} (client {}/{} write {})",
-                    e.token, e.key, *max, e.client, e.incarnation, e.op
+                    "register accepted token {} ({}) on key {} after token {} (client {}/{} write {})",
+                    e.token,
+                    e.mode,
+                    e.key,
+                    fence.highest(),
+                    e.client,
+                    e.incarnation,
+                    e.op
                 ),
             );
         }
-        *max = (*max).max(e.token);
+        fence.admit(e.token, e.mode);
         if !known.contains(&(e.key.as_str(), e.token)) {
             c.violation(
                 ViolationKind::UnknownToken,
@@ -92,69 +104,132 @@ pub(super) fn tokens(c: &mut Checker, grants: &[Grant], idx: &[usize]) {
 /// back on a loaded machine. Later grants were made after the loss.
 const REPLY_SLACK_NS: i64 = 250_000_000;
 
-/// Overlapping sections of one key. A section a data loss hit ends, for
-/// this check, where the loss began (or is empty if it was granted during
-/// the loss): the store forgot it, so the next holder may start at once.
+/// Sections of one key open at once beyond the least of their limits: two
+/// where one holds (or acts on) the key alone are `overlapping_cs`, more
+/// than a semaphore's permits `permits_over_limit`. A section a data loss
+/// hit ends, for this check, where the loss began (or is empty if it was
+/// granted during the loss): the store forgot it, so the next holder may
+/// start at once.
 pub(super) fn overlaps(c: &mut Checker, grants: &[Grant], idx: &[usize], losses: &[(i64, i64)]) {
     let uncut = |g: &Grant| g.end_alive();
-    let cut = |g: &Grant| {
-        losses
-            .iter()
-            .filter(|&&(start, end)| {
-                g.invoke < end && g.ok < end + REPLY_SLACK_NS && g.end_alive() > start
-            })
-            .fold(g.end_alive(), |e, &(start, _)| e.min(start.max(g.ok)))
-    };
+    let cut = |g: &Grant| lost_at(g, losses).map_or(g.end_alive(), |t| t.min(g.end_alive()));
     c.report.data_loss.grants_cut += idx
         .iter()
         .filter(|&&i| cut(&grants[i]) < uncut(&grants[i]))
         .count() as u64;
-    let found = sweep(grants, idx, cut, |o, i| {
-        c.violation(
-            ViolationKind::OverlappingCs,
-            format!(
-                "{} began {:.1} ms before the CS of {} ended",
-                grants[i].name(),
-                ms(cut(&grants[o]) - grants[i].ok),
-                grants[o].name()
-            ),
-        );
+    let mut found = Vec::new();
+    let (over, most) = sweep(grants, idx, cut, |i, open, limit| {
+        found.push(excess(grants, i, open, limit, cut));
     });
-    let all = sweep(grants, idx, uncut, |_, _| {});
-    c.report.data_loss.overlaps_excused += all.saturating_sub(found);
+    for (kind, detail) in found {
+        c.violation(kind, detail);
+    }
+    c.report.max_concurrent = c.report.max_concurrent.max(most);
+    let (all, _) = sweep(grants, idx, uncut, |_, _, _| {});
+    c.report.data_loss.overlaps_excused += all.saturating_sub(over);
 }
 
-/// Calls `found(open, next)` for each section that begins before the
-/// latest-ending earlier one ends (sections end at `end`); returns how many.
+/// Where the earliest data loss that hit `g`'s section began (its grant,
+/// if the loss was under way then), if one did.
+fn lost_at(g: &Grant, losses: &[(i64, i64)]) -> Option<i64> {
+    losses
+        .iter()
+        .filter(|&&(start, end)| {
+            g.invoke < end && g.ok < end + REPLY_SLACK_NS && g.end_alive() > start
+        })
+        .map(|&(start, _)| start.max(g.ok))
+        .min()
+}
+
+/// The violation of section `i`, begun while the sections `open` were
+/// (`limit`: the least limit among them all).
+fn excess(
+    grants: &[Grant],
+    i: usize,
+    open: &[usize],
+    limit: u32,
+    end: impl Fn(&Grant) -> i64,
+) -> (ViolationKind, String) {
+    let g = &grants[i];
+    if limit == 1 {
+        // The one that needed the key alone, if it was already open.
+        let o = open
+            .iter()
+            .copied()
+            .min_by_key(|&o| (grants[o].limit(), std::cmp::Reverse(end(&grants[o]))))
+            .expect("an open section");
+        return (
+            ViolationKind::OverlappingCs,
+            format!(
+                "{} ({}) began {:.1} ms before the CS of {} ({}) ended",
+                g.name(),
+                g.mode,
+                ms(end(&grants[o]) - g.ok),
+                grants[o].name(),
+                grants[o].mode
+            ),
+        );
+    }
+    let names: Vec<String> = open.iter().take(4).map(|&o| grants[o].name()).collect();
+    (
+        ViolationKind::PermitsOverLimit,
+        format!(
+            "{} ({}) began while {} sections of its key were open, limit {limit}: {}{}",
+            g.name(),
+            g.mode,
+            open.len(),
+            names.join(", "),
+            if open.len() > names.len() {
+                ", ..."
+            } else {
+                ""
+            }
+        ),
+    )
+}
+
+/// Walks the sections of one key in the order they began (each ends at
+/// `end`), calling `found(next, open, limit)` for each that begins while
+/// so many are open that the least limit among them all is exceeded.
+/// Returns how many did, and the most sections open at once.
 fn sweep(
     grants: &[Grant],
     idx: &[usize],
     end: impl Fn(&Grant) -> i64,
-    mut found: impl FnMut(usize, usize),
-) -> u64 {
+    mut found: impl FnMut(usize, &[usize], u32),
+) -> (u64, u64) {
     let mut live: Vec<usize> = idx
         .iter()
         .copied()
         .filter(|&i| end(&grants[i]) > grants[i].ok)
         .collect();
     live.sort_by_key(|&i| grants[i].ok);
-    let mut open: Option<usize> = None;
-    let mut count = 0;
+    let mut open: Vec<usize> = Vec::new();
+    let (mut count, mut most) = (0, 0);
     for &i in &live {
-        if let Some(o) = open
-            && grants[i].ok < end(&grants[o])
-        {
-            found(o, i);
+        let start = grants[i].ok;
+        open.retain(|&o| end(&grants[o]) > start);
+        let limit = open
+            .iter()
+            .map(|&o| grants[o].limit())
+            .fold(grants[i].limit(), u32::min);
+        if open.len() >= limit as usize {
+            found(i, &open, limit);
             count += 1;
         }
-        if open.is_none_or(|o| end(&grants[i]) > end(&grants[o])) {
-            open = Some(i);
-        }
+        open.push(i);
+        most = most.max(open.len() as u64);
     }
-    count
+    (count, most)
 }
 
-pub(super) fn releases(c: &mut Checker, grants: &[Grant], idx: &[usize]) {
+/// Releases that returned Ok for a lock a newer grant had replaced. One
+/// whose lock a data loss erased before it was sent is excused (and
+/// counted): the engine answers Ok when an attempt that timed out may have
+/// released it and a later one finds it gone, and cannot tell that from a
+/// store that forgot it (found so: a wipe, another holder, then a release
+/// stuck in a server stop).
+pub(super) fn releases(c: &mut Checker, grants: &[Grant], idx: &[usize], losses: &[(i64, i64)]) {
     let mut by_ok: Vec<usize> = idx.to_vec();
     by_ok.sort_by_key(|&i| grants[i].ok);
     for &g in idx {
@@ -166,12 +241,17 @@ pub(super) fn releases(c: &mut Checker, grants: &[Grant], idx: &[usize]) {
             // Grants handed out after this one and before the release was sent.
             let from = by_ok.partition_point(|&i| grants[i].ok <= grants[g].ok);
             let to = by_ok.partition_point(|&i| grants[i].ok < r.invoke);
+            // A newer grant proves this one's lease over only if one of
+            // the two holds the key alone; permits live side by side.
             let newer = by_ok[from.min(to)..to]
                 .iter()
                 .copied()
                 .filter(|&i| grants[i].token > grants[g].token)
+                .filter(|&i| grants[i].mode.is_exclusive() || grants[g].mode.is_exclusive())
                 .min_by_key(|&i| grants[i].ok);
-            if let Some(newer) = newer {
+            if newer.is_some() && lost_at(&grants[g], losses).is_some_and(|t| t < r.invoke) {
+                c.report.data_loss.releases_excused += 1;
+            } else if let Some(newer) = newer {
                 c.violation(
                     ViolationKind::ReleaseByNonOwner,
                     format!(
@@ -336,5 +416,27 @@ pub(super) fn waiter_stops(c: &mut Checker, obtains: &[Obtain], stops: &[(u32, u
             }
         }
         w.waiting += u64::from(any);
+    }
+}
+
+/// Obtains refused with `LimitMismatch` on a key whose obtains all asked
+/// for one limit (or for the key alone, which is never a mismatch): the
+/// store saw a disagreement nobody made.
+pub(super) fn limit_mismatches(c: &mut Checker, obtains: &[Obtain]) {
+    let mut limits: HashMap<&str, HashSet<u32>> = HashMap::new();
+    for o in obtains.iter().filter(|o| !o.mode.is_exclusive()) {
+        limits.entry(&o.key).or_default().insert(o.mode.limit());
+    }
+    for o in obtains {
+        let Some(error) = &o.mismatch else { continue };
+        if limits.get(o.key.as_str()).is_none_or(|l| l.len() <= 1) {
+            c.violation(
+                ViolationKind::LimitMismatch,
+                format!(
+                    "client {}/{} obtain {} ({}) of key {} was refused although every obtain of the key asked the same: {error}",
+                    o.client, o.incarnation, o.op, o.mode, o.key
+                ),
+            );
+        }
     }
 }

@@ -1,6 +1,9 @@
 //! The offline checker: reads a run directory and reports every violation.
 //!
-//! A grant's critical section (CS) is `[obtain ok, end]` with
+//! A grant holds its key alone (a lock, a write lock) or shares it (one of
+//! a semaphore's N permits, a read lock); so does each act on the register
+//! (a write alone, a permit's write, a read). A grant's critical section
+//! (CS) is `[obtain ok, end]` with
 //! `end = min(first release invoked, final validity deadline, lost() seen,
 //! its Locker's close begun)`, and, for the overlap check only, also cut at
 //! the moment its process (or task) was killed, and where a data loss of
@@ -8,20 +11,32 @@
 //! deadline; the section does not) is `[section start, section end]`, or
 //! until its last recorded act if it was stopped mid-way. Checks:
 //!
-//! * `stale_write_accepted` — the register accepted a token lower than one
-//!   it had accepted before for the key (so accepted tokens only grow, and
-//!   change only by increasing when the holder changes);
+//! * `stale_write_accepted` — the register accepted an act its fencing rule
+//!   refuses ([`crate::register::Fence`], replayed over its log): for locks,
+//!   a token lower than one it had accepted before for the key (so accepted
+//!   tokens only grow, and change only by increasing when the holder
+//!   changes); for permits, one below N newer permits' or below a writer's;
+//!   a writer's below any act's;
 //! * `unknown_token` — the register accepted a token no recorded grant of
 //!   the key carried;
 //! * `duplicate_token` / `token_order` — two grants of a key with one token,
 //!   or a grant whose token is not above that of a grant completed before it
 //!   was even requested (a token regression after the store lost its data
 //!   is one);
-//! * `overlapping_cs` — two grants of one key whose CSs overlap;
+//! * `overlapping_cs` — a CS that needs its key alone (it holds a lock or a
+//!   write lock, or acted as a writer: whatever it holds) overlaps another
+//!   CS of the key;
+//! * `permits_over_limit` — more CSs of a key open at once than the least
+//!   limit among them: a semaphore's permits, or fewer if an act of one
+//!   needed fewer (the resource's capacity);
+//! * `limit_mismatch` — an obtain refused with `LimitMismatch` although
+//!   every obtain of the key asked for the same limit;
 //! * `write_outside_cs` — a write decided outside its grant's CS (the
 //!   holder acted on a lock it could not rely on);
 //! * `release_by_non_owner` — a release that returned `Ok` although a newer
-//!   grant of the key had been handed out before the release was sent;
+//!   grant of the key had been handed out before the release was sent (one
+//!   that excludes it: for permits, one of the two holds the key alone),
+//!   unless a data loss had erased the lock by then (excused, and counted);
 //! * `lost_late` — `lost()` seen later than the validity deadline plus the
 //!   tolerance (grants whose process was SIGSTOPped across the deadline are
 //!   excused, and counted; stores without TTL expiry have no deadline, so
@@ -65,8 +80,13 @@ pub enum ViolationKind {
     DuplicateToken,
     /// A later grant got a token not above an earlier one's.
     TokenOrder,
-    /// Two holders' critical sections overlapped.
+    /// A critical section that needs its key alone overlapped another.
     OverlappingCs,
+    /// More critical sections of a key were open at once than their limit.
+    PermitsOverLimit,
+    /// An obtain was refused with `LimitMismatch` although nobody asked for
+    /// another limit.
+    LimitMismatch,
     /// A write was decided outside its grant's critical section.
     WriteOutsideCs,
     /// A release returned Ok for a lock a newer grant had replaced.
@@ -94,6 +114,8 @@ impl ViolationKind {
             ViolationKind::DuplicateToken => "duplicate_token",
             ViolationKind::TokenOrder => "token_order",
             ViolationKind::OverlappingCs => "overlapping_cs",
+            ViolationKind::PermitsOverLimit => "permits_over_limit",
+            ViolationKind::LimitMismatch => "limit_mismatch",
             ViolationKind::WriteOutsideCs => "write_outside_cs",
             ViolationKind::ReleaseByNonOwner => "release_by_non_owner",
             ViolationKind::LostLate => "lost_late",
@@ -168,11 +190,12 @@ pub fn check(dir: &Path) -> io::Result<Report> {
     for idx in by_key.values() {
         checks::tokens(&mut c, grants, idx);
         checks::overlaps(&mut c, grants, idx, &by.losses);
-        checks::releases(&mut c, grants, idx);
+        checks::releases(&mut c, grants, idx, &by.losses);
     }
     checks::writes(&mut c, grants);
     checks::closes(&mut c, grants, &run.closed_obtains);
     checks::waiter_stops(&mut c, &run.obtains, &by.waiter_stops);
+    checks::limit_mismatches(&mut c, &run.obtains);
     if meta.ttl_expiry {
         checks::lost(&mut c, grants, &by.stops, tolerance_ns);
         checks::expired(&mut c, grants, &by.stops, tolerance_ns);

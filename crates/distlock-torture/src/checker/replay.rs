@@ -7,7 +7,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::report::Report;
-use crate::history::{Event, Fault, LostCause, read_lines};
+use crate::history::{Event, Fault, LostCause, Mode, read_lines};
 use crate::nemesis::FaultKind;
 use crate::variant::ClientProfile;
 
@@ -16,6 +16,8 @@ use crate::variant::ClientProfile;
 pub(super) struct Write {
     pub(super) op: u64,
     pub(super) checked: i64,
+    /// What the act needed of the key.
+    pub(super) mode: Mode,
 }
 
 /// How a release (or an obtain) ended.
@@ -52,6 +54,8 @@ pub(super) struct Grant {
     pub(super) op: u64,
     pub(super) key: String,
     pub(super) token: u64,
+    /// What it holds of the key.
+    pub(super) mode: Mode,
     pub(super) invoke: i64,
     pub(super) ok: i64,
     pub(super) valid_until_first: i64,
@@ -102,6 +106,16 @@ impl Grant {
     pub(super) fn end_alive(&self) -> i64 {
         self.death.map_or(self.end(), |d| self.end().min(d))
     }
+
+    /// How many sections of its key may be open with this one, it
+    /// included: what it holds, or less if one of its acts needed less
+    /// company (a write under a read lock needs the key alone).
+    pub(super) fn limit(&self) -> u32 {
+        self.writes
+            .iter()
+            .map(|w| w.mode.limit())
+            .fold(self.mode.limit(), u32::min)
+    }
 }
 
 /// How an obtain was answered.
@@ -117,8 +131,13 @@ pub(super) enum Answer {
 pub(super) struct Obtain {
     pub(super) client: u32,
     pub(super) incarnation: u32,
+    pub(super) op: u64,
+    pub(super) key: String,
+    pub(super) mode: Mode,
     pub(super) invoke: i64,
     pub(super) answer: Option<(i64, Answer)>,
+    /// The error of an obtain refused with `LimitMismatch`.
+    pub(super) mismatch: Option<String>,
 }
 
 /// An obtain that failed with `Closed`.
@@ -241,8 +260,8 @@ struct File<'a> {
     client: u32,
     incarnation: u32,
     profile: ClientProfile,
-    /// Obtain id → (index in `run.obtains`, key, Locker).
-    pending: HashMap<u64, (usize, String, Option<u64>)>,
+    /// Obtain id → (index in `run.obtains`, Locker).
+    pending: HashMap<u64, (usize, Option<u64>)>,
     /// Grant id → index in `run.grants`.
     grant_of: HashMap<u64, usize>,
     /// Write id → (grant index, accepted once answered).
@@ -291,18 +310,24 @@ impl<'a> File<'a> {
 
     /// A grant starts (an obtain's Ok, or a CLI section's start).
     fn grant(&mut self, op: u64, key: String, token: u64, valid_until: i64, t: i64) -> usize {
-        let (invoke, locker) = match self.pending.remove(&op) {
-            Some((o, _, locker)) => {
-                self.run.obtains[o].answer = Some((t, Answer::Granted));
-                (self.run.obtains[o].invoke, locker)
+        let (invoke, locker, mode) = match self.pending.remove(&op) {
+            Some((o, locker)) => {
+                let obtain = &mut self.run.obtains[o];
+                obtain.answer = Some((t, Answer::Granted));
+                (obtain.invoke, locker, obtain.mode)
             }
-            None => (t, None),
+            None => (t, None, Mode::Exclusive),
         };
         self.report.acquisitions += 1;
         *self
             .report
             .acquisitions_by_profile
             .entry(self.profile)
+            .or_default() += 1;
+        *self
+            .report
+            .acquisitions_by_mode
+            .entry(mode.to_string())
             .or_default() += 1;
         let index = self.run.grants.len();
         self.grant_of.insert(op, index);
@@ -312,6 +337,7 @@ impl<'a> File<'a> {
             op,
             key,
             token,
+            mode,
             invoke,
             ok: t,
             valid_until_first: valid_until,
@@ -329,7 +355,7 @@ impl<'a> File<'a> {
 
     /// An obtain that ended without a grant.
     fn refused(&mut self, op: u64, t: i64, not_obtained: bool) {
-        if let Some((o, _, _)) = self.pending.remove(&op) {
+        if let Some((o, _)) = self.pending.remove(&op) {
             let answer = if not_obtained {
                 Answer::NotObtained
             } else {
@@ -357,15 +383,23 @@ impl<'a> File<'a> {
         match event {
             Event::Start { profile, .. } => self.profile = profile,
             Event::ObtainInvoke {
-                op, key, locker, t, ..
+                op,
+                key,
+                mode,
+                locker,
+                t,
+                ..
             } => {
-                self.pending
-                    .insert(op, (self.run.obtains.len(), key, locker));
+                self.pending.insert(op, (self.run.obtains.len(), locker));
                 self.run.obtains.push(Obtain {
                     client: self.client,
                     incarnation: self.incarnation,
+                    op,
+                    key,
+                    mode,
                     invoke: t,
                     answer: None,
+                    mismatch: None,
                 });
             }
             Event::ObtainOk {
@@ -381,11 +415,15 @@ impl<'a> File<'a> {
                 op,
                 not_obtained,
                 closed,
+                limit_mismatch,
+                error,
                 t,
-                ..
             } => {
+                if limit_mismatch && let Some(&(o, _)) = self.pending.get(&op) {
+                    self.run.obtains[o].mismatch = Some(error);
+                }
                 if closed {
-                    let locker = self.pending.get(&op).and_then(|p| p.2);
+                    let locker = self.pending.get(&op).and_then(|p| p.1);
                     self.run.closed_obtains.push(ClosedObtain {
                         client: self.client,
                         incarnation: self.incarnation,
@@ -424,6 +462,7 @@ impl<'a> File<'a> {
             Event::WriteInvoke {
                 op,
                 grant,
+                mode,
                 checked,
                 valid_until,
                 t,
@@ -433,7 +472,7 @@ impl<'a> File<'a> {
                     self.writes.insert(op, (g, None));
                     let grant = &mut self.run.grants[g];
                     grant.valid_until_max = grant.valid_until_max.max(valid_until);
-                    grant.writes.push(Write { op, checked });
+                    grant.writes.push(Write { op, checked, mode });
                     if let Some(cli) = &mut grant.cli {
                         cli.last_act = cli.last_act.max(t);
                     }

@@ -24,6 +24,13 @@ pub struct Report {
     /// Acquisitions by client profile.
     #[serde(default)]
     pub acquisitions_by_profile: BTreeMap<ClientProfile, u64>,
+    /// Acquisitions by what they hold (`exclusive`, `permit of N`, `read`).
+    #[serde(default)]
+    pub acquisitions_by_mode: BTreeMap<String, u64>,
+    /// The most critical sections of one key open at once (as the overlap
+    /// check cuts them).
+    #[serde(default)]
+    pub max_concurrent: u64,
     /// Obtains that gave up (`NotObtained`).
     pub obtain_not_obtained: u64,
     /// Obtains that failed with another error.
@@ -34,6 +41,12 @@ pub struct Report {
     pub writes_accepted: u64,
     /// Writes the register rejected as stale.
     pub writes_rejected: u64,
+    /// Of the accepted writes, reads (of read locks).
+    #[serde(default)]
+    pub reads_accepted: u64,
+    /// Of the rejected writes, reads.
+    #[serde(default)]
+    pub reads_rejected: u64,
     /// Writes that failed on the way.
     pub writes_failed: u64,
     /// Writes without an outcome.
@@ -107,6 +120,10 @@ impl Report {
         let mut row = |k: &str, v: String| rows.push((k.to_owned(), v));
         if let Some(m) = &self.meta {
             row("backend", m.backend.clone());
+            row("workload", m.workload.to_string());
+            if let Some(limit) = m.limit {
+                row("permits per key", limit.to_string());
+            }
             row("variant", m.variant.to_string());
             row("seed", m.seed.to_string());
             row(
@@ -126,6 +143,14 @@ impl Report {
             join_counts(&self.acquisitions_by_profile, |p| p.name()),
         );
         row(
+            "acquisitions by mode",
+            join_counts(&self.acquisitions_by_mode, String::as_str),
+        );
+        row(
+            "most sections of a key at once",
+            self.max_concurrent.to_string(),
+        );
+        row(
             "obtains not obtained / failed / unknown",
             format!(
                 "{} / {} / {}",
@@ -139,6 +164,12 @@ impl Report {
                 self.writes_accepted, self.writes_rejected, self.writes_failed, self.writes_unknown
             ),
         );
+        if self.reads_accepted + self.reads_rejected > 0 {
+            row(
+                "of which reads accepted / rejected",
+                format!("{} / {}", self.reads_accepted, self.reads_rejected),
+            );
+        }
         row(
             "releases ok / not held / failed / unknown",
             format!(
@@ -180,8 +211,11 @@ impl Report {
         );
         let d = &self.data_loss;
         row(
-            "data losses: sections cut / overlaps across them (excused)",
-            format!("{}: {} / {}", d.losses, d.grants_cut, d.overlaps_excused),
+            "data losses: sections cut / overlaps across them / releases Ok after them (excused)",
+            format!(
+                "{}: {} / {} / {}",
+                d.losses, d.grants_cut, d.overlaps_excused, d.releases_excused
+            ),
         );
         let tolerance = self.meta.as_ref().map_or(0, |m| m.lost_tolerance_ms);
         row(
@@ -251,4 +285,8 @@ pub struct DataLoss {
     pub grants_cut: u64,
     /// Overlaps with such a section that the cut excused.
     pub overlaps_excused: u64,
+    /// Releases that returned Ok for a lock a loss had erased and a newer
+    /// grant replaced, excused.
+    #[serde(default)]
+    pub releases_excused: u64,
 }

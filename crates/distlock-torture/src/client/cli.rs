@@ -1,9 +1,10 @@
 //! The CLI profile: every round runs
 //!
 //! ```text
-//! distlock run KEY --backend URL --ttl T --wait W --quiet -- distlock-torture section --config JSON
+//! distlock run KEY --backend URL --ttl T --wait W [--limit N | --shared] --quiet -- distlock-torture section --config JSON
 //! ```
 //!
+//! (`--limit N` for a semaphore's permit, `--shared` for a read lock).
 //! `distlock run` holds the lock (and refreshes it) while the section, a
 //! process it starts, writes to the fenced register with
 //! `$DISTLOCK_FENCING_TOKEN`. The client records the obtain's invoke and
@@ -30,7 +31,7 @@ use tokio::time::sleep;
 use super::worker::{Under, write_done, write_invoke};
 use super::{ClientConfig, Control, Ops};
 use crate::clock;
-use crate::history::{Event, JsonLines};
+use crate::history::{Event, JsonLines, Mode};
 use crate::register::RegisterClient;
 
 /// Operation ids one CLI round reserves: the obtain (= the grant), then
@@ -52,6 +53,9 @@ pub struct SectionConfig {
     pub op: u64,
     /// How many writes.
     pub writes: u32,
+    /// What they need of the key.
+    #[serde(default)]
+    pub act: Mode,
     /// The section's RNG seed.
     pub seed: u64,
 }
@@ -70,6 +74,7 @@ pub(super) async fn run(
     let mut rng = fastrand::Rng::with_seed(cfg.seed);
     while !control.stopped() {
         let key = cfg.keys[rng.usize(..cfg.keys.len())].clone();
+        let round = cfg.round(&mut rng);
         let op = ops.reserve(ROUND_OPS);
         let wait = ttl * 2 + ttl.mul_f64(rng.f64());
         let section = SectionConfig {
@@ -79,13 +84,24 @@ pub(super) async fn run(
             incarnation: cfg.incarnation,
             op,
             writes: rng.u32(1..=3),
+            act: round.act,
             seed: rng.u64(..),
         };
         let mut command = Command::new(cli);
         command
             .args(["run", key.as_str(), "--backend", url.as_str()])
             .args(["--ttl", &format!("{}ms", cfg.ttl_ms)])
-            .args(["--wait", &format!("{}ms", wait.as_millis())])
+            .args(["--wait", &format!("{}ms", wait.as_millis())]);
+        match round.take {
+            Mode::Exclusive => {}
+            Mode::Permit { limit } => {
+                command.args(["--limit", &limit.to_string()]);
+            }
+            Mode::Read => {
+                command.arg("--shared");
+            }
+        }
+        command
             .args(["--quiet", "--"])
             .arg(exe)
             .args(["section", "--config"])
@@ -95,6 +111,7 @@ pub(super) async fn run(
             op,
             key,
             ttl_ms: cfg.ttl_ms,
+            mode: round.take,
             locker: None,
             t: clock::now_ns(),
         });
@@ -170,13 +187,14 @@ pub fn run_section(cfg: &SectionConfig) -> Result<(), String> {
             grant: cfg.op,
             key: &key,
             token,
+            act: cfg.act,
         };
         for op in (cfg.op + 1..).take(cfg.writes as usize) {
             // No deadline to check: `distlock run` stops the section in time.
             let now = clock::now_ns();
             write_invoke(&hist, op, under, now, i64::MAX, Duration::ZERO);
             let result = register
-                .write(&key, token, cfg.client, cfg.incarnation, op)
+                .write(&under.act(cfg.client, cfg.incarnation, op))
                 .await;
             write_done(&hist, op, result);
             sleep(Duration::from_micros(rng.u64(0..=3000))).await;

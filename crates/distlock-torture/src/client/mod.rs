@@ -1,6 +1,7 @@
-//! The workload one client runs: obtain a key, write to the fenced
-//! register under the lock, sometimes stall on purpose, release; repeat
-//! until told to stop. Every step is recorded in the client's history.
+//! The workload one client runs: obtain a key (a lock, a semaphore permit,
+//! or a read or write lock: its [`Workload`]), act on the fenced register
+//! under it, sometimes stall on purpose, release; repeat until told to
+//! stop. Every step is recorded in the client's history.
 //!
 //! The same code runs in a client process (`distlock-torture client`) and,
 //! for the memory backend, as a task of the orchestrator. How the client
@@ -30,7 +31,7 @@ pub use cli::{SectionConfig, run_section};
 use crate::clock;
 use crate::history::{CloseWhy, Event, JsonLines};
 use crate::store::{BackendKind, ClientStore};
-use crate::variant::{ClientProfile, Variant};
+use crate::variant::{ClientProfile, Variant, Workload};
 
 /// Everything a client needs; passed to a client process as JSON.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -53,6 +54,12 @@ pub struct ClientConfig {
     pub keys: Vec<String>,
     /// Lock TTL, milliseconds.
     pub ttl_ms: u64,
+    /// What it takes.
+    #[serde(default)]
+    pub workload: Workload,
+    /// The semaphore workload's permits per key.
+    #[serde(default = "one")]
+    pub limit: u32,
     /// Its behaviour.
     pub variant: Variant,
     /// How it uses distlock.
@@ -65,9 +72,18 @@ pub struct ClientConfig {
     pub section_exe: Option<PathBuf>,
 }
 
+fn one() -> u32 {
+    1
+}
+
 impl ClientConfig {
     fn ttl(&self) -> Duration {
         Duration::from_millis(self.ttl_ms)
+    }
+
+    /// What the next round takes and does.
+    fn round(&self, rng: &mut fastrand::Rng) -> crate::variant::Round {
+        self.workload.round(self.variant, self.limit, rng)
     }
 }
 

@@ -13,10 +13,10 @@ use tokio::time::{Instant, sleep};
 
 use super::{ClientConfig, Control, Ops};
 use crate::clock::{self, ns};
-use crate::history::{CloseWhy, Event, JsonLines, LostCause, PauseKind};
-use crate::register::RegisterClient;
+use crate::history::{CloseWhy, Event, JsonLines, LostCause, Mode, PauseKind};
+use crate::register::{Act, RegisterClient};
 use crate::store::ClientStore;
-use crate::variant::Variant;
+use crate::variant::{Variant, Workload};
 
 /// A Locker and what the history calls it.
 #[derive(Clone, Debug)]
@@ -56,17 +56,29 @@ struct Stalls {
 }
 
 impl Stalls {
-    fn of(variant: Variant) -> Stalls {
+    fn of(variant: Variant, workload: Workload) -> Stalls {
         match variant {
             Variant::Correct | Variant::ReleaseByName => Stalls {
                 overdue: 0.005,
                 delayed: 0.04,
-                slow: 0.005,
+                // A semaphore's permits fill (all N held at once) only if
+                // some sections last: on a loaded etcd a grant took 250 ms
+                // (median) for a 10 ms section, and 0.5% slow ones left a
+                // 27 s run at two of three.
+                slow: if workload == Workload::Semaphore {
+                    0.05
+                } else {
+                    0.005
+                },
                 writes: (1, 3),
             },
             // Long sections, so that a sibling's close of the shared backend
-            // often finds a lock held (and refreshed) on it.
-            Variant::CloseSharedBackend => Stalls {
+            // often finds a lock held (and refreshed) on it, and that a
+            // broken section meets others (N + 1 permits; a writer and a
+            // reader) on a store slower to grant than to write (etcd).
+            Variant::CloseSharedBackend
+            | Variant::LimitAboveCapacity
+            | Variant::ReadLockedWriter => Stalls {
                 overdue: 0.0,
                 delayed: 0.0,
                 slow: 0.25,
@@ -112,6 +124,8 @@ struct Held {
     grant: u64,
     key: String,
     token: u64,
+    /// What its acts need of the key.
+    act: Mode,
     refresher: Option<RefreshHandle>,
     /// The deadline the client relies on (its own, in control 4).
     own_deadline: Option<Instant>,
@@ -123,6 +137,7 @@ impl Held {
             grant: self.grant,
             key: &self.key,
             token: self.token,
+            act: self.act,
         }
     }
 
@@ -149,7 +164,7 @@ impl Worker {
             rng: fastrand::Rng::with_seed(seed),
             register: RegisterClient::new(cfg.register),
             ttl: cfg.ttl(),
-            stalls: Stalls::of(cfg.variant),
+            stalls: Stalls::of(cfg.variant, cfg.workload),
             hist,
             store,
             ops,
@@ -191,19 +206,19 @@ impl Worker {
             sleep(pause).await;
         }
         let key = self.cfg.keys[self.rng.usize(..self.cfg.keys.len())].clone();
+        let round = self.cfg.round(&mut self.rng);
         let op = self.next_op();
         let wait = self.ttl * 2 + self.ttl_fraction(0.0, 1.0);
         self.hist.append(&Event::ObtainInvoke {
             op,
             key: key.clone(),
             ttl_ms: self.cfg.ttl_ms,
+            mode: round.take,
             locker: Some(slot.id),
             t: clock::now_ns(),
         });
-        let result = slot
-            .locker
-            .obtain_with(key.as_str(), ObtainOptions::new().ttl(self.ttl).wait(wait))
-            .await;
+        let options = ObtainOptions::new().ttl(self.ttl).wait(wait);
+        let result = take(&slot.locker, self.cfg.workload, &key, round.take, options).await;
         let obtained_at = Instant::now();
         let lock = match result {
             Ok(lock) => lock,
@@ -212,6 +227,7 @@ impl Worker {
                     op,
                     not_obtained: e.is_not_obtained(),
                     closed: matches!(e, distlock::Error::Closed),
+                    limit_mismatch: matches!(e, distlock::Error::LimitMismatch { .. }),
                     error: e.to_string(),
                     t: ns(obtained_at),
                 });
@@ -227,6 +243,7 @@ impl Worker {
             lock,
             grant: op,
             key,
+            act: round.act,
             refresher: None,
             own_deadline: None,
         };
@@ -331,12 +348,20 @@ impl Worker {
                 self.write_now(held, op).await;
             } else {
                 let mut register = RegisterClient::new(self.cfg.register);
-                let (key, token, hist) = (held.key.clone(), held.token, self.hist.clone());
+                let (key, token, mode) = (held.key.clone(), held.token, held.act);
                 let (client, incarnation) = (self.cfg.client, self.cfg.incarnation);
+                let hist = self.hist.clone();
                 tokio::spawn(async move {
                     sleep(delay).await;
-                    let result = register.write(&key, token, client, incarnation, op).await;
-                    write_done(&hist, op, result);
+                    let act = Act {
+                        key: &key,
+                        token,
+                        mode,
+                        client,
+                        incarnation,
+                        op,
+                    };
+                    write_done(&hist, op, register.write(&act).await);
                 });
             }
             sleep(Duration::from_micros(self.rng.u64(0..=3000))).await;
@@ -345,16 +370,8 @@ impl Worker {
 
     /// Writes `op` to the register with the grant's token, and records it.
     async fn write_now(&mut self, held: &Held, op: u64) {
-        let result = self
-            .register
-            .write(
-                &held.key,
-                held.token,
-                self.cfg.client,
-                self.cfg.incarnation,
-                op,
-            )
-            .await;
+        let act = held.under().act(self.cfg.client, self.cfg.incarnation, op);
+        let result = self.register.write(&act).await;
         self.write_done(op, result);
     }
 
@@ -445,6 +462,26 @@ impl Worker {
     }
 }
 
+/// Asks `locker` for `key` in `mode`, through the workload's front type:
+/// a semaphore's permit, a reader-writer lock's read or write lock, or a
+/// plain lock.
+async fn take(
+    locker: &Locker,
+    workload: Workload,
+    key: &str,
+    mode: Mode,
+    options: ObtainOptions,
+) -> distlock::Result<Lock> {
+    match mode {
+        Mode::Permit { limit } => locker.semaphore(key, limit)?.acquire_with(options).await,
+        Mode::Read => locker.rw_lock(key)?.read_with(options).await,
+        Mode::Exclusive if workload == Workload::RwLock => {
+            locker.rw_lock(key)?.write_with(options).await
+        }
+        Mode::Exclusive => locker.obtain_with(key, options).await,
+    }
+}
+
 /// Whether the lock ended, for any reason (`lost()` has resolved).
 fn ended(lock: &Lock) -> bool {
     lock.lost().now_or_never().is_some()
@@ -456,6 +493,22 @@ pub(super) struct Under<'a> {
     pub(super) grant: u64,
     pub(super) key: &'a str,
     pub(super) token: u64,
+    /// What its acts need of the key.
+    pub(super) act: Mode,
+}
+
+impl<'a> Under<'a> {
+    /// Act `op` of client `client`/`incarnation` under the grant.
+    pub(super) fn act(self, client: u32, incarnation: u32, op: u64) -> Act<'a> {
+        Act {
+            key: self.key,
+            token: self.token,
+            mode: self.act,
+            client,
+            incarnation,
+            op,
+        }
+    }
 }
 
 /// Records the decision to write `op` under a grant.
@@ -472,6 +525,7 @@ pub(super) fn write_invoke(
         grant: under.grant,
         key: under.key.to_owned(),
         token: under.token,
+        mode: under.act,
         checked,
         valid_until,
         delay_ms: delay.as_millis() as u64,

@@ -4,11 +4,12 @@ use std::collections::BTreeSet;
 use std::io;
 
 use nix::sys::signal::Signal;
-use tokio::time::{Instant, sleep};
+use tokio::time::sleep;
 
 use super::pool::Pool;
+use super::waiter_stop;
 use crate::clock;
-use crate::history::Fault;
+use crate::history::{Fault, JsonLines};
 use crate::nemesis::{FaultKind, PlannedFault};
 use crate::store::Store;
 
@@ -30,29 +31,11 @@ pub(super) async fn apply(
     store: &mut Store,
     plan: PlannedFault,
     done: &mut Done,
+    log: &JsonLines,
 ) -> io::Result<Option<Fault>> {
     done.faults += 1;
     done.kinds.insert(plan.kind);
-    let mut client = pool.free_client(plan.client as usize);
-    let mut waiting = None;
-    if plan.kind == FaultKind::WaiterStop {
-        // The client waiting longest, for 50 ms at least: queued behind a
-        // holder, not about to be answered (nor, for a CLI client, still
-        // starting `distlock run`). Else the planned one.
-        let before = clock::now_ns() - 50_000_000;
-        let free: Vec<usize> = (0..pool.slots.len())
-            .filter(|&c| pool.free_client(c) == c)
-            .collect();
-        let found = free
-            .into_iter()
-            .filter_map(|c| pool.slots[c].waiting(before).map(|w| (c, w)))
-            .min_by_key(|(c, w)| (w.since, *c));
-        if let Some((c, w)) = found {
-            client = c;
-            waiting = Some(w);
-            done.waiters_stopped += 1;
-        }
-    }
+    let client = pool.free_client(plan.client as usize);
     let mut fault = Fault {
         kind: plan.kind,
         client: plan.kind.targets_client().then_some(client as u32),
@@ -72,23 +55,7 @@ pub(super) async fn apply(
             fault.detail = format!("stopped {} ms", plan.duration.as_millis());
         }
         FaultKind::WaiterStop => {
-            let now = clock::now_ns();
-            fault.detail = match waiting {
-                Some(w) => format!(
-                    "stopping {} ms while waiting {} ms for {} (obtain {})",
-                    plan.duration.as_millis(),
-                    (now - w.since) / 1_000_000,
-                    w.key,
-                    w.op
-                ),
-                None => format!(
-                    "stopping {} ms; no client was waiting",
-                    plan.duration.as_millis()
-                ),
-            };
-            fault.start = now;
-            pool.slots[client].signal_group(Signal::SIGSTOP);
-            pool.hold_stopped(client, Instant::now() + plan.duration, fault);
+            waiter_stop::stop_a_waiter(pool, plan, done, log).await;
             return Ok(None);
         }
         FaultKind::ClientKill | FaultKind::TaskAbort => {

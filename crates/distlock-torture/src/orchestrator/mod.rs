@@ -4,6 +4,7 @@
 
 mod faults;
 mod pool;
+mod waiter_stop;
 mod waiters;
 
 use std::io;
@@ -18,7 +19,7 @@ use crate::history::{JsonLines, RunEnd, RunMeta, write_json};
 use crate::nemesis::{FaultKind, Nemesis};
 use crate::register::Register;
 use crate::store::{BackendKind, Store};
-use crate::variant::Variant;
+use crate::variant::{Variant, Workload};
 use faults::Done;
 use pool::Pool;
 
@@ -30,6 +31,10 @@ pub const NAMESPACE: &str = "torture";
 pub struct RunConfig {
     /// The store.
     pub backend: BackendKind,
+    /// What the clients take.
+    pub workload: Workload,
+    /// The semaphore workload's permits per key.
+    pub limit: u32,
     /// The clients' behaviour.
     pub variant: Variant,
     /// The run seed: client RNGs and the fault schedule derive from it.
@@ -80,6 +85,8 @@ pub async fn run(cfg: &RunConfig) -> io::Result<Report> {
         &cfg.out.join("run.json"),
         &RunMeta {
             backend: cfg.backend.name().into(),
+            workload: cfg.workload,
+            limit: (cfg.workload == Workload::Semaphore).then_some(cfg.limit),
             variant: cfg.variant,
             seed: cfg.seed,
             clients: cfg.clients,
@@ -143,7 +150,8 @@ pub async fn run(cfg: &RunConfig) -> io::Result<Report> {
                 end_at = (Instant::now() + Duration::from_secs(2)).min(begun + cfg.max_duration);
             }
             if let Some(plan) = plan
-                && let Some(fault) = faults::apply(&mut pool, &mut store, plan, &mut done).await?
+                && let Some(fault) =
+                    faults::apply(&mut pool, &mut store, plan, &mut done, &faults_log).await?
             {
                 faults_log.append(&fault);
             }

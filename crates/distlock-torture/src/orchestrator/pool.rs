@@ -71,6 +71,31 @@ impl Slot {
         }
     }
 
+    /// Whether obtain `op` is still unanswered in the client's history.
+    pub(super) fn pending(&mut self, op: u64) -> bool {
+        match self {
+            Slot::Process { tail, .. } => {
+                tail.update();
+                tail.is_pending(op)
+            }
+            Slot::Task { .. } => false,
+        }
+    }
+
+    /// Whether the client process is stopped (by SIGSTOP), from
+    /// `/proc/<pid>/stat`: once it is, its history holds all it did before.
+    pub(super) fn is_stopped(&self) -> bool {
+        let Slot::Process { pid, .. } = self else {
+            return false;
+        };
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            // The state follows the command name, which may hold spaces.
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next())
+                .is_some_and(|state| state == 'T')
+        })
+    }
+
     /// The obtain this client has been waiting on longest, invoked before
     /// `before` (ns).
     pub(super) fn waiting(&mut self, before: i64) -> Option<Waiting> {
@@ -135,6 +160,8 @@ impl<'a> Pool<'a> {
             seed: client_seed(self.cfg.seed, client, incarnation),
             keys: self.keys.clone(),
             ttl_ms: self.cfg.ttl.as_millis() as u64,
+            workload: self.cfg.workload,
+            limit: self.cfg.limit,
             variant: self.cfg.variant,
             profile: self.cfg.variant.profile(self.cfg.backend, client),
             history: self
@@ -349,11 +376,13 @@ impl<'a> Pool<'a> {
             .partition(|h| all || h.until <= now);
         self.held = held;
         for mut stop in due {
+            // The end is taken before SIGCONT: a waiter answered the moment
+            // it runs again must not look answered before its stop ended.
+            stop.fault.end = clock::now_ns();
             let slot = &self.slots[stop.client];
             if slot.incarnation() == stop.incarnation {
                 slot.signal_group(Signal::SIGCONT);
             }
-            stop.fault.end = clock::now_ns();
             let _ = write!(
                 stop.fault.detail,
                 "; resumed after {} ms{}",

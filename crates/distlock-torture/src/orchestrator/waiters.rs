@@ -73,6 +73,11 @@ impl Tail {
         }
     }
 
+    /// Whether obtain `op` is invoked and not yet answered.
+    pub(super) fn is_pending(&self, op: u64) -> bool {
+        self.pending.contains_key(&op)
+    }
+
     /// The longest-waiting obtain invoked before `before` (ns), if any.
     pub(super) fn waiting(&self, before: i64) -> Option<Waiting> {
         self.pending
@@ -105,6 +110,7 @@ mod tests {
             op,
             key: format!("k{op}"),
             ttl_ms: 1000,
+            mode: Default::default(),
             locker: None,
             t,
         };

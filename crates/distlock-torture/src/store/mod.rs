@@ -247,6 +247,10 @@ impl Store {
                     peer_proxies.push(proxy);
                 }
                 let cluster = tokio::task::block_in_place(|| EtcdCluster::start_with_peers(&peers));
+                // The members listen before they have elected a leader; on a
+                // loaded machine that took seconds, which the clients' first
+                // connect spent (a 5 s control run once made no acquisition).
+                cluster.leader(ELECTION_WITHIN).await;
                 let mut proxies = Vec::new();
                 for member in &cluster.members {
                     let upstream = member.endpoint.parse().expect("a socket address");
@@ -284,9 +288,9 @@ impl Store {
         ClientStore::new(self.kind, &self.client_url, self.memory.clone())
     }
 
-    /// Keys of `namespace` still held (the known `keys`, plus for Redis
-    /// any lock key or waiters' queue at all), read directly from the
-    /// store, not through the proxy. Read-only.
+    /// Keys of `namespace` still held (every holder of the known `keys`,
+    /// plus for Redis any lock key, waiters' queue or permit set at all),
+    /// read directly from the store, not through the proxy. Read-only.
     pub async fn leftover(&self, namespace: &str, keys: &[String]) -> Vec<String> {
         let locker = match self.kind {
             BackendKind::Memory => Locker::builder(self.memory.clone().expect("memory store"))
@@ -316,18 +320,27 @@ impl Store {
         };
         let mut found = Vec::new();
         for key in keys {
-            match locker.inspect(key.as_str()).await {
-                Ok(Some(holder)) => found.push(format!(
-                    "{key} (token {}, expires in {:?})",
-                    holder.fencing_token, holder.expires_in
-                )),
-                Ok(None) => {}
-                Err(e) => found.push(format!("{key} (inspect failed: {e})")),
+            // Every holder: a semaphore's or readers' permits too.
+            match locker.holders(key.as_str()).await {
+                Ok(held) => {
+                    for holder in held.holders {
+                        found.push(format!(
+                            "{key} (token {}, expires in {:?}{})",
+                            holder.fencing_token,
+                            holder.expires_in,
+                            held.limit
+                                .map_or(String::new(), |n| format!(", permit of {n}"))
+                        ));
+                    }
+                }
+                Err(e) => found.push(format!("{key} (holders failed: {e})")),
             }
         }
         if let Some(server) = &self.redis {
             let mut conn = server.admin().await;
-            for kind in ["lock", "queue", "waiting"] {
+            // Permits live in `expiries` and `permits` beside the lock key;
+            // the last one out must leave neither.
+            for kind in ["lock", "queue", "waiting", "expiries", "permits"] {
                 let pattern = format!("{namespace}:*:{kind}:*");
                 let all: Vec<String> = redis::cmd("KEYS")
                     .arg(&pattern)

@@ -85,8 +85,12 @@ impl Slot {
         }
     }
 
-    fn holder_mut(&mut self, owner: OwnerToken) -> Option<&mut Holder> {
-        self.holders.iter_mut().find(|h| h.owner == owner)
+    /// The holder of `owner`'s lease in mode `share` (a lease is named by
+    /// both, as a store that keeps each mode in its own record names it).
+    fn holder_mut(&mut self, owner: OwnerToken, share: Share) -> Option<&mut Holder> {
+        self.holders
+            .iter_mut()
+            .find(|h| h.owner == owner && h.share == share)
     }
 
     fn leave_queue(&mut self, owner: OwnerToken) {
@@ -193,7 +197,7 @@ impl MemoryBackend {
     fn acquire_now(&self, req: &AcquireRequest) -> Result<Attempt> {
         let now = Instant::now();
         self.with_slot(&req.key, |slot| {
-            if let Some(mine) = slot.holder_mut(req.owner) {
+            if let Some(mine) = slot.holder_mut(req.owner, req.share) {
                 mine.expires_at = now + req.ttl;
                 return Ok(Attempt::Granted {
                     fencing_token: mine.fencing_token,
@@ -237,12 +241,14 @@ impl MemoryBackend {
 
     fn extend_now(&self, lease: &LeaseRef, ttl: Duration) -> Result<()> {
         let now = Instant::now();
-        self.with_slot(&lease.key, |slot| match slot.holder_mut(lease.owner) {
-            Some(mine) => {
-                mine.expires_at = now + ttl;
-                Ok(())
+        self.with_slot(&lease.key, |slot| {
+            match slot.holder_mut(lease.owner, lease.share) {
+                Some(mine) => {
+                    mine.expires_at = now + ttl;
+                    Ok(())
+                }
+                None => Err(not_held(&lease.key)),
             }
-            None => Err(not_held(&lease.key)),
         })
     }
 
@@ -254,7 +260,7 @@ impl MemoryBackend {
             let at = slot
                 .holders
                 .iter()
-                .position(|h| h.owner == lease.owner)
+                .position(|h| h.owner == lease.owner && h.share == lease.share)
                 .ok_or_else(|| not_held(&lease.key))?;
             slot.holders.remove(at);
             slot.released.notify_waiters();

@@ -1,6 +1,8 @@
-//! One acquisition attempt: take the lock if nobody holds or waits for it,
-//! else join the queue on the waiters' lease, or read whether our queued
-//! entry is first; a grant moves the entry onto the lease of its TTL.
+//! One acquisition attempt: take the key if nobody holds or waits for it;
+//! a permit that fits beside the holders takes it with a put guarded by
+//! the queue it saw; else join the queue on the waiters' lease, or read
+//! where our queued entry stands. A grant moves a queued entry onto the
+//! lease of its TTL.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -11,19 +13,29 @@ use etcd_client::{
 };
 use tokio::time::Instant;
 
+use super::Inner;
+use super::admission::{self, Standing};
+use super::encode::{self, Put};
 use super::entries::Entry;
 use super::errors::{backend_error, lease_not_found};
 use super::leases::WAITERS;
 use super::session::{LeaseTrouble, Session};
-use super::{Inner, encode};
 use crate::backend::{AcquireRequest, Attempt};
 use crate::error::{Error, Result};
 use crate::key::LockKey;
+use crate::lease::Share;
+
+/// How many times a permit that fits beside the holders tries its guarded
+/// put while others keep joining the queue, before it queues (or, for a
+/// single attempt, answers `Contended`).
+const GUARDED_PUTS: usize = 8;
 
 pub(super) enum AttemptError {
     /// etcd does not know one of these leases any more (its error does not
     /// say which).
     LeaseGone(Vec<Arc<Session>>),
+    /// The key is held by permits of this other limit.
+    Mismatch(u32),
     Other(Error),
 }
 
@@ -36,15 +48,23 @@ impl From<Error> for AttemptError {
 /// Our entry's key, as an attempt found or made it.
 #[derive(Clone, Copy)]
 struct Mine {
+    /// Its create revision: the entry's identity, which guards deletes.
     revision: i64,
+    /// Once on its holder's lease, its fencing token: the revision of the
+    /// put that granted it.
+    token: i64,
     lease: i64,
+    /// This attempt put it.
+    put_now: bool,
 }
 
 impl Mine {
     fn of(kv: &KeyValue) -> Self {
         Mine {
             revision: kv.create_revision(),
+            token: encode::entry_token(kv.value(), kv.mod_revision()),
             lease: kv.lease(),
+            put_now: false,
         }
     }
 }
@@ -55,7 +75,7 @@ struct TxnReply {
     /// How deep in the nesting a put ran, if one did.
     put_depth: Option<usize>,
     /// The results of its reads, in order.
-    ranges: Vec<Option<KeyValue>>,
+    ranges: Vec<Vec<KeyValue>>,
     /// The transaction's revision: a put's create revision.
     revision: i64,
 }
@@ -65,17 +85,41 @@ impl TxnReply {
         for op in ops {
             match op {
                 TxnOpResponse::Put(_) => self.put_depth = Some(depth),
-                TxnOpResponse::Get(get) => self.ranges.push(get.kvs().first().cloned()),
+                TxnOpResponse::Get(get) => self.ranges.push(get.kvs().to_vec()),
                 TxnOpResponse::Txn(txn) => self.add(txn.op_responses(), depth + 1),
                 TxnOpResponse::Delete(_) => {}
             }
         }
+    }
+
+    /// The last read: the head of the queue.
+    fn head(&self) -> Vec<KeyValue> {
+        self.ranges.last().cloned().unwrap_or_default()
     }
 }
 
 impl Inner {
     pub(super) async fn try_acquire(self: &Arc<Self>, req: &AcquireRequest) -> Result<Attempt> {
         self.ensure_open()?;
+        let held = match self.claimed_attempt(req).await {
+            Err(AttemptError::Mismatch(held)) => held,
+            Err(AttemptError::Other(e)) => return Err(e),
+            Err(AttemptError::LeaseGone(_)) => unreachable!("handled by claimed_attempt"),
+            Ok(attempt) => return Ok(attempt),
+        };
+        // Refused: an entry this attempt queued goes at once.
+        if self.state().entries.contains_key(&req.owner) {
+            let _ = self.release(&req.lease()).await;
+        }
+        let asked = req.share.limit().unwrap_or_default();
+        Err(Error::limit_mismatch(&req.key, asked, held))
+    }
+
+    /// One attempt, with its entry claimed (see [`Inner::claim`]).
+    async fn claimed_attempt(
+        self: &Arc<Self>,
+        req: &AcquireRequest,
+    ) -> Result<Attempt, AttemptError> {
         // Our own entry may be the one being deleted (reaped while queued):
         // then this attempt starts afresh once it is gone. Until the claim
         // is dropped, the reaper leaves the entry to us.
@@ -90,13 +134,11 @@ impl Inner {
                     renewed_lease = true;
                 }
                 Err(AttemptError::LeaseGone(_)) => {
-                    return Err(backend_error(
-                        "acquire",
-                        "the etcd lease vanished twice in a row",
-                    ));
+                    return Err(
+                        backend_error("acquire", "the etcd lease vanished twice in a row").into(),
+                    );
                 }
-                Err(AttemptError::Other(e)) => return Err(e),
-                Ok(attempt) => return Ok(attempt),
+                other => return other,
             }
         }
     }
@@ -141,6 +183,7 @@ impl Inner {
         let queued_on = waiters.as_ref().unwrap_or(&session);
         let queued_reap_at = now + req.ttl.max(queued_on.ttl);
         let known;
+        let granted_in_queue;
         let wake;
         {
             let mut state = self.state();
@@ -148,10 +191,12 @@ impl Inner {
             let entry = state.entries.entry(owner).or_insert_with(|| Entry {
                 key: req.key.clone(),
                 etcd_key: etcd_key.clone(),
+                share: req.share,
                 session: session.clone(),
                 waiting_on: None,
                 ttl: req.ttl,
                 revision: None,
+                granted_in_queue: None,
                 granted: false,
                 reap_at: queued_reap_at,
                 releasing: false,
@@ -166,6 +211,12 @@ impl Inner {
             entry.reap_at = entry.reap_at.max(queued_reap_at);
             let at = entry.reap_at;
             known = entry.revision;
+            // A wait saw the queue grant our key, still on the waiters' lease.
+            granted_in_queue = entry
+                .granted_in_queue
+                .take()
+                .filter(|created| known == Some(*created))
+                .and(entry.waiting_on.as_ref().map(|w| w.id));
             wake = Self::schedule(state, owner, at);
         }
         if wake {
@@ -177,104 +228,196 @@ impl Inner {
 
         // The deadline inspect counts to (extends do not rewrite it).
         let deadline = SystemTime::now() + req.ttl;
-        let value = encode::entry_value(req.ttl, deadline, req.metadata.as_deref());
-        let put_on = |lease: i64| {
+        let metadata = req.metadata.as_deref();
+        let value = encode::entry_value(req.ttl, deadline, req.share, Put::Grant, metadata);
+        let queued = encode::entry_value(req.ttl, deadline, req.share, Put::Queued, metadata);
+        let put_on = |lease: i64, value: &Vec<u8>| {
             TxnOp::put(
                 etcd_key.clone(),
                 value.clone(),
                 Some(PutOptions::new().with_lease(lease)),
             )
         };
-        let first_entry = GetOptions::new()
-            .with_prefix()
-            .with_sort(SortTarget::Create, SortOrder::Ascend)
-            .with_limit(1);
-        let read_first = || TxnOp::get(prefix.clone(), Some(first_entry.clone()));
-        let reads = || [TxnOp::get(etcd_key.clone(), None), read_first()];
+        // The head of the queue: as many entries as can hold the key beside
+        // us, none created after our entry when we know it.
+        let read_head = |upto: Option<i64>| {
+            let mut head = GetOptions::new()
+                .with_prefix()
+                .with_sort(SortTarget::Create, SortOrder::Ascend)
+                .with_limit(admission::head_len(req.share));
+            if let Some(revision) = upto {
+                head = head.with_max_create_revision(revision);
+            }
+            TxnOp::get(prefix.clone(), Some(head))
+        };
+        let reads = |upto| [TxnOp::get(etcd_key.clone(), None), read_head(upto)];
         let mut found = None;
-        if req.will_wait && known.is_some() {
+        let told_by_wait = known.filter(|_| req.will_wait).zip(granted_in_queue);
+        if let Some((revision, lease)) = told_by_wait {
+            // No need to read where we stand: the move below is guarded by
+            // our create revision, in case our key vanished since.
+            let mine = Mine {
+                revision,
+                token: revision,
+                lease,
+                put_now: false,
+            };
+            found = Some((mine, Vec::new()));
+        } else if req.will_wait && known.is_some() {
             // Already queued: a read-only transaction (served without a
-            // raft proposal) says whether we are first now.
+            // raft proposal) says where we stand now.
             let reply = self
-                .run_txn(&req.key, Txn::new().and_then(reads()), &[])
+                .run_txn(&req.key, Txn::new().and_then(reads(known)), &[])
                 .await?;
-            if let [Some(mine), first] = &reply.ranges[..] {
-                found = Some((Mine::of(mine), first.clone()));
+            if let [mine, head] = &reply.ranges[..]
+                && let Some(mine) = mine.first()
+            {
+                found = Some((Mine::of(mine), head.clone()));
             }
             // Else our entry vanished: queue again at the back, below.
         }
-        let (mine, first) = match found {
-            Some(found) => (Some(found.0), found.1),
-            None => loop {
-                // Whatever this put's fate, a release or the reaper must
-                // delete our key under any revision from now on.
-                if let Some(entry) = self.state().entries.get_mut(&owner) {
-                    entry.revision = None;
-                }
-                let otherwise = match &waiters {
-                    // Join the queue (once), on the waiters' lease.
-                    Some(waiters) => vec![TxnOp::txn(
-                        Txn::new()
-                            .when([Compare::create_revision(
-                                etcd_key.clone(),
-                                CompareOp::Equal,
-                                0,
-                            )])
-                            .and_then([put_on(waiters.id), read_first()])
-                            .or_else(reads()),
-                    )],
-                    // One attempt (or no waiters' lease yet): nothing is written.
-                    None => reads().into(),
+        // With the revision of a read of the queue's whole head (not one
+        // cut at our entry), which a later permit can go by.
+        let (mine, head, whole_head_at) = match found {
+            Some(found) => (Some(found.0), found.1, None),
+            None => {
+                // A lock waits whenever the key is not free, so it joins the
+                // queue in its first transaction; a permit first sees
+                // whether it fits beside the holders.
+                let mut queue = waiters.is_some() && req.share == Share::Exclusive;
+                // Some(revision): put ours if no entry was created since;
+                // at once if what this backend saw of the queue lets it in.
+                let mut guard = match req.share {
+                    Share::Exclusive => None,
+                    Share::Permit { .. } => self
+                        .state()
+                        .seen
+                        .get(&req.key)
+                        .filter(|seen| seen.fits(req.share))
+                        .map(|seen| seen.revision),
                 };
-                // Nobody holds or waits for it: take it, on its TTL's lease.
-                let free =
-                    Compare::create_revision(prefix.clone(), CompareOp::Equal, 0).with_prefix();
-                let txn = Txn::new()
-                    .when([free])
-                    .and_then([put_on(session.id), read_first()])
-                    .or_else(otherwise);
-                let leases: Vec<Arc<Session>> = std::iter::once(session.clone())
-                    .chain(waiters.clone())
-                    .collect();
-                let reply = self.run_txn(&req.key, txn, &leases).await?;
-                // A put's revision (the transaction's) is our entry's create
-                // revision: no need to read it back. Else the reads are
-                // [ours, first], after a put [first].
-                let put = reply.put_depth.and_then(|depth| leases.get(depth));
-                let mine = match put {
-                    Some(lease) => Some(Mine {
-                        revision: reply.revision,
-                        lease: lease.id,
-                    }),
-                    None => reply
-                        .ranges
-                        .first()
-                        .cloned()
-                        .flatten()
-                        .as_ref()
-                        .map(Mine::of),
-                };
-                if mine.is_none() && req.will_wait && waiters.is_none() {
-                    waiters = Some(self.waiter_session().await?);
-                    continue;
+                let mut guarded_puts = 0;
+                loop {
+                    // Whatever this put's fate, a release or the reaper must
+                    // delete our key under any revision from now on.
+                    if let Some(entry) = self.state().entries.get_mut(&owner) {
+                        entry.revision = None;
+                    }
+                    let grant = [put_on(session.id, &value), read_head(None)];
+                    let txn = match (guard, &waiters) {
+                        // Fits beside the holders read at `seen`, unless
+                        // someone queued or took a permit since.
+                        (Some(seen), _) => {
+                            let nothing_since =
+                                Compare::create_revision(prefix.clone(), CompareOp::Less, seen + 1)
+                                    .with_prefix();
+                            // Ours may be there (an owner asking again): its
+                            // grant is read, not put again.
+                            let not_ours =
+                                Compare::create_revision(etcd_key.clone(), CompareOp::Equal, 0);
+                            Txn::new()
+                                .when([nothing_since, not_ours])
+                                .and_then(grant)
+                                .or_else(reads(None))
+                        }
+                        (None, waiters) => {
+                            let otherwise = match waiters.as_ref().filter(|_| queue) {
+                                // Join the queue (once), on the waiters' lease.
+                                Some(waiters) => vec![TxnOp::txn(
+                                    Txn::new()
+                                        .when([Compare::create_revision(
+                                            etcd_key.clone(),
+                                            CompareOp::Equal,
+                                            0,
+                                        )])
+                                        .and_then([put_on(waiters.id, &queued), read_head(None)])
+                                        .or_else(reads(None)),
+                                )],
+                                // A read: nothing is written.
+                                None => reads(None).into(),
+                            };
+                            // Nobody holds or waits for it: take it, on its TTL's lease.
+                            let free =
+                                Compare::create_revision(prefix.clone(), CompareOp::Equal, 0)
+                                    .with_prefix();
+                            Txn::new().when([free]).and_then(grant).or_else(otherwise)
+                        }
+                    };
+                    let leases: Vec<Arc<Session>> = std::iter::once(session.clone())
+                        .chain(waiters.clone().filter(|_| queue))
+                        .collect();
+                    let reply = self.run_txn(&req.key, txn, &leases).await?;
+                    // A put's revision (the transaction's) is our entry's create
+                    // revision: no need to read it back. Else the reads are
+                    // [ours, head], after a put [head].
+                    let put = reply.put_depth.and_then(|depth| leases.get(depth));
+                    let mine = match put {
+                        Some(lease) => Some(Mine {
+                            revision: reply.revision,
+                            token: reply.revision,
+                            lease: lease.id,
+                            put_now: true,
+                        }),
+                        None => reply
+                            .ranges
+                            .first()
+                            .and_then(|ours| ours.first())
+                            .map(Mine::of),
+                    };
+                    let head = reply.head();
+                    if mine.is_some() {
+                        break (mine, head, Some(reply.revision));
+                    }
+                    guard = None;
+                    if req.share != Share::Exclusive && !queue {
+                        let shares = admission::shares_of(&head);
+                        match admission::standing(&shares, None, req.share) {
+                            Standing::Mismatch { held } => {
+                                self.forget_unwritten(owner);
+                                return Err(AttemptError::Mismatch(held));
+                            }
+                            Standing::Granted if guarded_puts < GUARDED_PUTS => {
+                                guarded_puts += 1;
+                                guard = Some(reply.revision);
+                                continue;
+                            }
+                            _ => {}
+                        }
+                    }
+                    if req.will_wait && !queue {
+                        if waiters.is_none() {
+                            waiters = Some(self.waiter_session().await?);
+                        }
+                        queue = true;
+                        continue;
+                    }
+                    break (None, head, Some(reply.revision));
                 }
-                break (mine, reply.ranges.last().cloned().flatten());
-            },
+            }
         };
-        let holder = first.as_ref().map(|kv| {
-            encode::holder_info(kv.create_revision(), kv.value(), SystemTime::now(), None)
+        let shares = admission::shares_of(&head);
+        if let (Share::Permit { .. }, Some(revision)) = (req.share, whole_head_at) {
+            let whole = (shares.len() as i64) < admission::head_len(req.share);
+            let seen = admission::Seen::of(&shares, whole, revision);
+            self.state().saw(&req.key, seen);
+        }
+        let holder = head.first().map(|kv| {
+            let token = encode::entry_token(kv.value(), kv.mod_revision());
+            encode::holder_info(token, kv.value(), SystemTime::now(), None)
         });
         let Some(mine) = mine else {
-            // A single attempt that found the lock taken: nothing was written.
-            let mut state = self.state();
-            if state.entries.get(&owner).is_some_and(|e| !e.releasing) {
-                state.entries.remove(&owner);
-            }
+            // A single attempt that found the key taken: nothing was written.
+            self.forget_unwritten(owner);
             return Ok(Attempt::Contended { holder });
         };
-        let is_first = first
-            .as_ref()
-            .is_some_and(|kv| kv.create_revision() == mine.revision);
+        let position = head
+            .iter()
+            .position(|kv| kv.create_revision() == mine.revision);
+        let standing = if told_by_wait.is_some() {
+            Standing::Granted
+        } else {
+            admission::standing(&shares, position, req.share)
+        };
         {
             let mut state = self.state();
             let Some(entry) = state.entries.get_mut(&owner) else {
@@ -303,8 +446,11 @@ impl Inner {
                 }
             }
         }
-        if !is_first {
-            return Ok(Attempt::Contended { holder });
+        match standing {
+            Standing::Granted => {}
+            Standing::Waiting => return Ok(Attempt::Contended { holder }),
+            // Our queued entry is deleted by the caller.
+            Standing::Mismatch { held } => return Err(AttemptError::Mismatch(held)),
         }
         match session.ensure_until(target, &req.validity).await {
             Ok(()) => {}
@@ -315,19 +461,40 @@ impl Inner {
                 );
             }
         }
-        if mine.lease != session.id {
-            // First in the queue: the grant moves our key onto the lease of
-            // its TTL, guaranteed to outlive the validity deadline. A put
-            // keeps the create revision, the fencing token.
+        let mut token = mine.token;
+        let moved = mine.lease != session.id;
+        if moved || !mine.put_now {
+            // Granted in the queue: the grant moves our key onto the lease
+            // of its TTL, guaranteed to outlive the validity deadline. A put
+            // keeps the create revision (our identity), and its revision is
+            // the fencing token: grants are numbered in the order they are
+            // made, also when several permits came free at once. Granted
+            // before (asked again): the put writes the new deadline, and the
+            // token it keeps.
+            let put = match moved {
+                true => put_on(session.id, &value),
+                false => {
+                    let again = Put::Again(mine.token);
+                    let value = encode::entry_value(req.ttl, deadline, req.share, again, metadata);
+                    TxnOp::put(
+                        etcd_key.clone(),
+                        value,
+                        Some(PutOptions::new().with_lease(session.id)),
+                    )
+                }
+            };
             let same = Compare::create_revision(etcd_key.clone(), CompareOp::Equal, mine.revision);
-            let moved = Txn::new().when([same]).and_then([put_on(session.id)]);
+            let txn = Txn::new().when([same]).and_then([put]);
             let reply = self
-                .run_txn(&req.key, moved, std::slice::from_ref(&session))
+                .run_txn(&req.key, txn, std::slice::from_ref(&session))
                 .await?;
             if reply.put_depth.is_none() {
                 // Gone since the read (its lease expired): the next attempt
                 // queues again.
                 return Ok(Attempt::Contended { holder: None });
+            }
+            if moved {
+                token = reply.revision;
             }
         }
         let mut state = self.state();
@@ -348,8 +515,16 @@ impl Inner {
             self.reaper_wake.notify_one();
         }
         Ok(Attempt::Granted {
-            fencing_token: u64::try_from(mine.revision).unwrap_or_default(),
+            fencing_token: u64::try_from(token).unwrap_or_default(),
         })
+    }
+
+    /// Forgets the entry of an attempt that wrote nothing.
+    fn forget_unwritten(&self, owner: crate::lease::OwnerToken) {
+        let mut state = self.state();
+        if state.entries.get(&owner).is_some_and(|e| !e.releasing) {
+            state.entries.remove(&owner);
+        }
     }
 
     /// Runs an acquire transaction; `leases` are those its puts use.

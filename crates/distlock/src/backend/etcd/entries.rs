@@ -9,9 +9,14 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::Inner;
+use super::admission::Seen;
 use super::session::Session;
 use crate::key::LockKey;
-use crate::lease::OwnerToken;
+use crate::lease::{OwnerToken, Share};
+
+/// How many keys' queues the backend remembers having seen (see [`Seen`]);
+/// past it, it forgets them all, which costs a read per permit attempt.
+const SEEN_KEYS: usize = 1024;
 
 /// This backend's entries in etcd, by owner token.
 #[derive(Default)]
@@ -25,11 +30,33 @@ pub(super) struct State {
     pub(super) reap_queue: BinaryHeap<Reverse<Due>>,
     /// When the reaper wakes next (`None`: when told to).
     pub(super) reaper_at: Option<Instant>,
+    /// What permit attempts last saw of their keys' queues.
+    pub(super) seen: HashMap<LockKey, Seen>,
+}
+
+impl State {
+    /// Remembers what an attempt saw of `key`'s queue (`None`: nothing a
+    /// permit could use).
+    pub(super) fn saw(&mut self, key: &LockKey, seen: Option<Seen>) {
+        match seen {
+            Some(seen) => {
+                if self.seen.len() >= SEEN_KEYS && !self.seen.contains_key(key) {
+                    self.seen.clear();
+                }
+                self.seen.insert(key.clone(), seen);
+            }
+            None => {
+                self.seen.remove(key);
+            }
+        }
+    }
 }
 
 pub(super) struct Entry {
     pub(super) key: LockKey,
     pub(super) etcd_key: Vec<u8>,
+    /// The mode asked for: an extend or release in another one is not ours.
+    pub(super) share: Share,
     /// The lease of the lock's TTL, which a grant puts the key on.
     pub(super) session: Arc<Session>,
     /// The waiters' lease, while the key is queued on it.
@@ -37,6 +64,9 @@ pub(super) struct Entry {
     pub(super) ttl: Duration,
     /// The create revision of our key, once an attempt's reply said so.
     pub(super) revision: Option<i64>,
+    /// The create revision of our queued key when a wait saw that the
+    /// queue grants it (entries ahead of it only leave).
+    pub(super) granted_in_queue: Option<i64>,
     pub(super) granted: bool,
     /// When the reaper deletes the key unless an extend or attempt moves it.
     pub(super) reap_at: Instant,
@@ -139,6 +169,19 @@ impl Inner {
             return;
         };
         let key = entry.key.clone();
+        // A deletion of ours is one entry fewer in what was seen; a key
+        // found gone may never have been there when it was seen.
+        match (deleted, entry.revision) {
+            (Some(Deleted::Yes), Some(created)) => {
+                if let Some(seen) = state.seen.get_mut(&key) {
+                    seen.left(created);
+                }
+            }
+            (Some(_), _) => {
+                state.seen.remove(&key);
+            }
+            (None, _) => {}
+        }
         let retry_at = match deleted {
             Some(Deleted::Other(revision)) => {
                 entry.revision = Some(revision);
@@ -237,10 +280,12 @@ mod tests {
         Entry {
             etcd_key: super::super::encode::entry_key(&key, owner),
             key,
+            share: Share::Exclusive,
             session,
             waiting_on: None,
             ttl: Duration::from_secs(1),
             revision: Some(5),
+            granted_in_queue: None,
             granted: false,
             reap_at: Instant::now(),
             releasing: false,

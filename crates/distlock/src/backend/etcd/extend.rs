@@ -151,7 +151,8 @@ impl Inner {
         let Some(entry) = state.entries.get_mut(&lease.owner) else {
             return Err(not_held(&lease.key));
         };
-        if !entry.granted || entry.releasing || entry.reap_at <= now {
+        let other_mode = entry.share != lease.share;
+        if other_mode || !entry.granted || entry.releasing || entry.reap_at <= now {
             return Err(not_held(&lease.key));
         }
         entry.reap_at = entry.reap_at.max(now + ttl);
@@ -170,7 +171,12 @@ impl Inner {
         }
         let mut state = self.state();
         let mut wake = false;
-        if let Some(entry) = state.entries.get_mut(&lease.owner) {
+        // An extend in another mode says nothing of the lease.
+        let ours = state
+            .entries
+            .get_mut(&lease.owner)
+            .filter(|e| e.share == lease.share);
+        if let Some(entry) = ours {
             entry.granted = false;
             entry.reap_at = now;
             wake = Self::schedule(&mut state, lease.owner, now);

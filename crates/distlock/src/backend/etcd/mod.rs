@@ -1,5 +1,6 @@
 //! The etcd backend (cargo feature `etcd`): leases, a fair FIFO queue by
-//! create revision, and the create revision as the fencing token.
+//! create revision for locks and permits alike, and the revision of each
+//! grant as the fencing token.
 //!
 //! ```no_run
 //! # #[tokio::main(flavor = "current_thread")]
@@ -28,31 +29,64 @@
 //! token as 32 hex digits>`, attached to one of the backend's leases. The
 //! escaping percent-encodes `/`, `%` and every byte outside printable ASCII,
 //! so "a" and "a/b" live under disjoint prefixes (`/ns/a/`, `/ns/a%2Fb/`)
-//! and an etcd role can be granted exactly the prefix `/<namespace>/`. Among the keys
-//! under one lock's prefix, the one with the lowest create revision holds the
-//! lock; the others are waiters, served in create-revision order. The
-//! holder's create revision is its fencing token: strictly increasing per
-//! key, and durable across etcd restarts.
+//! and an etcd role can be granted exactly the prefix `/<namespace>/`. The
+//! keys under one lock's prefix form its queue, in create-revision order;
+//! each key's value records its mode: a lock (exclusive: a plain lock or a
+//! writer), or a permit of a limit (a semaphore's; a reader's is
+//! [`Share::READERS`](crate::Share::READERS)). The holders are the longest
+//! head of the queue that can hold together: the first key alone if it is
+//! exclusive, else the leading permits of the first one's limit, up to
+//! that limit. The others wait, and arrival order decides across modes: a
+//! waiting writer holds up every reader behind it, so writers never starve.
+//! Keys ahead of a waiter only leave, so one once among the holders stays
+//! there until it goes.
+//!
+//! The fencing token of a grant is the revision of the put that made it
+//! (the grant's own key, or the move below): strictly increasing per key
+//! over every grant, whatever its mode, in the order grants are made, even
+//! when several permits come free at once; durable across etcd restarts.
+//! A grant asked for again by its owner (a reply lost) is rewritten with
+//! its new deadline and the token it keeps, recorded in the value.
 //!
 //! * **Acquire** is one transaction: if the prefix is empty, put our key on
-//!   the lease of the lock's TTL (a grant); else join the queue, putting
-//!   our key on the backend's **waiters' lease** if it is absent; and read
-//!   the lowest entry of the prefix. An uncontended obtain + release is two
-//!   writes (the put and a delete); keepalives and reads are not writes.
-//!   A single attempt ([`Locker::try_obtain`](crate::Locker::try_obtain))
-//!   puts only when the prefix is empty, so it never leaves a queue entry.
-//! * **Waiting**: a waiter's key stays queued; it watches only its
-//!   predecessor's key (no herd), on one watch stream that all waiters of
-//!   the backend share, and re-checks its turn with a read-only
-//!   transaction (no raft proposal) at the engine's poll interval. Once
-//!   first, its grant moves its key onto the lease of the lock's TTL with a
-//!   put guarded by its create revision, which a put keeps: the fencing
-//!   token stays the create revision of the queue entry. A wait that ends
-//!   with the lock costs three writes (queue, move, delete), one that ends
-//!   without it — deadline, retries exhausted, close, a dropped future —
-//!   two (its key deleted). A waiter whose key vanished (its lease
-//!   expired or was revoked, or an operator deleted it) never takes that as a
-//!   grant: its next attempt puts a new key at the back of the queue.
+//!   the lease of the lock's TTL (a grant); else a lock joins the queue,
+//!   putting its key on the backend's **waiters' lease** if it is absent;
+//!   and it reads the head of the queue. A permit that finds the key not
+//!   free reads the head first: if it fits beside the holders (all permits
+//!   of its limit, fewer than the limit, nobody waiting), it puts its key
+//!   in a second transaction guarded on no key having been created under
+//!   the prefix since that read, a grant; else it joins the queue as a lock
+//!   does; beside what this backend last saw of the queue (its own
+//!   grants' reads, less its own deletions since), it sends that guarded
+//!   put at once. An uncontended obtain + release is two writes (the put
+//!   and a delete), a permit beside others too; keepalives and reads are
+//!   not writes. A single attempt ([`Locker::try_obtain`](crate::Locker::try_obtain))
+//!   puts only when it is granted, so it never leaves a queue entry.
+//! * **Limits**: a permit asked for with another limit than the one the
+//!   permits holding the key share is refused with [`Error::LimitMismatch`]
+//!   at once, found by the read before it writes; a queued permit that sees
+//!   the key held by permits of another limit deletes its key and is
+//!   refused too.
+//! * **Waiting**: a waiter's key stays queued, and it watches the one
+//!   change without which it cannot be granted, on one watch stream that
+//!   all waiters of the backend share: a lock, its predecessor's deletion;
+//!   a permit behind a lock, that lock's deletion (the permits behind one
+//!   writer are granted together, so woken together); the first permit
+//!   behind a full set of holders, any deletion under the prefix (any
+//!   holder's release lets it in); a permit behind another waiting permit,
+//!   that one's change (its grant moves its key, a put), so one release
+//!   wakes one waiter, not every one. It re-checks its turn with a
+//!   read-only transaction (no raft proposal) at the engine's poll
+//!   interval, or not at all when its wait had read every entry ahead of
+//!   it and the deletion it saw lets it in (entries ahead only leave).
+//!   Once granted, it moves its key onto the lease of the lock's TTL with a
+//!   put guarded by its create revision, which a put keeps. A
+//!   wait that ends with the lock costs three writes (queue, move, delete),
+//!   one that ends without it — deadline, retries exhausted, close, a
+//!   dropped future — two (its key deleted). A waiter whose key vanished
+//!   (its lease expired or was revoked, or an operator deleted it) never
+//!   takes that as a grant: its next attempt puts a new key at the back of
+//!   the queue.
 //! * **A dead waiter** — its process died, or it lost etcd — holds up the
 //!   waiters behind it until its key goes with the waiters' lease: the
 //!   lease's TTL ([`EtcdOptions::waiter_lease`]; etcd grants 2 s at the
@@ -62,11 +96,14 @@
 //!   next waiter's grant. A waiter of a live process whose obtain stopped
 //!   polling keeps its place for its lock's TTL (at least the waiters'
 //!   lease) after its last attempt, then the backend deletes its key.
-//! * **Release** and **extend** are guarded by the create revision: a
-//!   release deletes only if the key still has the create revision it was
-//!   granted with; an extend reads the key back and checks the lease.
-//! * **inspect** / **is_locked** are a range read and a lease read (the
-//!   holder lease's time left), neither a write.
+//! * **Release** and **extend** act on the owner's own key, guarded by its
+//!   create revision: a release deletes only if the key still has the
+//!   create revision it was granted with; an extend reads the key back and
+//!   checks the lease. Each permit is its own key, so it expires, extends
+//!   and releases alone.
+//! * **inspect** / **is_locked** / **holders** are a range read of the
+//!   queue and a lease read per holder lease (its time left), never a
+//!   write; `inspect` reports the latest grant of a key held by permits.
 //!
 //! # Leases and TTLs
 //!
@@ -127,25 +164,31 @@
 //! a server certificate the client does not trust.
 
 mod acquire;
+mod admission;
 mod encode;
 mod entries;
 mod errors;
 mod extend;
 mod leases;
 mod options;
+mod reads;
 mod reaper;
 mod session;
 #[cfg(test)]
 mod test_etcd;
+#[cfg(test)]
+mod test_permits;
+#[cfg(test)]
+mod test_queue;
 mod watch;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 pub use etcd_client;
-use etcd_client::{Client, ConnectOptions, GetOptions, KeyValue, SortOrder, SortTarget};
+use etcd_client::{Client, ConnectOptions};
 use futures::future::BoxFuture;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -153,14 +196,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::{AcquireRequest, Attempt, Backend, Capabilities, Renewal, explain};
 use crate::error::{Error, Result};
-use crate::holder::HolderInfo;
+use crate::holder::{HolderInfo, Holders};
 use crate::key::LockKey;
-use crate::lease::{LeaseRef, OwnerToken};
+use crate::lease::LeaseRef;
 use session::Session;
 use watch::WatchHub;
 
 use entries::{Deleted, ReleaseGuard, State};
-use errors::{backend_error, etcd_error, lease_not_found, not_held};
+use errors::{etcd_error, lease_not_found, not_held};
 pub use options::{
     DEFAULT_DIAL_TIMEOUT, DEFAULT_LEASE_IDLE_TIMEOUT, DEFAULT_REQUEST_TIMEOUT,
     DEFAULT_SESSION_TIMEOUT, DEFAULT_SESSION_TTL, DEFAULT_WAITER_LEASE, EtcdOptions,
@@ -373,7 +416,12 @@ impl Inner {
             released.as_mut().enable();
             {
                 let mut state = self.state();
-                let Some(entry) = state.entries.get(&lease.owner) else {
+                // In another mode, it is not this lease.
+                let Some(entry) = state
+                    .entries
+                    .get(&lease.owner)
+                    .filter(|e| e.share == lease.share)
+                else {
                     return Err(not_held(&lease.key));
                 };
                 let found = (entry.etcd_key.clone(), entry.revision, entry.granted);
@@ -411,97 +459,6 @@ impl Inner {
                 Err(e)
             }
         }
-    }
-
-    /// The lowest entry under `key`'s prefix, or the highest one created
-    /// before `before` when given, and the revision of the read.
-    async fn find(&self, key: &LockKey, before: Option<i64>) -> Result<(Option<KeyValue>, i64)> {
-        let options = match before {
-            Some(rev) => GetOptions::new()
-                .with_prefix()
-                .with_max_create_revision(rev - 1)
-                .with_sort(SortTarget::Create, SortOrder::Descend)
-                .with_limit(1),
-            None => GetOptions::new()
-                .with_prefix()
-                .with_sort(SortTarget::Create, SortOrder::Ascend)
-                .with_limit(1),
-        };
-        let mut client = self.client.clone();
-        let resp = client
-            .get(encode::lock_prefix(key), Some(options))
-            .await
-            .map_err(|e| self.err("inspect", Some(key), e))?;
-        let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
-        Ok((resp.kvs().first().cloned(), revision))
-    }
-
-    /// Returns when the entry ahead of us (or the holder, if we are not
-    /// queued) is deleted, or at `until`.
-    async fn wait_for_turn(&self, key: &LockKey, owner: Option<OwnerToken>) -> Result<()> {
-        let queued = owner.and_then(|owner| {
-            self.state()
-                .entries
-                .get(&owner)
-                .filter(|e| !e.granted)
-                .and_then(|e| e.revision)
-        });
-        let (ahead, revision) = self.find(key, queued).await?;
-        let Some(ahead) = ahead else {
-            return Ok(()); // Nobody ahead: try now.
-        };
-        // From the revision of the read: a delete since then is replayed.
-        if self.watches.deleted(ahead.key().to_vec(), revision).await {
-            Ok(())
-        } else {
-            Err(backend_error("watch", "the watch ended without a delete"))
-        }
-    }
-
-    /// `wait_for_turn` bounded by `until`. Returns early only when the entry
-    /// ahead was deleted: when etcd cannot be read or watched, it waits
-    /// until `until`, so a failing store is not polled in a tight loop.
-    async fn wait_until(
-        &self,
-        key: &LockKey,
-        owner: Option<OwnerToken>,
-        until: Instant,
-    ) -> Result<()> {
-        let wait = self.wait_for_turn(key, owner);
-        if let Ok(Ok(())) = tokio::time::timeout_at(until, wait).await {
-            return Ok(());
-        }
-        tokio::time::sleep_until(until).await;
-        Ok(())
-    }
-
-    async fn inspect(&self, key: &LockKey) -> Result<Option<HolderInfo>> {
-        self.ensure_open()?;
-        let (first, _) = self.find(key, None).await?;
-        let Some(kv) = first else { return Ok(None) };
-        // etcd keeps the key no longer than its lease: what counts once the
-        // holder's process is gone (whole seconds, rounded down by etcd).
-        let mut lease_left = None;
-        if kv.lease() != 0 {
-            let mut client = self.client.clone();
-            match client.lease_time_to_live(kv.lease(), None).await {
-                Ok(lease) => {
-                    // Negative: expired or revoked since the read, the key with it.
-                    lease_left = Some(Duration::from_secs(lease.ttl().max(0) as u64));
-                }
-                // The deadline written with the grant still bounds it.
-                Err(e) => {
-                    tracing::debug!(error = %e, "distlock: no etcd lease time left for inspect")
-                }
-            }
-        }
-        let now = SystemTime::now();
-        Ok(Some(encode::holder_info(
-            kv.create_revision(),
-            kv.value(),
-            now,
-            lease_left,
-        )))
     }
 
     async fn close(&self) -> Result<()> {
@@ -559,12 +516,18 @@ impl Backend for EtcdBackend {
         Box::pin(self.inner.inspect(key))
     }
 
+    fn holders<'a>(&'a self, key: &'a LockKey) -> BoxFuture<'a, Result<Holders>> {
+        Box::pin(self.inner.holders(key))
+    }
+
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new().with_queues_waiters(true)
+        Capabilities::new()
+            .with_queues_waiters(true)
+            .with_permits(true)
     }
 
     fn wait<'a>(&'a self, req: &'a AcquireRequest, until: Instant) -> BoxFuture<'a, Result<()>> {
-        Box::pin(self.inner.wait_until(&req.key, Some(req.owner), until))
+        Box::pin(self.inner.wait_until(req, until))
     }
 
     fn close(&self) -> BoxFuture<'_, Result<()>> {

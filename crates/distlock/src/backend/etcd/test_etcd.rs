@@ -61,6 +61,11 @@ impl TestEtcd {
         }
     }
 
+    /// The client endpoint, `127.0.0.1:PORT`.
+    pub(super) fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
     /// A client, once the member has elected itself leader.
     pub(super) async fn client(&self) -> Client {
         let mut client = Client::connect([self.endpoint.as_str()], None)

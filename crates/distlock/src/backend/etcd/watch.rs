@@ -1,23 +1,54 @@
 //! One etcd watch stream per backend, shared by all its waiters.
 //!
-//! A waiter asks for "tell me when key K is deleted, counting from revision
-//! R"; the hub adds a watch for K on its one stream, and answers true on
-//! the first delete event, false when it cannot tell (the stream broke, the
-//! watch was cancelled or its revision compacted). Starting from the revision of the read that found K means
+//! A waiter asks for "tell me when key K is deleted (or changed, or any key
+//! under prefix K is deleted), counting from revision R"; the hub adds a
+//! watch for it on its one stream, and answers with the first such event
+//! (which key was deleted, or that a put happened), or that it cannot tell
+//! (the stream broke, the watch was cancelled or its revision compacted). Starting from the revision of the read that found K means
 //! a delete in between is replayed, so no wake-up is lost. Waiters that give
 //! up are pruned, and their watches cancelled, as the hub goes.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
-use etcd_client::{Client, EventType, WatchOptions, WatchResponse, WatchStream};
+use etcd_client::{Client, EventType, WatchFilterType, WatchOptions, WatchResponse, WatchStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+/// What a waiter waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Event {
+    /// The key's deletion.
+    Deleted,
+    /// Any change of the key: a put or its deletion.
+    Changed,
+    /// The deletion of any key under the prefix.
+    DeletedUnder,
+}
+
+/// What happened, as a watch saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Change {
+    /// This key was deleted.
+    Deleted(Vec<u8>),
+    /// The key was put.
+    Put,
+}
+
+/// What a waiter is told: `None` when the hub cannot tell.
+type Fire = oneshot::Sender<Option<Change>>;
+
 struct Request {
     key: Vec<u8>,
+    event: Event,
     start_revision: i64,
-    fire: oneshot::Sender<bool>,
+    fire: Fire,
+}
+
+/// A waiter: whom to tell, and whether puts count.
+struct Waiter {
+    fire: Fire,
+    puts: bool,
 }
 
 /// The handle waiters use; the hub task ends when it is dropped or `stop`
@@ -37,17 +68,29 @@ impl WatchHub {
     /// Resolves with true when `key` is deleted at a revision after
     /// `after`, with false when the hub cannot tell (stream broken, watch
     /// cancelled or compacted, etcd unreachable).
+    #[cfg(test)]
     pub(super) async fn deleted(&self, key: Vec<u8>, after: i64) -> bool {
+        matches!(
+            self.happened(key, Event::Deleted, after).await,
+            Some(Change::Deleted(_))
+        )
+    }
+
+    /// Resolves with the first `event` that happens to `key` (under the
+    /// prefix `key`, for [`Event::DeletedUnder`]) at a revision after
+    /// `after`, with `None` when the hub cannot tell.
+    pub(super) async fn happened(&self, key: Vec<u8>, event: Event, after: i64) -> Option<Change> {
         let (fire, fired) = oneshot::channel();
         let request = Request {
             key,
+            event,
             start_revision: after + 1,
             fire,
         };
         if self.requests.send(request).is_err() {
-            return false;
+            return None;
         }
-        fired.await.unwrap_or(false)
+        fired.await.ok().flatten()
     }
 }
 
@@ -55,20 +98,20 @@ impl WatchHub {
 struct Watches {
     /// Waiters whose watch was requested but not yet confirmed, in order
     /// (including those that gave up meanwhile).
-    creating: VecDeque<oneshot::Sender<bool>>,
+    creating: VecDeque<Waiter>,
     /// Confirmed watches by id.
-    active: HashMap<i64, oneshot::Sender<bool>>,
+    active: HashMap<i64, Waiter>,
 }
 
 impl Watches {
     /// Wakes every waiter: the stream they were on is gone.
     fn fire_all(&mut self) {
-        for fire in self
+        for waiter in self
             .creating
             .drain(..)
-            .chain(self.active.drain().map(|(_, f)| f))
+            .chain(self.active.drain().map(|(_, w)| w))
         {
-            let _ = fire.send(false);
+            let _ = waiter.fire.send(None);
         }
     }
 
@@ -77,8 +120,14 @@ impl Watches {
     }
 }
 
-fn options(start_revision: i64) -> WatchOptions {
-    WatchOptions::new().with_start_revision(start_revision)
+fn options(event: Event, start_revision: i64) -> WatchOptions {
+    let options = WatchOptions::new().with_start_revision(start_revision);
+    match event {
+        Event::Deleted | Event::Changed => options,
+        // Puts under a busy prefix (waiters queueing, grants) are of no
+        // interest: etcd keeps them off the stream.
+        Event::DeletedUnder => options.with_prefix().with_filters([WatchFilterType::NoPut]),
+    }
 }
 
 async fn run(
@@ -107,15 +156,10 @@ async fn run(
                     watches.fire_all();
                     return;
                 };
+                let options = options(request.event, request.start_revision);
                 let added = match stream.as_mut() {
-                    Some(s) => s
-                        .watch(request.key, Some(options(request.start_revision)))
-                        .await
-                        .is_ok(),
-                    None => match client
-                        .watch(request.key, Some(options(request.start_revision)))
-                        .await
-                    {
+                    Some(s) => s.watch(request.key, Some(options)).await.is_ok(),
+                    None => match client.watch(request.key, Some(options)).await {
                         Ok(s) => {
                             stream = Some(s);
                             true
@@ -126,10 +170,14 @@ async fn run(
                         }
                     },
                 };
+                let waiter = Waiter {
+                    fire: request.fire,
+                    puts: request.event == Event::Changed,
+                };
                 if added {
-                    watches.creating.push_back(request.fire);
+                    watches.creating.push_back(waiter);
                 } else {
-                    let _ = request.fire.send(false);
+                    let _ = waiter.fire.send(None);
                     watches.fire_all();
                     stream = None;
                 }
@@ -153,7 +201,7 @@ async fn run(
                 let gone: Vec<i64> = watches
                     .active
                     .iter()
-                    .filter(|(_, fire)| fire.is_closed())
+                    .filter(|(_, waiter)| waiter.fire.is_closed())
                     .map(|(id, _)| *id)
                     .collect();
                 for id in gone {
@@ -175,23 +223,28 @@ async fn handle(response: WatchResponse, stream: &mut WatchStream, watches: &mut
     let id = response.watch_id();
     if response.created() {
         // Confirmations come in the order the watches were asked for.
-        let Some(fire) = watches.creating.pop_front() else {
+        let Some(waiter) = watches.creating.pop_front() else {
             return;
         };
-        if response.canceled() || fire.is_closed() {
-            let _ = fire.send(false);
+        if response.canceled() || waiter.fire.is_closed() {
+            let _ = waiter.fire.send(None);
             let _ = stream.cancel(id).await;
             return;
         }
-        watches.active.insert(id, fire);
+        watches.active.insert(id, waiter);
     }
-    let deleted = response
-        .events()
-        .iter()
-        .any(|e| e.event_type() == EventType::Delete);
-    if deleted || response.canceled() || response.compact_revision() > 0 {
-        if let Some(fire) = watches.active.remove(&id) {
-            let _ = fire.send(deleted);
+    let puts = watches.active.get(&id).is_some_and(|w| w.puts);
+    let happened = response.events().iter().find_map(|e| match e.event_type() {
+        EventType::Delete => {
+            let key = e.kv().map(|kv| kv.key().to_vec()).unwrap_or_default();
+            Some(Change::Deleted(key))
+        }
+        EventType::Put if puts => Some(Change::Put),
+        EventType::Put => None,
+    });
+    if happened.is_some() || response.canceled() || response.compact_revision() > 0 {
+        if let Some(waiter) = watches.active.remove(&id) {
+            let _ = waiter.fire.send(happened);
         }
         if !response.canceled() {
             let _ = stream.cancel(id).await;

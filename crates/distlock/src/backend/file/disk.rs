@@ -24,12 +24,49 @@ const KEY_LINE: &[u8] = b"\nkey ";
 
 const HOLDER_HEADER: &str = "distlock holder v1";
 
+/// The start of a `.guard.lock` file, followed by the 10-digit limit the
+/// live permits share (or `none`).
+const GUARD_HEADER: &str = "distlock guard v1\nlimit ";
+
 /// Where one key's files live.
 #[derive(Debug)]
 pub(super) struct KeyPaths {
     pub(super) dir: PathBuf,
     pub(super) lock: PathBuf,
     pub(super) holder: PathBuf,
+    /// The file name stem of the key ([`file_name`]).
+    pub(super) name: String,
+}
+
+impl KeyPaths {
+    /// The file whose `flock` serialises permit admissions and which
+    /// records the limit of the live permits.
+    pub(super) fn guard(&self) -> PathBuf {
+        self.dir.join(format!("{}.guard.lock", self.name))
+    }
+
+    /// The file waiting writers hold a shared `flock` on.
+    pub(super) fn gate(&self) -> PathBuf {
+        self.dir.join(format!("{}.gate.lock", self.name))
+    }
+
+    /// Permit slot `index`: its holder's `flock` and record.
+    pub(super) fn slot(&self, index: u32) -> PathBuf {
+        self.dir.join(format!("{}.permit-{index}", self.name))
+    }
+
+    /// The slot index a file name in [`dir`](Self::dir) names, if it is one
+    /// of this key's slots. Stems contain no `.`, so no other key's file
+    /// matches.
+    pub(super) fn slot_index(&self, file_name: &str) -> Option<u32> {
+        let digits = file_name
+            .strip_prefix(self.name.as_str())?
+            .strip_prefix(".permit-")?;
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        digits.parse().ok()
+    }
 }
 
 /// The holder record, as stored in `<name>.holder`.
@@ -39,6 +76,8 @@ pub(super) struct Record {
     pub(super) pid: u32,
     pub(super) host: String,
     pub(super) since: SystemTime,
+    /// The permit limit, in a permit's record; `None` for a lock's.
+    pub(super) limit: Option<u32>,
     pub(super) metadata: Option<String>,
 }
 
@@ -212,6 +251,9 @@ pub(super) fn encode_record(r: &Record) -> Vec<u8> {
         since.subsec_nanos()
     )
     .into_bytes();
+    if let Some(limit) = r.limit {
+        out.extend_from_slice(format!("limit {limit}\n").as_bytes());
+    }
     match &r.metadata {
         Some(m) => {
             out.extend_from_slice(format!("metadata {}\n", m.len()).as_bytes());
@@ -239,7 +281,17 @@ pub(super) fn decode_record(bytes: &[u8]) -> Option<Record> {
     let since = line("since ")?;
     let (secs, nanos) = since.split_once('.')?;
     let since = UNIX_EPOCH + Duration::new(secs.parse().ok()?, nanos.parse().ok()?);
-    let metadata = match line("metadata ")?.as_str() {
+    // Only a permit's record has a limit line; a lock's goes on to metadata.
+    let mut next = line("")?;
+    let limit = match next.strip_prefix("limit ") {
+        Some(limit) => {
+            let limit = limit.parse().ok()?;
+            next = line("")?;
+            Some(limit)
+        }
+        None => None,
+    };
+    let metadata = match next.strip_prefix("metadata ")? {
         "none" => None,
         len => {
             let len: usize = len.parse().ok()?;
@@ -251,6 +303,7 @@ pub(super) fn decode_record(bytes: &[u8]) -> Option<Record> {
         pid,
         host,
         since,
+        limit,
         metadata,
     })
 }
@@ -258,6 +311,53 @@ pub(super) fn decode_record(bytes: &[u8]) -> Option<Record> {
 /// The current holder record, if there is a readable one.
 pub(super) fn read_record(path: &Path) -> Option<Record> {
     decode_record(&std::fs::read(path).ok()?)
+}
+
+/// Replaces the content of `file`, which its writer holds an exclusive
+/// `flock` on (a permit's slot: renaming would replace the locked file).
+pub(super) fn write_record_in(file: &File, record: &Record) -> io::Result<()> {
+    file.set_len(0)?;
+    file.write_all_at(&encode_record(record), 0)
+}
+
+/// The record in an open file, if it holds a readable one.
+pub(super) fn read_record_in(file: &File) -> Option<Record> {
+    decode_record(&read_from_start(file).ok()?)
+}
+
+/// Opens a permit file (guard, gate or slot) for reading and writing,
+/// creating it (and the namespace's directory) if missing. Never follows a
+/// symbolic link.
+pub(super) fn open_or_create(paths: &KeyPaths, path: &Path) -> io::Result<File> {
+    let open = || {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .mode(0o644)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(path)
+    };
+    match open() {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(&paths.dir)?;
+            open()
+        }
+        opened => opened,
+    }
+}
+
+/// The limit a guard file records, if any.
+pub(super) fn read_guard_limit(file: &File) -> io::Result<Option<u32>> {
+    let content = read_from_start(file)?;
+    Ok(content
+        .strip_prefix(GUARD_HEADER.as_bytes())
+        .and_then(|rest| std::str::from_utf8(rest.get(..10)?).ok()?.parse().ok()))
+}
+
+/// Records `limit` in a guard file (fixed width, so it overwrites in place).
+pub(super) fn write_guard_limit(file: &File, limit: u32) -> io::Result<()> {
+    file.write_all_at(format!("{GUARD_HEADER}{limit:010}\n").as_bytes(), 0)
 }
 
 pub(super) fn write_record(paths: &KeyPaths, record: &Record) -> io::Result<()> {

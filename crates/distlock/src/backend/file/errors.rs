@@ -23,6 +23,11 @@ pub(super) enum Action {
     UseLockFile,
     /// Writing a holder record (a temporary file renamed into place).
     WriteHolder,
+    /// Opening, or creating, a permit's file: the guard, the writers'
+    /// gate or a slot.
+    OpenPermitFile,
+    /// Listing a namespace's directory (for a key's permit slots).
+    ListDir,
 }
 
 impl Action {
@@ -34,6 +39,8 @@ impl Action {
             Action::ReadLockFile => "read lock file",
             Action::UseLockFile => "use lock file",
             Action::WriteHolder => "write holder record",
+            Action::OpenPermitFile => "open permit file",
+            Action::ListDir => "list directory",
         }
     }
 
@@ -51,6 +58,10 @@ impl Action {
                 format!("read permission on it and search permission on {dir}")
             }
             Action::UseLockFile => "read and write permission on it".to_owned(),
+            Action::ListDir => "read and search permission on it".to_owned(),
+            Action::OpenPermitFile => format!(
+                "read and write permission on it, or write and search permission on {dir} to create it"
+            ),
         }
     }
 }

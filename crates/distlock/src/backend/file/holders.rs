@@ -18,7 +18,11 @@ use std::path::Path;
 /// Who holds a lock file.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Holder {
+    /// No exclusive `flock` (where the system lists locks: none at all).
     Free,
+    /// Only shared `flock`s: permit holders. Reported only where the system
+    /// lists locks; a probe sees [`Free`](Holder::Free) instead.
+    Shared,
     /// Held; by this process id (in our pid namespace) when the system says.
     Held(Option<u32>),
 }
@@ -39,7 +43,9 @@ impl HolderLookup {
         }
     }
 
-    /// Who holds the lock on `file`.
+    /// Who holds the lock on `file`. The probe (where the kernel's list
+    /// cannot be used) is a shared `flock`, so it never disturbs permit
+    /// holders, and sees only an exclusive holder.
     pub(super) fn holder(&self, file: &File) -> io::Result<Holder> {
         if self.listed {
             return listed_holder(file);
@@ -99,18 +105,22 @@ fn listed_holder(_file: &File) -> io::Result<Holder> {
 }
 
 /// The holder of the granted exclusive `flock` on the file `id`
-/// (`major:minor:inode`) in a `/proc/locks` listing. Waiting requests
-/// (`->` lines) and other kinds of locks do not count.
+/// (`major:minor:inode`) in a `/proc/locks` listing, else whether shared
+/// ones are granted. Waiting requests (`->` lines) and other kinds of locks
+/// do not count.
 fn holder_in(table: &str, id: &str) -> Holder {
+    let mut shared = false;
     for line in table.lines() {
         let fields: Vec<&str> = line.split_whitespace().collect();
-        if let [_, "FLOCK", _, "WRITE", pid, file, ..] = fields.as_slice()
-            && *file == id
-        {
-            return Holder::Held(pid.parse().ok());
+        match fields.as_slice() {
+            [_, "FLOCK", _, "WRITE", pid, file, ..] if *file == id => {
+                return Holder::Held(pid.parse().ok());
+            }
+            [_, "FLOCK", _, "READ", _, file, ..] if *file == id => shared = true,
+            _ => {}
         }
     }
-    Holder::Free
+    if shared { Holder::Shared } else { Holder::Free }
 }
 
 #[cfg(test)]
@@ -130,6 +140,10 @@ mod tests {
         assert_eq!(holder_in(table, "fe:00:44"), Holder::Free);
         assert_eq!(
             holder_in(&table[..table.find("4:").unwrap()], "fe:00:42"),
+            Holder::Shared
+        );
+        assert_eq!(
+            holder_in(&table[..table.find("2:").unwrap()], "fe:00:42"),
             Holder::Free
         );
     }

@@ -57,17 +57,28 @@ fn holder_records_round_trip() {
         pid: 42,
         host: "box-1".into(),
         since: UNIX_EPOCH + Duration::new(1_745_000_000, 123_456_789),
+        limit: None,
         metadata: Some("line 1\nline 2 {json: true}".into()),
     };
-    assert_eq!(decode_record(&encode_record(&record)), Some(record));
+    assert_eq!(
+        decode_record(&encode_record(&record)).as_ref(),
+        Some(&record)
+    );
     let bare = Record {
         token: 7,
         pid: 1,
         host: String::new(),
         since: UNIX_EPOCH,
+        limit: None,
         metadata: None,
     };
     assert_eq!(decode_record(&encode_record(&bare)), Some(bare));
+    let permit = Record {
+        limit: Some(u32::MAX),
+        metadata: Some("limit 3\n".into()),
+        ..record
+    };
+    assert_eq!(decode_record(&encode_record(&permit)), Some(permit));
     assert_eq!(decode_record(b"garbage"), None);
     assert_eq!(decode_record(b""), None);
 }
@@ -155,6 +166,21 @@ fn io_errors_that_cannot_heal_are_refusals() {
             "cannot open lock file /locks/ns-x/k-a.lock: \
              it is a symbolic link, which distlock does not follow",
         ),
+        (
+            Action::OpenPermitFile,
+            &dir.join("k-a.permit-0"),
+            libc::EACCES,
+            "cannot open permit file /locks/ns-x/k-a.permit-0: permission denied \
+             (needs read and write permission on it, or write and search permission \
+             on /locks/ns-x to create it)",
+        ),
+        (
+            Action::ListDir,
+            &dir.to_path_buf(),
+            libc::EACCES,
+            "cannot list directory /locks/ns-x: permission denied \
+             (needs read and search permission on it)",
+        ),
     ] {
         let err = io_error("acquire", action, path, io::Error::from_raw_os_error(errno));
         assert!(matches!(err, Error::Refused { .. }), "{errno}: {err:?}");
@@ -199,7 +225,7 @@ async fn a_crashed_holders_record_is_ignored() {
     );
     // A crash: the OS drops the lock, the record stays behind.
     let record = std::fs::read(a.holder_path(&req.key)).unwrap();
-    a.held().clear();
+    a.held().locks.clear();
     std::fs::write(a.holder_path(&req.key), record).unwrap();
     assert_eq!(b.inspect(&req.key).await.unwrap(), None);
     let next = grant(&b, &request("k")).await;
@@ -259,12 +285,7 @@ async fn a_lock_file_of_another_key_is_refused() {
             .starts_with("h-")
     );
     // Forge the file a colliding key would have created.
-    let other = KeyPaths {
-        dir: path.parent().unwrap().to_path_buf(),
-        lock: path.clone(),
-        holder: backend.holder_path(&req.key),
-    };
-    create_lock_file(&other, &key("not the same key")).unwrap();
+    create_lock_file(&backend.paths(&req.key), &key("not the same key")).unwrap();
     let err = backend.try_acquire(&req).await.unwrap_err();
     assert!(err.to_string().contains("collision"), "{err}");
     assert!(
@@ -305,7 +326,7 @@ async fn inspecting_never_makes_a_free_key_look_held() {
         let req = request("k");
         match acquirer.try_acquire_now(&req).unwrap() {
             Step::Granted(_) => acquirer.release(&req.lease()).await.unwrap(),
-            Step::Busy(_) => busy += 1,
+            Step::Busy(_) | Step::Shared(_) => busy += 1,
         }
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -331,6 +352,7 @@ async fn a_crashed_holders_record_never_names_the_next_holder() {
         pid: 999_999,
         host: backend.host.clone(),
         since: SystemTime::now(),
+        limit: None,
         metadata: None,
     };
     write_record(&paths, &crashed).unwrap();
@@ -351,3 +373,5 @@ async fn a_crashed_holders_record_never_names_the_next_holder() {
     drop(next);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+mod permits;

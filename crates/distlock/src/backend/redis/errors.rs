@@ -112,7 +112,7 @@ pub(super) fn acl_rules(namespace: &str) -> String {
     format!(
         "~{namespace}:* &{namespace}:* +evalsha +script|load +get +mget +set +pexpire +pttl \
          +del +publish +time +zrange +zadd +zrem +hget +hset +hdel +exists +subscribe \
-         +unsubscribe +ping"
+         +unsubscribe +ping +pexpireat +zcard +zscore +zcount +hvals"
     )
 }
 

@@ -16,6 +16,10 @@ pub struct RedisKeys {
     pub waiting: String,
     /// The channel a release publishes on: `NS:{H}:released:K`.
     pub channel: String,
+    /// The permit holders' expiries: `NS:{H}:expiries:K`.
+    pub expiries: String,
+    /// The permit holders' fencing tokens and metadata: `NS:{H}:permits:K`.
+    pub permits: String,
 }
 
 impl RedisKeys {
@@ -38,12 +42,14 @@ impl RedisKeys {
             queue: names.queue(),
             waiting: names.waiting(),
             channel: names.channel(),
+            expiries: names.expiries(),
+            permits: names.permits(),
         }
     }
 }
 
-/// Builds only the names an operation needs (an extend needs one, an
-/// acquire two): each is one allocation of the right size.
+/// Builds only the names an operation needs (a lock's extend needs one,
+/// its acquire two): each is one allocation of the right size.
 pub(super) struct Names<'a> {
     key: &'a LockKey,
     tag: u64,
@@ -85,6 +91,14 @@ impl<'a> Names<'a> {
 
     pub(super) fn channel(&self) -> String {
         self.name("released")
+    }
+
+    pub(super) fn expiries(&self) -> String {
+        self.name("expiries")
+    }
+
+    pub(super) fn permits(&self) -> String {
+        self.name("permits")
     }
 }
 
@@ -135,7 +149,9 @@ mod tests {
             let n = names("app", key);
             assert_eq!(hash_tag(&n.lock), hash_tag(&n.fence), "{key}");
             assert_eq!(hash_tag(&n.lock), slot_tag(key), "{key}");
-            assert_eq!(hash_tag(&n.channel), slot_tag(key), "{key}");
+            for other in [&n.channel, &n.queue, &n.waiting, &n.expiries, &n.permits] {
+                assert_eq!(hash_tag(other), slot_tag(key), "{key}");
+            }
             assert!(n.lock.starts_with("app:{") && n.fence.starts_with("app:{"));
         }
     }

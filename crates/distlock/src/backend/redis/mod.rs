@@ -38,7 +38,12 @@
 //!   leases (a hash), both expiring a waiter lease after the last waiter's
 //!   last attempt; read only when the flag is raised;
 //! * `NS:{H}:released:K` — the pub/sub channel a release publishes on,
-//!   only when the flag is raised.
+//!   only when the flag is raised;
+//! * while permits hold the key (see [Permits](#permits)): the lock holds
+//!   the marker `*<limit>` instead of a holder, and `NS:{H}:expiries:K` (a
+//!   sorted set: owner token → expiry, server time in ms) and
+//!   `NS:{H}:permits:K` (a hash: owner token → `<fencing token>:<metadata>`)
+//!   hold the permits; all three expire together with the last permit.
 //!
 //! # Server work per operation
 //!
@@ -54,13 +59,51 @@
 //!   `PUBLISH` to the queue's head;
 //! * an extend: `GET`, `PEXPIRE`; `extend_all` does the same for up to 256
 //!   locks per script call, all chunks sent at once;
-//! * inspect: `GET`, `PTTL`, read-only.
+//! * inspect: `GET`, `PTTL`, read-only;
+//! * a permit's acquire, release and extend: one full call each, which
+//!   also reads the permits (about 10 commands, plus one per expired
+//!   permit it forgets); `holders`: `GET`, `TIME`, `ZRANGE` and one `HGET`
+//!   per live permit. A plain lock's calls never touch the permits' keys.
 //!
 //! The names are injective, all begin with `NS:` (so an ACL user can be
 //! limited to `~NS:*` keys and `&NS:*` channels), and the first `{...}` in
 //! each is `{H}` — namespaces contain no braces — so a lock and the keys
 //! beside it always share one Redis Cluster hash slot, whatever braces `K`
 //! contains.
+//!
+//! # Permits
+//!
+//! Semaphores and the readers of reader-writer locks
+//! ([`Share::Permit`](crate::Share::Permit)) live beside the lock, and every
+//! permit is its own lease: its own owner, TTL, fencing token and metadata.
+//!
+//! * **The marker.** While permits hold the key, the lock's value is
+//!   `*<limit>` with a TTL set to the latest permit expiry. A plain
+//!   acquire (whose lean call reads only the lock and the counter) so sees
+//!   the key taken, and sends its full call, which reads the permits; a
+//!   plain extend or release never matches the marker. The plain lock path
+//!   is unchanged: still eight commands an uncontended cycle.
+//! * **Admission**, in one script: a permit is granted when the lock holds
+//!   no holder, the live permits are fewer than the limit, and no live queue
+//!   entry is ahead; permits that expired are forgotten first. A limit
+//!   other than the marker's, while permits live, is answered with
+//!   [`Error::LimitMismatch`](crate::Error::LimitMismatch) at once.
+//! * **One counter**: permits and locks draw their tokens from the key's
+//!   fencing counter, `max(counter + 1, server clock in µs)`, so a writer's
+//!   token exceeds every earlier reader's and a reader's the last writer's.
+//! * **No writer starvation**: waiters of both modes share the one FIFO
+//!   queue, and only its head may be admitted (a permit also when others
+//!   hold permits). A waiting writer therefore blocks every permit asked for
+//!   after it; its waiter lease ends its entry about a second after its
+//!   process dies. A permit granted to the head with places left wakes the
+//!   next waiter at once.
+//! * **Releases and expiry**: releasing a permit resets the marker's TTL
+//!   to the latest expiry left, or deletes the marker and the permits' keys
+//!   with the last permit; permits never released expire with their keys.
+//!   Either way nothing of the key is left but its counter.
+//! * [`holders`](crate::Locker::holders) lists the live permits oldest
+//!   first (by fencing token); [`inspect`](crate::Locker::inspect) names
+//!   the latest grant.
 //!
 //! # Durability and safety
 //!
@@ -98,10 +141,12 @@
 //! # Waiting
 //!
 //! Waiters are served in order of arrival across processes. An attempt
-//! that waits and does not get the lock joins the key's queue in Redis; a
-//! free lock goes only to the head of the queue (or to anyone when the
-//! queue is empty: so [`Locker::try_obtain`](crate::Locker::try_obtain)
-//! fails while others wait). Each attempt renews the waiter's lease
+//! that waits and does not get the lock joins the key's queue in Redis
+//! (ordered by arrival in µs of server time, each strictly after the one
+//! before); a free lock, or a free place among permits, goes only to the
+//! head of the queue (or to anyone when the queue is empty: so
+//! [`Locker::try_obtain`](crate::Locker::try_obtain) fails while others
+//! wait). Each attempt renews the waiter's lease
 //! ([`RedisBackendBuilder::waiter_lease`]); a waiter that stops asking —
 //! its process died, or its retry delay is longer than the lease — is
 //! dropped from the queue when its lease runs out, so it delays the others
@@ -125,13 +170,15 @@ mod errors;
 mod keys;
 mod pubsub;
 mod scripts;
+#[cfg(test)]
+mod tests;
 
 use futures::future::BoxFuture;
 use tokio::time::Instant;
 
 use crate::backend::{AcquireRequest, Attempt, Backend, Capabilities, Renewal};
 use crate::error::Result;
-use crate::holder::HolderInfo;
+use crate::holder::{HolderInfo, Holders};
 use crate::key::LockKey;
 use crate::lease::LeaseRef;
 
@@ -155,7 +202,7 @@ impl Backend for RedisBackend {
     }
 
     fn extend<'a>(&'a self, renewal: &'a Renewal) -> BoxFuture<'a, Result<()>> {
-        Box::pin(self.shared.extend(&renewal.lease, renewal.ttl))
+        Box::pin(self.shared.extend(renewal))
     }
 
     fn extend_all<'a>(&'a self, renewals: &'a [Renewal]) -> BoxFuture<'a, Vec<Result<()>>> {
@@ -170,12 +217,21 @@ impl Backend for RedisBackend {
         Box::pin(self.shared.inspect(key))
     }
 
+    fn holders<'a>(&'a self, key: &'a LockKey) -> BoxFuture<'a, Result<Holders>> {
+        Box::pin(self.shared.holders(key))
+    }
+
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new().with_queues_waiters(true)
+        Capabilities::new()
+            .with_queues_waiters(true)
+            .with_permits(true)
     }
 
     fn wait<'a>(&'a self, req: &'a AcquireRequest, until: Instant) -> BoxFuture<'a, Result<()>> {
-        Box::pin(self.shared.wait_for_turn(&req.key, Some(req.owner), until))
+        Box::pin(
+            self.shared
+                .wait_for_turn(&req.key, Some(req.owner), req.share, until),
+        )
     }
 
     fn close(&self) -> BoxFuture<'_, Result<()>> {

@@ -21,7 +21,7 @@ use super::scripts::TURN;
 use crate::backoff::Backoff;
 use crate::error::Result;
 use crate::key::LockKey;
-use crate::lease::OwnerToken;
+use crate::lease::{OwnerToken, Share};
 
 /// How often the subscription connection is checked with a `PING`, and
 /// idle channels are unsubscribed.
@@ -51,13 +51,15 @@ impl Shared {
         })
     }
 
-    /// Returns when `key` may be free for `owner` (any caller when `None`):
-    /// on a release notification, or at once if it is free and `owner` is
-    /// first in its queue; at `until` at the latest.
+    /// Returns when `key` may be free for `owner` (any caller when `None`)
+    /// asking for `share`: on a release notification, or at once if it is
+    /// free (for a permit: has a place) and `owner` is first in its queue;
+    /// at `until` at the latest.
     pub(super) async fn wait_for_turn(
         &self,
         key: &LockKey,
         owner: Option<OwnerToken>,
+        share: Share,
         until: Instant,
     ) -> Result<()> {
         if self.shutdown.is_cancelled() {
@@ -89,6 +91,9 @@ impl Shared {
         let owner = owner.map_or_else(String::new, |owner| owner.to_hex());
         let mut turn = TURN.prepare_invoke();
         turn.key(&names.lock).key(&names.queue).arg(&owner);
+        if let Some(limit) = share.limit() {
+            turn.key(&names.expiries).arg(limit);
+        }
         let turn = turn.invoke_async::<bool>(&mut conn);
         tokio::select! {
             ours = turn => if let Ok(true) = ours { return Ok(()) },

@@ -1,18 +1,20 @@
--- distlock: release a lock only if the owner still holds it, or take the
--- owner out of the waiters' queue when it gave up waiting; when the lock
--- is free and waiters may be queued, tell the waiter whose turn it is on
--- the key's release channel.
--- KEYS[1] the lock, KEYS[2] its fencing counter (negative while waiters
--- may be queued: the queue flag, see acquire.lua), KEYS[3] the waiters'
--- queue; for a waiter that gave up, KEYS[4] the waiters' leases.
+-- distlock: release a lock or a permit only if the owner still holds it,
+-- or take the owner out of the waiters' queue when it gave up waiting;
+-- when the key is free (or may have a place for a permit) and waiters may
+-- be queued, tell the waiter whose turn it is on the key's release channel.
+-- KEYS[1] the lock (or the permits' marker, see acquire.lua), KEYS[2] its
+-- fencing counter (negative while waiters may be queued: the queue flag),
+-- KEYS[3] the waiters' queue; for a waiter that gave up (and for every
+-- permit), KEYS[4] the waiters' leases; for a permit, KEYS[5] the
+-- permits' expiries and KEYS[6] the permits.
 -- ARGV[1] owner token, ARGV[2] the release channel.
 -- The message is the owner token of the queue's head. Nothing is
 -- published when the flag is clear, and a queue found empty clears it.
 -- A departed waiter whose client did not pass the leases hash (it forgot
 -- that it was queued) leaves its lease there until the hash expires, one
 -- waiter lease after the last attempt; only queued owners are looked up.
--- Returns 0 when the lock is gone or someone else's; else it is released
--- and the reply is 1 + the number of subscriptions that were told.
+-- Returns 0 when the lock or permit is gone or someone else's; else it is
+-- released and the reply is 1 + the number of subscriptions that were told.
 local lock, fence, queue = KEYS[1], KEYS[2], KEYS[3]
 local owner = ARGV[1]
 local v = redis.call('MGET', lock, fence)
@@ -26,7 +28,9 @@ local function tell()
   end
   return redis.call('PUBLISH', ARGV[2], head)
 end
-if value and string.sub(value, 1, 33) == owner .. ':' then
+-- A lease is its owner and its mode: a permit's release never takes the
+-- lock.
+if value and not KEYS[5] and string.sub(value, 1, 33) == owner .. ':' then
   -- A holder is never queued: its grant took it out of the queue.
   redis.call('DEL', lock)
   if last < 0 then
@@ -34,11 +38,39 @@ if value and string.sub(value, 1, 33) == owner .. ':' then
   end
   return 1
 end
+local marked = value and string.byte(value) == 42
+if marked and KEYS[5] then
+  local expiries, permits = KEYS[5], KEYS[6]
+  local expiry = redis.call('ZSCORE', expiries, owner)
+  if expiry then
+    redis.call('ZREM', expiries, owner)
+    redis.call('HDEL', permits, owner)
+    local t = redis.call('TIME')
+    local now = t[1] * 1000 + math.floor(t[2] / 1000)
+    -- The marker and the permits expire with the last live permit, and go
+    -- with it.
+    local top = redis.call('ZRANGE', expiries, -1, -1, 'WITHSCORES')[2]
+    if top and tonumber(top) > now then
+      for _, key in ipairs({lock, expiries, permits}) do
+        redis.call('PEXPIREAT', key, top)
+      end
+    else
+      redis.call('DEL', lock, expiries, permits)
+    end
+    -- An expired permit was no longer held.
+    if tonumber(expiry) > now then
+      if last < 0 then
+        return 1 + tell()
+      end
+      return 1
+    end
+  end
+end
 if last < 0 and redis.call('ZREM', queue, owner) == 1 then
   if KEYS[4] then
     redis.call('HDEL', KEYS[4], owner)
   end
-  if not value then
+  if not value or marked then
     tell()
   end
 end

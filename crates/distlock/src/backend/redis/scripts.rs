@@ -12,20 +12,29 @@ use super::builder::Shared;
 use super::keys::Names;
 use crate::backend::{AcquireRequest, Attempt, Renewal};
 use crate::error::{Error, Result};
-use crate::holder::HolderInfo;
+use crate::holder::{HolderInfo, Holders};
 use crate::key::LockKey;
-use crate::lease::{LeaseRef, OwnerToken};
+use crate::lease::{LeaseRef, OwnerToken, Share};
 
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("acquire.lua")));
 static EXTEND: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("extend.lua")));
 static EXTEND_ALL: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("extend_all.lua")));
+static EXTEND_PERMITS: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("extend_permits.lua")));
 static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("release.lua")));
-static INSPECT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("inspect.lua")));
+static HOLDERS: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("holders.lua")));
 pub(super) static TURN: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("turn.lua")));
 
 /// Every script, for loading them up front.
-pub(super) static ALL: [&LazyLock<Script>; 6] =
-    [&ACQUIRE, &EXTEND, &EXTEND_ALL, &RELEASE, &INSPECT, &TURN];
+pub(super) static ALL: [&LazyLock<Script>; 7] = [
+    &ACQUIRE,
+    &EXTEND,
+    &EXTEND_ALL,
+    &EXTEND_PERMITS,
+    &RELEASE,
+    &HOLDERS,
+    &TURN,
+];
 
 /// Locks per `extend_all.lua` call: a call blocks the server for about
 /// 1 µs per lock, so a chunk stays well under a millisecond.
@@ -69,8 +78,11 @@ impl Queued {
 /// What one `acquire.lua` call answered.
 enum Reply {
     Attempt(Attempt),
-    /// Lean call, but the queue must be consulted: ask again in full.
+    /// Lean call, but the queue or the permits must be consulted: ask
+    /// again in full.
     NeedsQueue,
+    /// A permit was asked for with another limit than the live permits'.
+    Mismatch(u32),
 }
 
 impl Shared {
@@ -78,12 +90,18 @@ impl Shared {
         let names = Names::of(&req.key);
         let (lock, fence) = (names.lock(), names.fence());
         let owner = req.owner.to_hex();
-        let mut full = req.will_wait && self.queued.contains(req.owner);
+        let limit = req.share.limit();
+        // A permit always needs the full call: its fellow holders are kept
+        // beside the lock.
+        let mut full = limit.is_some() || (req.will_wait && self.queued.contains(req.owner));
         loop {
             let mut call = ACQUIRE.key(&lock);
             call.key(&fence);
             if full {
-                call.key(names.queue()).key(names.waiting());
+                call.key(names.queue())
+                    .key(names.waiting())
+                    .key(names.expiries())
+                    .key(names.permits());
             }
             call.arg(&owner).arg(millis(req.ttl));
             match &req.metadata {
@@ -93,17 +111,25 @@ impl Shared {
             call.arg(u8::from(req.will_wait));
             if full {
                 call.arg(millis(self.waiter_lease));
+                match limit {
+                    Some(limit) => call.arg(limit),
+                    None => call.arg("x"),
+                };
+                call.arg(names.channel());
             }
             let reply: Value = call
                 .invoke_async(&mut self.conn())
                 .await
                 .map_err(|e| self.err("acquire", &req.key, e))?;
-            match acquire_reply(&reply)? {
-                Reply::NeedsQueue if !full => full = true,
-                Reply::NeedsQueue => {
+            match (acquire_reply(&reply)?, limit) {
+                (Reply::NeedsQueue, _) if !full => full = true,
+                (Reply::Mismatch(held), Some(asked)) => {
+                    return Err(Error::limit_mismatch(&req.key, asked, held));
+                }
+                (Reply::NeedsQueue | Reply::Mismatch(_), _) => {
                     return Err(unexpected("acquire", std::slice::from_ref(&reply)));
                 }
-                Reply::Attempt(attempt) => {
+                (Reply::Attempt(attempt), _) => {
                     match attempt {
                         Attempt::Granted { .. } => {
                             self.queued.remove(req.owner);
@@ -120,78 +146,118 @@ impl Shared {
         }
     }
 
-    pub(super) async fn extend(&self, lease: &LeaseRef, ttl: Duration) -> Result<()> {
+    pub(super) async fn extend(&self, renewal: &Renewal) -> Result<()> {
+        let lease = &renewal.lease;
+        if lease.share != Share::Exclusive {
+            let mut done = self.extend_chunk(true, &[renewal]).await;
+            return done.pop().unwrap_or_else(|| held_if(false, &lease.key));
+        }
         let done: i64 = EXTEND
             .key(Names::of(&lease.key).lock())
             .arg(lease.owner.to_hex())
-            .arg(millis(ttl))
+            .arg(millis(renewal.ttl))
             .invoke_async(&mut self.conn())
             .await
             .map_err(|e| self.err("extend", &lease.key, e))?;
         held_if(done == 1, &lease.key)
     }
 
-    /// One `extend_all.lua` call per [`EXTEND_CHUNK`] renewals, all sent
-    /// at once over the command connection. On a single server the keys
-    /// of one call may lie in any slot; a Redis Cluster client would have
-    /// to group them by node first.
+    /// One `extend_all.lua` (locks) or `extend_permits.lua` (permits) call
+    /// per [`EXTEND_CHUNK`] renewals, all sent at once over the command
+    /// connection; the answers go back in the renewals' order. On a single
+    /// server the keys of one call may lie in any slot; a Redis Cluster
+    /// client would have to group them by node first.
     pub(super) async fn extend_all(&self, renewals: &[Renewal]) -> Vec<Result<()>> {
-        let chunks = renewals.chunks(EXTEND_CHUNK).map(|chunk| async move {
-            let mut call = EXTEND_ALL.prepare_invoke();
-            for r in chunk {
-                call.key(Names::of(&r.lease.key).lock());
-            }
-            for r in chunk {
-                call.arg(r.lease.owner.to_hex());
-            }
-            for r in chunk {
-                call.arg(millis(r.ttl));
-            }
-            let reply: std::result::Result<Vec<i64>, RedisError> =
-                call.invoke_async(&mut self.conn()).await;
-            match reply {
-                Ok(done) if done.len() == chunk.len() => chunk
-                    .iter()
-                    .zip(done)
-                    .map(|(r, done)| held_if(done == 1, &r.lease.key))
-                    .collect::<Vec<_>>(),
-                Ok(done) => chunk
-                    .iter()
-                    .map(|_| {
-                        Err(Error::backend(
-                            NAME,
-                            "extend",
-                            format!(
-                                "the extend_all script answered {} results for {} locks",
-                                done.len(),
-                                chunk.len()
-                            ),
-                        ))
-                    })
-                    .collect(),
-                Err(e) => chunk
-                    .iter()
-                    .map(|r| Err(self.err("extend", &r.lease.key, e.clone())))
-                    .collect(),
-            }
-        });
-        futures::future::join_all(chunks)
-            .await
+        let (permits, locks): (Vec<_>, Vec<_>) =
+            (0..renewals.len()).partition(|&i| renewals[i].lease.share != Share::Exclusive);
+        let chunks = [(false, locks), (true, permits)]
             .into_iter()
-            .flatten()
+            .flat_map(|(permits, places)| {
+                let chunks: Vec<Vec<usize>> =
+                    places.chunks(EXTEND_CHUNK).map(<[usize]>::to_vec).collect();
+                chunks.into_iter().map(move |places| (permits, places))
+            })
+            .map(|(permits, places)| async move {
+                let chunk: Vec<&Renewal> = places.iter().map(|&i| &renewals[i]).collect();
+                (places, self.extend_chunk(permits, &chunk).await)
+            });
+        let mut results: Vec<Option<Result<()>>> = renewals.iter().map(|_| None).collect();
+        for (places, done) in futures::future::join_all(chunks).await {
+            for (i, result) in places.into_iter().zip(done) {
+                results[i] = Some(result);
+            }
+        }
+        results
+            .into_iter()
+            .zip(renewals)
+            .map(|(result, r)| result.unwrap_or_else(|| held_if(false, &r.lease.key)))
             .collect()
+    }
+
+    /// Extends `chunk`, all locks or all permits, in one script call.
+    async fn extend_chunk(&self, permits: bool, chunk: &[&Renewal]) -> Vec<Result<()>> {
+        let mut call = if permits {
+            EXTEND_PERMITS.prepare_invoke()
+        } else {
+            EXTEND_ALL.prepare_invoke()
+        };
+        for r in chunk {
+            let names = Names::of(&r.lease.key);
+            call.key(names.lock());
+            if permits {
+                call.key(names.expiries()).key(names.permits());
+            }
+        }
+        for r in chunk {
+            call.arg(r.lease.owner.to_hex());
+        }
+        for r in chunk {
+            call.arg(millis(r.ttl));
+        }
+        let reply: std::result::Result<Vec<i64>, RedisError> =
+            call.invoke_async(&mut self.conn()).await;
+        match reply {
+            Ok(done) if done.len() == chunk.len() => chunk
+                .iter()
+                .zip(done)
+                .map(|(r, done)| held_if(done == 1, &r.lease.key))
+                .collect(),
+            Ok(done) => chunk
+                .iter()
+                .map(|_| {
+                    Err(Error::backend(
+                        NAME,
+                        "extend",
+                        format!(
+                            "the extend script answered {} results for {} leases",
+                            done.len(),
+                            chunk.len()
+                        ),
+                    ))
+                })
+                .collect(),
+            Err(e) => chunk
+                .iter()
+                .map(|r| Err(self.err("extend", &r.lease.key, e.clone())))
+                .collect(),
+        }
     }
 
     pub(super) async fn release(&self, lease: &LeaseRef) -> Result<()> {
         // A waiter giving up also takes its lease out of the leases hash
-        // (a fourth key), so that it leaves nothing behind; a holder was
-        // never queued, and needs three.
+        // (a fourth key), so that it leaves nothing behind; a lock's holder
+        // was never queued, and needs three. A permit also needs the
+        // permits' two keys, and may have been queued: all six.
         let was_queued = self.queued.remove(lease.owner);
+        let permit = lease.share != Share::Exclusive;
         let names = Names::of(&lease.key);
         let mut call = RELEASE.key(names.lock());
         call.key(names.fence()).key(names.queue());
-        if was_queued {
+        if was_queued || permit {
             call.key(names.waiting());
+        }
+        if permit {
+            call.key(names.expiries()).key(names.permits());
         }
         let reply: i64 = call
             .arg(lease.owner.to_hex())
@@ -202,15 +268,49 @@ impl Shared {
         held_if(reply >= 1, &lease.key)
     }
 
+    /// The key's holder: a lock's, or the latest grant of its permits.
     pub(super) async fn inspect(&self, key: &LockKey) -> Result<Option<HolderInfo>> {
-        let reply: Vec<Value> = INSPECT
-            .key(Names::of(key).lock())
+        Ok(self.read_holders(key, false).await?.holders.pop())
+    }
+
+    /// Every holder of the key, oldest grant first.
+    pub(super) async fn holders(&self, key: &LockKey) -> Result<Holders> {
+        let mut holders = self.read_holders(key, true).await?;
+        // Tokens increase with every grant: their order is the grants'.
+        holders.holders.sort_by_key(|h| h.fencing_token);
+        Ok(holders)
+    }
+
+    async fn read_holders(&self, key: &LockKey, every: bool) -> Result<Holders> {
+        let names = Names::of(key);
+        let reply: Vec<Value> = HOLDERS
+            .key(names.lock())
+            .key(names.expiries())
+            .key(names.permits())
+            .arg(u8::from(every))
             .invoke_async(&mut self.conn())
             .await
             .map_err(|e| self.err("inspect", key, e))?;
         match reply.as_slice() {
-            [] => Ok(None),
-            [token, pttl, metadata] => Ok(Some(holder(token, pttl, metadata)?)),
+            [] => Ok(Holders::none()),
+            [token, pttl, metadata] => Ok(Holders::exclusive(holder(token, pttl, metadata)?)),
+            [limit, Value::Array(items)] => {
+                let holders = items
+                    .chunks(3)
+                    .map(|item| match item {
+                        [token, pttl, metadata] => holder(token, pttl, metadata),
+                        other => Err(unexpected("inspect", other)),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let limit: u32 = ::redis::from_redis_value_ref(limit)
+                    .map_err(|e| Error::backend(NAME, "decode", e))?;
+                // A marker outlives its last permit by under a millisecond.
+                Ok(if holders.is_empty() {
+                    Holders::none()
+                } else {
+                    Holders::permits(limit, holders)
+                })
+            }
             other => Err(unexpected("inspect", other)),
         }
     }
@@ -226,6 +326,9 @@ fn acquire_reply(reply: &Value) -> Result<Reply> {
         Value::Array(items) => match items.as_slice() {
             // Free, but another waiter is first.
             [] => Ok(Reply::Attempt(Attempt::Contended { holder: None })),
+            [held] => ::redis::from_redis_value_ref(held)
+                .map(Reply::Mismatch)
+                .map_err(|e| Error::backend(NAME, "decode", e)),
             [token, pttl, metadata] => Ok(Reply::Attempt(Attempt::Contended {
                 holder: Some(holder(token, pttl, metadata)?),
             })),
@@ -256,9 +359,10 @@ fn holder(token: &Value, pttl: &Value, metadata: &Value) -> Result<HolderInfo> {
     if let Some(ms) = int(pttl).and_then(|ms| u64::try_from(ms).ok()) {
         info = info.expires_in(Duration::from_millis(ms));
     }
-    let metadata: Option<String> =
+    // Stored as "-" (none) or "=" and the metadata, as acquire.lua says.
+    let stored: String =
         ::redis::from_redis_value_ref(metadata).map_err(|e| Error::backend(NAME, "decode", e))?;
-    Ok(info.metadata(metadata))
+    Ok(info.metadata(stored.strip_prefix('=').map(str::to_owned)))
 }
 
 fn unexpected(op: &'static str, reply: &[Value]) -> Error {
