@@ -10,6 +10,10 @@ use crate::error::{Error, Result};
 const FEATURE_SCHEMES: &[(&str, &str)] = &[
     ("redis", "redis"),
     ("rediss", "redis"),
+    ("redis+sentinel", "redis"),
+    ("rediss+sentinel", "redis"),
+    ("redis+cluster", "redis"),
+    ("rediss+cluster", "redis"),
     ("etcd", "etcd"),
     ("etcds", "etcd"),
     ("file", "file"),
@@ -20,6 +24,11 @@ pub(crate) async fn backend_from_url(raw: &str) -> Result<(Arc<dyn Backend>, Opt
     #[cfg(feature = "etcd")]
     if let Some(parsed) = etcd::parse(raw)? {
         return etcd::connect(raw, parsed).await;
+    }
+    #[cfg(feature = "redis")]
+    if redis::is_redis(raw) {
+        let (builder, namespace) = redis::builder(raw)?;
+        return Ok((Arc::new(builder.build().await?), namespace));
     }
     let url = url::Url::parse(raw).map_err(|e| invalid(raw, e.to_string()))?;
     let namespace = namespace_param(raw, url.query().unwrap_or_default())?;
@@ -39,26 +48,34 @@ pub(crate) async fn backend_from_url(raw: &str) -> Result<(Arc<dyn Backend>, Opt
             })?;
             Arc::new(crate::backend::file::FileBackend::open(dir)?)
         }
-        #[cfg(feature = "redis")]
-        "redis" | "rediss" => {
-            // The query is ours (`namespace`); redis-rs sees the rest.
-            let mut store_url = url.clone();
-            store_url.set_query(None);
-            Arc::new(crate::backend::redis::RedisBackend::connect(store_url.as_str()).await?)
-        }
         scheme => {
             let reason = match FEATURE_SCHEMES.iter().find(|(s, _)| *s == scheme) {
                 Some((_, feature)) => format!(
                     "the {scheme}:// backend is not compiled in; enable distlock's cargo feature `{feature}`"
                 ),
                 None => format!(
-                    "unknown scheme {scheme:?}; expected memory://, redis://, rediss://, etcd://, etcds:// or file://"
+                    "unknown scheme {scheme:?}; expected memory://, redis://, rediss://, \
+                     redis+sentinel://, redis+cluster:// (or rediss+...), etcd://, etcds:// or file://"
                 ),
             };
             return Err(invalid(raw, reason));
         }
     };
     Ok((backend, namespace))
+}
+
+/// A Redis URL's builder, for [`RedisBackend::connect`](crate::backend::redis::RedisBackend::connect).
+#[cfg(feature = "redis")]
+pub(crate) fn redis_builder(raw: &str) -> Result<crate::backend::redis::RedisBackendBuilder> {
+    if !redis::is_redis(raw) {
+        return Err(invalid(
+            raw,
+            "expected a redis://, rediss://, redis+sentinel:// or redis+cluster:// URL (or \
+             rediss+sentinel://, rediss+cluster://)"
+                .into(),
+        ));
+    }
+    Ok(redis::builder(raw)?.0)
 }
 
 /// The `namespace` parameter of a query string; any other parameter is an error.
@@ -71,6 +88,28 @@ fn namespace_param(raw: &str, query: &str) -> Result<Option<String>> {
         }
     }
     Ok(namespace)
+}
+
+/// Percent-decodes a URL's user info.
+#[cfg(any(feature = "etcd", feature = "redis"))]
+fn decode(raw: &str, text: &str) -> Result<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| invalid(raw, "bad percent-escape in the user info".into()))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| invalid(raw, "the user info is not UTF-8".into()))
 }
 
 fn invalid(raw: &str, reason: String) -> Error {
@@ -105,7 +144,7 @@ mod etcd {
 
     use std::sync::Arc;
 
-    use super::{invalid, namespace_param};
+    use super::{decode, invalid, namespace_param};
     use crate::backend::Backend;
     use crate::backend::etcd::{EtcdBackend, EtcdOptions};
     use crate::error::Result;
@@ -168,26 +207,6 @@ mod etcd {
         }))
     }
 
-    fn decode(raw: &str, text: &str) -> Result<String> {
-        let bytes = text.as_bytes();
-        let mut out = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        while i < bytes.len() {
-            if bytes[i] == b'%' {
-                let hex = text
-                    .get(i + 1..i + 3)
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| invalid(raw, "bad percent-escape in the user info".into()))?;
-                out.push(hex);
-                i += 3;
-            } else {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-        String::from_utf8(out).map_err(|_| invalid(raw, "the user info is not UTF-8".into()))
-    }
-
     pub(super) async fn connect(
         raw: &str,
         url: EtcdUrl,
@@ -204,6 +223,9 @@ mod etcd {
         Ok((Arc::new(backend), url.namespace))
     }
 }
+
+#[cfg(feature = "redis")]
+mod redis;
 
 #[cfg(test)]
 mod tests {

@@ -31,6 +31,7 @@
 //! command has a deadline, so a paused or dying node cannot hang a test.
 
 mod cluster;
+mod fixture;
 mod sentinel;
 
 use std::future::Future;
@@ -41,6 +42,7 @@ use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, RedisError};
 use crate::server::ServerProcess;
 
 pub use cluster::{RedisCluster, SlotMigration};
+pub use fixture::HaFixture;
 pub use sentinel::{MASTER_NAME, SentinelSet};
 
 /// How long a probe (a read that [`settle`] repeats) may take: short, so

@@ -6,14 +6,17 @@ use std::fmt;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{Client, RedisError};
+use ::redis::aio::ConnectionManager;
+use ::redis::{Client, ConnectionInfo, RedisConnectionInfo, RedisError};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
-use super::errors::{Who, acl_rules, is_auth_error, is_unknown_database, map_err, url_of};
+use super::conn::Conn;
+use super::connect::{Dial, Source, Target};
+use super::errors::{Who, acl_rules, is_auth_error, map_err};
 use super::pubsub::Channels;
+use super::replicas::Replicas;
 use super::scripts::{ALL, Queued};
 use crate::error::{Error, Result};
 use crate::key::{LockKey, Namespace};
@@ -28,8 +31,17 @@ pub const DEFAULT_RECONNECT_RETRIES: usize = 3;
 /// The default [`RedisBackendBuilder::waiter_lease`].
 pub const DEFAULT_WAITER_LEASE: Duration = Duration::from_secs(1);
 
-/// Locks in one Redis server. Build it with [`RedisBackend::connect`] or
-/// [`RedisBackend::builder`], then hand it to
+/// A key name for commands that name none but must go to one node of a
+/// cluster (`CONFIG GET`, `INFO`).
+pub(super) const ANY_KEY: &str = "distlock";
+
+/// The default [`RedisBackendBuilder::replica_timeout`].
+pub const DEFAULT_REPLICA_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Locks in Redis: one server, a master that sentinels watch over, or a
+/// Redis Cluster. Build it with [`RedisBackend::connect`] or a builder
+/// ([`RedisBackend::builder`], [`RedisBackend::sentinel`],
+/// [`RedisBackend::cluster`]), then hand it to
 /// [`Locker::builder`](crate::Locker::builder) (or use
 /// [`Locker::from_url`](crate::Locker::from_url)).
 ///
@@ -40,14 +52,17 @@ pub struct RedisBackend {
 }
 
 pub(super) struct Shared {
-    pub(super) client: Client,
+    pub(super) source: Source,
+    pub(super) described: String,
     pub(super) who: Who,
-    pub(super) conn: ConnectionManager,
+    pub(super) conn: Conn,
     pub(super) response_timeout: Duration,
     pub(super) connection_timeout: Duration,
     pub(super) maxmemory_policy: Option<String>,
     pub(super) channels: Arc<Channels>,
     pub(super) waiter_lease: Duration,
+    /// Replica acknowledgement of grants and extends.
+    pub(super) replicas: Replicas,
     /// The subscription supervisor's inbox, once started.
     pub(super) supervisor: OnceLock<UnboundedSender<String>>,
     /// Owners waiting in a key's queue, for the choice of acquire call.
@@ -61,38 +76,40 @@ impl Drop for Shared {
     }
 }
 
-/// Builds a [`RedisBackend`] from a [`redis::Client`].
+/// Builds a [`RedisBackend`].
 #[must_use]
 pub struct RedisBackendBuilder {
-    client: Client,
+    target: Target,
     manager: Option<ConnectionManager>,
     connection_timeout: Duration,
     response_timeout: Duration,
     reconnect_retries: usize,
     waiter_lease: Duration,
+    replicas: Option<usize>,
+    replica_timeout: Duration,
 }
 
 impl fmt::Debug for RedisBackendBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisBackendBuilder")
-            .field(
-                "addr",
-                &self.client.get_connection_info().addr().to_string(),
-            )
+            .field("target", &self.target.describe())
             .field("own_manager", &self.manager.is_none())
             .field("connection_timeout", &self.connection_timeout)
             .field("response_timeout", &self.response_timeout)
             .field("reconnect_retries", &self.reconnect_retries)
             .field("waiter_lease", &self.waiter_lease)
+            .field("replicas", &self.replicas)
+            .field("replica_timeout", &self.replica_timeout)
             .finish()
     }
 }
 
 impl RedisBackendBuilder {
     /// Sends commands through the application's existing connection
-    /// manager instead of opening one. Its own timeouts and retries then
-    /// apply (the locker still bounds every call by its operation timeout);
-    /// the client is still used for the subscription connection.
+    /// manager instead of opening one (one server only; ignored for
+    /// Sentinel and Cluster). Its own timeouts and retries then apply (the
+    /// locker still bounds every call by its operation timeout); the
+    /// client is still used for the subscription connection.
     pub fn connection_manager(mut self, manager: ConnectionManager) -> Self {
         self.manager = Some(manager);
         self
@@ -106,7 +123,9 @@ impl RedisBackendBuilder {
     }
 
     /// Bounds one command's reply (default [`DEFAULT_RESPONSE_TIMEOUT`]).
-    /// A command that times out may still have run on the server.
+    /// A command that times out may still have run on the server. Must be
+    /// longer than the [replica timeout](Self::replica_timeout) when
+    /// replicas acknowledge grants: `WAIT` takes up to that long.
     pub fn response_timeout(mut self, timeout: Duration) -> Self {
         self.response_timeout = timeout;
         self
@@ -132,8 +151,36 @@ impl RedisBackendBuilder {
         self
     }
 
+    /// How many replicas must acknowledge a grant or an extend (`WAIT`)
+    /// before it is handed out; 0 turns acknowledgement off. By default 1
+    /// when the master has a replica connected when the backend connects
+    /// (and, under Sentinel, after each failover), else 0. A grant not
+    /// acknowledged within the [replica timeout](Self::replica_timeout) is
+    /// released and reported as a transient [`Error::Backend`], which the
+    /// engine retries like any other. See the [module docs](super#replication).
+    pub fn replicas(mut self, replicas: usize) -> Self {
+        self.replicas = Some(replicas);
+        self
+    }
+
+    /// How long a grant or an extend waits for its replicas (default
+    /// [`DEFAULT_REPLICA_TIMEOUT`]); `WAIT`'s own timeout.
+    pub fn replica_timeout(mut self, timeout: Duration) -> Self {
+        self.replica_timeout = timeout;
+        self
+    }
+
     /// Connects (bounded by the connection timeout per attempt), loads the
-    /// scripts and checks `maxmemory-policy`.
+    /// scripts, checks `maxmemory-policy` and counts the replicas.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidOptions`] for a zero timeout or lease, or a replica
+    /// timeout not shorter than the response timeout;
+    /// [`Error::InvalidUrl`] for a database the server does not have or a
+    /// master name no sentinel knows; [`Error::Refused`] for credentials
+    /// the server turns down; [`Error::Timeout`] or [`Error::Backend`] when
+    /// the servers cannot be reached.
     pub async fn build(self) -> Result<RedisBackend> {
         if self.connection_timeout.is_zero() || self.response_timeout.is_zero() {
             return Err(Error::invalid_options(
@@ -147,67 +194,50 @@ impl RedisBackendBuilder {
                 "the Redis waiter lease must be at least one millisecond",
             ));
         }
+        if self.replicas != Some(0)
+            && (self.replica_timeout.is_zero() || self.replica_timeout >= self.response_timeout)
+        {
+            return Err(Error::invalid_options(
+                "replica_timeout",
+                format!(
+                    "the Redis replica timeout ({:?}) must be greater than zero and shorter than \
+                     the response timeout ({:?}): WAIT blocks for up to that long",
+                    self.replica_timeout, self.response_timeout
+                ),
+            ));
+        }
         install_crypto_provider();
-        let conn = match self.manager {
-            Some(manager) => manager,
-            None => {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(self.connection_timeout))
-                    .set_response_timeout(Some(self.response_timeout))
-                    .set_number_of_retries(self.reconnect_retries)
-                    .set_min_delay(Duration::from_millis(10))
-                    .set_max_delay(Duration::from_millis(500))
-                    .set_exponent_base(2.0);
-                // The manager retries even a refused password; bound it all.
-                let attempts = u32::try_from(self.reconnect_retries + 1).unwrap_or(u32::MAX);
-                let bound = self.connection_timeout.saturating_mul(attempts)
-                    + Duration::from_millis(500 * u64::from(attempts.min(100)));
-                match timeout(
-                    bound,
-                    ConnectionManager::new_with_config(self.client.clone(), config),
-                )
-                .await
-                {
-                    Ok(Ok(conn)) => conn,
-                    Ok(Err(e)) if is_unknown_database(&e) => {
-                        let info = self.client.get_connection_info();
-                        return Err(Error::InvalidUrl {
-                            url: url_of(info),
-                            reason: format!(
-                                "database {} does not exist on the server: {}",
-                                info.redis_settings().db(),
-                                e.detail().unwrap_or_default()
-                            ),
-                        });
-                    }
-                    Ok(Err(e)) => {
-                        let who = Who::of(&self.client);
-                        return Err(map_err("connect", None, &who, self.response_timeout, e));
-                    }
-                    Err(_) => {
-                        return Err(Error::Timeout {
-                            op: "connect",
-                            after: bound,
-                        });
-                    }
-                }
+        let described = self.target.describe();
+        let who = self.target.who();
+        let dial = Dial {
+            connection_timeout: self.connection_timeout,
+            response_timeout: self.response_timeout,
+            reconnect_retries: self.reconnect_retries,
+        };
+        let (conn, source) = match (self.manager, self.target) {
+            (Some(manager), Target::Single(client)) => {
+                (Conn::Single(manager), Source::Single(client))
             }
+            (_, target) => dial.connect(target).await?,
         };
         let mut backend = Shared {
-            who: Who::of(&self.client),
-            client: self.client,
+            source,
+            described,
+            who,
             conn,
             response_timeout: self.response_timeout,
             connection_timeout: self.connection_timeout,
             maxmemory_policy: None,
             channels: Arc::new(Channels::default()),
             waiter_lease: self.waiter_lease,
+            replicas: Replicas::new(self.replicas, self.replica_timeout),
             supervisor: OnceLock::new(),
             queued: Queued::default(),
             shutdown: CancellationToken::new(),
         };
         backend.maxmemory_policy = backend.check_maxmemory_policy().await?;
         backend.load_scripts().await;
+        backend.count_replicas().await;
         Ok(RedisBackend {
             shared: Arc::new(backend),
         })
@@ -225,26 +255,66 @@ fn install_crypto_provider() {
 }
 
 impl RedisBackend {
-    /// Connects to the server a `redis://` or `rediss://` URL names, with
-    /// the default timeouts.
+    /// Connects to what `url` names, with the default timeouts:
+    /// `redis://` or `rediss://` (one server, as redis-rs reads it),
+    /// `redis+sentinel://` or `redis+cluster://` (and their `rediss+`
+    /// TLS variants), as the [module docs](super#urls) describe, with an
+    /// optional `?replicas=N`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidUrl`] for a URL that cannot be read, and what
+    /// [`RedisBackendBuilder::build`] reports.
     pub async fn connect(url: &str) -> Result<RedisBackend> {
-        let client = Client::open(url).map_err(|e| Error::InvalidUrl {
-            url: crate::url::without_password(url),
-            reason: e.to_string(),
-        })?;
-        Self::builder(client).build().await
+        crate::url::redis_builder(url)?.build().await
     }
 
-    /// A builder over an existing client.
+    /// A builder over an existing client (one server).
     pub fn builder(client: Client) -> RedisBackendBuilder {
+        Self::builder_for(Target::Single(client))
+    }
+
+    /// A builder for the master that the sentinels at `sentinels` monitor
+    /// as `master_name`. `node` holds the master's (and replicas')
+    /// database, user and password; `tls` connects to them over TLS (the
+    /// sentinels' own addresses say whether they speak TLS).
+    pub fn sentinel(
+        sentinels: Vec<ConnectionInfo>,
+        master_name: impl Into<String>,
+        node: RedisConnectionInfo,
+        tls: bool,
+    ) -> RedisBackendBuilder {
+        Self::builder_for(Target::Sentinel {
+            sentinels,
+            master: master_name.into(),
+            redis: node,
+            tls,
+        })
+    }
+
+    /// A builder for the Redis Cluster that `nodes` (some of its nodes)
+    /// belong to; their user, password and TLS apply to every node.
+    pub fn cluster(nodes: Vec<ConnectionInfo>) -> RedisBackendBuilder {
+        Self::builder_for(Target::Cluster { nodes })
+    }
+
+    fn builder_for(target: Target) -> RedisBackendBuilder {
         RedisBackendBuilder {
-            client,
+            target,
             manager: None,
             connection_timeout: DEFAULT_CONNECTION_TIMEOUT,
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             reconnect_retries: DEFAULT_RECONNECT_RETRIES,
             waiter_lease: DEFAULT_WAITER_LEASE,
+            replicas: None,
+            replica_timeout: DEFAULT_REPLICA_TIMEOUT,
         }
+    }
+
+    /// How many replicas acknowledge each grant and extend now (0: none
+    /// are waited for); see [`RedisBackendBuilder::replicas`].
+    pub fn replicas(&self) -> usize {
+        self.shared.replicas.wanted()
     }
 
     /// The server's `maxmemory-policy` as read on connect, or `None` when it
@@ -269,26 +339,27 @@ impl RedisBackend {
         acl_rules(namespace.as_str())
     }
 
-    /// The command connection, for the application's own use.
-    pub fn connection_manager(&self) -> ConnectionManager {
-        self.shared.conn.clone()
+    /// The command connection, for the application's own use: `None`
+    /// under Sentinel (the connection changes with the master) and Cluster.
+    pub fn connection_manager(&self) -> Option<ConnectionManager> {
+        match &self.shared.conn {
+            Conn::Single(conn) => Some(conn.clone()),
+            Conn::Sentinel(_) | Conn::Cluster(_) => None,
+        }
     }
 }
 
 impl fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisBackend")
-            .field(
-                "addr",
-                &self.shared.client.get_connection_info().addr().to_string(),
-            )
+            .field("target", &self.shared.described)
             .field("maxmemory_policy", &self.shared.maxmemory_policy)
             .finish_non_exhaustive()
     }
 }
 
 impl Shared {
-    pub(super) fn conn(&self) -> ConnectionManager {
+    pub(super) fn conn(&self) -> Conn {
         self.conn.clone()
     }
 
@@ -299,9 +370,13 @@ impl Shared {
         let mut conn = self.conn();
         let mut cmd = ::redis::cmd("CONFIG");
         cmd.arg("GET").arg("maxmemory-policy");
-        let query = cmd.query_async::<HashMap<String, String>>(&mut conn);
+        // On a cluster: the node of one slot (clusters are configured alike).
+        let query = async {
+            let reply = conn.query_at(ANY_KEY, cmd).await?;
+            Ok::<_, RedisError>(::redis::from_redis_value::<HashMap<String, String>>(reply).ok())
+        };
         let policy = match timeout(self.response_timeout, query).await {
-            Ok(Ok(mut map)) => map.remove("maxmemory-policy"),
+            Ok(Ok(map)) => map.and_then(|mut map| map.remove("maxmemory-policy")),
             Ok(Err(e)) if is_auth_error(&e) => {
                 return Err(map_err(
                     "connect",

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use ::redis::{Client, ConnectionAddr, ErrorKind, RedisError, ServerErrorKind};
+use ::redis::{ConnectionAddr, ErrorKind, RedisError, ServerErrorKind};
 
 use super::NAME;
 use crate::backend::explain;
@@ -59,11 +59,18 @@ pub(super) struct Who {
 }
 
 impl Who {
-    pub(super) fn of(client: &Client) -> Self {
-        let settings = client.get_connection_info().redis_settings();
+    pub(super) fn of(settings: &::redis::RedisConnectionInfo) -> Self {
         Who {
             user: settings.username().unwrap_or("default").to_owned(),
             password_given: settings.password().is_some(),
+        }
+    }
+
+    /// The default user, without a password.
+    pub(super) fn nobody() -> Self {
+        Who {
+            user: "default".to_owned(),
+            password_given: false,
         }
     }
 

@@ -166,10 +166,15 @@
 //! notification costs at most one poll interval.
 
 mod builder;
+mod conn;
+mod connect;
 mod errors;
 mod keys;
 mod pubsub;
+mod replicas;
 mod scripts;
+mod sentinel;
+mod shard;
 #[cfg(test)]
 mod tests;
 
@@ -183,8 +188,8 @@ use crate::key::LockKey;
 use crate::lease::LeaseRef;
 
 pub use builder::{
-    DEFAULT_CONNECTION_TIMEOUT, DEFAULT_RECONNECT_RETRIES, DEFAULT_RESPONSE_TIMEOUT,
-    DEFAULT_WAITER_LEASE, RedisBackend, RedisBackendBuilder,
+    DEFAULT_CONNECTION_TIMEOUT, DEFAULT_RECONNECT_RETRIES, DEFAULT_REPLICA_TIMEOUT,
+    DEFAULT_RESPONSE_TIMEOUT, DEFAULT_WAITER_LEASE, RedisBackend, RedisBackendBuilder,
 };
 pub use errors::PermissionDenied;
 pub use keys::RedisKeys;

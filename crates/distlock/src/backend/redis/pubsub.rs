@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use ::redis::{Client, ErrorKind, RedisError, Value};
 use futures::StreamExt;
-use tokio::sync::Notify;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio::sync::{Notify, watch};
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 
 use super::builder::Shared;
+use super::connect::Source;
 use super::errors::is_permission_error;
 use super::keys::RedisKeys;
 use super::scripts::TURN;
@@ -25,10 +26,10 @@ use crate::lease::{OwnerToken, Share};
 
 /// How often the subscription connection is checked with a `PING`, and
 /// idle channels are unsubscribed.
-const HEARTBEAT: Duration = Duration::from_secs(2);
+pub(super) const HEARTBEAT: Duration = Duration::from_secs(2);
 /// How long a channel stays subscribed without waiters, so a hot key's
 /// waiters do not subscribe and unsubscribe on every wait.
-const LINGER: Duration = Duration::from_secs(10);
+pub(super) const LINGER: Duration = Duration::from_secs(10);
 /// Back-off bounds between subscription reconnection attempts (each delay
 /// jittered up to twice its base: 10 ms to 2 s).
 const MIN_BACKOFF: Duration = Duration::from_millis(10);
@@ -40,7 +41,7 @@ impl Shared {
         self.supervisor.get_or_init(|| {
             let (tx, rx) = unbounded_channel();
             let supervisor = Supervisor {
-                client: self.client.clone(),
+                source: self.source.clone(),
                 channels: self.channels.clone(),
                 shutdown: self.shutdown.clone(),
                 connection_timeout: self.connection_timeout,
@@ -195,7 +196,11 @@ impl Channels {
         }
     }
 
-    fn names(&self) -> Vec<String> {
+    pub(super) fn contains(&self, name: &str) -> bool {
+        self.map().contains_key(name)
+    }
+
+    pub(super) fn names(&self) -> Vec<String> {
         self.map().keys().cloned().collect()
     }
 
@@ -208,14 +213,14 @@ impl Channels {
         }
     }
 
-    fn subscribed(&self, names: &[String]) {
+    pub(super) fn subscribed(&self, names: &[String]) {
         self.with_channels(names, |c| {
             c.set_subscribed(true);
             c.ready.notify_waiters();
         });
     }
 
-    fn released(&self, name: &str, next: &str) {
+    pub(super) fn released(&self, name: &str, next: &str) {
         if let Some(entry) = self.map().get(name) {
             entry.channel.notify(next);
         }
@@ -230,7 +235,7 @@ impl Channels {
     }
 
     /// Forgets the channels nobody waited on for `linger`; returns them.
-    fn sweep(&self, linger: Duration) -> Vec<String> {
+    pub(super) fn sweep(&self, linger: Duration) -> Vec<String> {
         let now = Instant::now();
         let mut idle = Vec::new();
         self.map().retain(|name, entry| {
@@ -257,12 +262,12 @@ impl Drop for Waiter<'_> {
 }
 
 /// Owns the one subscription connection of a backend.
-struct Supervisor {
-    client: Client,
-    channels: Arc<Channels>,
-    shutdown: CancellationToken,
-    connection_timeout: Duration,
-    response_timeout: Duration,
+pub(super) struct Supervisor {
+    pub(super) source: Source,
+    pub(super) channels: Arc<Channels>,
+    pub(super) shutdown: CancellationToken,
+    pub(super) connection_timeout: Duration,
+    pub(super) response_timeout: Duration,
 }
 
 impl Supervisor {
@@ -297,13 +302,34 @@ impl Supervisor {
         }
     }
 
-    /// One connection's life: connect, subscribe every channel, then serve
-    /// messages, new channels and heartbeats until something fails.
     async fn session(&self, inbox: &mut UnboundedReceiver<String>, backoff: &mut Backoff) -> Ended {
+        match &self.source {
+            Source::Single(client) => self.session_on(client, inbox, backoff, None).await,
+            Source::Sentinel(master) => {
+                // Subscribed to the master followed now, until another is.
+                let mut moved = master.changes();
+                moved.mark_unchanged();
+                let client = master.current().client.clone();
+                self.session_on(&client, inbox, backoff, Some(moved)).await
+            }
+            Source::Cluster(nodes) => self.shard_session(nodes, inbox, backoff).await,
+        }
+    }
+
+    /// One connection's life: connect, subscribe every channel, then serve
+    /// messages, new channels and heartbeats until something fails (or,
+    /// under Sentinel, the master moves).
+    async fn session_on(
+        &self,
+        client: &Client,
+        inbox: &mut UnboundedReceiver<String>,
+        backoff: &mut Backoff,
+        mut moved: Option<watch::Receiver<u64>>,
+    ) -> Ended {
         let pubsub = match bounded(
             self.connection_timeout,
             "connect",
-            self.client.get_async_pubsub(),
+            client.get_async_pubsub(),
         )
         .await
         {
@@ -327,6 +353,9 @@ impl Supervisor {
         let mut heartbeat = tokio::time::interval_at(Instant::now() + HEARTBEAT, HEARTBEAT);
         loop {
             tokio::select! {
+                Some(_) = async { Some(moved.as_mut()?.changed().await) } => {
+                    return Ended::Failed(RedisError::from((ErrorKind::Io, "the Redis master moved")));
+                }
                 name = inbox.recv() => {
                     let Some(name) = name else { return Ended::Closed };
                     let mut names = vec![name];
@@ -363,13 +392,13 @@ impl Supervisor {
     }
 }
 
-enum Ended {
+pub(super) enum Ended {
     Closed,
     Failed(RedisError),
     TimedOut(&'static str),
 }
 
-async fn bounded<T>(
+pub(super) async fn bounded<T>(
     within: Duration,
     what: &'static str,
     call: impl Future<Output = ::redis::RedisResult<T>>,

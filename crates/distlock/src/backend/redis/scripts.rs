@@ -1,14 +1,16 @@
 //! The Lua scripts (the `.lua` files beside this one), how they are
 //! invoked and how their replies are read.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
+use ::redis::cluster_routing::Slot;
 use ::redis::{RedisError, Script, Value};
 
 use super::NAME;
 use super::builder::Shared;
+use super::conn::Topology;
 use super::keys::Names;
 use crate::backend::{AcquireRequest, Attempt, Renewal};
 use crate::error::{Error, Result};
@@ -24,9 +26,20 @@ static EXTEND_PERMITS: LazyLock<Script> =
 static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("release.lua")));
 static HOLDERS: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("holders.lua")));
 pub(super) static TURN: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("turn.lua")));
+/// On a cluster, the scripts that publish do so on the key's shard
+/// channel (`SPUBLISH`): a plain `PUBLISH` reaches every node of the
+/// cluster, a shard channel only the nodes of its slot, where the waiters
+/// subscribe (`SSUBSCRIBE`).
+static ACQUIRE_SHARDED: LazyLock<Script> = LazyLock::new(|| sharded(include_str!("acquire.lua")));
+static RELEASE_SHARDED: LazyLock<Script> = LazyLock::new(|| sharded(include_str!("release.lua")));
+
+fn sharded(script: &str) -> Script {
+    debug_assert!(script.contains("'PUBLISH'"));
+    Script::new(&script.replace("'PUBLISH'", "'SPUBLISH'"))
+}
 
 /// Every script, for loading them up front.
-pub(super) static ALL: [&LazyLock<Script>; 7] = [
+pub(super) static ALL: [&LazyLock<Script>; 9] = [
     &ACQUIRE,
     &EXTEND,
     &EXTEND_ALL,
@@ -34,6 +47,8 @@ pub(super) static ALL: [&LazyLock<Script>; 7] = [
     &RELEASE,
     &HOLDERS,
     &TURN,
+    &ACQUIRE_SHARDED,
+    &RELEASE_SHARDED,
 ];
 
 /// Locks per `extend_all.lua` call: a call blocks the server for about
@@ -86,7 +101,46 @@ enum Reply {
 }
 
 impl Shared {
+    fn sharded(&self) -> bool {
+        self.conn.topology() == Topology::Cluster
+    }
+
+    fn acquire_script(&self) -> &'static Script {
+        if self.sharded() {
+            &ACQUIRE_SHARDED
+        } else {
+            &ACQUIRE
+        }
+    }
+
+    fn release_script(&self) -> &'static Script {
+        if self.sharded() {
+            &RELEASE_SHARDED
+        } else {
+            &RELEASE
+        }
+    }
+
+    /// One attempt; a grant is handed out only once the replicas asked for
+    /// acknowledged it, else it is released again and the attempt fails
+    /// (transiently: the engine's retry rules apply).
     pub(super) async fn acquire(&self, req: &AcquireRequest) -> Result<Attempt> {
+        let attempt = self.attempt(req).await?;
+        if let Attempt::Granted { .. } = attempt
+            && self.replicas.wanted() > 0
+            && let Err(e) = self
+                .acknowledge("acquire", &req.key, &Names::of(&req.key).lock())
+                .await
+        {
+            if let Err(undo) = self.release(&req.lease()).await {
+                tracing::debug!(error = %undo, key = %req.key, "distlock: releasing an unacknowledged grant failed; it expires with its TTL");
+            }
+            return Err(e);
+        }
+        Ok(attempt)
+    }
+
+    async fn attempt(&self, req: &AcquireRequest) -> Result<Attempt> {
         let names = Names::of(&req.key);
         let (lock, fence) = (names.lock(), names.fence());
         let owner = req.owner.to_hex();
@@ -95,7 +149,7 @@ impl Shared {
         // beside the lock.
         let mut full = limit.is_some() || (req.will_wait && self.queued.contains(req.owner));
         loop {
-            let mut call = ACQUIRE.key(&lock);
+            let mut call = self.acquire_script().key(&lock);
             call.key(&fence);
             if full {
                 call.key(names.queue())
@@ -152,26 +206,35 @@ impl Shared {
             let mut done = self.extend_chunk(true, &[renewal]).await;
             return done.pop().unwrap_or_else(|| held_if(false, &lease.key));
         }
+        let lock = Names::of(&lease.key).lock();
         let done: i64 = EXTEND
-            .key(Names::of(&lease.key).lock())
+            .key(&lock)
             .arg(lease.owner.to_hex())
             .arg(millis(renewal.ttl))
             .invoke_async(&mut self.conn())
             .await
             .map_err(|e| self.err("extend", &lease.key, e))?;
-        held_if(done == 1, &lease.key)
+        held_if(done == 1, &lease.key)?;
+        self.acknowledge("extend", &lease.key, &lock).await
     }
 
     /// One `extend_all.lua` (locks) or `extend_permits.lua` (permits) call
     /// per [`EXTEND_CHUNK`] renewals, all sent at once over the command
-    /// connection; the answers go back in the renewals' order. On a single
-    /// server the keys of one call may lie in any slot; a Redis Cluster
-    /// client would have to group them by node first.
+    /// connection; the answers go back in the renewals' order. On one
+    /// server the keys of one call may lie in any slot; on a cluster each
+    /// call holds the keys of one slot.
     pub(super) async fn extend_all(&self, renewals: &[Renewal]) -> Vec<Result<()>> {
-        let (permits, locks): (Vec<_>, Vec<_>) =
-            (0..renewals.len()).partition(|&i| renewals[i].lease.share != Share::Exclusive);
-        let chunks = [(false, locks), (true, permits)]
+        let mut groups: HashMap<(bool, Option<Slot>), Vec<usize>> = HashMap::new();
+        for (i, r) in renewals.iter().enumerate() {
+            let slot = self
+                .sharded()
+                .then(|| Slot::for_key(Names::of(&r.lease.key).lock()));
+            let permit = r.lease.share != Share::Exclusive;
+            groups.entry((permit, slot)).or_default().push(i);
+        }
+        let chunks = groups
             .into_iter()
+            .map(|((permits, _), places)| (permits, places))
             .flat_map(|(permits, places)| {
                 let chunks: Vec<Vec<usize>> =
                     places.chunks(EXTEND_CHUNK).map(<[usize]>::to_vec).collect();
@@ -217,11 +280,24 @@ impl Shared {
         let reply: std::result::Result<Vec<i64>, RedisError> =
             call.invoke_async(&mut self.conn()).await;
         match reply {
-            Ok(done) if done.len() == chunk.len() => chunk
-                .iter()
-                .zip(done)
-                .map(|(r, done)| held_if(done == 1, &r.lease.key))
-                .collect(),
+            Ok(done) if done.len() == chunk.len() => {
+                // One WAIT covers the whole call: it is one write.
+                let acked = match chunk.first() {
+                    Some(r) if done.contains(&1) => {
+                        let name = Names::of(&r.lease.key).lock();
+                        self.acknowledge("extend", &r.lease.key, &name).await
+                    }
+                    _ => Ok(()),
+                };
+                chunk
+                    .iter()
+                    .zip(done)
+                    .map(|(r, done)| {
+                        held_if(done == 1, &r.lease.key)?;
+                        acked.as_ref().map_err(Error::repeat).copied()
+                    })
+                    .collect()
+            }
             Ok(done) => chunk
                 .iter()
                 .map(|_| {
@@ -251,7 +327,7 @@ impl Shared {
         let was_queued = self.queued.remove(lease.owner);
         let permit = lease.share != Share::Exclusive;
         let names = Names::of(&lease.key);
-        let mut call = RELEASE.key(names.lock());
+        let mut call = self.release_script().key(names.lock());
         call.key(names.fence()).key(names.queue());
         if was_queued || permit {
             call.key(names.waiting());
