@@ -121,8 +121,69 @@
 //!   other than `noeviction`, Redis may evict a live lock. The backend reads
 //!   the policy on connect ([`RedisBackend::maxmemory_policy`]) and logs a
 //!   warning when it can evict.
-//! * Single instance only: no Redlock, no cluster or sentinel client yet
-//!   (the key layout is cluster-ready).
+//! * No Redlock: one server, one Sentinel-managed master, or one Redis
+//!   Cluster (see [URLs](#urls) and [Replication](#replication)).
+//!
+//! # URLs
+//!
+//! * `redis://[user:password@]host:port/db` and `rediss://...` (TLS): one
+//!   server, as redis-rs reads the URL.
+//! * `redis+sentinel://[user[:password]@]host[:port][,host[:port]...]/MASTER_NAME`
+//!   (sentinel port 26379 by default): the master the sentinels monitor as
+//!   `MASTER_NAME`. The user and password are the master's (and its
+//!   replicas'); the sentinels are asked without. A command that finds
+//!   the master gone, timed out or demoted (`READONLY`) asks the sentinels
+//!   again, and the next attempt goes to the new master; the subscription
+//!   connection follows and every waiter re-checks its key.
+//! * `redis+cluster://[user[:password]@]host[:port][,host[:port]...]` (port
+//!   6379 by default): seed nodes of a Redis Cluster; redis-rs's async
+//!   cluster client finds the rest and follows `MOVED`, `ASK` and
+//!   failovers. Every key of one lock shares a hash tag, so each script
+//!   runs on one slot; releases publish on the key's shard channel
+//!   (`SPUBLISH`), which the waiters subscribe with `SSUBSCRIBE` on the
+//!   slot's node.
+//! * `rediss+sentinel://` and `rediss+cluster://`: the same over TLS.
+//!
+//! Every form takes `?namespace=NAME` and `?replicas=N`
+//! ([`RedisBackendBuilder::replicas`]). A bad URL (no master name, an empty
+//! or bad host, a path on a cluster URL, an unknown parameter) and a master
+//! name no sentinel knows are [`Error::InvalidUrl`](crate::Error::InvalidUrl) at once.
+//!
+//! ```no_run
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> distlock::Result<()> {
+//! use distlock::Locker;
+//!
+//! let sentinel = Locker::from_url("redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/main").await?;
+//! let cluster = Locker::from_url("redis+cluster://10.0.1.1:7000,10.0.1.2:7000?replicas=1").await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Replication
+//!
+//! Redis replicates asynchronously: a master that fails right after a
+//! grant can be replaced by a replica that never saw it, and that replica
+//! grants the lock again. So after a grant or an extend the backend sends
+//! `WAIT n timeout` on the same connection, and hands the grant out only
+//! when `n` replicas acknowledged it; a grant not acknowledged within
+//! [`RedisBackendBuilder::replica_timeout`] is released again and the
+//! attempt fails with a transient error, which the engine retries within
+//! its deadline. By default `n` is 1 when the master has a connected
+//! replica (counted on connect and after each Sentinel failover, and again
+//! at a node that falls short), else 0.
+//!
+//! What this can and cannot promise: an acknowledged grant is on two nodes,
+//! so the loss of one node does not lose it; but a replica that
+//! acknowledged can still lose it (it restarts without persistence) and
+//! Sentinel or the cluster may promote a replica that did not acknowledge.
+//! `WAIT` narrows the window; it does not make Redis a consensus store.
+//! The protection that always holds is the fencing token, which never goes
+//! back (see above): a store that checks tokens refuses the stale holder.
+//!
+//! `WAIT` blocks the connection it is sent on until the replicas answer
+//! (well under a millisecond on a healthy link), so commands of other
+//! lockers behind it on the shared connection wait too; with a replica
+//! that stopped answering, up to the replica timeout.
 //!
 //! # ACL
 //!

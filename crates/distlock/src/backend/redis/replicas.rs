@@ -82,6 +82,18 @@ impl Shared {
         }
     }
 
+    /// The replicas connected to the node of `name`'s slot, if it says.
+    async fn connected_replicas(&self, name: &str) -> Option<usize> {
+        let mut info = cmd("INFO");
+        info.arg("replication");
+        let reply = tokio::time::timeout(self.response_timeout, self.conn().query_at(name, info))
+            .await
+            .ok()?
+            .ok()?;
+        let text = ::redis::from_redis_value::<String>(reply).ok()?;
+        info_field(&text, "connected_slaves")?.parse().ok()
+    }
+
     /// Returns once the configured number of replicas acknowledged the
     /// writes so far on the connection to `key`'s node.
     ///
@@ -126,9 +138,22 @@ impl Shared {
                 ));
             }
         };
-        if usize::try_from(acked).is_ok_and(|acked| acked >= wanted) {
-            Ok(())
-        } else {
+        let acked = usize::try_from(acked).unwrap_or(0);
+        if acked >= wanted {
+            return Ok(());
+        }
+        if self.replicas.configured.is_none() && self.connected_replicas(name).await == Some(0) {
+            // By default a master waits for a replica only while it has
+            // one: this one lost its own (a cluster replica that took over
+            // from its dead master has none). Counted again only on a
+            // shortfall, so one WAIT timeout per grant on such a node.
+            if !matches!(self.conn, Conn::Cluster(_)) {
+                self.replicas.wanted.store(0, Ordering::Relaxed);
+            }
+            tracing::warn!(key = %key, "distlock: the Redis master has no replica connected; grants are not acknowledged by any");
+            return Ok(());
+        }
+        {
             Err(Error::backend(
                 NAME,
                 op,

@@ -1,0 +1,125 @@
+//! The Redis backend on replicated topologies, with faults: replica
+//! acknowledgement (`WAIT`) and failovers. Each fault test starts its own
+//! topology; the shared ones serve the read-only checks.
+#![cfg(feature = "redis")]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use distlock::backend::redis::{RedisBackend, RedisKeys};
+use distlock::{Key, LockKey, Locker, Namespace, ObtainOptions};
+use distlock_testkit::redis_ha::{RedisCluster, SentinelSet};
+
+/// Long enough for a failover (seconds) on a loaded machine.
+const FAILOVER_WAIT: Duration = Duration::from_secs(60);
+
+fn locker(backend: RedisBackend, ns: &str) -> Locker {
+    Locker::builder(Arc::new(backend))
+        .namespace(ns)
+        .owns_backend()
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_acknowledgement_defaults_to_one_replica_and_is_configurable() {
+    for url in [SentinelSet::shared().url(), RedisCluster::shared().url()] {
+        let backend = RedisBackend::connect(&url).await.unwrap();
+        assert_eq!(backend.replicas(), 1, "{url}");
+        let off = RedisBackend::connect(&format!("{url}?replicas=0"))
+            .await
+            .unwrap();
+        assert_eq!(off.replicas(), 0, "{url}");
+        let two = RedisBackend::connect(&format!("{url}?replicas=2"))
+            .await
+            .unwrap();
+        assert_eq!(two.replicas(), 2, "{url}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_sentinel_master_name_is_a_clear_error_at_once() {
+    let set = SentinelSet::shared();
+    let url = format!("redis+sentinel://{}/nosuch", set.sentinel_addrs().join(","));
+    let start = std::time::Instant::now();
+    let err = RedisBackend::connect(&url).await.unwrap_err();
+    assert!(start.elapsed() < Duration::from_secs(2), "{err}");
+    assert!(
+        matches!(err, distlock::Error::InvalidUrl { .. }) && err.to_string().contains("nosuch"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_no_replica_acknowledges_is_released_and_not_handed_out() {
+    let set = SentinelSet::start().await;
+    let locker = locker(RedisBackend::connect(&set.url()).await.unwrap(), "ack");
+    // Both paused: WAIT 1 cannot be satisfied.
+    set.pause_replica(0).await;
+    set.pause_replica(1).await;
+    // The default TTL (30 s): a grant left behind would still be there.
+    let err = locker
+        .try_obtain("k")
+        .await
+        .expect_err("a grant no replica acknowledged was handed out");
+    assert!(err.is_transient(), "{err:?}");
+    assert!(err.to_string().contains("acknowledged"), "{err}");
+    // Released again, not left to expire after its 30 s TTL.
+    assert!(!locker.is_locked("k").await.unwrap());
+    set.resume_replica(0).await;
+    set.resume_replica(1).await;
+    set.wait_settled().await;
+    let resumed = ObtainOptions::new().wait(Duration::from_secs(10));
+    let lock = locker.obtain_with("k", resumed).await.unwrap();
+    lock.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_keep_working_across_a_sentinel_failover_and_tokens_never_regress() {
+    let set = SentinelSet::start().await;
+    let locker = locker(RedisBackend::connect(&set.url()).await.unwrap(), "failover");
+    let before = locker.try_obtain("k").await.unwrap();
+    let token = before.fencing_token();
+    let old = set.master().await;
+    let new = set.kill_master().await;
+    assert_ne!(old, new);
+    // The acknowledged grant survived on the promoted replica: still held.
+    assert!(locker.is_locked("k").await.unwrap_or(true));
+    drop(before);
+    let options = ObtainOptions::new().wait(FAILOVER_WAIT);
+    let after = locker.obtain_with("k", options).await.unwrap();
+    assert!(
+        after.fencing_token() > token,
+        "{} <= {token}",
+        after.fencing_token()
+    );
+    after.release().await.unwrap();
+    let other = locker.try_obtain("other").await.unwrap();
+    other.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_keep_working_across_a_cluster_takeover_and_tokens_never_regress() {
+    let cluster = RedisCluster::start().await;
+    let locker = locker(
+        RedisBackend::connect(&cluster.url()).await.unwrap(),
+        "takeover",
+    );
+    let names = RedisKeys::new(&LockKey {
+        namespace: Namespace::new("takeover").unwrap(),
+        key: Key::new("k").unwrap(),
+    });
+    let slot = cluster.slot_of(&names.lock).await;
+    let first = locker.try_obtain("k").await.unwrap();
+    let token = first.fencing_token();
+    first.release().await.unwrap();
+    cluster.kill_master_of(slot).await;
+    let options = ObtainOptions::new().wait(FAILOVER_WAIT);
+    let after = locker.obtain_with("k", options).await.unwrap();
+    assert!(
+        after.fencing_token() > token,
+        "{} <= {token}",
+        after.fencing_token()
+    );
+    after.release().await.unwrap();
+}
