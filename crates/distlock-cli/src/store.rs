@@ -35,6 +35,18 @@ const SCHEMES: &[Scheme] = &[
         rebuild: "rebuild with --features redis",
     },
     Scheme {
+        schemes: &[
+            "redis+sentinel",
+            "rediss+sentinel",
+            "redis+cluster",
+            "rediss+cluster",
+        ],
+        built_in: cfg!(feature = "redis"),
+        syntax: "redis+sentinel://host:26379[,host:port...]/MASTER_NAME, redis+cluster://host:port[,host:port...] (rediss+ for TLS; ?replicas=N)",
+        what: "a fleet, through replicated Redis: a Sentinel-managed master (followed across failovers) or a Redis Cluster",
+        rebuild: "rebuild with --features redis",
+    },
+    Scheme {
         schemes: &["etcd", "etcds"],
         built_in: cfg!(feature = "etcd"),
         syntax: "etcd://[user:password@]host:port[,host:port...], etcds:// (TLS)",
