@@ -50,6 +50,9 @@
 //! * `client_crash` — a client that failed on its own or would not stop,
 //!   or a `distlock run` that exited in a way no correct run does.
 //!
+//! For leadership the report also counts the handovers: how each term that
+//! had a successor ended (resigned, lost, its leader killed).
+//!
 //! `replay` turns the histories into grants, `checks` holds the checks,
 //! `report` the summary.
 
@@ -63,9 +66,10 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-pub use report::{DataLoss, Report, WaiterStops, join_counts};
+pub use report::{DataLoss, Handovers, Report, WaiterStops, join_counts};
 
 use crate::history::{Fault, RegisterEntry, RunEnd, RunMeta, read_json, read_lines};
+use crate::variant::Workload;
 use replay::Faults;
 
 /// A kind of violation.
@@ -191,6 +195,9 @@ pub fn check(dir: &Path) -> io::Result<Report> {
         checks::tokens(&mut c, grants, idx);
         checks::overlaps(&mut c, grants, idx, &by.losses);
         checks::releases(&mut c, grants, idx, &by.losses);
+        if meta.workload == Workload::Leadership {
+            checks::handovers(&mut c, grants, idx);
+        }
     }
     checks::writes(&mut c, grants);
     checks::closes(&mut c, grants, &run.closed_obtains);

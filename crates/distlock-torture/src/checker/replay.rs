@@ -45,6 +45,22 @@ pub(super) struct CliSection {
     pub(super) end: Option<i64>,
     /// Its latest event (a section killed mid-way acted until then).
     pub(super) last_act: i64,
+    /// `distlock run`'s (`elect`'s) exit code, if it was seen exiting.
+    pub(super) exit: Option<i32>,
+}
+
+/// How a grant ended, as the holder (a leader) saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Ending {
+    /// Released (resigned) with Ok; `distlock elect` exited 0.
+    Resigned,
+    /// `lost()` fired with `Expired` or `NotHeld` before the release, or
+    /// the release said `NotHeld`; `distlock elect` exited 76.
+    Lost,
+    /// Its process was killed (its task aborted) while it held it.
+    Died,
+    /// Anything else: closed, a release that failed or went unanswered.
+    Other,
 }
 
 #[derive(Debug)]
@@ -100,6 +116,30 @@ impl Grant {
             end = end.min(t);
         }
         end
+    }
+
+    /// How it ended.
+    pub(super) fn ending(&self) -> Ending {
+        if let Some(cli) = &self.cli {
+            return match cli.exit {
+                Some(0) => Ending::Resigned,
+                Some(76) => Ending::Lost,
+                None if self.death.is_some() => Ending::Died,
+                _ => Ending::Other,
+            };
+        }
+        let release = self.releases.first();
+        if let Some((t, LostCause::Expired | LostCause::NotHeld)) = self.lost
+            && release.is_none_or(|r| t < r.invoke)
+        {
+            return Ending::Lost;
+        }
+        match release.map(|r| r.outcome) {
+            Some(Outcome::Ok) => Ending::Resigned,
+            Some(Outcome::NotHeld) => Ending::Lost,
+            None if self.death.is_some() => Ending::Died,
+            _ => Ending::Other,
+        }
     }
 
     /// The end of the CS for the overlap check: also cut at death.
@@ -442,6 +482,7 @@ impl<'a> File<'a> {
                 self.run.grants[g].cli = Some(CliSection {
                     end: None,
                     last_act: t,
+                    exit: None,
                 });
             }
             Event::SectionEnd { op, t } => {
@@ -548,6 +589,11 @@ impl<'a> File<'a> {
         };
         *self.report.cli_exits.entry(shown.clone()).or_default() += 1;
         let granted = self.grant_of.contains_key(&op);
+        if let Some(&g) = self.grant_of.get(&op)
+            && let Some(cli) = &mut self.run.grants[g].cli
+        {
+            cli.exit = code;
+        }
         if !granted && self.pending.contains_key(&op) {
             // 75: not obtained within --wait; anything else: the store.
             self.refused(op, t, code == Some(75));

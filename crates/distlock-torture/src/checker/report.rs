@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::{Violation, ViolationKind};
 use crate::history::{CloseWhy, PauseKind, RunMeta};
 use crate::nemesis::FaultKind;
-use crate::variant::ClientProfile;
+use crate::variant::{ClientProfile, Workload};
 
 /// What a run did and what the checker found; also `summary.json`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -79,6 +79,9 @@ pub struct Report {
     /// What the store's data losses did.
     #[serde(default)]
     pub data_loss: DataLoss,
+    /// Leadership: how the terms that had a successor ended.
+    #[serde(default)]
+    pub handovers: Handovers,
     /// Violations by kind.
     pub violations: BTreeMap<ViolationKind, u64>,
     /// The first few violations of each kind.
@@ -217,6 +220,13 @@ impl Report {
                 d.losses, d.grants_cut, d.overlaps_excused, d.releases_excused
             ),
         );
+        if self.meta.as_ref().map(|m| m.workload) == Some(Workload::Leadership) {
+            let h = &self.handovers;
+            row(
+                "handovers after resign / loss / death / other",
+                format!("{} / {} / {} / {}", h.resigned, h.lost, h.died, h.other),
+            );
+        }
         let tolerance = self.meta.as_ref().map_or(0, |m| m.lost_tolerance_ms);
         row(
             "max lost() lateness",
@@ -289,4 +299,20 @@ pub struct DataLoss {
     /// grant replaced, excused.
     #[serde(default)]
     pub releases_excused: u64,
+}
+
+/// Leadership: how the terms of a key that had a successor ended, so how
+/// leadership was handed over.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Handovers {
+    /// The leader resigned (`distlock elect` exited 0).
+    pub resigned: u64,
+    /// The leadership was lost: `lost()` fired (the deadline passed without
+    /// a refresh, or the store proved it gone), or the resign said it was
+    /// gone (`distlock elect` exited 76).
+    pub lost: u64,
+    /// The leader was killed in office.
+    pub died: u64,
+    /// Otherwise: its Locker closed, a resign that failed or was unanswered.
+    pub other: u64,
 }
