@@ -91,6 +91,10 @@ pub struct Report {
     pub max_lost_lateness_ms: Option<f64>,
     /// Grants whose lateness was excused (their process was stopped).
     pub lost_lateness_excused: u64,
+    /// Grants whose `lost()` came late while their release was under way
+    /// (their deadline may have moved by a refresh in flight), excused.
+    #[serde(default)]
+    pub lost_in_release_excused: u64,
     /// Obtains that returned past the deadline because their process was
     /// stopped between the engine's check and the return.
     pub expired_grants_excused: u64,
@@ -232,8 +236,8 @@ impl Report {
             "max lost() lateness",
             match self.max_lost_lateness_ms {
                 Some(ms) => format!(
-                    "{ms:.1} ms (tolerance {tolerance} ms; {} excused: process stopped)",
-                    self.lost_lateness_excused
+                    "{ms:.1} ms (tolerance {tolerance} ms; {} excused: process stopped; {} during their release)",
+                    self.lost_lateness_excused, self.lost_in_release_excused
                 ),
                 None => "no lock lost by expiry or store".into(),
             },
