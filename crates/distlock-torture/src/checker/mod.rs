@@ -204,7 +204,8 @@ pub fn check(dir: &Path) -> io::Result<Report> {
     checks::waiter_stops(&mut c, &run.obtains, &by.waiter_stops);
     checks::limit_mismatches(&mut c, &run.obtains);
     if meta.ttl_expiry {
-        checks::lost(&mut c, grants, &by.stops, tolerance_ns);
+        let ttl_ns = i64::try_from(meta.ttl_ms).unwrap_or(i64::MAX) * 1_000_000;
+        checks::lost(&mut c, grants, &by.stops, tolerance_ns, ttl_ns);
         checks::expired(&mut c, grants, &by.stops, tolerance_ns);
     }
 
