@@ -71,7 +71,10 @@ fn two_leaders_at_once_overlap() {
     // The first leader's resign, after the second took office, said Ok too.
     assert_eq!(
         run.violations(),
-        vec![ViolationKind::OverlappingCs, ViolationKind::ReleaseByNonOwner]
+        vec![
+            ViolationKind::OverlappingCs,
+            ViolationKind::ReleaseByNonOwner
+        ]
     );
     // A candidate that campaigned after a term was granted must get a
     // higher term.
