@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::replay::{Answer, ClosedObtain, Ending, Grant, Obtain, Outcome, Release};
+use super::replay::{Answer, ClosedObtain, Grant, Obtain, Outcome, Release};
 use super::{Checker, ViolationKind, ms};
 use crate::history::{LostCause, Mode, RegisterEntry};
 use crate::register::Fence;
@@ -450,23 +450,6 @@ pub(super) fn limit_mismatches(c: &mut Checker, obtains: &[Obtain]) {
                     o.client, o.incarnation, o.op, o.mode, o.key
                 ),
             );
-        }
-    }
-}
-
-/// Leadership: how each term of a key that had a successor ended — the
-/// handovers, by resignation, by loss, by the leader's death. Counts only;
-/// one leader at a time is `overlaps`, terms rising is `tokens`.
-pub(super) fn handovers(c: &mut Checker, grants: &[Grant], idx: &[usize]) {
-    let mut by_ok: Vec<usize> = idx.to_vec();
-    by_ok.sort_by_key(|&i| grants[i].ok);
-    let h = &mut c.report.handovers;
-    for &i in by_ok.iter().rev().skip(1) {
-        match grants[i].ending() {
-            Ending::Resigned => h.resigned += 1,
-            Ending::Lost => h.lost += 1,
-            Ending::Died => h.died += 1,
-            Ending::Other => h.other += 1,
         }
     }
 }

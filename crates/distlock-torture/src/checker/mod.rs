@@ -57,6 +57,7 @@
 //! `report` the summary.
 
 mod checks;
+mod leadership;
 mod replay;
 mod report;
 
@@ -196,7 +197,7 @@ pub fn check(dir: &Path) -> io::Result<Report> {
         checks::overlaps(&mut c, grants, idx, &by.losses);
         checks::releases(&mut c, grants, idx, &by.losses);
         if meta.workload == Workload::Leadership {
-            checks::handovers(&mut c, grants, idx);
+            leadership::handovers(&mut c, grants, idx);
         }
     }
     checks::writes(&mut c, grants);

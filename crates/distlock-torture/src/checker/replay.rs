@@ -49,20 +49,6 @@ pub(super) struct CliSection {
     pub(super) exit: Option<i32>,
 }
 
-/// How a grant ended, as the holder (a leader) saw it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Ending {
-    /// Released (resigned) with Ok; `distlock elect` exited 0.
-    Resigned,
-    /// `lost()` fired with `Expired` or `NotHeld` before the release, or
-    /// the release said `NotHeld`; `distlock elect` exited 76.
-    Lost,
-    /// Its process was killed (its task aborted) while it held it.
-    Died,
-    /// Anything else: closed, a release that failed or went unanswered.
-    Other,
-}
-
 #[derive(Debug)]
 pub(super) struct Grant {
     pub(super) client: u32,
@@ -116,30 +102,6 @@ impl Grant {
             end = end.min(t);
         }
         end
-    }
-
-    /// How it ended.
-    pub(super) fn ending(&self) -> Ending {
-        if let Some(cli) = &self.cli {
-            return match cli.exit {
-                Some(0) => Ending::Resigned,
-                Some(76) => Ending::Lost,
-                None if self.death.is_some() => Ending::Died,
-                _ => Ending::Other,
-            };
-        }
-        let release = self.releases.first();
-        if let Some((t, LostCause::Expired | LostCause::NotHeld)) = self.lost
-            && release.is_none_or(|r| t < r.invoke)
-        {
-            return Ending::Lost;
-        }
-        match release.map(|r| r.outcome) {
-            Some(Outcome::Ok) => Ending::Resigned,
-            Some(Outcome::NotHeld) => Ending::Lost,
-            None if self.death.is_some() => Ending::Died,
-            _ => Ending::Other,
-        }
     }
 
     /// The end of the CS for the overlap check: also cut at death.
