@@ -179,6 +179,67 @@ pub async fn observe_reports_every_change_in_order(fx: &dyn Fixture) {
     assert_eq!(next_change(&mut changes, POLL + SLACK).await, None);
 }
 
+/// `observe` is woken by the store's notifications where it has them
+/// (`capabilities().notifies_observers`): with a 30 s poll, a campaign and
+/// a resignation are each reported within a second. A store without them
+/// is read at its poll: with a 3 s poll, each is reported after a second
+/// at the least (the change comes right after a read) and within the
+/// poll. Either way the capability is checked against what the store
+/// does.
+pub async fn observe_is_woken_by_a_campaign_and_a_resignation(fx: &dyn Fixture) {
+    let (a, ns) = locker(fx, "lead_woken").await;
+    let b = fx.locker(&ns).await;
+    let notifies = b.backend().capabilities().notifies_observers;
+    let (poll, within) = if notifies {
+        (Duration::from_secs(30), Duration::from_secs(2))
+    } else {
+        (Duration::from_secs(3), Duration::from_secs(3) + SLACK)
+    };
+    // The observer runs in a task of its own, as an application's would,
+    // and notes when it saw each change.
+    let mut changes = Box::pin(b.observe_every("k", poll).unwrap());
+    let (tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let observer = tokio::spawn(async move {
+        while let Some(change) = changes.next().await {
+            let change = change.expect("observing failed");
+            if tx.send((change, Instant::now())).is_err() {
+                break;
+            }
+        }
+    });
+    let mut next = async || {
+        timeout(within, seen.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no change reported within {within:?} (poll {poll:?})"))
+            .expect("the observer stopped")
+    };
+    let check = |what: &str, took: Duration| {
+        if notifies {
+            assert!(
+                took < Duration::from_secs(1),
+                "{what} seen after {took:?}: not woken"
+            );
+        } else {
+            assert!(
+                took >= Duration::from_secs(1),
+                "{what} seen after {took:?}, before the poll: does the store notify?"
+            );
+        }
+    };
+    assert_eq!(next().await.0, None);
+    let campaigned = Instant::now();
+    let leading = a.campaign("k", "a").await.unwrap();
+    let (now, at) = next().await;
+    assert_eq!(now.map(|l| l.term), Some(leading.term()));
+    check("the campaign", at - campaigned);
+    let resigned = Instant::now();
+    leading.resign().await.unwrap();
+    let (now, at) = next().await;
+    assert_eq!(now, None);
+    check("the resignation", at - resigned);
+    observer.abort();
+}
+
 /// An observer is not told anything while the leader stays the same, even
 /// across its refreshes.
 pub async fn observe_is_quiet_while_the_leader_stays(fx: &dyn Fixture) {
