@@ -346,7 +346,10 @@ pub trait Backend: Send + Sync + Debug + 'static {
     /// again. An early return costs a read; a missed change costs a poll.
     /// A watch that fails sleeps until `until` rather than returning at
     /// once, so a failing store is not read in a tight loop. What each
-    /// store notifies: memory every grant and release.
+    /// store notifies: memory every grant and release; etcd any change
+    /// under the key's prefix (grants, queue entries, releases, expiry),
+    /// over its watch stream; Redis every grant and release, over pub/sub
+    /// (not expiry: the poll sees it).
     fn watch<'a>(&'a self, key: &'a LockKey, until: Instant) -> BoxFuture<'a, Result<()>> {
         let _ = key;
         Box::pin(async move {
