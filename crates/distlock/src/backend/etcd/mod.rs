@@ -104,6 +104,13 @@
 //! * **inspect** / **is_locked** / **holders** are a range read of the
 //!   queue and a lease read per holder lease (its time left), never a
 //!   write; `inspect` reports the latest grant of a key held by permits.
+//! * **Observing** ([`Locker::observe`](crate::Locker::observe)): its
+//!   `watch` is a watch on the key's prefix, on the waiters' shared
+//!   stream, woken by any put or delete there (a grant, a queue entry, a
+//!   release, an expiry, the reaper's cleanup), from the highest revision
+//!   this backend has seen when the observer armed it before its read, so
+//!   nothing after that read is missed. A broken stream or a compacted
+//!   revision leaves the observer to its poll.
 //!
 //! # Leases and TTLs
 //!
