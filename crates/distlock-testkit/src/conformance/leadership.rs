@@ -234,7 +234,7 @@ impl Promptness {
 const SECOND: Duration = Duration::from_secs(1);
 
 /// `observe` is woken by a campaign and by a resignation on a store that
-/// notifies, instead of reading at its poll (see [`Promptness`]); the
+/// notifies, instead of reading at its poll (see `Promptness`); the
 /// observer runs in a task of its own, as an application's would.
 pub async fn observe_is_woken_by_a_campaign_and_a_resignation(fx: &dyn Fixture) {
     let (a, ns) = locker(fx, "lead_woken").await;
