@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{Client, RedisError};
+use ::redis::{AsyncConnectionConfig, Client, RedisError};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
@@ -151,6 +151,10 @@ impl RedisBackendBuilder {
         let conn = match self.manager {
             Some(manager) => manager,
             None => {
+                // The manager retries whatever fails, a certificate or a
+                // password it can never get past included: one plain
+                // attempt first reports those at once.
+                self.refuse_hopeless().await?;
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(self.connection_timeout))
                     .set_response_timeout(Some(self.response_timeout))
@@ -169,21 +173,7 @@ impl RedisBackendBuilder {
                 .await
                 {
                     Ok(Ok(conn)) => conn,
-                    Ok(Err(e)) if is_unknown_database(&e) => {
-                        let info = self.client.get_connection_info();
-                        return Err(Error::InvalidUrl {
-                            url: url_of(info),
-                            reason: format!(
-                                "database {} does not exist on the server: {}",
-                                info.redis_settings().db(),
-                                e.detail().unwrap_or_default()
-                            ),
-                        });
-                    }
-                    Ok(Err(e)) => {
-                        let who = Who::of(&self.client);
-                        return Err(map_err("connect", None, &who, self.response_timeout, e));
-                    }
+                    Ok(Err(e)) => return Err(self.connect_error(e)),
                     Err(_) => {
                         return Err(Error::Timeout {
                             op: "connect",
@@ -211,6 +201,46 @@ impl RedisBackendBuilder {
         Ok(RedisBackend {
             shared: Arc::new(backend),
         })
+    }
+
+    /// One connection attempt without retries: `Err` with the error when it
+    /// failed for a reason no retry gets past (credentials, permissions,
+    /// an untrusted certificate, a database the server lacks); `Ok` when
+    /// it connected or failed in a way a retry may get past.
+    async fn refuse_hopeless(&self) -> Result<()> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connection_timeout))
+            .set_response_timeout(Some(self.response_timeout));
+        let attempt = timeout(
+            self.connection_timeout + self.response_timeout,
+            self.client
+                .get_multiplexed_async_connection_with_config(&config),
+        )
+        .await;
+        match attempt {
+            Ok(Err(e)) => match self.connect_error(e) {
+                hopeless @ (Error::Refused { .. } | Error::InvalidUrl { .. }) => Err(hopeless),
+                _ => Ok(()),
+            },
+            _ => Ok(()),
+        }
+    }
+
+    /// What a failed connection attempt means.
+    fn connect_error(&self, e: RedisError) -> Error {
+        if is_unknown_database(&e) {
+            let info = self.client.get_connection_info();
+            return Error::InvalidUrl {
+                url: url_of(info),
+                reason: format!(
+                    "database {} does not exist on the server: {}",
+                    info.redis_settings().db(),
+                    e.detail().unwrap_or_default()
+                ),
+            };
+        }
+        let who = Who::of(&self.client);
+        map_err("connect", None, &who, self.response_timeout, e)
     }
 }
 
