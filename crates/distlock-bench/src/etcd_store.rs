@@ -28,7 +28,7 @@ pub struct EtcdStore {
 impl EtcdStore {
     pub fn start() -> Self {
         EtcdStore {
-            cluster: EtcdCluster::start(1),
+            cluster: EtcdCluster::start_durable(1),
             client: OnceCell::new(),
             peer_lease: OnceCell::new(),
         }

@@ -162,14 +162,14 @@ const BACKENDS: &[Backend] = &[
         server: None,
         runs: |_| true,
     },
-    // Only issue 13's scenarios (whose cycles include the lock's): the
-    // file store was not among issue 7's, and it has no TTL expiry for the
-    // lost scenario to cut off.
+    // Only issue 13's and 14's scenarios (whose cycles include the lock's):
+    // the file store was not among issue 7's, and it has no TTL expiry for
+    // the lost scenario to cut off.
     Backend {
         name: "file",
         start: || Arc::new(stores::FixtureStore::file()),
         server: None,
-        runs: |scenario| scenario.starts_with("permits-"),
+        runs: |scenario| scenario.starts_with("permits-") || scenario == "leadership",
     },
     Backend {
         name: "redis",

@@ -91,6 +91,7 @@ async fn same_scripts_cycle(
         .arg(TTL.as_millis() as u64)
         .arg("-")
         .arg(1) // a waiting attempt, as the engine's obtain sends
+        .arg(format!("{key}:released")) // where the grant is published
         .invoke_async(&mut conn)
         .await
         .expect("acquire script");

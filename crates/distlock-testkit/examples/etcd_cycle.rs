@@ -198,7 +198,7 @@ async fn main() {
     let selected = |s: Scenario| {
         s == Scenario::TxnDelete || only.as_ref().is_none_or(|o| s.label().contains(o.as_str()))
     };
-    let cluster = tokio::task::spawn_blocking(|| EtcdCluster::start(1))
+    let cluster = tokio::task::spawn_blocking(|| EtcdCluster::start_durable(1))
         .await
         .expect("start etcd");
     let endpoints = cluster.endpoints();

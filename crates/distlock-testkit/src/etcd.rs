@@ -4,6 +4,13 @@
 //! [`EtcdCluster::start`] starts a private cluster of any size for fault
 //! tests. Every member runs under the [`ServerProcess`] watchdog, on free
 //! loopback ports, in a temporary directory.
+//!
+//! Test members skip fsync (`--unsafe-no-fsync`): what they write reaches
+//! the page cache, which outlives the faults the tests inject (a member
+//! killed and restarted on its data), and a disk busy with builds no longer
+//! stalls raft into repeated elections. Only a machine crash would lose
+//! it. Benchmarks start members that fsync, as production runs them
+//! ([`EtcdCluster::start_durable`]).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -55,13 +62,22 @@ impl EtcdCluster {
     /// Starts `size` members forming one new cluster and waits until each
     /// accepts connections. Panics, naming the package, if `etcd` is missing.
     pub fn start(size: usize) -> Self {
-        let peers = (0..size)
+        Self::start_with_peers(&Self::loopback_peers(size))
+    }
+
+    /// As [`start`](Self::start), with members that fsync every write, as
+    /// production runs them: for measuring.
+    pub fn start_durable(size: usize) -> Self {
+        Self::start_members(&Self::loopback_peers(size), true)
+    }
+
+    fn loopback_peers(size: usize) -> Vec<(u16, SocketAddr)> {
+        (0..size)
             .map(|_| {
                 let port = free_port();
                 (port, SocketAddr::from(([127, 0, 0, 1], port)))
             })
-            .collect::<Vec<_>>();
-        Self::start_with_peers(&peers)
+            .collect()
     }
 
     /// Starts one member per `(listen port, advertised address)` of
@@ -69,6 +85,10 @@ impl EtcdCluster {
     /// others to dial the address, where a fault proxy can stand in front
     /// of it. Panics, naming the package, if `etcd` is missing.
     pub fn start_with_peers(peers: &[(u16, SocketAddr)]) -> Self {
+        Self::start_members(peers, false)
+    }
+
+    fn start_members(peers: &[(u16, SocketAddr)], fsync: bool) -> Self {
         let binary = require_binary("etcd", "etcd-server");
         let ports: Vec<(u16, u16)> = peers.iter().map(|(peer, _)| (free_port(), *peer)).collect();
         let token = format!("distlock-{}-{}", std::process::id(), ports[0].0);
@@ -85,7 +105,7 @@ impl EtcdCluster {
             .enumerate()
             .map(|(i, (client, peer))| {
                 let name = format!("m{i}");
-                let args = vec![
+                let mut args: Vec<String> = vec![
                     "--name".into(),
                     name.clone(),
                     "--data-dir".into(),
@@ -105,6 +125,9 @@ impl EtcdCluster {
                     "--initial-cluster-state".into(),
                     "new".into(),
                 ];
+                if !fsync {
+                    args.push("--unsafe-no-fsync".into());
+                }
                 let process = ServerProcess::start_unready(
                     &format!("etcd-{name}"),
                     binary.clone(),

@@ -256,7 +256,10 @@ impl Backend for Faulty {
 
     fn capabilities(&self) -> Capabilities {
         let inner = self.inner.capabilities();
-        inner.with_permits(inner.permits && self.permits.load(Ordering::SeqCst))
+        let notifies = inner.notifies_observers && self.notifications.load(Ordering::SeqCst);
+        inner
+            .with_permits(inner.permits && self.permits.load(Ordering::SeqCst))
+            .with_notifies_observers(notifies)
     }
 
     fn try_acquire<'a>(&'a self, req: &'a AcquireRequest) -> BoxFuture<'a, Result<Attempt>> {

@@ -197,6 +197,8 @@ macro_rules! conformance_list {
                     a_dropped_leadership_resigns_in_the_background,
                     observe_reports_every_change_in_order,
                     observe_is_quiet_while_the_leader_stays,
+                    observe_is_woken_by_a_campaign_and_a_resignation,
+                    observe_sees_a_change_made_while_its_consumer_was_busy,
                     leader_is_read_only,
                     leader_reports_identity_term_since_and_time_left,
                     invalid_identities_are_rejected,

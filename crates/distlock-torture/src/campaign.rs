@@ -91,7 +91,8 @@ pub struct Minimums {
     /// waiting), an acquisition by every client profile of the run; for
     /// locks, a Locker closed between rounds and one during a round; for
     /// the semaphore, a key whose permits were all held at once; for the
-    /// reader-writer lock, reads and writes granted, and readers together.
+    /// reader-writer lock, reads and writes granted, and readers together;
+    /// for leadership, handovers after a resign and after a loss.
     pub coverage: bool,
 }
 
@@ -156,8 +157,10 @@ pub fn shortfalls(
     short
 }
 
-/// What a permit workload's run must have seen: every permit of a key
-/// held at once; reads and writes, and readers together.
+/// What a workload's run must have seen: every permit of a key held at
+/// once; reads and writes, and readers together; handovers of leadership
+/// by resignation and by loss (on stores with TTL expiry, a leadership
+/// lost while its leader lived).
 fn workload_shortfall(report: &Report) -> Vec<String> {
     let Some(meta) = &report.meta else {
         return Vec::new();
@@ -178,6 +181,18 @@ fn workload_shortfall(report: &Report) -> Vec<String> {
                     "at most {} of {limit} permits of a key held at once",
                     report.max_concurrent
                 ));
+            }
+        }
+        Workload::Leadership => {
+            let h = &report.handovers;
+            if h.resigned == 0 {
+                short.push("no handover after a resign".into());
+            }
+            if h.lost + h.died == 0 {
+                short.push("no handover after a leadership lost or its leader killed".into());
+            }
+            if meta.ttl_expiry && h.lost == 0 {
+                short.push("no leadership lost (deadline passed, or the store took it)".into());
             }
         }
         Workload::RwLock => {
@@ -255,7 +270,7 @@ async fn one(
         Workload::Lock => format!("{backend}-{variant}"),
         _ => format!("{backend}-{workload}-{variant}"),
     };
-    if let Some(why) = variant.not_applicable(backend) {
+    if let Some(why) = variant.not_applicable(backend, workload) {
         println!("== {dir}: not applicable ({why})\n");
         return Ok(CampaignRun {
             backend,

@@ -1,10 +1,11 @@
 //! # distlock-torture
 //!
 //! Evidence that distlock keeps mutual exclusion under faults: real client
-//! processes contend for a few keys — as locks, as semaphore permits, or as
-//! read and write locks (the [`variant::Workload`]) — and act on a **fenced
-//! register** under them while a seeded **nemesis** pauses and kills clients (waiters
-//! too, past their lease), kills, pauses and restarts the server, makes
+//! processes contend for a few keys — as locks, as semaphore permits, as
+//! read and write locks, or as candidates for their leadership (the
+//! [`variant::Workload`]) — and act on a **fenced register** under them
+//! while a seeded **nemesis** pauses and kills clients (waiters too, past
+//! their lease; leaders, in the leadership workload), kills, pauses and restarts the server, makes
 //! Redis lose its data, and resets or black-holes connections through a
 //! fault proxy. Everything is recorded with system-wide monotonic
 //! timestamps; an offline **checker** reads the history and reports every
@@ -22,8 +23,8 @@
 //!
 //! * [`client`] — the workload of one client (a process, or a task for the
 //!   memory backend), in three profiles: one Locker; several Lockers on one
-//!   shared backend, closed and rebuilt mid-run; `distlock run` around each
-//!   critical section;
+//!   shared backend, closed and rebuilt mid-run; `distlock run` (`distlock
+//!   elect`) around each critical section;
 //! * [`register`] — the fenced register;
 //! * [`history`] — the recorded events and files of a run;
 //! * [`nemesis`] — the fault schedule;

@@ -93,13 +93,13 @@ struct RunArgs {
     /// memory, file, redis or etcd.
     #[arg(long)]
     backend: BackendKind,
-    /// lock, semaphore or rwlock.
+    /// lock, semaphore, rwlock or leadership.
     #[arg(long, default_value = "lock")]
     workload: Workload,
     /// correct, or a negative control: release-by-name, ignore-validity,
     /// no-fencing, deadline-from-reply, close-shared-backend (lock);
     /// deadline-from-reply, limit-above-capacity (semaphore);
-    /// read-locked-writer (rwlock).
+    /// read-locked-writer (rwlock); ignore-validity (leadership).
     #[arg(long, default_value = "correct")]
     variant: Variant,
     /// Workload duration, seconds.
@@ -121,7 +121,11 @@ struct CampaignArgs {
     #[arg(long, value_delimiter = ',', default_value = "memory,file,redis,etcd")]
     backends: Vec<BackendKind>,
     /// Comma-separated workloads, run on each backend.
-    #[arg(long, value_delimiter = ',', default_value = "lock,semaphore,rwlock")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "lock,semaphore,rwlock,leadership"
+    )]
     workloads: Vec<Workload>,
     /// Duration of each correct run, seconds.
     #[arg(long, default_value_t = 30)]

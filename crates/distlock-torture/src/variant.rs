@@ -1,5 +1,5 @@
 //! What the clients (and the register) do: the workloads (locks, semaphore
-//! permits, read and write locks), the correct behaviour, and the
+//! permits, read and write locks, leadership), the correct behaviour, and the
 //! deliberately broken negative controls the checker must catch.
 //!
 //! Every broken behaviour lives here, in the harness; the distlock library
@@ -30,6 +30,12 @@ pub enum Workload {
     /// A reader-writer lock per key (`rw_lock(key)`): a quarter of the
     /// rounds write under a write lock, the others read under a read lock.
     RwLock,
+    /// Leader election (`campaign_with(key, identity, ..)`): a round is a
+    /// term — several writes with gaps, the term as the token, each decided
+    /// only while the leadership holds — then `resign()`. One leader per
+    /// key at a time is the lock's rule; see [`crate::client`] for how a
+    /// leader stalls, since a `Leadership` refreshes itself.
+    Leadership,
 }
 
 /// The share of the reader-writer workload's rounds that write.
@@ -37,7 +43,12 @@ const WRITE_SHARE: f64 = 0.25;
 
 impl Workload {
     /// Every workload.
-    pub const ALL: [Workload; 3] = [Workload::Lock, Workload::Semaphore, Workload::RwLock];
+    pub const ALL: [Workload; 4] = [
+        Workload::Lock,
+        Workload::Semaphore,
+        Workload::RwLock,
+        Workload::Leadership,
+    ];
 
     /// The name on the command line and in tables.
     pub fn name(self) -> &'static str {
@@ -45,6 +56,7 @@ impl Workload {
             Workload::Lock => "lock",
             Workload::Semaphore => "semaphore",
             Workload::RwLock => "rwlock",
+            Workload::Leadership => "leadership",
         }
     }
 
@@ -52,7 +64,7 @@ impl Workload {
     /// semaphore of `limit` permits.
     pub fn round(self, variant: Variant, limit: u32, rng: &mut fastrand::Rng) -> Round {
         match self {
-            Workload::Lock => Round {
+            Workload::Lock | Workload::Leadership => Round {
                 take: Mode::Exclusive,
                 act: Mode::Exclusive,
             },
@@ -94,7 +106,9 @@ impl FromStr for Workload {
         Workload::ALL
             .into_iter()
             .find(|w| w.name() == s)
-            .ok_or_else(|| format!("unknown workload {s:?}; expected lock, semaphore or rwlock"))
+            .ok_or_else(|| {
+                format!("unknown workload {s:?}; expected lock, semaphore, rwlock or leadership")
+            })
     }
 }
 
@@ -121,7 +135,11 @@ pub enum Variant {
     /// seed's etcd bug), which deletes whoever holds it now.
     ReleaseByName,
     /// Control 2 — ignores `lost()` and the validity deadline: keeps
-    /// writing after overdue pauses that expired its lock.
+    /// writing after overdue pauses that expired its lock. In the
+    /// leadership workload, a deposed leader acting on (client-go's leader
+    /// election without fencing): its refreshes are cut past its deadline,
+    /// or, on the file store (no TTL), its lock file is deleted behind its
+    /// back, and it writes on.
     IgnoreValidity,
     /// Control 3 — fencing disabled: the register accepts every token.
     /// Clients are correct; delayed writes arrive after newer holders'.
@@ -171,7 +189,8 @@ impl Variant {
     ];
 
     /// The variants a campaign runs for `workload`: the correct one first,
-    /// then the controls made for it. Controls 1–5 were made for locks.
+    /// then the controls made for it. Controls 1–5 were made for locks;
+    /// control 2 also serves leadership.
     /// (Control 4 on permits is weak by construction: it is caught only when
     /// N + 1 sections meet, and every holder's section starts late, its reply
     /// delayed too; on etcd it was caught 2–5 times in 5 s.)
@@ -180,6 +199,7 @@ impl Variant {
             Variant::Correct => true,
             Variant::LimitAboveCapacity => workload == Workload::Semaphore,
             Variant::ReadLockedWriter => workload == Workload::RwLock,
+            Variant::IgnoreValidity => matches!(workload, Workload::Lock | Workload::Leadership),
             _ => workload == Workload::Lock,
         })
     }
@@ -225,9 +245,13 @@ impl Variant {
         }
     }
 
-    /// Why a control cannot apply to a store, or `None` if it does.
-    pub fn not_applicable(self, backend: BackendKind) -> Option<&'static str> {
+    /// Why a control of `workload` cannot apply to a store, or `None` if
+    /// it does.
+    pub fn not_applicable(self, backend: BackendKind, workload: Workload) -> Option<&'static str> {
         match self {
+            // A file lock can still be taken away: its file deleted, which
+            // the leadership control does to depose a leader.
+            Variant::IgnoreValidity if workload == Workload::Leadership => None,
             Variant::IgnoreValidity | Variant::DeadlineFromReply if !backend.ttl_expiry() => Some(
                 "the store has no TTL expiry, so its locks have no validity deadline to ignore or mismeasure",
             ),
@@ -295,9 +319,9 @@ pub enum ClientProfile {
     /// `Locker::builder`, each used by its own task; Lockers are closed and
     /// built again mid-run while the others work on.
     Shared,
-    /// Each round runs `distlock run KEY -- distlock-torture section ...`:
-    /// the CLI holds the lock, the section (a process it starts) writes
-    /// with `$DISTLOCK_FENCING_TOKEN`.
+    /// Each round runs `distlock run KEY -- distlock-torture section ...`
+    /// (`distlock elect` for leadership): the CLI holds the lock, the
+    /// section (a process it starts) writes with `$DISTLOCK_FENCING_TOKEN`.
     Cli,
 }
 

@@ -132,6 +132,36 @@ fn writes_outside_the_section_and_late_losses_are_caught() {
     run.client(0, &lost_at(400));
     run.fault(FaultKind::ClientStop, 0, 250 * MS, 390 * MS);
     assert_eq!(run.violations(), vec![]);
+    // Late, but seen while the release was under way (invoked at 200,
+    // with a refresh maybe in flight): excused, and counted.
+    let run = Run::new("lost-late-releasing");
+    let mut events = grant(1, 5, 100, 300, None);
+    events.push(Event::ReleaseInvoke {
+        op: 3,
+        grant: 1,
+        valid_until: 300 * MS,
+        by_name: false,
+        t: 200 * MS,
+    });
+    events.push(lost(1, LostCause::Expired, 400));
+    run.client(0, &events);
+    let report = run.report();
+    assert!(report.passed(), "{}", report.table());
+    assert_eq!(report.lost_in_release_excused, 1);
+    // ... but not later than a refresh sent before the release could
+    // carry it (the release's start plus the TTL).
+    let run = Run::new("lost-late-after-releasing");
+    let mut events = grant(1, 5, 100, 300, None);
+    events.push(Event::ReleaseInvoke {
+        op: 3,
+        grant: 1,
+        valid_until: 300 * MS,
+        by_name: false,
+        t: 200 * MS,
+    });
+    events.push(lost(1, LostCause::Expired, 1300));
+    run.client(0, &events);
+    assert_eq!(run.violations(), vec![ViolationKind::LostLate]);
 }
 
 /// `events` of [`grant`], obtained on Locker `locker`.

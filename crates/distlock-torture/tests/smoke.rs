@@ -8,7 +8,10 @@
 //! Then the same for each permit workload — a semaphore of 3 per key, and
 //! a reader-writer lock per key — in shorter runs on fewer keys, with
 //! faults twice as often, and the workloads' own minimums (every permit of
-//! a key held at once; readers together; writes granted).
+//! a key held at once; readers together; writes granted). Then leadership:
+//! candidates campaign and lead for terms of writes with gaps, on six keys,
+//! client faults aimed at leaders, with its minimums (handovers by resign
+//! and by loss), and its control: a deposed leader acting on.
 //!
 //! Tests run one at a time (a process-wide lock) so their client processes
 //! do not compete for the two cores with each other. Budget: 60–100 s per
@@ -45,6 +48,17 @@ const PERMIT_MINIMUMS: Minimums = Minimums {
     coverage: true,
 };
 const CLIENTS: u32 = 12;
+
+/// What each correct run of the leadership workload must reach (10 s runs,
+/// up to 20 s while short; etcd 15 s): fewer acquisitions than the permit
+/// workloads, as a term lasts about 0.4 s (3–8 writes with gaps) and a key
+/// has one leader at a time; at least 80 terms, and handovers after a
+/// resign and after a loss (a kill on file; a lost leadership elsewhere).
+const LEADERSHIP_MINIMUMS: Minimums = Minimums {
+    acquisitions: 80,
+    faults: 8,
+    coverage: true,
+};
 
 /// lost() may be seen this much after the validity deadline. Idle runs
 /// see under 30 ms; CI runs this next to other tests on two cores, so the
@@ -119,6 +133,19 @@ fn permits(workload: &'static str, duration_s: u64) -> Smoke {
     }
 }
 
+/// The leadership smoke: `duration_s` on six keys (one leader each of
+/// three candidates or so), a fault every 0.5–1.2 s.
+fn leadership(duration_s: u64) -> Smoke {
+    Smoke {
+        workloads: "leadership",
+        duration_s,
+        control_duration_s: 5,
+        keys: 6,
+        minimums: LEADERSHIP_MINIMUMS,
+        fault_ms: (500, 1200),
+    }
+}
+
 fn smoke(backend: BackendKind, s: Smoke) {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let out = out_dir(backend, s.workloads);
@@ -160,7 +187,7 @@ fn smoke(backend: BackendKind, s: Smoke) {
             None => {
                 assert!(run.variant.is_control(), "the correct run must run");
                 assert!(
-                    run.variant.not_applicable(backend).is_some(),
+                    run.variant.not_applicable(backend, run.workload).is_some(),
                     "{name} skipped without a reason",
                 );
             }
@@ -270,4 +297,34 @@ fn etcd_semaphore() {
 #[test]
 fn etcd_rwlock() {
     smoke(BackendKind::Etcd, permits("rwlock", 15));
+}
+
+#[test]
+fn memory_leadership() {
+    smoke(BackendKind::Memory, leadership(10));
+}
+
+#[test]
+fn file_leadership() {
+    smoke(BackendKind::File, leadership(10));
+}
+
+#[test]
+fn redis_leadership() {
+    smoke(BackendKind::Redis, leadership(10));
+}
+
+/// 15 s, as the permit smokes: an etcd fault takes about 2 s, and the run
+/// must see all eight kinds. 50 terms: a three-member cluster hands a key
+/// over slowly (90 terms in 20 s at a load of 5 on 2 cores).
+#[test]
+fn etcd_leadership() {
+    let slower = Smoke {
+        minimums: Minimums {
+            acquisitions: 50,
+            ..LEADERSHIP_MINIMUMS
+        },
+        ..leadership(15)
+    };
+    smoke(BackendKind::Etcd, slower);
 }

@@ -151,9 +151,34 @@ pub(crate) async fn leader(engine: &Engine, key: &LockKey) -> Result<Option<Lead
     Ok(holder.as_ref().map(Leader::from_holder))
 }
 
+/// A wait for a change of `key`'s holders ([`Backend::watch`]), owned so
+/// that it can outlive the read it was armed before.
+///
+/// [`Backend::watch`]: crate::backend::Backend::watch
+type Watch = futures::future::BoxFuture<'static, ()>;
+
+/// Starts a watch of `key` and polls it once, which is when a store starts
+/// listening (see [`Backend::watch`](crate::backend::Backend::watch)).
+async fn arm(engine: &Arc<Engine>, key: &LockKey, until: Instant) -> Watch {
+    let (engine, key) = (engine.clone(), key.clone());
+    let mut watch: Watch = Box::pin(async move {
+        // An error is only a lost hint: the poll still bounds the wait.
+        let _ = engine.backend.watch(&key, until).await;
+    });
+    if futures::poll!(watch.as_mut()).is_ready() {
+        return Box::pin(std::future::ready(()));
+    }
+    watch
+}
+
 /// Every change of `key`'s leader, the current one first: woken by the
 /// store's notifications where it has them, read again every `poll` in any
 /// case and when the leader's time runs out.
+///
+/// Each read is made with a watch already armed, kept for the wait after
+/// it: a change while the read is under way, or between the read and the
+/// wait (while the stream's consumer is busy), still wakes the wait. A
+/// watch armed after the read would miss it until the next poll.
 pub(crate) fn observe(
     engine: Arc<Engine>,
     key: LockKey,
@@ -164,35 +189,51 @@ pub(crate) fn observe(
         key: LockKey,
         poll: Duration,
         shown: Option<Option<Leader>>,
+        /// The watch armed before the last read, and when to read again
+        /// without a notification.
+        pending: Option<(Watch, Instant)>,
     }
     let state = State {
         engine,
         key,
         poll,
         shown: None,
+        pending: None,
     };
     futures::stream::unfold(state, |mut st| async move {
         loop {
-            if let Some(shown) = &st.shown {
-                let wake_at = shown
+            if let Some((watch, wake_at)) = st.pending.take() {
+                tokio::select! {
+                    _ = st.engine.closed.cancelled() => return None,
+                    _ = watch => {}
+                    _ = tokio::time::sleep_until(wake_at) => {}
+                }
+            }
+            let read_at = Instant::now();
+            let watch = arm(&st.engine, &st.key, read_at + st.poll).await;
+            let read = leader(&st.engine, &st.key).await;
+            let wake_at = |now: &Option<Leader>| {
+                let wait = now
                     .as_ref()
                     .and_then(|l| l.expires_in)
                     .map_or(st.poll, |left| left.min(st.poll));
-                let until = Instant::now() + wake_at;
-                tokio::select! {
-                    _ = st.engine.closed.cancelled() => return None,
-                    _ = st.engine.backend.watch(&st.key, until) => {}
-                    _ = tokio::time::sleep_until(until) => {}
-                }
-            }
-            match leader(&st.engine, &st.key).await {
+                read_at + wait
+            };
+            match read {
                 Err(Error::Closed) => return None,
-                Err(e) => return Some((Err(e), st)),
+                Err(e) => {
+                    // A failing store is read again after a poll, not at once.
+                    if let Some(shown) = &st.shown {
+                        st.pending = Some((watch, wake_at(shown)));
+                    }
+                    return Some((Err(e), st));
+                }
                 Ok(now) => {
                     let changed = st
                         .shown
                         .as_ref()
                         .is_none_or(|shown| !Leader::same_term(shown, &now));
+                    st.pending = Some((watch, wake_at(&now)));
                     if changed {
                         st.shown = Some(now.clone());
                         return Some((Ok(now), st));

@@ -179,6 +179,119 @@ pub async fn observe_reports_every_change_in_order(fx: &dyn Fixture) {
     assert_eq!(next_change(&mut changes, POLL + SLACK).await, None);
 }
 
+/// How fast an observer must see a change: within a second at a 30 s poll
+/// on a store whose `capabilities().notifies_observers`; at its poll, and
+/// not within a second of a change made right after a read, at a 3 s poll
+/// on others. Either way the capability is checked against what the store
+/// does.
+struct Promptness {
+    notifies: bool,
+    poll: Duration,
+    /// How long to wait for a report before failing.
+    within: Duration,
+}
+
+impl Promptness {
+    fn of(locker: &Locker) -> Self {
+        let notifies = locker.backend().capabilities().notifies_observers;
+        let poll = Duration::from_secs(if notifies { 30 } else { 3 });
+        let within = if notifies { 2 * SECOND } else { poll + SLACK };
+        Promptness {
+            notifies,
+            poll,
+            within,
+        }
+    }
+
+    fn check(&self, what: &str, took: Duration) {
+        if self.notifies {
+            assert!(took < SECOND, "{what} seen after {took:?}: not woken");
+        } else {
+            assert!(
+                took >= SECOND,
+                "{what} seen after {took:?}, before the poll: does the store notify?"
+            );
+        }
+    }
+
+    async fn next(
+        &self,
+        changes: &mut (impl Stream<Item = distlock::Result<Option<Leader>>> + Unpin),
+    ) -> Option<Leader> {
+        timeout(self.within, changes.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "no change reported within {:?} (poll {:?})",
+                    self.within, self.poll
+                )
+            })
+            .expect("the stream ended")
+            .expect("observing failed")
+    }
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// `observe` is woken by a campaign and by a resignation on a store that
+/// notifies, instead of reading at its poll (see `Promptness`); the
+/// observer runs in a task of its own, as an application's would.
+pub async fn observe_is_woken_by_a_campaign_and_a_resignation(fx: &dyn Fixture) {
+    let (a, ns) = locker(fx, "lead_woken").await;
+    let b = fx.locker(&ns).await;
+    let prompt = Promptness::of(&b);
+    let mut changes = Box::pin(b.observe_every("k", prompt.poll).unwrap());
+    let (tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let observer = tokio::spawn(async move {
+        while let Some(change) = changes.next().await {
+            if tx.send((change, Instant::now())).is_err() {
+                break;
+            }
+        }
+    });
+    let mut next = async || {
+        let (change, at) = timeout(prompt.within, seen.recv())
+            .await
+            .expect("no change reported in time")
+            .expect("the observer stopped");
+        (change.expect("observing failed"), at)
+    };
+    assert_eq!(next().await.0, None);
+    let campaigned = Instant::now();
+    let leading = a.campaign("k", "a").await.unwrap();
+    let (now, at) = next().await;
+    assert_eq!(now.map(|l| l.term), Some(leading.term()));
+    prompt.check("the campaign", at - campaigned);
+    let resigned = Instant::now();
+    leading.resign().await.unwrap();
+    let (now, at) = next().await;
+    assert_eq!(now, None);
+    prompt.check("the resignation", at - resigned);
+    observer.abort();
+}
+
+/// A change made while the stream's consumer was busy (not polling it)
+/// is reported at once when it polls again, on a store that notifies: the
+/// observer listened from before its last read, not from its next poll.
+pub async fn observe_sees_a_change_made_while_its_consumer_was_busy(fx: &dyn Fixture) {
+    let (a, ns) = locker(fx, "lead_busy").await;
+    let b = fx.locker(&ns).await;
+    let prompt = Promptness::of(&b);
+    let mut changes = Box::pin(b.observe_every("k", prompt.poll).unwrap());
+    assert_eq!(prompt.next(&mut changes).await, None);
+    let campaigned = Instant::now();
+    let leading = a.campaign("k", "a").await.unwrap();
+    sleep(100 * MS).await; // the consumer is busy
+    let seen = prompt.next(&mut changes).await.expect("a leader");
+    assert_eq!(seen.term, leading.term());
+    prompt.check("the campaign", campaigned.elapsed());
+    let resigned = Instant::now();
+    leading.resign().await.unwrap();
+    sleep(100 * MS).await;
+    assert_eq!(prompt.next(&mut changes).await, None);
+    prompt.check("the resignation", resigned.elapsed());
+}
+
 /// An observer is not told anything while the leader stays the same, even
 /// across its refreshes.
 pub async fn observe_is_quiet_while_the_leader_stays(fx: &dyn Fixture) {

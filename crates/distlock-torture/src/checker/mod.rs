@@ -50,10 +50,14 @@
 //! * `client_crash` — a client that failed on its own or would not stop,
 //!   or a `distlock run` that exited in a way no correct run does.
 //!
+//! For leadership the report also counts the handovers: how each term that
+//! had a successor ended (resigned, lost, its leader killed).
+//!
 //! `replay` turns the histories into grants, `checks` holds the checks,
 //! `report` the summary.
 
 mod checks;
+mod leadership;
 mod replay;
 mod report;
 
@@ -63,9 +67,10 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-pub use report::{DataLoss, Report, WaiterStops, join_counts};
+pub use report::{DataLoss, Handovers, Report, WaiterStops, join_counts};
 
 use crate::history::{Fault, RegisterEntry, RunEnd, RunMeta, read_json, read_lines};
+use crate::variant::Workload;
 use replay::Faults;
 
 /// A kind of violation.
@@ -191,13 +196,17 @@ pub fn check(dir: &Path) -> io::Result<Report> {
         checks::tokens(&mut c, grants, idx);
         checks::overlaps(&mut c, grants, idx, &by.losses);
         checks::releases(&mut c, grants, idx, &by.losses);
+        if meta.workload == Workload::Leadership {
+            leadership::handovers(&mut c, grants, idx);
+        }
     }
     checks::writes(&mut c, grants);
     checks::closes(&mut c, grants, &run.closed_obtains);
     checks::waiter_stops(&mut c, &run.obtains, &by.waiter_stops);
     checks::limit_mismatches(&mut c, &run.obtains);
     if meta.ttl_expiry {
-        checks::lost(&mut c, grants, &by.stops, tolerance_ns);
+        let ttl_ns = i64::try_from(meta.ttl_ms).unwrap_or(i64::MAX) * 1_000_000;
+        checks::lost(&mut c, grants, &by.stops, tolerance_ns, ttl_ns);
         checks::expired(&mut c, grants, &by.stops, tolerance_ns);
     }
 

@@ -45,6 +45,8 @@ pub(super) struct CliSection {
     pub(super) end: Option<i64>,
     /// Its latest event (a section killed mid-way acted until then).
     pub(super) last_act: i64,
+    /// `distlock run`'s (`elect`'s) exit code, if it was seen exiting.
+    pub(super) exit: Option<i32>,
 }
 
 #[derive(Debug)]
@@ -442,6 +444,7 @@ impl<'a> File<'a> {
                 self.run.grants[g].cli = Some(CliSection {
                     end: None,
                     last_act: t,
+                    exit: None,
                 });
             }
             Event::SectionEnd { op, t } => {
@@ -548,6 +551,11 @@ impl<'a> File<'a> {
         };
         *self.report.cli_exits.entry(shown.clone()).or_default() += 1;
         let granted = self.grant_of.contains_key(&op);
+        if let Some(&g) = self.grant_of.get(&op)
+            && let Some(cli) = &mut self.run.grants[g].cli
+        {
+            cli.exit = code;
+        }
         if !granted && self.pending.contains_key(&op) {
             // 75: not obtained within --wait; anything else: the store.
             self.refused(op, t, code == Some(75));

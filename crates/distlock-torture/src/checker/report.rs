@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::{Violation, ViolationKind};
 use crate::history::{CloseWhy, PauseKind, RunMeta};
 use crate::nemesis::FaultKind;
-use crate::variant::ClientProfile;
+use crate::variant::{ClientProfile, Workload};
 
 /// What a run did and what the checker found; also `summary.json`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -79,6 +79,9 @@ pub struct Report {
     /// What the store's data losses did.
     #[serde(default)]
     pub data_loss: DataLoss,
+    /// Leadership: how the terms that had a successor ended.
+    #[serde(default)]
+    pub handovers: Handovers,
     /// Violations by kind.
     pub violations: BTreeMap<ViolationKind, u64>,
     /// The first few violations of each kind.
@@ -88,6 +91,10 @@ pub struct Report {
     pub max_lost_lateness_ms: Option<f64>,
     /// Grants whose lateness was excused (their process was stopped).
     pub lost_lateness_excused: u64,
+    /// Grants whose `lost()` came late while their release was under way
+    /// (their deadline may have moved by a refresh in flight), excused.
+    #[serde(default)]
+    pub lost_in_release_excused: u64,
     /// Obtains that returned past the deadline because their process was
     /// stopped between the engine's check and the return.
     pub expired_grants_excused: u64,
@@ -217,13 +224,20 @@ impl Report {
                 d.losses, d.grants_cut, d.overlaps_excused, d.releases_excused
             ),
         );
+        if self.meta.as_ref().map(|m| m.workload) == Some(Workload::Leadership) {
+            let h = &self.handovers;
+            row(
+                "handovers after resign / loss / death / other",
+                format!("{} / {} / {} / {}", h.resigned, h.lost, h.died, h.other),
+            );
+        }
         let tolerance = self.meta.as_ref().map_or(0, |m| m.lost_tolerance_ms);
         row(
             "max lost() lateness",
             match self.max_lost_lateness_ms {
                 Some(ms) => format!(
-                    "{ms:.1} ms (tolerance {tolerance} ms; {} excused: process stopped)",
-                    self.lost_lateness_excused
+                    "{ms:.1} ms (tolerance {tolerance} ms; {} excused: process stopped; {} during their release)",
+                    self.lost_lateness_excused, self.lost_in_release_excused
                 ),
                 None => "no lock lost by expiry or store".into(),
             },
@@ -289,4 +303,20 @@ pub struct DataLoss {
     /// grant replaced, excused.
     #[serde(default)]
     pub releases_excused: u64,
+}
+
+/// Leadership: how the terms of a key that had a successor ended, so how
+/// leadership was handed over.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Handovers {
+    /// The leader resigned (`distlock elect` exited 0).
+    pub resigned: u64,
+    /// The leadership was lost: `lost()` fired (the deadline passed without
+    /// a refresh, or the store proved it gone), or the resign said it was
+    /// gone (`distlock elect` exited 76).
+    pub lost: u64,
+    /// The leader was killed in office.
+    pub died: u64,
+    /// Otherwise: its Locker closed, a resign that failed or was unanswered.
+    pub other: u64,
 }

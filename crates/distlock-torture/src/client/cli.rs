@@ -4,18 +4,28 @@
 //! distlock run KEY --backend URL --ttl T --wait W [--limit N | --shared] --quiet -- distlock-torture section --config JSON
 //! ```
 //!
-//! (`--limit N` for a semaphore's permit, `--shared` for a read lock).
-//! `distlock run` holds the lock (and refreshes it) while the section, a
-//! process it starts, writes to the fenced register with
-//! `$DISTLOCK_FENCING_TOKEN`. The client records the obtain's invoke and
+//! (`--limit N` for a semaphore's permit, `--shared` for a read lock), or,
+//! for leadership,
+//!
+//! ```text
+//! distlock elect KEY --backend URL --id NAME --ttl T --wait W --quiet -- distlock-torture section --config JSON
+//! ```
+//!
+//! `distlock run` (`elect`) holds the lock (and refreshes it) while the
+//! section, a process it starts, writes to the fenced register with
+//! `$DISTLOCK_FENCING_TOKEN` (a leader's section also checks that
+//! `$DISTLOCK_TERM` is the same number). The client records the obtain's invoke and
 //! `distlock run`'s exit; the section records its start (the grant: key and
 //! token from its environment), its writes and its end, in the client's
 //! history file (opened for appending, one `write` per line, so the two
 //! processes' lines never mix).
 //!
-//! The section is short (1–3 writes, no stalls): it cannot check a
-//! validity deadline it is never told, and relies on `distlock run` to stop
-//! it in time, which a frozen `distlock run` cannot do (its README says so).
+//! The section is short (1–3 writes, no stalls; a leader's 2–5 writes
+//! 2–6% of the TTL apart, at most 0.3 TTL in all, well inside the 2/3 TTL
+//! a frozen `distlock elect`'s last refresh still covers): it cannot check
+//! a validity deadline it is never told, and relies on `distlock run` to
+//! stop it in time, which a frozen `distlock run` cannot do (its README
+//! says so).
 //! The nemesis freezes and kills the client's process group — the client
 //! and `distlock run` — not the section's own group.
 
@@ -28,11 +38,12 @@ use serde::{Deserialize, Serialize};
 use tokio::process::Command;
 use tokio::time::sleep;
 
-use super::worker::{Under, write_done, write_invoke};
+use super::acts::{Under, write_done, write_invoke};
 use super::{ClientConfig, Control, Ops};
 use crate::clock;
 use crate::history::{Event, JsonLines, Mode};
 use crate::register::RegisterClient;
+use crate::variant::Workload;
 
 /// Operation ids one CLI round reserves: the obtain (= the grant), then
 /// one per write of its section.
@@ -56,8 +67,19 @@ pub struct SectionConfig {
     /// What they need of the key.
     #[serde(default)]
     pub act: Mode,
+    /// The pause after each write, microseconds.
+    #[serde(default = "short_gap")]
+    pub gap_us: (u64, u64),
+    /// A leader's section (under `distlock elect`): `$DISTLOCK_TERM` must
+    /// be its fencing token.
+    #[serde(default)]
+    pub leader: bool,
     /// The section's RNG seed.
     pub seed: u64,
+}
+
+fn short_gap() -> (u64, u64) {
+    (0, 3000)
 }
 
 pub(super) async fn run(
@@ -77,19 +99,37 @@ pub(super) async fn run(
         let round = cfg.round(&mut rng);
         let op = ops.reserve(ROUND_OPS);
         let wait = ttl * 2 + ttl.mul_f64(rng.f64());
+        let leads = cfg.workload == Workload::Leadership;
+        let us = |f: f64| ttl.mul_f64(f).as_micros() as u64;
         let section = SectionConfig {
             history: cfg.history.clone(),
             register: cfg.register,
             client: cfg.client,
             incarnation: cfg.incarnation,
             op,
-            writes: rng.u32(1..=3),
+            writes: if leads {
+                rng.u32(2..=5)
+            } else {
+                rng.u32(1..=3)
+            },
             act: round.act,
+            gap_us: if leads {
+                (us(0.02), us(0.06))
+            } else {
+                short_gap()
+            },
+            leader: leads,
             seed: rng.u64(..),
         };
         let mut command = Command::new(cli);
+        if leads {
+            let id = format!("client-{}/{}/elect-{op}", cfg.client, cfg.incarnation);
+            command.args(["elect", key.as_str(), "--id", id.as_str()]);
+        } else {
+            command.args(["run", key.as_str()]);
+        }
         command
-            .args(["run", key.as_str(), "--backend", url.as_str()])
+            .args(["--backend", url.as_str()])
             .args(["--ttl", &format!("{}ms", cfg.ttl_ms)])
             .args(["--wait", &format!("{}ms", wait.as_millis())]);
         match round.take {
@@ -167,6 +207,15 @@ pub fn run_section(cfg: &SectionConfig) -> Result<(), String> {
     let token: u64 = env("DISTLOCK_FENCING_TOKEN")?
         .parse()
         .map_err(|e| format!("$DISTLOCK_FENCING_TOKEN: {e}"))?;
+    if cfg.leader {
+        let term = env("DISTLOCK_TERM")?;
+        if term != token.to_string() {
+            // `distlock elect` then exits 1: a client_crash in the checker.
+            return Err(format!(
+                "$DISTLOCK_TERM {term} is not the fencing token {token}"
+            ));
+        }
+    }
     let hist = JsonLines::create(&cfg.history)
         .map_err(|e| format!("open {}: {e}", cfg.history.display()))?;
     hist.append(&Event::SectionStart {
@@ -197,7 +246,8 @@ pub fn run_section(cfg: &SectionConfig) -> Result<(), String> {
                 .write(&under.act(cfg.client, cfg.incarnation, op))
                 .await;
             write_done(&hist, op, result);
-            sleep(Duration::from_micros(rng.u64(0..=3000))).await;
+            let (lo, hi) = cfg.gap_us;
+            sleep(Duration::from_micros(rng.u64(lo..=hi))).await;
         }
     });
     hist.append(&Event::SectionEnd {

@@ -1,7 +1,7 @@
 //! The workload one client runs: obtain a key (a lock, a semaphore permit,
-//! or a read or write lock: its [`Workload`]), act on the fenced register
-//! under it, sometimes stall on purpose, release; repeat until told to
-//! stop. Every step is recorded in the client's history.
+//! a read or write lock, or its leadership: its [`Workload`]), act on the
+//! fenced register under it, sometimes stall on purpose, release; repeat
+//! until told to stop. Every step is recorded in the client's history.
 //!
 //! The same code runs in a client process (`distlock-torture client`) and,
 //! for the memory backend, as a task of the orchestrator. How the client
@@ -10,10 +10,17 @@
 //! * `single` — one Locker from the URL (`worker`);
 //! * `shared` — one backend, several Lockers on it, closed and built again
 //!   mid-run (`shared`);
-//! * `cli` — `distlock run` around every critical section (`cli`).
+//! * `cli` — `distlock run` (`distlock elect`) around every critical
+//!   section (`cli`).
+//!
+//! How a leader stalls, given that a `Leadership` refreshes itself, is in
+//! `leader`.
 
+mod acts;
 mod cli;
+mod leader;
 mod shared;
+mod stalls;
 mod worker;
 
 use std::net::SocketAddr;
@@ -179,8 +186,10 @@ pub async fn run(
     let cfg = Arc::new(cfg);
     match cfg.profile {
         ClientProfile::Single => {
-            let locker = retry_open(|| store.locker(&cfg.namespace)).await?;
-            let slot = worker::LockerSlot::new(locker, ops.next());
+            let backend = retry_open(|| store.open_backend()).await?;
+            let owns = store.owns_backends();
+            let slot =
+                worker::LockerSlot::on(backend, &cfg.namespace, owns, cfg.workload, ops.next());
             let mut worker = worker::Worker::new(cfg.clone(), store, hist.clone(), ops, cfg.seed);
             let mut control = control;
             while !control.stopped() {

@@ -11,7 +11,6 @@
 
 use std::sync::{Arc, Mutex};
 
-use distlock::Locker;
 use distlock::backend::Backend;
 use tokio::time::sleep;
 
@@ -19,7 +18,7 @@ use super::worker::{LockerSlot, Worker, close_slot};
 use super::{ClientConfig, Control, Ops, client_seed, retry_open};
 use crate::history::{CloseWhy, JsonLines};
 use crate::store::ClientStore;
-use crate::variant::{SECTIONS, Variant};
+use crate::variant::{SECTIONS, Variant, Workload};
 
 /// Per round: the chances that a Locker is closed between rounds, and that
 /// another task closes it at a random moment of the round. At 3% and 1%
@@ -37,6 +36,7 @@ fn close_rates(variant: Variant) -> (f64, f64) {
 struct Backends {
     store: ClientStore,
     namespace: String,
+    workload: Workload,
     current: Mutex<(u64, Arc<dyn Backend>)>,
 }
 
@@ -48,11 +48,12 @@ struct Slot {
 }
 
 impl Backends {
-    async fn open(store: ClientStore, namespace: &str) -> Result<Backends, String> {
+    async fn open(store: ClientStore, cfg: &ClientConfig) -> Result<Backends, String> {
         let backend = retry_open(|| store.open_backend()).await?;
         Ok(Backends {
             store,
-            namespace: namespace.to_owned(),
+            namespace: cfg.namespace.clone(),
+            workload: cfg.workload,
             current: Mutex::new((0, backend)),
         })
     }
@@ -65,14 +66,17 @@ impl Backends {
     /// A new Locker on the current backend.
     fn slot(&self, ops: &Ops) -> Slot {
         let (generation, backend) = self.current();
-        let locker = Locker::builder(backend.clone())
-            .namespace(self.namespace.as_str())
-            .build()
-            .expect("a valid namespace");
+        let slot = LockerSlot::on(
+            backend.clone(),
+            &self.namespace,
+            false,
+            self.workload,
+            ops.next(),
+        );
         Slot {
             generation,
             backend,
-            slot: LockerSlot::new(locker, ops.next()),
+            slot,
         }
     }
 
@@ -99,7 +103,7 @@ pub(super) async fn run(
     hist: JsonLines,
     ops: Ops,
 ) -> Result<(), String> {
-    let backends = Backends::open(store.clone(), &cfg.namespace).await?;
+    let backends = Backends::open(store.clone(), &cfg).await?;
     let sections = (0..SECTIONS).map(|s| {
         let worker = Worker::new(
             cfg.clone(),

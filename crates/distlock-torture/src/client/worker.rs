@@ -1,6 +1,7 @@
-//! One task's rounds over one Locker: obtain, a critical section of
-//! fenced writes (with injected stalls), release. The single and shared
-//! profiles run it; the negative controls 1–4 live in it.
+//! One task's rounds over one Locker: obtain (or campaign), a critical
+//! section of fenced writes (with injected stalls; a leader's term),
+//! release (or resign). The single and shared profiles run it; the
+//! negative controls 1–4 live in it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,9 +9,13 @@ use std::time::Duration;
 
 use distlock::backend::Backend;
 use distlock::{Lock, Locker, ObtainOptions, RefreshHandle, ValidityPolicy};
+use distlock_testkit::Faulty;
 use futures::FutureExt as _;
 use tokio::time::{Instant, sleep};
 
+use super::acts::{Under, write_done, write_invoke};
+use super::leader::{self, Hold};
+use super::stalls::Stalls;
 use super::{ClientConfig, Control, Ops};
 use crate::clock::{self, ns};
 use crate::history::{CloseWhy, Event, JsonLines, LostCause, Mode, PauseKind};
@@ -26,83 +31,42 @@ pub(super) struct LockerSlot {
     /// Set before the Locker's close is recorded and called: a write
     /// decided after that is outside the section.
     closing: Arc<AtomicBool>,
+    /// A candidate's backend wrapper, through which its stalls cut its
+    /// refreshes (leadership only; see [`super::leader`]).
+    faulty: Option<Arc<Faulty>>,
 }
 
 impl LockerSlot {
-    pub(super) fn new(locker: Locker, id: u64) -> Self {
+    /// A Locker on `backend` (its owner with `owns`) for `workload`.
+    pub(super) fn on(
+        backend: Arc<dyn Backend>,
+        namespace: &str,
+        owns: bool,
+        workload: Workload,
+        id: u64,
+    ) -> Self {
+        let (locker, faulty) = if workload == Workload::Leadership {
+            let (locker, faulty) = leader::candidate_locker(backend, namespace, owns);
+            (locker, Some(faulty))
+        } else {
+            let builder = Locker::builder(backend).namespace(namespace);
+            let builder = if owns {
+                builder.owns_backend()
+            } else {
+                builder
+            };
+            (builder.build().expect("a valid namespace"), None)
+        };
         LockerSlot {
             locker,
             id,
             closing: Arc::new(AtomicBool::new(false)),
+            faulty,
         }
     }
 
     pub(super) fn closing(&self) -> bool {
         self.closing.load(Ordering::SeqCst)
-    }
-}
-
-/// How often the workload stalls, per critical section or write.
-struct Stalls {
-    /// Per section: sleep past the TTL with the refresher stopped, between
-    /// deciding a write and sending it (a process pause).
-    overdue: f64,
-    /// Per write: the write is delayed in the network (sent later by a task).
-    delayed: f64,
-    /// Per section: a long section with the refresher running.
-    slow: f64,
-    /// Writes per section.
-    writes: (u32, u32),
-}
-
-impl Stalls {
-    fn of(variant: Variant, workload: Workload) -> Stalls {
-        match variant {
-            Variant::Correct | Variant::ReleaseByName => Stalls {
-                overdue: 0.005,
-                delayed: 0.04,
-                // A semaphore's permits fill (all N held at once) only if
-                // some sections last: on a loaded etcd a grant took 250 ms
-                // (median) for a 10 ms section, and 0.5% slow ones left a
-                // 27 s run at two of three.
-                slow: if workload == Workload::Semaphore {
-                    0.05
-                } else {
-                    0.005
-                },
-                writes: (1, 3),
-            },
-            // Long sections, so that a sibling's close of the shared backend
-            // often finds a lock held (and refreshed) on it, and that a
-            // broken section meets others (N + 1 permits; a writer and a
-            // reader) on a store slower to grant than to write (etcd).
-            Variant::CloseSharedBackend
-            | Variant::LimitAboveCapacity
-            | Variant::ReadLockedWriter => Stalls {
-                overdue: 0.0,
-                delayed: 0.0,
-                slow: 0.25,
-                writes: (1, 3),
-            },
-            Variant::IgnoreValidity => Stalls {
-                overdue: 0.3,
-                delayed: 0.0,
-                slow: 0.0,
-                writes: (3, 5),
-            },
-            Variant::NoFencing => Stalls {
-                overdue: 0.02,
-                delayed: 0.3,
-                slow: 0.0,
-                writes: (1, 3),
-            },
-            Variant::DeadlineFromReply => Stalls {
-                overdue: 0.0,
-                delayed: 0.0,
-                slow: 0.0,
-                writes: (0, 0),
-            },
-        }
     }
 }
 
@@ -120,7 +84,7 @@ pub(super) struct Worker {
 
 /// One grant being worked on.
 struct Held {
-    lock: Lock,
+    hold: Hold,
     grant: u64,
     key: String,
     token: u64,
@@ -141,8 +105,13 @@ impl Held {
         }
     }
 
+    fn lock(&self) -> &Lock {
+        self.hold.lock()
+    }
+
     fn deadline(&self) -> Instant {
-        self.own_deadline.unwrap_or_else(|| self.lock.valid_until())
+        self.own_deadline
+            .unwrap_or_else(|| self.lock().valid_until())
     }
 
     async fn stop_refresh(&mut self) {
@@ -164,7 +133,7 @@ impl Worker {
             rng: fastrand::Rng::with_seed(seed),
             register: RegisterClient::new(cfg.register),
             ttl: cfg.ttl(),
-            stalls: Stalls::of(cfg.variant, cfg.workload),
+            stalls: Stalls::of(cfg.variant, cfg.workload, cfg.ttl()),
             hist,
             store,
             ops,
@@ -218,10 +187,17 @@ impl Worker {
             t: clock::now_ns(),
         });
         let options = ObtainOptions::new().ttl(self.ttl).wait(wait);
-        let result = take(&slot.locker, self.cfg.workload, &key, round.take, options).await;
+        let result = if self.cfg.workload == Workload::Leadership {
+            let id = leader::identity(self.cfg.client, self.cfg.incarnation, slot.id);
+            let campaign = slot.locker.campaign_with(key.as_str(), id, options);
+            campaign.await.map(Hold::Leader)
+        } else {
+            let taken = take(&slot.locker, self.cfg.workload, &key, round.take, options);
+            taken.await.map(Hold::Lock)
+        };
         let obtained_at = Instant::now();
-        let lock = match result {
-            Ok(lock) => lock,
+        let hold = match result {
+            Ok(hold) => hold,
             Err(e) => {
                 self.hist.append(&Event::ObtainFail {
                     op,
@@ -239,8 +215,9 @@ impl Worker {
             }
         };
         let mut held = Held {
-            token: lock.fencing_token(),
-            lock,
+            // A leader's term is its grant's fencing token.
+            token: hold.lock().fencing_token(),
+            hold,
             grant: op,
             key,
             act: round.act,
@@ -259,8 +236,10 @@ impl Worker {
             held.own_deadline = Some(reply + span);
             reply
         } else {
-            held.refresher = Some(held.lock.start_refresh(|_| {}));
-            let lost = held.lock.lost();
+            if let Hold::Lock(lock) = &held.hold {
+                held.refresher = Some(lock.start_refresh(|_| {}));
+            }
+            let lost = held.lock().lost();
             let hist = self.hist.clone();
             let grant = held.grant;
             tokio::spawn(async move {
@@ -291,8 +270,9 @@ impl Worker {
         sleep(Duration::from_micros(self.rng.u64(0..=2000))).await;
     }
 
-    /// The critical section: a few writes, each decided only while the
-    /// lock is valid (except in control 2), with injected stalls.
+    /// The critical section (a leader's term): a few writes, each decided
+    /// only while the lock is valid (except in control 2), with injected
+    /// stalls.
     async fn section(&mut self, held: &mut Held, slot: &LockerSlot, control: &mut Control) {
         let (lo, hi) = self.stalls.writes;
         let writes = self.rng.u32(lo..=hi);
@@ -306,21 +286,17 @@ impl Worker {
             if let Some(pause) = control.pause_requested() {
                 // A task-level pause: everything of this client stalls,
                 // its refresher included.
-                held.stop_refresh().await;
                 self.pause_event(held.grant, pause, PauseKind::Nemesis);
-                sleep(pause).await;
+                self.stall(held, slot, pause).await;
             }
             let overdue = overdue_at == Some(i);
-            if overdue {
-                held.stop_refresh().await;
-            }
             let now = Instant::now();
             let valid_until = held.deadline();
             let ignore = self.cfg.variant == Variant::IgnoreValidity;
             // `closing` is read after `now`: a close recorded after this
             // check was recorded after `now` too. `ended` because
             // `is_lost()` is false for a lock that ended with `Closed`.
-            if !ignore && (now >= valid_until || ended(&held.lock) || slot.closing()) {
+            if !ignore && (now >= valid_until || ended(held.lock()) || slot.closing()) {
                 return;
             }
             let op = self.next_op();
@@ -342,7 +318,7 @@ impl Worker {
                 // lock's TTL: only fencing can stop this write now.
                 let ms = self.ttl_fraction(1.2, 2.0);
                 self.pause_event(held.grant, ms, PauseKind::Overdue);
-                sleep(ms).await;
+                self.stall(held, slot, ms).await;
             }
             if delay.is_zero() {
                 self.write_now(held, op).await;
@@ -364,7 +340,28 @@ impl Worker {
                     write_done(&hist, op, register.write(&act).await);
                 });
             }
-            sleep(Duration::from_micros(self.rng.u64(0..=3000))).await;
+            let (lo, hi) = self.stalls.gap_us;
+            sleep(Duration::from_micros(self.rng.u64(lo..=hi))).await;
+        }
+    }
+
+    /// Stalls `d` with the grant's refreshing stopped: a lock's refresher
+    /// for good, a leader's refreshes cut for the stall (see
+    /// [`super::leader`]). Control 2 deposes a leader on a store without
+    /// TTL by deleting its lock behind its back.
+    async fn stall(&mut self, held: &mut Held, slot: &LockerSlot, d: Duration) {
+        let depose = self.cfg.variant == Variant::IgnoreValidity && !self.cfg.backend.ttl_expiry();
+        match (&held.hold, &slot.faulty) {
+            (Hold::Leader(_), _) if depose => {
+                let ns = &self.cfg.namespace;
+                let _ = self.store.delete_by_name(ns, &held.key).await;
+                sleep(d).await;
+            }
+            (Hold::Leader(_), Some(faulty)) => leader::cut_refreshes(faulty, d).await,
+            _ => {
+                held.stop_refresh().await;
+                sleep(d).await;
+            }
         }
     }
 
@@ -407,7 +404,10 @@ impl Worker {
             t: clock::now_ns(),
         });
         let key = held.key;
-        let result = held.lock.release().await;
+        // A leader resigns with its refresher running (it cannot be
+        // stopped first): the deadline above may still move by a refresh
+        // in flight, as a lock's may after its refresher's stop.
+        let result = held.hold.give_up().await;
         if self.cfg.variant == Variant::ReleaseByName {
             // The reply never reaches the client; it retries by name.
             self.hist.append(&Event::ReleaseUnknown {
@@ -487,52 +487,6 @@ fn ended(lock: &Lock) -> bool {
     lock.lost().now_or_never().is_some()
 }
 
-/// The grant a write is made under.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Under<'a> {
-    pub(super) grant: u64,
-    pub(super) key: &'a str,
-    pub(super) token: u64,
-    /// What its acts need of the key.
-    pub(super) act: Mode,
-}
-
-impl<'a> Under<'a> {
-    /// Act `op` of client `client`/`incarnation` under the grant.
-    pub(super) fn act(self, client: u32, incarnation: u32, op: u64) -> Act<'a> {
-        Act {
-            key: self.key,
-            token: self.token,
-            mode: self.act,
-            client,
-            incarnation,
-            op,
-        }
-    }
-}
-
-/// Records the decision to write `op` under a grant.
-pub(super) fn write_invoke(
-    hist: &JsonLines,
-    op: u64,
-    under: Under<'_>,
-    checked: i64,
-    valid_until: i64,
-    delay: Duration,
-) {
-    hist.append(&Event::WriteInvoke {
-        op,
-        grant: under.grant,
-        key: under.key.to_owned(),
-        token: under.token,
-        mode: under.act,
-        checked,
-        valid_until,
-        delay_ms: delay.as_millis() as u64,
-        t: clock::now_ns(),
-    });
-}
-
 /// Closes `slot`'s Locker (then `backend`, for control 5), recording the
 /// close before it starts and its outcome after.
 pub(super) async fn close_slot(
@@ -556,18 +510,5 @@ pub(super) async fn close_slot(
         locker: slot.id,
         error: result.err().map(|e| e.to_string()),
         t: clock::now_ns(),
-    });
-}
-
-/// Records the register's answer to write `op`.
-pub(super) fn write_done(hist: &JsonLines, op: u64, result: std::io::Result<bool>) {
-    let t = clock::now_ns();
-    hist.append(&match result {
-        Ok(accepted) => Event::WriteOk { op, accepted, t },
-        Err(e) => Event::WriteFail {
-            op,
-            error: e.to_string(),
-            t,
-        },
     });
 }

@@ -35,7 +35,7 @@ pub(super) async fn apply(
 ) -> io::Result<Option<Fault>> {
     done.faults += 1;
     done.kinds.insert(plan.kind);
-    let client = pool.free_client(plan.client as usize);
+    let client = pool.target(plan.client as usize);
     let mut fault = Fault {
         kind: plan.kind,
         client: plan.kind.targets_client().then_some(client as u32),

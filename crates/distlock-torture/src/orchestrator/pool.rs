@@ -19,6 +19,7 @@ use crate::client::{self, ClientConfig, Control, PauseOrder, client_seed};
 use crate::clock;
 use crate::history::{Fault, JsonLines};
 use crate::store::ClientStore;
+use crate::variant::Workload;
 
 pub(super) enum Slot {
     Process {
@@ -37,6 +38,7 @@ pub(super) enum Slot {
         stop: watch::Sender<bool>,
         pause: watch::Sender<PauseOrder>,
         hist: JsonLines,
+        tail: Tail,
     },
 }
 
@@ -69,6 +71,13 @@ impl Slot {
                 order.duration = duration;
             });
         }
+    }
+
+    /// Whether the client holds a grant now, by its history.
+    fn holds(&mut self) -> bool {
+        let (Slot::Process { tail, .. } | Slot::Task { tail, .. }) = self;
+        tail.update();
+        tail.holds()
     }
 
     /// Whether obtain `op` is still unanswered in the client's history.
@@ -180,6 +189,7 @@ impl<'a> Pool<'a> {
             let (stop, stop_rx) = watch::channel(false);
             let (pause, pause_rx) = watch::channel(PauseOrder::default());
             let control = Control::new(stop_rx, Some(pause_rx));
+            let tail = Tail::new(config.history.clone());
             let handle = tokio::spawn(client::run(
                 config,
                 self.client_store.clone(),
@@ -192,6 +202,7 @@ impl<'a> Pool<'a> {
                 stop,
                 pause,
                 hist,
+                tail,
             });
         }
         let log = std::fs::File::create(
@@ -354,6 +365,22 @@ impl<'a> Pool<'a> {
             .map(|i| (planned + i) % n)
             .find(|c| !self.held.iter().any(|h| h.client == *c))
             .unwrap_or(planned % n)
+    }
+
+    /// The client a fault planned for `planned` hits: in the leadership
+    /// workload the next free client that leads (holds a grant), so that
+    /// faults hit leaders in office; else, or if none leads, the next free
+    /// one.
+    pub(super) fn target(&mut self, planned: usize) -> usize {
+        let n = self.slots.len().max(1);
+        if self.cfg.workload == Workload::Leadership {
+            for c in (0..n).map(|i| (planned + i) % n) {
+                if self.free_client(c) == c && self.slots[c].holds() {
+                    return c;
+                }
+            }
+        }
+        self.free_client(planned)
     }
 
     /// Keeps `client` stopped until `until`; `fault` is logged on resume.

@@ -1,8 +1,10 @@
-//! Who is waiting for a lock right now: the orchestrator follows each
-//! client's history file as it grows (its obtains invoked and not yet
-//! answered), so a waiter stop can pick a client that is waiting.
+//! Who is waiting for a lock right now, and who holds one: the
+//! orchestrator follows each client's history file as it grows (its
+//! obtains invoked and not yet answered, its grants not yet let go), so a
+//! waiter stop can pick a client that is waiting, and a client fault in
+//! the leadership workload a leader.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
@@ -18,6 +20,8 @@ pub(super) struct Tail {
     partial: Vec<u8>,
     /// Obtain id → (key, invoked at, ns).
     pending: HashMap<u64, (String, i64)>,
+    /// Grants neither released, lost nor ended (CLI: `distlock` exited).
+    holding: HashSet<u64>,
 }
 
 /// An obtain in progress.
@@ -35,6 +39,7 @@ impl Tail {
             offset: 0,
             partial: Vec::new(),
             pending: HashMap::new(),
+            holding: HashSet::new(),
         }
     }
 
@@ -62,15 +67,25 @@ impl Tail {
                 Event::ObtainInvoke { op, key, t, .. } => {
                     self.pending.insert(op, (key, t));
                 }
-                Event::ObtainOk { op, .. }
-                | Event::ObtainFail { op, .. }
-                | Event::SectionStart { op, .. }
-                | Event::CliExit { op, .. } => {
+                Event::ObtainOk { op, .. } | Event::SectionStart { op, .. } => {
                     self.pending.remove(&op);
+                    self.holding.insert(op);
+                }
+                Event::ObtainFail { op, .. } | Event::CliExit { op, .. } => {
+                    self.pending.remove(&op);
+                    self.holding.remove(&op);
+                }
+                Event::ReleaseInvoke { grant, .. } | Event::Lost { grant, .. } => {
+                    self.holding.remove(&grant);
                 }
                 _ => {}
             }
         }
+    }
+
+    /// Whether the client holds a grant (as far as its history tells).
+    pub(super) fn holds(&self) -> bool {
+        !self.holding.is_empty()
     }
 
     /// Whether obtain `op` is invoked and not yet answered.

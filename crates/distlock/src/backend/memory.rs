@@ -326,6 +326,7 @@ impl Backend for MemoryBackend {
         Capabilities::new()
             .with_queues_waiters(true)
             .with_permits(true)
+            .with_notifies_observers(true)
     }
 
     fn try_acquire<'a>(&'a self, req: &'a AcquireRequest) -> BoxFuture<'a, Result<Attempt>> {

@@ -211,6 +211,11 @@ pub struct Capabilities {
     /// reader-writer locks) as the SPI contract says. Without it the engine
     /// refuses such a request at once, never narrowing it to a lock.
     pub permits: bool,
+    /// [`Backend::watch`] returns on a grant and on a release of the key
+    /// (the store notifies them), not only at its bound: an observer sees a
+    /// new leader or a resignation without waiting for its poll. False for
+    /// the default `watch`, which sleeps.
+    pub notifies_observers: bool,
 }
 
 impl Capabilities {
@@ -221,6 +226,7 @@ impl Capabilities {
             ttl_expiry: true,
             queues_waiters: false,
             permits: false,
+            notifies_observers: false,
         }
     }
 
@@ -242,6 +248,14 @@ impl Capabilities {
     #[must_use]
     pub const fn with_permits(mut self, serves: bool) -> Self {
         self.permits = serves;
+        self
+    }
+
+    /// With [`notifies_observers`](Self::notifies_observers) set to
+    /// `notifies`.
+    #[must_use]
+    pub const fn with_notifies_observers(mut self, notifies: bool) -> Self {
+        self.notifies_observers = notifies;
         self
     }
 }
@@ -322,6 +336,20 @@ pub trait Backend: Send + Sync + Debug + 'static {
     /// leader without polling. A hint only: the observer reads the key
     /// again afterwards and bounds the wait itself. The default sleeps
     /// until `until`, so observers poll.
+    ///
+    /// The observer polls the future once *before* it reads the key and
+    /// awaits it after, so a store that notifies starts listening in that
+    /// first poll (or listens from a point no later than it, as etcd's
+    /// revisions allow): then no change after the read is missed. Where it
+    /// cannot tell what happened before it listened (a subscription not
+    /// yet confirmed), it returns once it can, and the observer reads
+    /// again. An early return costs a read; a missed change costs a poll.
+    /// A watch that fails sleeps until `until` rather than returning at
+    /// once, so a failing store is not read in a tight loop. What each
+    /// store notifies: memory every grant and release; etcd any change
+    /// under the key's prefix (grants, queue entries, releases, expiry),
+    /// over its watch stream; Redis every grant and release, over pub/sub
+    /// (not expiry: the poll sees it).
     fn watch<'a>(&'a self, key: &'a LockKey, until: Instant) -> BoxFuture<'a, Result<()>> {
         let _ = key;
         Box::pin(async move {

@@ -104,6 +104,13 @@
 //! * **inspect** / **is_locked** / **holders** are a range read of the
 //!   queue and a lease read per holder lease (its time left), never a
 //!   write; `inspect` reports the latest grant of a key held by permits.
+//! * **Observing** ([`Locker::observe`](crate::Locker::observe)): its
+//!   `watch` is a watch on the key's prefix, on the waiters' shared
+//!   stream, woken by any put or delete there (a grant, a queue entry, a
+//!   release, an expiry, the reaper's cleanup), from the highest revision
+//!   this backend has seen when the observer armed it before its read, so
+//!   nothing after that read is missed. A broken stream or a compacted
+//!   revision leaves the observer to its poll.
 //!
 //! # Leases and TTLs
 //!
@@ -184,6 +191,7 @@ mod watch;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -234,8 +242,13 @@ struct Inner {
     released: Notify,
     /// Wakes the reaper when an entry with an earlier deadline appears.
     reaper_wake: Arc<Notify>,
-    /// The one watch stream all waiters share.
+    /// The one watch stream all waiters and observers share.
     watches: WatchHub,
+    /// The highest store revision a response (a read, a watch event) has
+    /// told this backend; never above etcd's current one, so a watch armed
+    /// before a read and started just after `seen` misses nothing that
+    /// read did not see.
+    seen: Arc<AtomicI64>,
     closed: CancellationToken,
 }
 
@@ -335,6 +348,7 @@ impl EtcdBackend {
 
     fn start(client: Client, options: EtcdOptions) -> Self {
         let closed = CancellationToken::new();
+        let seen = Arc::new(AtomicI64::new(0));
         let inner = Arc::new(Inner {
             client: client.clone(),
             options,
@@ -344,7 +358,8 @@ impl EtcdBackend {
             state: Mutex::new(State::default()),
             released: Notify::new(),
             reaper_wake: Arc::new(Notify::new()),
-            watches: WatchHub::start(client.clone(), closed.clone()),
+            watches: WatchHub::start(client.clone(), closed.clone(), seen.clone()),
+            seen,
             closed,
         });
         tokio::spawn(reaper(
@@ -524,10 +539,15 @@ impl Backend for EtcdBackend {
         Capabilities::new()
             .with_queues_waiters(true)
             .with_permits(true)
+            .with_notifies_observers(true)
     }
 
     fn wait<'a>(&'a self, req: &'a AcquireRequest, until: Instant) -> BoxFuture<'a, Result<()>> {
         Box::pin(self.inner.wait_until(req, until))
+    }
+
+    fn watch<'a>(&'a self, key: &'a LockKey, until: Instant) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.inner.watch_holders(key, until))
     }
 
     fn close(&self) -> BoxFuture<'_, Result<()>> {

@@ -2,6 +2,7 @@
 //! (`inspect`, `holders`), and for a waiter, what to watch until its turn.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use etcd_client::{GetOptions, KeyValue, SortOrder, SortTarget};
@@ -45,6 +46,7 @@ impl Inner {
             .await
             .map_err(|e| self.err("inspect", Some(key), e))?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+        self.seen.fetch_max(revision, Ordering::SeqCst);
         let mut kvs = resp.kvs().to_vec();
         if before.is_some() {
             kvs.reverse();
@@ -205,6 +207,30 @@ impl Inner {
     pub(super) async fn wait_until(&self, req: &AcquireRequest, until: Instant) -> Result<()> {
         let wait = self.wait_for_turn(req);
         if let Ok(Ok(())) = tokio::time::timeout_at(until, wait).await {
+            return Ok(());
+        }
+        tokio::time::sleep_until(until).await;
+        Ok(())
+    }
+
+    /// Returns when anything under `key`'s prefix changes — a queue entry
+    /// or grant put, an entry deleted by a release, an expiry or the
+    /// reaper — or at `until`. The watch starts just after the highest
+    /// revision this backend has seen when it is first polled, so an
+    /// observer that polls it once before reading the key is woken by
+    /// every change its read did not see; changes its read did see may wake
+    /// it once more. Before any revision was seen it returns at once (it
+    /// cannot tell). When etcd cannot be watched (the stream broke, the
+    /// revision was compacted) it sleeps until `until`: the observer's
+    /// polling takes over, and a failing store is not read in a tight loop.
+    pub(super) async fn watch_holders(&self, key: &LockKey, until: Instant) -> Result<()> {
+        let seen = self.seen.load(Ordering::SeqCst);
+        if seen == 0 {
+            return Ok(());
+        }
+        let prefix = encode::lock_prefix(key);
+        let change = self.watches.happened(prefix, Event::ChangedUnder, seen);
+        if let Ok(Some(_)) = tokio::time::timeout_at(until, change).await {
             return Ok(());
         }
         tokio::time::sleep_until(until).await;

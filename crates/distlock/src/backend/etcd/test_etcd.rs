@@ -41,6 +41,9 @@ impl TestEtcd {
             .args(["--listen-peer-urls", &peer_url])
             .args(["--initial-advertise-peer-urls", &peer_url])
             .args(["--initial-cluster", &format!("unit={peer_url}")])
+            // The page cache outlives what these tests do to etcd; fsyncs
+            // on a disk busy with builds stall it for seconds.
+            .arg("--unsafe-no-fsync")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -9,6 +9,8 @@
 //! up are pruned, and their watches cancelled, as the hub goes.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use etcd_client::{Client, EventType, WatchFilterType, WatchOptions, WatchResponse, WatchStream};
@@ -24,6 +26,8 @@ pub(super) enum Event {
     Changed,
     /// The deletion of any key under the prefix.
     DeletedUnder,
+    /// Any change under the prefix: a put or a deletion (an observer's).
+    ChangedUnder,
 }
 
 /// What happened, as a watch saw it.
@@ -59,9 +63,11 @@ pub(super) struct WatchHub {
 }
 
 impl WatchHub {
-    pub(super) fn start(client: Client, stop: CancellationToken) -> Self {
+    /// Starts the hub; every response it gets raises `seen` to its
+    /// revision (see `Inner::seen`).
+    pub(super) fn start(client: Client, stop: CancellationToken, seen: Arc<AtomicI64>) -> Self {
         let (requests, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(client, rx, stop));
+        tokio::spawn(run(client, rx, stop, seen));
         WatchHub { requests }
     }
 
@@ -127,6 +133,7 @@ fn options(event: Event, start_revision: i64) -> WatchOptions {
         // Puts under a busy prefix (waiters queueing, grants) are of no
         // interest: etcd keeps them off the stream.
         Event::DeletedUnder => options.with_prefix().with_filters([WatchFilterType::NoPut]),
+        Event::ChangedUnder => options.with_prefix(),
     }
 }
 
@@ -134,6 +141,7 @@ async fn run(
     mut client: Client,
     mut requests: mpsc::UnboundedReceiver<Request>,
     stop: CancellationToken,
+    seen: Arc<AtomicI64>,
 ) {
     let mut stream: Option<WatchStream> = None;
     let mut watches = Watches::default();
@@ -172,7 +180,7 @@ async fn run(
                 };
                 let waiter = Waiter {
                     fire: request.fire,
-                    puts: request.event == Event::Changed,
+                    puts: matches!(request.event, Event::Changed | Event::ChangedUnder),
                 };
                 if added {
                     watches.creating.push_back(waiter);
@@ -184,6 +192,9 @@ async fn run(
             }
             message = message => match message {
                 Ok(Some(response)) => {
+                    if let Some(header) = response.header() {
+                        seen.fetch_max(header.revision(), Ordering::SeqCst);
+                    }
                     if let Some(s) = stream.as_mut() {
                         handle(response, s, &mut watches).await;
                     }
@@ -254,8 +265,6 @@ async fn handle(response: WatchResponse, stream: &mut WatchStream, watches: &mut
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
     use crate::backend::etcd::test_etcd::TestEtcd;
 
@@ -272,7 +281,12 @@ mod tests {
             let put = client.put(key, "", None).await.unwrap();
             revision = put.header().unwrap().revision();
         }
-        let hub = Arc::new(WatchHub::start(client.clone(), CancellationToken::new()));
+        let seen = Arc::new(AtomicI64::new(0));
+        let hub = Arc::new(WatchHub::start(
+            client.clone(),
+            CancellationToken::new(),
+            seen,
+        ));
         let wait = |key: &'static str| {
             let hub = hub.clone();
             tokio::spawn(async move { hub.deleted(key.into(), revision).await })

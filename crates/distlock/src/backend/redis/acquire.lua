@@ -10,8 +10,12 @@
 -- ARGV[1] owner token (32 hex digits), ARGV[2] TTL in milliseconds,
 -- ARGV[3] metadata: "-" for none, or "=" followed by the metadata,
 -- ARGV[4] "1" if the caller waits (it joins the queue when it does not get
--- the key); in full mode ARGV[5] the waiter lease in milliseconds, ARGV[6]
--- the permit limit, or "x" for the lock, and ARGV[7] the release channel.
+-- the key); in lean mode ARGV[5] the release channel; in full mode ARGV[5]
+-- the waiter lease in milliseconds, ARGV[6] the permit limit, or "x" for
+-- the lock, and ARGV[7] the release channel.
+-- Every grant publishes "+" on the release channel, for observers of the
+-- key (waiters ignore it): no round trip, and a channel nobody listens
+-- on costs the server a lookup.
 -- The lock's value is "<owner>:<fencing token>:<ARGV[3]>", or, while
 -- permits hold the key, "*<limit>" (the marker), expiring with the last
 -- permit: so the lean mode, which reads only the lock and the counter,
@@ -182,6 +186,7 @@ if queued then
 else
   redis.call('SET', fence, token)
 end
+redis.call('PUBLISH', KEYS[3] and ARGV[7] or ARGV[5], '+')
 if not limit then
   redis.call('SET', lock, owner .. ':' .. token .. ':' .. ARGV[3], 'PX', ARGV[2])
   return granted

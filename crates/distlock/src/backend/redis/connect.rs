@@ -7,7 +7,11 @@ use std::time::Duration;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::cluster::ClusterClientBuilder;
 use ::redis::sentinel::SentinelNodeConnectionInfo;
-use ::redis::{Client, ConnectionInfo, ErrorKind, RedisConnectionInfo, TlsMode};
+use ::redis::{
+    AsyncConnectionConfig, Client, ConnectionInfo, ErrorKind, RedisConnectionInfo, RedisError,
+    TlsMode,
+};
+use futures::future::join_all;
 use tokio::time::timeout;
 
 use super::conn::Conn;
@@ -107,19 +111,16 @@ impl Dial {
         };
         match target {
             Target::Single(client) => {
+                // The manager retries whatever fails, a certificate or a
+                // password it can never get past included: one plain
+                // attempt first reports those at once.
+                self.refuse_hopeless(std::slice::from_ref(&client), &who)
+                    .await?;
                 let work =
                     ConnectionManager::new_with_config(client.clone(), self.manager_config());
                 match timeout(bound, work).await {
                     Ok(Ok(conn)) => Ok((Conn::Single(conn), Source::Single(client))),
-                    Ok(Err(e)) if is_unknown_database(&e) => {
-                        let info = client.get_connection_info();
-                        Err(unknown_database(
-                            url_of(info),
-                            info.redis_settings().db(),
-                            &e,
-                        ))
-                    }
-                    Ok(Err(e)) => Err(map_err("connect", None, &who, self.response_timeout, e)),
+                    Ok(Err(e)) => Err(self.connect_error(&client, &who, e)),
                     Err(_) => Err(timed_out),
                 }
             }
@@ -180,6 +181,66 @@ impl Dial {
                 }
             }
         }
+    }
+}
+
+/// How one plain connection attempt ended.
+enum Attempt {
+    Connected,
+    /// Failed for a reason no retry gets past.
+    Hopeless(Error),
+    /// Failed or timed out in a way a retry may get past.
+    Failed,
+}
+
+impl Dial {
+    /// One connection attempt without retries to each of `clients` at
+    /// once, each bounded by the connection and response timeouts: `Err`
+    /// with the first failure no retry gets past (credentials, permissions,
+    /// an untrusted certificate, a database the server lacks) when none of
+    /// them connected; `Ok` when one connected or every failure may pass on
+    /// a retry (the connect that follows then reports it).
+    async fn refuse_hopeless(&self, clients: &[Client], who: &Who) -> Result<()> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connection_timeout))
+            .set_response_timeout(Some(self.response_timeout));
+        let within = self.connection_timeout + self.response_timeout;
+        let attempts = clients.iter().map(|client| {
+            let config = config.clone();
+            async move {
+                let work = client.get_multiplexed_async_connection_with_config(&config);
+                match timeout(within, work).await {
+                    Ok(Ok(_)) => Attempt::Connected,
+                    Ok(Err(e)) => match self.connect_error(client, who, e) {
+                        hopeless @ (Error::Refused { .. } | Error::InvalidUrl { .. }) => {
+                            Attempt::Hopeless(hopeless)
+                        }
+                        _ => Attempt::Failed,
+                    },
+                    Err(_) => Attempt::Failed,
+                }
+            }
+        });
+        let mut hopeless = None;
+        for attempt in join_all(attempts).await {
+            match attempt {
+                Attempt::Connected => return Ok(()),
+                Attempt::Hopeless(e) => {
+                    hopeless.get_or_insert(e);
+                }
+                Attempt::Failed => {}
+            }
+        }
+        hopeless.map_or(Ok(()), Err)
+    }
+
+    /// What a failed connection to `client` means.
+    fn connect_error(&self, client: &Client, who: &Who, e: RedisError) -> Error {
+        if is_unknown_database(&e) {
+            let info = client.get_connection_info();
+            return unknown_database(url_of(info), info.redis_settings().db(), &e);
+        }
+        map_err("connect", None, who, self.response_timeout, e)
     }
 }
 

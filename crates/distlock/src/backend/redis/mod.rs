@@ -37,8 +37,8 @@
 //!   waiters' queue (a sorted set of owner tokens by arrival) and their
 //!   leases (a hash), both expiring a waiter lease after the last waiter's
 //!   last attempt; read only when the flag is raised;
-//! * `NS:{H}:released:K` — the pub/sub channel a release publishes on,
-//!   only when the flag is raised;
+//! * `NS:{H}:released:K` — the pub/sub channel every grant and release
+//!   publishes on (see [Waiting](#waiting) and [Observing](#observing));
 //! * while permits hold the key (see [Permits](#permits)): the lock holds
 //!   the marker `*<limit>` instead of a holder, and `NS:{H}:expiries:K` (a
 //!   sorted set: owner token → expiry, server time in ms) and
@@ -50,13 +50,14 @@
 //! Everything is one Lua script call (one round trip) unless said:
 //!
 //! * an uncontended acquire sends the lock and the counter only (the lean
-//!   call): `MGET`, `TIME`, `SET` (counter), `SET PX` (lock). When the flag
+//!   call): `MGET`, `TIME`, `SET` (counter), `PUBLISH` (of `+`, for
+//!   observers, see [Observing](#observing)), `SET PX` (lock). When the flag
 //!   is raised, or a waiting attempt finds the lock held, the lean call
 //!   answers that the queue is needed and the attempt is sent again with
 //!   the queue's keys (one more round trip, only for the first attempt of a
 //!   waiter: an owner known to be queued sends the full call at once);
-//! * a release: `MGET`, `DEL`; with the flag raised also `ZRANGE` and a
-//!   `PUBLISH` to the queue's head;
+//! * a release: `MGET`, `DEL` and a `PUBLISH`: to the queue's head (after
+//!   a `ZRANGE`) when the flag is raised, else of `-`, for observers;
 //! * an extend: `GET`, `PEXPIRE`; `extend_all` does the same for up to 256
 //!   locks per script call, all chunks sent at once;
 //! * inspect: `GET`, `PTTL`, read-only;
@@ -82,7 +83,8 @@
 //!   acquire (whose lean call reads only the lock and the counter) so sees
 //!   the key taken, and sends its full call, which reads the permits; a
 //!   plain extend or release never matches the marker. The plain lock path
-//!   is unchanged: still eight commands an uncontended cycle.
+//!   is unchanged: ten commands an uncontended cycle, counting the two
+//!   `PUBLISH`es for observers.
 //! * **Admission**, in one script: a permit is granted when the lock holds
 //!   no holder, the live permits are fewer than the limit, and no live queue
 //!   entry is ahead; permits that expired are forgotten first. A limit
@@ -217,7 +219,8 @@
 //! A waiter subscribes to its key's release channel. A release (or a
 //! waiter leaving the queue of a free lock) publishes the owner token of
 //! the queue's head, and only that waiter wakes; the others sleep on.
-//! With nobody queued nothing is published: a waiter that lost its place
+//! With nobody queued only the observers' `-` is published, which waiters
+//! ignore: a waiter that lost its place
 //! (retry delay longer than its lease) finds out by polling. Each
 //! backend has at most one subscription connection, shared by all its
 //! waiters and opened on first use; a supervisor task re-connects and
@@ -225,6 +228,19 @@
 //! release may have been missed). Every wait is also bounded by the
 //! engine's retry delay and the holder's remaining TTL, so a lost
 //! notification costs at most one poll interval.
+//!
+//! # Observing
+//!
+//! [`Locker::observe`](crate::Locker::observe) listens on the same
+//! channel, over the same subscription connection: every grant publishes
+//! `+` and every release `-` (or the head's token, when waiters are
+//! queued), from inside the script, so no round trip is added and waiters
+//! ignore the two markers. An observer is woken by the publish and reads
+//! the key again; expiry publishes nothing (Redis would need keyspace
+//! notifications, a server setting), so a leader that expired is seen at
+//! the observer's next poll or when its time left runs out. `PUBLISH` and
+//! the `&NS:*` channels were already needed for releases: the ACL rules
+//! are unchanged.
 
 mod builder;
 mod conn;
@@ -291,6 +307,7 @@ impl Backend for RedisBackend {
         Capabilities::new()
             .with_queues_waiters(true)
             .with_permits(true)
+            .with_notifies_observers(true)
     }
 
     fn wait<'a>(&'a self, req: &'a AcquireRequest, until: Instant) -> BoxFuture<'a, Result<()>> {
@@ -298,6 +315,10 @@ impl Backend for RedisBackend {
             self.shared
                 .wait_for_turn(&req.key, Some(req.owner), req.share, until),
         )
+    }
+
+    fn watch<'a>(&'a self, key: &'a LockKey, until: Instant) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.shared.watch_holders(key, until))
     }
 
     fn close(&self) -> BoxFuture<'_, Result<()>> {

@@ -1,5 +1,6 @@
 //! The subscription hub: one pub/sub connection per backend, shared by all
-//! its waiters, and the wait for a waiter's turn.
+//! its waiters and observers, the wait for a waiter's turn and an
+//! observer's wait for a change of holders.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -34,6 +35,11 @@ pub(super) const LINGER: Duration = Duration::from_secs(10);
 /// jittered up to twice its base: 10 ms to 2 s).
 const MIN_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// The payloads of the messages for observers only (owner tokens, which
+/// name the waiter whose turn it is, are hex): a grant, and a release that
+/// no waiter is told of.
+pub(super) const GRANTED: &str = "+";
+pub(super) const RELEASED: &str = "-";
 
 impl Shared {
     /// The subscription supervisor's inbox; starts it on first use.
@@ -116,7 +122,48 @@ impl Shared {
     }
 }
 
-/// The release channels this backend's waiters listen on.
+impl Shared {
+    /// Returns when the holders of `key` may have changed: a grant or a
+    /// release was published on its channel, the subscription was lost, or
+    /// it was not yet subscribed when first polled and now is (what
+    /// happened before cannot be seen here, so the caller reads again);
+    /// at `until` at the latest. Listening starts on the first poll, before
+    /// any await, so a caller that polls it once before reading the key is
+    /// woken by every publish after its read. Expiry publishes nothing:
+    /// the caller's poll sees it.
+    pub(super) async fn watch_holders(&self, key: &LockKey, until: Instant) -> Result<()> {
+        if self.shutdown.is_cancelled() {
+            sleep_until(until).await;
+            return Ok(());
+        }
+        let names = RedisKeys::new(key);
+        let watcher = self.channels.join(&names.channel, self.supervisor());
+        let channel = &watcher.channel;
+        let changed = channel.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        if channel.is_subscribed() {
+            tokio::select! {
+                _ = changed => {}
+                _ = sleep_until(until) => {}
+            }
+            return Ok(());
+        }
+        let ready = channel.ready.notified();
+        tokio::pin!(ready);
+        ready.as_mut().enable();
+        if !channel.is_subscribed() {
+            tokio::select! {
+                _ = ready => {}
+                _ = changed => {}
+                _ = sleep_until(until) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The release channels this backend's waiters and observers listen on.
 #[derive(Default)]
 pub(super) struct Channels {
     map: Mutex<HashMap<String, Entry>>,
@@ -136,6 +183,9 @@ struct Channel {
     /// Whom the last notification was for: the owner token of the waiter
     /// whose turn it is, or empty for every waiter.
     next: Mutex<String>,
+    /// Anything was published, or the subscription connection was lost:
+    /// what observers wait for.
+    changed: Notify,
     /// The subscription was confirmed.
     ready: Notify,
     subscribed: AtomicBool,
@@ -152,6 +202,12 @@ impl Channel {
 
     /// Wakes the waiter `next` names (every waiter when it is empty).
     fn notify(&self, next: &str) {
+        self.changed.notify_waiters();
+        if next == GRANTED || next == RELEASED {
+            // Nothing for waiters: a grant frees nothing, and a release
+            // with nobody queued has nobody to tell.
+            return;
+        }
         next.clone_into(&mut self.next.lock().unwrap_or_else(|p| p.into_inner()));
         self.released.notify_waiters();
     }

@@ -8,8 +8,10 @@
 -- permit), KEYS[4] the waiters' leases; for a permit, KEYS[5] the
 -- permits' expiries and KEYS[6] the permits.
 -- ARGV[1] owner token, ARGV[2] the release channel.
--- The message is the owner token of the queue's head. Nothing is
--- published when the flag is clear, and a queue found empty clears it.
+-- The message is the owner token of the queue's head. A release that
+-- tells no waiter (the flag is clear, or the queue was found empty, which
+-- clears it) publishes "-" instead, for observers of the key (waiters
+-- ignore it); a waiter leaving the queue publishes only to wake the next.
 -- A departed waiter whose client did not pass the leases hash (it forgot
 -- that it was queued) leaves its lease there until the hash expires, one
 -- waiter lease after the last attempt; only queued owners are looked up.
@@ -20,23 +22,30 @@ local owner = ARGV[1]
 local v = redis.call('MGET', lock, fence)
 local value = v[1]
 local last = tonumber(v[2] or '0')
+-- Tells the queue's head; nil (and the flag cleared) if it is empty.
 local function tell()
   local head = redis.call('ZRANGE', queue, 0, 0)[1]
   if not head then
     redis.call('SET', fence, string.format('%d', -last))
-    return 0
+    return nil
   end
   return redis.call('PUBLISH', ARGV[2], head)
+end
+-- A holder left: tell the waiter whose turn it is, else the observers.
+local function released()
+  local told = last < 0 and tell()
+  if told then
+    return told
+  end
+  redis.call('PUBLISH', ARGV[2], '-')
+  return 0
 end
 -- A lease is its owner and its mode: a permit's release never takes the
 -- lock.
 if value and not KEYS[5] and string.sub(value, 1, 33) == owner .. ':' then
   -- A holder is never queued: its grant took it out of the queue.
   redis.call('DEL', lock)
-  if last < 0 then
-    return 1 + tell()
-  end
-  return 1
+  return 1 + released()
 end
 local marked = value and string.byte(value) == 42
 if marked and KEYS[5] then
@@ -59,10 +68,7 @@ if marked and KEYS[5] then
     end
     -- An expired permit was no longer held.
     if tonumber(expiry) > now then
-      if last < 0 then
-        return 1 + tell()
-      end
-      return 1
+      return 1 + released()
     end
   end
 end

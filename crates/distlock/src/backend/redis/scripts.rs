@@ -169,8 +169,9 @@ impl Shared {
                     Some(limit) => call.arg(limit),
                     None => call.arg("x"),
                 };
-                call.arg(names.channel());
             }
+            // Every grant is published on it, for observers.
+            call.arg(names.channel());
             let reply: Value = call
                 .invoke_async(&mut self.conn())
                 .await
