@@ -9,6 +9,7 @@ use std::time::Duration;
 use distlock::backend::redis::{RedisBackend, RedisKeys};
 use distlock::{Key, LockKey, Locker, Namespace, ObtainOptions};
 use distlock_testkit::redis_ha::{RedisCluster, SentinelSet};
+use distlock_testkit::refusal::assert_refused_at_once;
 
 /// Long enough for a failover (seconds) on a loaded machine.
 const FAILOVER_WAIT: Duration = Duration::from_secs(60);
@@ -48,6 +49,21 @@ async fn an_unknown_sentinel_master_name_is_a_clear_error_at_once() {
         matches!(err, distlock::Error::InvalidUrl { .. }) && err.to_string().contains("nosuch"),
         "{err}"
     );
+}
+
+/// Credentials the nodes turn down (an unknown user; the fixtures' default
+/// user takes any password) are a refusal naming the user, reported at
+/// once rather than retried until the wait runs out: under Sentinel by the
+/// lookup's own connection to the master, on a cluster by one plain
+/// attempt at the seeds (the cluster client reads a refusal at every seed
+/// as an I/O error, which is transient).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_the_nodes_refuse_are_refused_at_once() {
+    for url in [SentinelSet::shared().url(), RedisCluster::shared().url()] {
+        let url = url.replacen("://", "://nobody:hunter2@", 1);
+        let msg = assert_refused_at_once(&url, &["user \"nobody\""]).await;
+        assert!(!msg.contains("hunter2"), "{msg}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -137,6 +137,10 @@ impl Dial {
                 if tls {
                     node = node.set_tls_mode(TlsMode::Secure);
                 }
+                // No attempt of our own first: redis-rs's lookup connects to
+                // the master the sentinels name once, plainly, to ask its
+                // ROLE, and a refusal there (credentials, certificate,
+                // database) comes back from it at once, not retried.
                 let work = SentinelMaster::connect(
                     sentinels,
                     master.clone(),
@@ -167,6 +171,14 @@ impl Dial {
                 }
             }
             Target::Cluster { nodes } => {
+                // The cluster client turns a refusal at every seed into an
+                // I/O error ("Failed to create initial connections"), which
+                // reads as transient: one plain attempt per seed first.
+                let seeds: Vec<Client> = nodes
+                    .iter()
+                    .filter_map(|node| Client::open(node.clone()).ok())
+                    .collect();
+                self.refuse_hopeless(&seeds, &who).await?;
                 // User, password and TLS come from the nodes' addresses.
                 let client = ClusterClientBuilder::new(nodes.clone())
                     .connection_timeout(self.connection_timeout)
