@@ -230,16 +230,40 @@ impl SentinelSet {
     pub async fn kill_master(&self) -> usize {
         let old = self.master().await;
         self.nodes[old].process().kill();
-        settle(
-            "a failover after killing the master",
-            SETTLE_TIMEOUT,
-            || async {
-                match self.settled().await? {
-                    new if new == old => Err("the sentinels still name the killed master".into()),
-                    new => Ok(new),
-                }
-            },
-        )
+        self.failed_over_from(old, "a failover after killing the master")
+            .await
+    }
+
+    /// Pauses (SIGSTOP) the master and waits until the sentinels have
+    /// promoted a replica and the set has settled on it; returns `(old,
+    /// new)` master indices. The paused node keeps its sockets and its
+    /// data: resumed ([`resume`](Self::resume)), it still believes itself
+    /// the master and takes writes until the sentinels demote it, as a
+    /// master cut off by a partition would.
+    pub async fn pause_master(&self) -> (usize, usize) {
+        let old = self.master().await;
+        self.nodes[old].process().pause();
+        let new = self
+            .failed_over_from(old, "a failover after pausing the master")
+            .await;
+        (old, new)
+    }
+
+    /// Resumes (SIGCONT) paused node `i`, whatever its role. Call
+    /// [`wait_settled`](Self::wait_settled) to wait until it has rejoined
+    /// (a former master as a replica of the current one).
+    pub fn resume(&self, i: usize) {
+        self.nodes[i].process().resume();
+    }
+
+    /// Waits until the set has settled on a master other than `old`.
+    async fn failed_over_from(&self, old: usize, what: &str) -> usize {
+        settle(what, SETTLE_TIMEOUT, || async {
+            match self.settled().await? {
+                new if new == old => Err("the sentinels still name the old master".into()),
+                new => Ok(new),
+            }
+        })
         .await
     }
 

@@ -57,6 +57,23 @@ impl SlotMigration<'_> {
         }
     }
 
+    /// `MIGRATE`s only `key` to the destination; returns whether the
+    /// source had it (`NOKEY` otherwise). Leaves the slot's other keys
+    /// behind: a migration caught half-way through the keys of one lock.
+    pub async fn move_key(&self, key: &str) -> bool {
+        let source = self.cluster.nodes[self.from].process();
+        let target = self.cluster.nodes[self.to].port();
+        let mut migrate = cmd("MIGRATE");
+        migrate
+            .arg("127.0.0.1")
+            .arg(target)
+            .arg(key)
+            .arg(0)
+            .arg(MIGRATE_IO_TIMEOUT_MS);
+        let reply: String = tell(source, &migrate, "MIGRATE").await;
+        reply == "OK"
+    }
+
     /// `CLUSTER SETSLOT NODE` on the destination, the source, then every
     /// other master, and waits until the cluster has settled with the slot
     /// on the destination.
