@@ -172,7 +172,10 @@
 //! attempt fails with a transient error, which the engine retries within
 //! its deadline. By default `n` is 1 when the master has a connected
 //! replica (counted on connect and after each Sentinel failover, and again
-//! at a node that falls short), else 0.
+//! at a node that falls short), else 0. Under Sentinel a master found with
+//! no replica left is trusted only once the sentinels confirm it is still
+//! the master: a master cut off and replaced takes writes when it comes
+//! back, until they demote it, and its replicas have left it.
 //!
 //! What this can and cannot promise: an acknowledged grant is on two nodes,
 //! so the loss of one node does not lose it; but a replica that

@@ -94,6 +94,21 @@ impl Shared {
         info_field(&text, "connected_slaves")?.parse().ok()
     }
 
+    /// Whether the node that lost its replicas may still be trusted as
+    /// the master. Under Sentinel, only if the sentinels still name it
+    /// (the master of `generation`, followed when the write was sent): a
+    /// master cut off from its replicas (paused, or partitioned) and
+    /// replaced by one of them takes writes when it comes back, until the
+    /// sentinels demote it, and its replicas left it for the new master.
+    /// Found by `redis_ha_faults`: a grant there, over a lock held on the
+    /// new master, was handed out unacknowledged.
+    async fn still_master(&self, generation: u64) -> bool {
+        match &self.conn {
+            Conn::Sentinel(master) => master.confirm(generation).await,
+            _ => true,
+        }
+    }
+
     /// Returns once the configured number of replicas acknowledged the
     /// writes so far on the connection to `key`'s node.
     ///
@@ -107,6 +122,11 @@ impl Shared {
         key: &LockKey,
         name: &str,
     ) -> Result<()> {
+        // The master followed when the write was sent (no later).
+        let generation = match &self.conn {
+            Conn::Sentinel(master) => master.current().generation,
+            _ => 0,
+        };
         if self.replicas.configured.is_none()
             && let Conn::Sentinel(master) = &self.conn
             && master.current().generation != self.replicas.counted_for.load(Ordering::Relaxed)
@@ -142,7 +162,10 @@ impl Shared {
         if acked >= wanted {
             return Ok(());
         }
-        if self.replicas.configured.is_none() && self.connected_replicas(name).await == Some(0) {
+        if self.replicas.configured.is_none()
+            && self.connected_replicas(name).await == Some(0)
+            && self.still_master(generation).await
+        {
             // By default a master waits for a replica only while it has
             // one: this one lost its own (a cluster replica that took over
             // from its dead master has none). Counted again only on a

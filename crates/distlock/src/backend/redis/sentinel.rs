@@ -147,13 +147,31 @@ impl SentinelMaster {
     /// followed a newer one than generation `seen` (or asked very
     /// recently), and switches to it if it moved.
     pub(super) async fn follow(&self, seen: u64) {
+        self.ask(seen, false).await;
+    }
+
+    /// Whether the sentinels still name the master of generation `seen`:
+    /// asks them at once (bounded), and follows the master if it moved.
+    /// False also when they cannot be asked: not confirmed.
+    pub(super) async fn confirm(&self, seen: u64) -> bool {
+        self.ask(seen, true).await == Some(true)
+    }
+
+    /// [`follow`](Self::follow), `now` even if the sentinels were asked
+    /// very recently; returns `Some(true)` if they named the master of
+    /// generation `seen` again, `Some(false)` if another master is
+    /// followed now, `None` if they were not asked or did not answer.
+    async fn ask(&self, seen: u64, now: bool) -> Option<bool> {
         let mut lookup = self.lookup.lock().await;
-        if self.current().generation != seen
-            || lookup
+        if self.current().generation != seen {
+            return Some(false);
+        }
+        if !now
+            && lookup
                 .last
                 .is_some_and(|last| last.elapsed() < MIN_LOOKUP_INTERVAL)
         {
-            return;
+            return None;
         }
         lookup.last = Some(Instant::now());
         let old = self.current();
@@ -182,16 +200,19 @@ impl SentinelMaster {
                     generation,
                 });
                 self.changed.send_replace(generation);
+                Some(false)
             }
-            Ok(Ok(None)) => {}
+            Ok(Ok(None)) => Some(true),
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, master = self.name, "distlock: asking the sentinels for the master failed");
+                None
             }
             Err(_) => {
                 tracing::debug!(
                     master = self.name,
                     "distlock: asking the sentinels for the master timed out"
                 );
+                None
             }
         }
     }
