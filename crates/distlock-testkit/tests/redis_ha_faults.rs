@@ -534,3 +534,70 @@ async fn a_cut_off_cluster_master_does_not_grant_a_held_lock_again() {
     after.release().await.unwrap();
     eprintln!("took {:?}", start.elapsed());
 }
+
+/// Mid-migration, with every key of a held lock moved, an extend runs on
+/// the destination (through `ASK`); with the destination's only replica
+/// paused, it must not be reported acknowledged. The control: with the
+/// source's replica paused and no migration, an extend is not.
+///
+/// Ignored, a known gap (fails, 5 s): `WAIT` goes to the node the
+/// client's slot map names for the key (the source), not to the node that
+/// took the write after `ASK`, so the source's in-sync replica answers for
+/// a write it never saw. Grants are not affected: a script naming a key
+/// the importing node lacks gets `TRYAGAIN`, so only the single-key
+/// extend runs there. Fixing it needs the node that ran the script (a
+/// script may call `CLUSTER MYID`) and `WAIT` routed to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known gap: WAIT after an ASK-redirected extend goes to the source"]
+async fn an_extend_through_ask_waits_for_the_destinations_replica() {
+    trace();
+    let start = Instant::now();
+    let cluster = RedisCluster::start().await;
+    let ns = "askwait";
+    let holder = locker(cluster_backend(&cluster, DEFAULT_WAITER_LEASE).await, ns);
+    let keys = names(ns, "k");
+    let slot = cluster.slot_of(&keys.lock).await;
+    let from = cluster.master_of_slot(slot).await;
+    let masters = cluster.masters().await;
+    let to = *masters.iter().find(|&&m| m != from).unwrap();
+    let source_replica = cluster.replica_of(from).await.expect("a source replica");
+    let replica = cluster.replica_of(to).await.expect("a destination replica");
+    let options = ObtainOptions::new()
+        .ttl(Duration::from_secs(10))
+        .wait(Duration::from_secs(10));
+    let held = holder.obtain_with("k", options.clone()).await.unwrap();
+    let neighbour = key_in_slot(ns, slot, "k");
+    let control = holder
+        .obtain_with(neighbour.as_str(), options)
+        .await
+        .unwrap();
+
+    // The control: the extend's own node cannot acknowledge.
+    cluster.pause(source_replica);
+    // One attempt or a few, not retried until the validity runs out.
+    let renewal = timeout(Duration::from_secs(2), control.refresh()).await;
+    cluster.resume(source_replica);
+    eprintln!("extend, the source's replica paused: {renewal:?}");
+    assert!(
+        !matches!(renewal, Ok(Ok(()))),
+        "the control was acknowledged"
+    );
+    drop(control);
+    cluster.wait_settled().await;
+
+    held.refresh().await.unwrap();
+    let migration = cluster.begin_migration(slot, to).await;
+    migration.move_keys().await;
+    cluster.pause(replica);
+    let renewal = timeout(Duration::from_secs(2), held.refresh()).await;
+    cluster.resume(replica);
+    eprintln!("extend through ASK, the destination's replica paused: {renewal:?}");
+    assert!(
+        !matches!(renewal, Ok(Ok(()))),
+        "an extend the destination's only replica cannot have acknowledged was \
+         reported acknowledged"
+    );
+    migration.finish().await;
+    drop(held);
+    eprintln!("took {:?}", start.elapsed());
+}
