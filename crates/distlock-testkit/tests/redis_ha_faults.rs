@@ -198,7 +198,7 @@ async fn release_as_expected(lock: Lock, kept: bool, what: &str, transient_ok: b
 /// the holder believes it valid, is served by notification soon after the
 /// release (not by its 10 s poll), and tokens go up.
 ///
-/// 2.5 s here (2 cores, `TMPDIR=/dev/shm`); the waiter was served 3 ms
+/// 2.5 s here (2 cores, `TMPDIR=/dev/shm`); the waiter was served 3–4 ms
 /// after the release.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manual_cluster_failover_keeps_a_held_lock_and_its_waiter_is_notified() {
@@ -273,7 +273,7 @@ async fn a_manual_cluster_failover_keeps_a_held_lock_and_its_waiter_is_notified(
 /// while a lock is held: it keeps working or is reported lost, is not
 /// granted twice, and a grant after its release has a greater token.
 ///
-/// 2.3 s here.
+/// 2.3–3.2 s here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_held_while_its_slot_migrates_keeps_working_or_is_reported_lost() {
     trace();
@@ -326,7 +326,7 @@ async fn a_lock_held_while_its_slot_migrates_keeps_working_or_is_reported_lost()
 /// transiently, never grant a lock twice; once the migration finishes
 /// the locks work again, tokens higher.
 ///
-/// 20 s here: with the lock moved but not its counter, and with every
+/// 10–20 s here: with the lock moved but not its counter, and with every
 /// key moved, a script naming a key the destination lacks gets `TRYAGAIN`
 /// (redis-rs retries it until the 1 s response timeout), so a new grant
 /// and the release fail transiently (`Timeout`) and the lock left behind
@@ -426,8 +426,9 @@ async fn a_slot_caught_mid_migration_never_grants_a_lock_twice() {
 /// demote it. A client whose connection still goes to the old master must
 /// not be granted the lock there, and tokens never go back.
 ///
-/// 7.6 s here. Before the fix beside it the stale client was granted the
-/// lock on the old master: it had no replica left, so WAIT was skipped.
+/// 7.6–9.1 s here. Until the backend asked the sentinels to confirm a
+/// master that has no replica left, the stale client was granted the lock
+/// on the old master (WAIT fell short and was then waived).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_off_sentinel_master_does_not_grant_a_held_lock_again() {
     trace();
