@@ -50,6 +50,25 @@ pub enum FaultKind {
     Flushall,
     /// Redis: SIGKILL, delete its data (the AOF), restart empty.
     WipeRestart,
+    /// Sentinel, Cluster: SIGKILL a master (Cluster: the one serving a
+    /// key's slot), wait until a replica has taken its place, restart the
+    /// killed one (it rejoins as a replica).
+    MasterKill,
+    /// Cluster: `CLUSTER FAILOVER` on the replica of a key's master: they
+    /// swap roles without losing a write.
+    ManualFailover,
+    /// Sentinel, Cluster: SIGSTOP the replicas of a master (Sentinel: both;
+    /// Cluster: the one of a key's master) for 0.3–1.5× the TTL, so no
+    /// `WAIT` there succeeds, then SIGCONT.
+    ReplicaPause,
+    /// Sentinel, Cluster: a failover that loses writes. The replicas of a
+    /// master (Cluster: a key's) are cut off from it for 0.5–1.5× the TTL
+    /// while it keeps serving its clients (a partition between the master
+    /// and its replicas, made by a wrong `masterauth` on the replicas and
+    /// `CLIENT KILL TYPE replica` on the master), then one is promoted
+    /// while the old master still runs (`SENTINEL FAILOVER`, `CLUSTER
+    /// FAILOVER FORCE`): what the master granted meanwhile is gone.
+    CutFailover,
 }
 
 impl FaultKind {
@@ -69,6 +88,10 @@ impl FaultKind {
             FaultKind::ProxyBlackhole => "proxy_blackhole",
             FaultKind::Flushall => "flushall",
             FaultKind::WipeRestart => "wipe_restart",
+            FaultKind::MasterKill => "master_kill",
+            FaultKind::ManualFailover => "manual_failover",
+            FaultKind::ReplicaPause => "replica_pause",
+            FaultKind::CutFailover => "cut_failover",
         }
     }
 
@@ -81,6 +104,18 @@ impl FaultKind {
                 | FaultKind::WaiterStop
                 | FaultKind::TaskPause
                 | FaultKind::TaskAbort
+        )
+    }
+
+    /// Whether the fault is one of a replicated Redis's topology (see
+    /// [`crate::store`]'s `redis_ha`).
+    pub fn topology_fault(self) -> bool {
+        matches!(
+            self,
+            FaultKind::MasterKill
+                | FaultKind::ManualFailover
+                | FaultKind::ReplicaPause
+                | FaultKind::CutFailover
         )
     }
 
@@ -167,9 +202,10 @@ impl Nemesis {
                 let lease = self.waiter_lease;
                 self.between(lease.mul_f64(1.2), lease.mul_f64(2.0))
             }
-            FaultKind::ServerStop | FaultKind::ProxyBlackhole => {
+            FaultKind::ServerStop | FaultKind::ProxyBlackhole | FaultKind::ReplicaPause => {
                 self.between(ttl.mul_f64(0.3), ttl.mul_f64(1.5))
             }
+            FaultKind::CutFailover => self.between(ttl.mul_f64(0.5), ttl.mul_f64(1.5)),
             FaultKind::LeaderIsolate => {
                 // Past etcd's election timeout (1 s by default) however short the TTL.
                 let floor = Duration::from_millis(1500);

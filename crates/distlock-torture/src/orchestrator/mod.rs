@@ -100,7 +100,7 @@ pub async fn run(cfg: &RunConfig) -> io::Result<Report> {
             command: cfg.command.clone(),
         },
     )?;
-    let mut store = Store::start(cfg.backend, &cfg.out).await;
+    let mut store = Store::start(cfg.backend, &cfg.out, cfg.variant.replicas()).await;
     let register =
         Register::start(fenced, JsonLines::create(&cfg.out.join("register.jsonl"))?).await?;
     let faults_log = JsonLines::create(&cfg.out.join("nemesis.jsonl"))?;
@@ -120,7 +120,7 @@ pub async fn run(cfg: &RunConfig) -> io::Result<Report> {
         let mut done = Done::default();
         let mut nemesis = Nemesis::new(
             cfg.seed,
-            cfg.backend.faults(),
+            cfg.variant.fault_kinds(cfg.backend),
             cfg.clients,
             cfg.ttl,
             cfg.backend.waiter_lease(cfg.ttl),
@@ -185,7 +185,7 @@ pub async fn run(cfg: &RunConfig) -> io::Result<Report> {
 
 /// Whether the nemesis is still short of the run's fault minimums.
 fn short_of_faults(cfg: &RunConfig, done: &Done) -> bool {
-    let kinds = cfg.backend.faults();
+    let kinds = cfg.variant.fault_kinds(cfg.backend);
     done.faults < cfg.min_faults
         || (cfg.min_coverage
             && (kinds.iter().any(|k| !done.kinds.contains(k))
