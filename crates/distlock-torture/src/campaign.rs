@@ -310,6 +310,7 @@ async fn one(
             cfg.control_duration
         },
         faults: correct || variant.faulted_control(),
+        replicas: Some(variant.replicas()),
         fault_interval: cfg.fault_interval,
         lost_tolerance: cfg.lost_tolerance,
         out: cfg.out.join(&dir),

@@ -60,6 +60,9 @@ pub struct RunConfig {
     pub min_coverage: bool,
     /// Whether the nemesis injects faults.
     pub faults: bool,
+    /// On a replicated Redis, how many replicas acknowledge each grant and
+    /// extend (`?replicas=N`); `None`: the backend's default.
+    pub replicas: Option<usize>,
     /// Pause between two faults, drawn uniformly from this range.
     pub fault_interval: (Duration, Duration),
     /// Allowed lateness of `lost()` past the validity deadline.
@@ -100,7 +103,7 @@ pub async fn run(cfg: &RunConfig) -> io::Result<Report> {
             command: cfg.command.clone(),
         },
     )?;
-    let mut store = Store::start(cfg.backend, &cfg.out, cfg.variant.replicas()).await;
+    let mut store = Store::start(cfg.backend, &cfg.out, cfg.replicas).await;
     let register =
         Register::start(fenced, JsonLines::create(&cfg.out.join("register.jsonl"))?).await?;
     let faults_log = JsonLines::create(&cfg.out.join("nemesis.jsonl"))?;

@@ -70,8 +70,8 @@ pub struct Store {
 impl Store {
     /// Starts the store for `kind`, keeping its files under `run_dir`; on
     /// a replicated Redis, clients ask for `replicas` acknowledgements of
-    /// each grant and extend (`?replicas=N`).
-    pub async fn start(kind: BackendKind, run_dir: &Path, replicas: usize) -> Store {
+    /// each grant and extend (`?replicas=N`; `None`: the backend's default).
+    pub async fn start(kind: BackendKind, run_dir: &Path, replicas: Option<usize>) -> Store {
         let none = Store {
             kind,
             client_url: String::new(),
@@ -155,7 +155,10 @@ impl Store {
             BackendKind::RedisSentinel | BackendKind::RedisCluster => {
                 let topology = Replicated::start(kind).await;
                 Store {
-                    client_url: format!("{}?replicas={replicas}", topology.url()),
+                    client_url: match replicas {
+                        Some(n) => format!("{}?replicas={n}", topology.url()),
+                        None => topology.url(),
+                    },
                     replicated: Some(topology),
                     ..none
                 }
