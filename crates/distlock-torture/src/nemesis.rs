@@ -62,8 +62,8 @@ pub enum FaultKind {
     /// `WAIT` there succeeds, then SIGCONT.
     ReplicaPause,
     /// Sentinel, Cluster: a failover that loses writes. The replicas of a
-    /// master (Cluster: a key's) are cut off from it for 0.5–1.5× the TTL
-    /// while it keeps serving its clients (a partition between the master
+    /// master (Cluster: of every master at once) are cut off from it for
+    /// 0.5–1.5× the TTL while it keeps serving its clients (a partition between the master
     /// and its replicas, made by a wrong `masterauth` on the replicas and
     /// `CLIENT KILL TYPE replica` on the master), then one is promoted
     /// while the old master still runs (`SENTINEL FAILOVER`, `CLUSTER

@@ -6,7 +6,8 @@
 //! own (a master killed, a manual failover, replicas paused), plus one
 //! that loses writes, [`FaultKind::CutFailover`]:
 //!
-//! 1. the master's replicas are given a wrong `masterauth` (the master
+//! 1. the master's replicas (on a cluster: every master's, a partition
+//!    between the masters and the replicas) are given a wrong `masterauth` (the master
 //!    has no password, so their `AUTH` fails and they cannot sync again),
 //!    and the master drops them (`CLIENT KILL TYPE replica`): a partition
 //!    between the master and its replicas, while its clients still reach
@@ -15,7 +16,8 @@
 //! 2. for the fault's duration, whatever the master grants lives on it
 //!    alone;
 //! 3. a replica is promoted while the old master still runs (`SENTINEL
-//!    FAILOVER`; `CLUSTER FAILOVER FORCE` on the key's replica), the
+//!    FAILOVER`; `CLUSTER FAILOVER FORCE` on each master's replica, one
+//!    after the other), the
 //!    replicas' `masterauth` is restored once it is, and the old master
 //!    is demoted (the sentinels reconfigure it seconds later; a cluster
 //!    node as soon as it hears of the new epoch) and re-syncs, dropping
@@ -25,7 +27,10 @@
 //! (`WAIT` finds no replica); with it off, every one is, and is lost.
 //! Killing a master does not do this at a TTL of 1 s: a failover takes
 //! longer than that (a master is down after 1 s), so the grants it loses
-//! have expired before the new master grants anything.
+//! have expired before the new master grants anything. On a cluster the
+//! cut takes every master, not only a key's: cut one at a time, a
+//! master serving one of six keys lost nothing that mattered in 3 of 10
+//! no-ack runs.
 
 use std::time::{Duration, Instant};
 
@@ -170,78 +175,87 @@ impl Replicated {
                     duration.as_millis()
                 )
             }
-            (FaultKind::CutFailover, topology) => {
-                topology
-                    .cut_failover(master, &replicas, duration, &on)
-                    .await
-            }
+            (FaultKind::CutFailover, topology) => topology.cut_failover(duration).await,
             (kind, topology) => format!("{kind} does not apply to {}", topology.url()),
         }
     }
 
-    /// [`FaultKind::CutFailover`] of `master` and its `replicas`, cut off
-    /// for `window`.
-    async fn cut_failover(
-        &self,
-        master: usize,
-        replicas: &[usize],
-        window: Duration,
-        on: &str,
-    ) -> String {
+    /// [`FaultKind::CutFailover`]: every master (Sentinel: the one;
+    /// Cluster: all three at once, a partition between the masters and
+    /// the replicas) cut off from its replicas for `window`, then one
+    /// replica of each promoted.
+    async fn cut_failover(&self, window: Duration) -> String {
+        let groups: Vec<(usize, Vec<usize>)> = match self {
+            Replicated::Sentinel(set) => vec![(set.master().await, set.replicas().await)],
+            Replicated::Cluster(cluster) => {
+                let mut groups = Vec::new();
+                for master in cluster.masters().await {
+                    let replica = cluster.replica_of(master).await;
+                    groups.push((master, replica.into_iter().collect()));
+                }
+                groups
+            }
+        };
         let nodes = self.nodes();
-        for &r in replicas {
+        let replicas: Vec<usize> = groups.iter().flat_map(|(_, r)| r.clone()).collect();
+        for &r in &replicas {
             let set: Result<(), _> = admin(&nodes[r], masterauth(WRONG_MASTERAUTH)).await;
             if let Err(e) = set {
                 return format!("not cut: masterauth on node {r}: {e}");
             }
         }
-        let mut kill = cmd("CLIENT");
-        kill.arg("KILL").arg("TYPE").arg("replica");
-        let dropped: Result<u64, _> = admin(&nodes[master], kill).await;
+        let mut dropped = Vec::new();
+        for (master, _) in &groups {
+            let mut kill = cmd("CLIENT");
+            kill.arg("KILL").arg("TYPE").arg("replica");
+            let n: Result<u64, _> = admin(&nodes[*master], kill).await;
+            dropped.push(n.map_or_else(|e| format!("none: {e}"), |n| n.to_string()));
+        }
         let cut_at = Instant::now();
         sleep(window).await;
-        let promote = match self {
-            Replicated::Sentinel(set) => {
-                let mut failover = cmd("SENTINEL");
-                failover.arg("FAILOVER").arg(MASTER_NAME);
-                let sentinel = format!("redis://127.0.0.1:{}/", set.sentinels()[0].ports()[0]);
-                admin_at::<()>(&sentinel, failover).await
-            }
-            Replicated::Cluster(_) => {
-                let mut failover = cmd("CLUSTER");
-                failover.arg("FAILOVER").arg("FORCE");
-                admin::<()>(&nodes[replicas[0]], failover).await
-            }
-        };
-        let promoted = match promote {
-            Ok(()) => self.promoted(replicas).await,
-            Err(e) => Err(format!("failover refused: {e}")),
-        };
-        let promoted_after = cut_at.elapsed();
+        let mut promoted = Vec::new();
+        for (master, replicas) in &groups {
+            let promote = match self {
+                Replicated::Sentinel(set) => {
+                    let mut failover = cmd("SENTINEL");
+                    failover.arg("FAILOVER").arg(MASTER_NAME);
+                    let sentinel = format!("redis://127.0.0.1:{}/", set.sentinels()[0].ports()[0]);
+                    admin_at::<()>(&sentinel, failover).await
+                }
+                Replicated::Cluster(_) => {
+                    let mut failover = cmd("CLUSTER");
+                    failover.arg("FAILOVER").arg("FORCE");
+                    admin::<()>(&nodes[replicas[0]], failover).await
+                }
+            };
+            let outcome = match promote {
+                Ok(()) => self.promoted(replicas).await,
+                Err(e) => Err(format!("failover refused: {e}")),
+            };
+            promoted.push(match outcome {
+                Ok(node) => format!(
+                    "node {node} promoted for node {master} {} ms after the cut",
+                    cut_at.elapsed().as_millis()
+                ),
+                Err(e) => format!("node {master}: {e}"),
+            });
+        }
         let mut restored = Vec::new();
-        for &r in replicas {
+        for &r in &replicas {
             if let Err(e) = admin::<()>(&nodes[r], masterauth("")).await {
-                restored.push(format!("masterauth not restored on node {r}: {e}"));
+                restored.push(format!("; masterauth not restored on node {r}: {e}"));
             }
         }
         self.wait_settled().await;
-        let promoted = match promoted {
-            Ok(node) => format!(
-                "node {node} promoted {} ms after the cut",
-                promoted_after.as_millis()
-            ),
-            Err(e) => e,
-        };
+        let masters: Vec<usize> = groups.iter().map(|(m, _)| *m).collect();
         format!(
-            "cut master node {master}{on} off replica node(s) {replicas:?} ({} links dropped) \
-             for {} ms; {promoted}; settled {} ms after the cut{}",
-            dropped.map_or_else(|e| format!("none: {e}"), |n| n.to_string()),
+            "cut master node(s) {masters:?} off replica node(s) {replicas:?} ({} links dropped) \
+             for {} ms; {}; settled {} ms after the cut{}",
+            dropped.join(" + "),
             window.as_millis(),
+            promoted.join(", "),
             cut_at.elapsed().as_millis(),
-            restored
-                .iter()
-                .map(|r| format!("; {r}"))
-                .collect::<String>()
+            restored.concat()
         )
     }
 
