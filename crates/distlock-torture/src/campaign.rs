@@ -311,6 +311,7 @@ async fn one(
         },
         faults: correct || variant.faulted_control(),
         replicas: Some(variant.replicas()),
+        fault_kinds: None,
         fault_interval: cfg.fault_interval,
         lost_tolerance: cfg.lost_tolerance,
         out: cfg.out.join(&dir),

@@ -113,6 +113,10 @@ struct RunArgs {
     /// one connected). Default: the variant's (1; no-ack 0).
     #[arg(long)]
     replicas: Option<String>,
+    /// Comma-separated fault kinds (e.g. `sentinel_failover`), instead of
+    /// the variant's on the backend.
+    #[arg(long, value_delimiter = ',')]
+    faults: Option<Vec<distlock_torture::nemesis::FaultKind>>,
     /// The run directory (must not exist or be empty).
     #[arg(long)]
     out: PathBuf,
@@ -207,6 +211,7 @@ fn main() -> ExitCode {
                         }
                     },
                 },
+                fault_kinds: args.faults.clone(),
                 fault_interval: c.fault_interval(),
                 lost_tolerance: Duration::from_millis(c.lost_tolerance_ms),
                 out: args.out.clone(),

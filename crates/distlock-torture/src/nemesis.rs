@@ -69,6 +69,12 @@ pub enum FaultKind {
     /// while the old master still runs (`SENTINEL FAILOVER`, `CLUSTER
     /// FAILOVER FORCE`): what the master granted meanwhile is gone.
     CutFailover,
+    /// Sentinel: `SENTINEL FAILOVER` while the master runs and its
+    /// replicas stay linked (an operator's failover): a replica is
+    /// promoted, the other follows it, the old master is demoted seconds
+    /// later. Not among the store's faults: with one acknowledgement of two
+    /// replicas it loses grants (see RELIABILITY.md); `run --faults` only.
+    SentinelFailover,
 }
 
 impl FaultKind {
@@ -92,8 +98,31 @@ impl FaultKind {
             FaultKind::ManualFailover => "manual_failover",
             FaultKind::ReplicaPause => "replica_pause",
             FaultKind::CutFailover => "cut_failover",
+            FaultKind::SentinelFailover => "sentinel_failover",
         }
     }
+
+    /// Every kind.
+    pub const ALL: [FaultKind; 18] = [
+        FaultKind::ClientStop,
+        FaultKind::ClientKill,
+        FaultKind::WaiterStop,
+        FaultKind::TaskPause,
+        FaultKind::TaskAbort,
+        FaultKind::ServerKill,
+        FaultKind::ServerStop,
+        FaultKind::LeaderKill,
+        FaultKind::LeaderIsolate,
+        FaultKind::ProxyReset,
+        FaultKind::ProxyBlackhole,
+        FaultKind::Flushall,
+        FaultKind::WipeRestart,
+        FaultKind::MasterKill,
+        FaultKind::ManualFailover,
+        FaultKind::ReplicaPause,
+        FaultKind::CutFailover,
+        FaultKind::SentinelFailover,
+    ];
 
     /// Whether the fault hits one client.
     pub fn targets_client(self) -> bool {
@@ -116,6 +145,7 @@ impl FaultKind {
                 | FaultKind::ManualFailover
                 | FaultKind::ReplicaPause
                 | FaultKind::CutFailover
+                | FaultKind::SentinelFailover
         )
     }
 
@@ -123,6 +153,17 @@ impl FaultKind {
     /// across it, only fencing can (the checker cuts the sections it hits).
     pub fn loses_data(self) -> bool {
         matches!(self, FaultKind::Flushall | FaultKind::WipeRestart)
+    }
+}
+
+impl std::str::FromStr for FaultKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        FaultKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| format!("unknown fault kind {s:?}"))
     }
 }
 

@@ -109,7 +109,8 @@ pub(super) async fn apply(
         FaultKind::MasterKill
         | FaultKind::ManualFailover
         | FaultKind::ReplicaPause
-        | FaultKind::CutFailover => {
+        | FaultKind::CutFailover
+        | FaultKind::SentinelFailover => {
             // A cluster fault hits the master of one of the keys.
             let key = &pool.keys[plan.client as usize % pool.keys.len()];
             fault.detail = store

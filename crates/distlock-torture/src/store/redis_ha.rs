@@ -176,6 +176,14 @@ impl Replicated {
                 )
             }
             (FaultKind::CutFailover, topology) => topology.cut_failover(duration).await,
+            (FaultKind::SentinelFailover, topology @ Replicated::Sentinel(_)) => {
+                let promoted = topology.force_failover(master, &replicas, started).await;
+                topology.wait_settled().await;
+                format!(
+                    "SENTINEL FAILOVER, nothing cut: {promoted}; settled after {} ms",
+                    started.elapsed().as_millis()
+                )
+            }
             (kind, topology) => format!("{kind} does not apply to {}", topology.url()),
         }
     }
@@ -215,30 +223,7 @@ impl Replicated {
         sleep(window).await;
         let mut promoted = Vec::new();
         for (master, replicas) in &groups {
-            let promote = match self {
-                Replicated::Sentinel(set) => {
-                    let mut failover = cmd("SENTINEL");
-                    failover.arg("FAILOVER").arg(MASTER_NAME);
-                    let sentinel = format!("redis://127.0.0.1:{}/", set.sentinels()[0].ports()[0]);
-                    admin_at::<()>(&sentinel, failover).await
-                }
-                Replicated::Cluster(_) => {
-                    let mut failover = cmd("CLUSTER");
-                    failover.arg("FAILOVER").arg("FORCE");
-                    admin::<()>(&nodes[replicas[0]], failover).await
-                }
-            };
-            let outcome = match promote {
-                Ok(()) => self.promoted(replicas).await,
-                Err(e) => Err(format!("failover refused: {e}")),
-            };
-            promoted.push(match outcome {
-                Ok(node) => format!(
-                    "node {node} promoted for node {master} {} ms after the cut",
-                    cut_at.elapsed().as_millis()
-                ),
-                Err(e) => format!("node {master}: {e}"),
-            });
+            promoted.push(self.force_failover(*master, replicas, cut_at).await);
         }
         let mut restored = Vec::new();
         for &r in &replicas {
@@ -257,6 +242,36 @@ impl Replicated {
             cut_at.elapsed().as_millis(),
             restored.concat()
         )
+    }
+
+    /// Promotes one of `replicas` of `master` while it runs (`SENTINEL
+    /// FAILOVER`; `CLUSTER FAILOVER FORCE` on the first replica) and waits
+    /// until one reports itself a master; describes it, timed from `since`.
+    async fn force_failover(&self, master: usize, replicas: &[usize], since: Instant) -> String {
+        let promote = match self {
+            Replicated::Sentinel(set) => {
+                let mut failover = cmd("SENTINEL");
+                failover.arg("FAILOVER").arg(MASTER_NAME);
+                let sentinel = format!("redis://127.0.0.1:{}/", set.sentinels()[0].ports()[0]);
+                admin_at::<()>(&sentinel, failover).await
+            }
+            Replicated::Cluster(_) => {
+                let mut failover = cmd("CLUSTER");
+                failover.arg("FAILOVER").arg("FORCE");
+                admin::<()>(&self.nodes()[replicas[0]], failover).await
+            }
+        };
+        let outcome = match promote {
+            Ok(()) => self.promoted(replicas).await,
+            Err(e) => Err(format!("failover refused: {e}")),
+        };
+        match outcome {
+            Ok(node) => format!(
+                "node {node} promoted for node {master} after {} ms",
+                since.elapsed().as_millis()
+            ),
+            Err(e) => format!("node {master}: {e}"),
+        }
     }
 
     /// The first of `replicas` that reports itself a master, within
