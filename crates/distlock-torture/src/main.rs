@@ -99,7 +99,8 @@ struct RunArgs {
     /// correct, or a negative control: release-by-name, ignore-validity,
     /// no-fencing, deadline-from-reply, close-shared-backend (lock);
     /// deadline-from-reply, limit-above-capacity (semaphore);
-    /// read-locked-writer (rwlock); ignore-validity (leadership).
+    /// read-locked-writer (rwlock); ignore-validity (leadership); no-ack
+    /// (lock, on redis-sentinel and redis-cluster).
     #[arg(long, default_value = "correct")]
     variant: Variant,
     /// Workload duration, seconds.
