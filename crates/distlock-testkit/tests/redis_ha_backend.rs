@@ -51,6 +51,49 @@ async fn an_unknown_sentinel_master_name_is_a_clear_error_at_once() {
     );
 }
 
+/// Between a master's kill and its replica's promotion every sentinel
+/// flags the master down, and redis-rs says "master name not found": a
+/// connect then is a transient error, not an invalid URL (the torture
+/// harness's `distlock run` exited 64, bad usage, during failovers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_while_the_master_is_down_is_transient() {
+    let set = SentinelSet::start().await;
+    let master = set.master().await;
+    set.node(master).process().kill();
+    // Until every sentinel flags it, one may still name it (and the
+    // connect is refused, transient anyway).
+    let start = std::time::Instant::now();
+    for url in set.sentinel_urls() {
+        let sentinel = redis::Client::open(url.as_str()).unwrap();
+        let mut conn = sentinel.get_multiplexed_async_connection().await.unwrap();
+        loop {
+            let state: std::collections::HashMap<String, String> = redis::cmd("SENTINEL")
+                .arg("MASTER")
+                .arg(set.master_name())
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            let flags = state.get("flags").cloned().unwrap_or_default();
+            if flags.contains("s_down") {
+                break;
+            }
+            assert!(
+                start.elapsed() < FAILOVER_WAIT,
+                "never flagged down: {state:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    match RedisBackend::connect(&set.url()).await {
+        // The promotion won the race: nothing to check.
+        Ok(_) => eprintln!("promoted before the connect"),
+        Err(e) => assert!(
+            e.is_transient() && !matches!(e, distlock::Error::InvalidUrl { .. }),
+            "{e:?}"
+        ),
+    }
+}
+
 /// Credentials the nodes turn down (an unknown user; the fixtures' default
 /// user takes any password) are a refusal naming the user, reported at
 /// once rather than retried until the wait runs out: under Sentinel by the

@@ -119,7 +119,7 @@ pub fn shortfalls(
         return short;
     }
     let kinds = if report.meta.as_ref().is_some_and(|m| m.faults) {
-        backend.faults()
+        variant.fault_kinds(backend)
     } else {
         &[]
     };
@@ -309,7 +309,9 @@ async fn one(
         } else {
             cfg.control_duration
         },
-        faults: correct,
+        faults: correct || variant.faulted_control(),
+        replicas: Some(variant.replicas()),
+        fault_kinds: None,
         fault_interval: cfg.fault_interval,
         lost_tolerance: cfg.lost_tolerance,
         out: cfg.out.join(&dir),

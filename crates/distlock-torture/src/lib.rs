@@ -38,7 +38,12 @@
 //!
 //! ## Backends, and adding one
 //!
-//! Memory, file, Redis and etcd. Everything backend-specific is in
+//! Memory, file, Redis and etcd, and Redis replicated: a Sentinel set and
+//! a Cluster (`redis-sentinel`, `redis-cluster`), whose nemesis fails
+//! masters over — and, in the `no-ack` control, makes failovers that lose
+//! writes (see the `store` module's `redis_ha`). Their fixtures save
+//! configuration files on every failover: run them with `TMPDIR` on a tmpfs
+//! (`TMPDIR=/dev/shm`). Everything backend-specific is in
 //! [`store`]; etcd took these additions (the template for the next one):
 //!
 //! ```text

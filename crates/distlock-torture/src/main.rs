@@ -90,7 +90,7 @@ struct Common {
 
 #[derive(Args, Debug)]
 struct RunArgs {
-    /// memory, file, redis or etcd.
+    /// memory, file, redis, etcd, redis-sentinel or redis-cluster.
     #[arg(long)]
     backend: BackendKind,
     /// lock, semaphore, rwlock or leadership.
@@ -99,7 +99,8 @@ struct RunArgs {
     /// correct, or a negative control: release-by-name, ignore-validity,
     /// no-fencing, deadline-from-reply, close-shared-backend (lock);
     /// deadline-from-reply, limit-above-capacity (semaphore);
-    /// read-locked-writer (rwlock); ignore-validity (leadership).
+    /// read-locked-writer (rwlock); ignore-validity (leadership); no-ack
+    /// (lock, on redis-sentinel and redis-cluster).
     #[arg(long, default_value = "correct")]
     variant: Variant,
     /// Workload duration, seconds.
@@ -108,6 +109,15 @@ struct RunArgs {
     /// Run without the nemesis.
     #[arg(long)]
     no_faults: bool,
+    /// Replicated Redis: replicas that acknowledge each grant and extend,
+    /// N or `default` (the backend's own count: one while the master has
+    /// one connected). Default: the variant's (1; no-ack 0).
+    #[arg(long)]
+    replicas: Option<String>,
+    /// Comma-separated fault kinds (e.g. `sentinel_failover`), instead of
+    /// the variant's on the backend.
+    #[arg(long, value_delimiter = ',')]
+    faults: Option<Vec<distlock_torture::nemesis::FaultKind>>,
     /// The run directory (must not exist or be empty).
     #[arg(long)]
     out: PathBuf,
@@ -191,6 +201,18 @@ fn main() -> ExitCode {
                 min_coverage: false,
                 max_duration: Duration::from_secs(args.duration_s),
                 faults: !args.no_faults,
+                replicas: match args.replicas.as_deref() {
+                    None => Some(args.variant.replicas()),
+                    Some("default") => None,
+                    Some(n) => match n.parse() {
+                        Ok(n) => Some(n),
+                        Err(_) => {
+                            eprintln!("distlock-torture: --replicas takes a count or `default`");
+                            return ExitCode::from(64);
+                        }
+                    },
+                },
+                fault_kinds: args.faults.clone(),
                 fault_interval: c.fault_interval(),
                 lost_tolerance: Duration::from_millis(c.lost_tolerance_ms),
                 out: args.out.clone(),

@@ -50,6 +50,34 @@ pub enum FaultKind {
     Flushall,
     /// Redis: SIGKILL, delete its data (the AOF), restart empty.
     WipeRestart,
+    /// Sentinel, Cluster: SIGKILL a master (Cluster: the one serving a
+    /// key's slot), wait until a replica has taken its place, restart the
+    /// killed one (it rejoins as a replica).
+    MasterKill,
+    /// Cluster: `CLUSTER FAILOVER` on the replica of a key's master: they
+    /// swap roles without losing a write.
+    ManualFailover,
+    /// Sentinel, Cluster: SIGSTOP the replicas of a master (Sentinel: both;
+    /// Cluster: the one of a key's master) for 0.3–1.5× the TTL, so no
+    /// `WAIT` there succeeds, then SIGCONT.
+    ReplicaPause,
+    /// Sentinel, Cluster: a failover that loses writes. The replicas of a
+    /// master (Cluster: of every master at once) are cut off from it for
+    /// 0.5–1.5× the TTL while it keeps serving its clients (a partition between the master
+    /// and its replicas, made by a wrong `masterauth` on the replicas and
+    /// `CLIENT KILL TYPE replica` on the master), then one is promoted
+    /// while the old master still runs (`SENTINEL FAILOVER`, `CLUSTER
+    /// FAILOVER FORCE`): what the master granted meanwhile is gone.
+    CutFailover,
+    /// Sentinel: `SENTINEL FAILOVER` while the master runs and its
+    /// replicas stay linked (an operator's failover): a replica is
+    /// promoted, the other follows it, the old master is demoted seconds
+    /// later. Not among the store's faults (`run --faults` only): while the
+    /// other replica still follows the old master, it acknowledges what
+    /// the old master grants, which the new master never sees — a window
+    /// of a few hundred ms, in which 13 such failovers lost nothing that
+    /// mattered (RELIABILITY.md).
+    SentinelFailover,
 }
 
 impl FaultKind {
@@ -69,8 +97,35 @@ impl FaultKind {
             FaultKind::ProxyBlackhole => "proxy_blackhole",
             FaultKind::Flushall => "flushall",
             FaultKind::WipeRestart => "wipe_restart",
+            FaultKind::MasterKill => "master_kill",
+            FaultKind::ManualFailover => "manual_failover",
+            FaultKind::ReplicaPause => "replica_pause",
+            FaultKind::CutFailover => "cut_failover",
+            FaultKind::SentinelFailover => "sentinel_failover",
         }
     }
+
+    /// Every kind.
+    pub const ALL: [FaultKind; 18] = [
+        FaultKind::ClientStop,
+        FaultKind::ClientKill,
+        FaultKind::WaiterStop,
+        FaultKind::TaskPause,
+        FaultKind::TaskAbort,
+        FaultKind::ServerKill,
+        FaultKind::ServerStop,
+        FaultKind::LeaderKill,
+        FaultKind::LeaderIsolate,
+        FaultKind::ProxyReset,
+        FaultKind::ProxyBlackhole,
+        FaultKind::Flushall,
+        FaultKind::WipeRestart,
+        FaultKind::MasterKill,
+        FaultKind::ManualFailover,
+        FaultKind::ReplicaPause,
+        FaultKind::CutFailover,
+        FaultKind::SentinelFailover,
+    ];
 
     /// Whether the fault hits one client.
     pub fn targets_client(self) -> bool {
@@ -84,10 +139,34 @@ impl FaultKind {
         )
     }
 
+    /// Whether the fault is one of a replicated Redis's topology (see
+    /// [`crate::store`]'s `redis_ha`).
+    pub fn topology_fault(self) -> bool {
+        matches!(
+            self,
+            FaultKind::MasterKill
+                | FaultKind::ManualFailover
+                | FaultKind::ReplicaPause
+                | FaultKind::CutFailover
+                | FaultKind::SentinelFailover
+        )
+    }
+
     /// Whether the store forgets its locks: mutual exclusion cannot hold
     /// across it, only fencing can (the checker cuts the sections it hits).
     pub fn loses_data(self) -> bool {
         matches!(self, FaultKind::Flushall | FaultKind::WipeRestart)
+    }
+}
+
+impl std::str::FromStr for FaultKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        FaultKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| format!("unknown fault kind {s:?}"))
     }
 }
 
@@ -167,9 +246,10 @@ impl Nemesis {
                 let lease = self.waiter_lease;
                 self.between(lease.mul_f64(1.2), lease.mul_f64(2.0))
             }
-            FaultKind::ServerStop | FaultKind::ProxyBlackhole => {
+            FaultKind::ServerStop | FaultKind::ProxyBlackhole | FaultKind::ReplicaPause => {
                 self.between(ttl.mul_f64(0.3), ttl.mul_f64(1.5))
             }
+            FaultKind::CutFailover => self.between(ttl.mul_f64(0.5), ttl.mul_f64(1.5)),
             FaultKind::LeaderIsolate => {
                 // Past etcd's election timeout (1 s by default) however short the TTL.
                 let floor = Duration::from_millis(1500);

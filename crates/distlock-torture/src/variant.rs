@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checker::ViolationKind;
 use crate::history::Mode;
+use crate::nemesis::FaultKind;
 use crate::store::BackendKind;
 
 /// What the clients take, and do under it.
@@ -162,11 +163,17 @@ pub enum Variant {
     /// Control 7 (reader-writer) — writers take a read lock: a writing
     /// round calls `read_with` where it needs `write_with`, and writes.
     ReadLockedWriter,
+    /// Control 8 (replicated Redis) — no replica acknowledgement
+    /// (`?replicas=0`): grants are handed out as soon as the master made
+    /// them, and the nemesis makes failovers that lose the master's last
+    /// writes ([`FaultKind::CutFailover`] only): a lock the new master
+    /// never heard of is granted again while its holder works on.
+    NoAck,
 }
 
 impl Variant {
     /// Every variant, the correct one first.
-    pub const ALL: [Variant; 8] = [
+    pub const ALL: [Variant; 9] = [
         Variant::Correct,
         Variant::ReleaseByName,
         Variant::IgnoreValidity,
@@ -175,10 +182,11 @@ impl Variant {
         Variant::CloseSharedBackend,
         Variant::LimitAboveCapacity,
         Variant::ReadLockedWriter,
+        Variant::NoAck,
     ];
 
     /// The negative controls.
-    pub const CONTROLS: [Variant; 7] = [
+    pub const CONTROLS: [Variant; 8] = [
         Variant::ReleaseByName,
         Variant::IgnoreValidity,
         Variant::NoFencing,
@@ -186,6 +194,7 @@ impl Variant {
         Variant::CloseSharedBackend,
         Variant::LimitAboveCapacity,
         Variant::ReadLockedWriter,
+        Variant::NoAck,
     ];
 
     /// The variants a campaign runs for `workload`: the correct one first,
@@ -215,6 +224,7 @@ impl Variant {
             Variant::CloseSharedBackend => "close-shared-backend",
             Variant::LimitAboveCapacity => "limit-above-capacity",
             Variant::ReadLockedWriter => "read-locked-writer",
+            Variant::NoAck => "no-ack",
         }
     }
 
@@ -242,13 +252,50 @@ impl Variant {
             }
             Variant::LimitAboveCapacity => &[ViolationKind::PermitsOverLimit],
             Variant::ReadLockedWriter => &[ViolationKind::OverlappingCs],
+            Variant::NoAck => &[
+                ViolationKind::OverlappingCs,
+                ViolationKind::StaleWriteAccepted,
+            ],
         }
     }
 
-    /// Why a control of `workload` cannot apply to a store, or `None` if
-    /// it does.
+    /// How many replicas acknowledge each grant and extend on a replicated
+    /// Redis (`?replicas=N`): one, said explicitly (by default the backend
+    /// waits for one only while the master has one connected, and a
+    /// master cut off from its replicas has none), or none for control 8.
+    pub fn replicas(self) -> usize {
+        usize::from(self != Variant::NoAck)
+    }
+
+    /// Whether this control runs with faults: control 8's violation is
+    /// made by a failover. (The others run without.)
+    pub fn faulted_control(self) -> bool {
+        self == Variant::NoAck
+    }
+
+    /// The faults a run of this variant on `backend` injects, when it has
+    /// faults: the backend's; control 8 only the failover that loses writes.
+    pub fn fault_kinds(self, backend: BackendKind) -> &'static [FaultKind] {
+        match self {
+            Variant::NoAck => &[FaultKind::CutFailover],
+            _ => backend.faults(),
+        }
+    }
+
+    /// Why a control of `workload` cannot apply to a store (or is not run
+    /// there), or `None` if it does.
     pub fn not_applicable(self, backend: BackendKind, workload: Workload) -> Option<&'static str> {
         match self {
+            Variant::NoAck if !backend.replicated_redis() => {
+                Some("only a replicated Redis acknowledges grants by replicas")
+            }
+            Variant::NoAck | Variant::Correct => None,
+            // Controls 1–7 break the client, whose code is the same on
+            // every Redis topology: the single-server store runs them.
+            _ if backend.replicated_redis() => Some(
+                "a client-side control, run on the single-server redis store (the same client code); \
+                 a replicated Redis runs its own, no-ack",
+            ),
             // A file lock can still be taken away: its file deleted, which
             // the leadership control does to depose a leader.
             Variant::IgnoreValidity if workload == Workload::Leadership => None,

@@ -11,12 +11,15 @@
 //! a key held at once; readers together; writes granted). Then leadership:
 //! candidates campaign and lead for terms of writes with gaps, on six keys,
 //! client faults aimed at leaders, with its minimums (handovers by resign
-//! and by loss), and its control: a deposed leader acting on.
+//! and by loss), and its control: a deposed leader acting on. Then the
+//! replicated Redis topologies (Sentinel, Cluster): locks under failovers
+//! with replica acknowledgement, and the no-ack control.
 //!
 //! Tests run one at a time (a process-wide lock) so their client processes
 //! do not compete for the two cores with each other. Budget: 60–100 s per
 //! backend for locks (each correct run lasts 30 s — etcd 40 s — and up to
-//! twice that only while short of the minimums), 20–50 s per permit workload.
+//! twice that only while short of the minimums), 20–50 s per permit workload,
+//! about 40–60 s per replicated topology.
 //!
 //! The CLI clients run `distlock` from beside the test's
 //! `distlock-torture` (the workspace build makes it; CI's
@@ -48,6 +51,18 @@ const PERMIT_MINIMUMS: Minimums = Minimums {
     coverage: true,
 };
 const CLIENTS: u32 = 12;
+
+/// What each correct run on a replicated Redis must reach (20 s runs, up
+/// to 40 s while short): every fault kind of the topology (a Sentinel
+/// master kill takes 4–8 s, the old master's return as a replica
+/// included; a cut failover 4–5 s; on a cluster both about 2 s), and
+/// fewer acquisitions than a single server's, as grants stop during
+/// failovers (1,666 and 1,837 in 25 s on an idle machine).
+const REPLICATED_MINIMUMS: Minimums = Minimums {
+    acquisitions: 800,
+    faults: 7,
+    coverage: true,
+};
 
 /// What each correct run of the leadership workload must reach (10 s runs,
 /// up to 20 s while short; etcd 15 s): fewer acquisitions than the permit
@@ -143,6 +158,21 @@ fn leadership(duration_s: u64) -> Smoke {
         keys: 6,
         minimums: LEADERSHIP_MINIMUMS,
         fault_ms: (500, 1200),
+    }
+}
+
+/// A replicated Redis's smoke: locks for `duration_s` on six keys, a fault
+/// every 0.3–0.8 s (its failovers take seconds themselves), then the
+/// no-ack control (6 s; cut failovers only): the other controls break the
+/// client, and run on the single server.
+fn replicated(duration_s: u64) -> Smoke {
+    Smoke {
+        workloads: "lock",
+        duration_s,
+        control_duration_s: 6,
+        keys: 6,
+        minimums: REPLICATED_MINIMUMS,
+        fault_ms: (300, 800),
     }
 }
 
@@ -250,6 +280,20 @@ fn redis() {
 #[test]
 fn etcd() {
     smoke(BackendKind::Etcd, locks(40, 18));
+}
+
+/// One master, two replicas, three sentinels: master kills, replica pauses
+/// and cut failovers with replica acknowledgement on, then without it.
+#[test]
+fn redis_sentinel() {
+    smoke(BackendKind::RedisSentinel, replicated(20));
+}
+
+/// Three masters with a replica each: master kills, `CLUSTER FAILOVER`,
+/// replica pauses and cut failovers, then the same without acknowledgement.
+#[test]
+fn redis_cluster() {
+    smoke(BackendKind::RedisCluster, replicated(20));
 }
 
 #[test]

@@ -91,7 +91,7 @@ pub(super) async fn run(
     let (Some(cli), Some(exe)) = (&cfg.cli, &cfg.section_exe) else {
         return Err("the CLI profile needs the distlock binary (--cli-bin)".into());
     };
-    let url = format!("{}?namespace={}", cfg.url, cfg.namespace);
+    let url = crate::store::with_namespace(&cfg.url, &cfg.namespace);
     let ttl = cfg.ttl();
     let mut rng = fastrand::Rng::with_seed(cfg.seed);
     while !control.stopped() {

@@ -57,12 +57,15 @@ impl Stalls {
                 gap_us,
             },
             // Long sections, so that a sibling's close of the shared backend
-            // often finds a lock held (and refreshed) on it, and that a
+            // often finds a lock held (and refreshed) on it, that a
             // broken section meets others (N + 1 permits; a writer and a
-            // reader) on a store slower to grant than to write (etcd).
+            // reader) on a store slower to grant than to write (etcd), and
+            // that a grant a failover lost is still held when the new
+            // master grants it again (no-ack).
             Variant::CloseSharedBackend
             | Variant::LimitAboveCapacity
-            | Variant::ReadLockedWriter => Stalls {
+            | Variant::ReadLockedWriter
+            | Variant::NoAck => Stalls {
                 overdue: 0.0,
                 delayed: 0.0,
                 slow: 0.25,

@@ -106,6 +106,17 @@ pub(super) async fn apply(
         }
         FaultKind::Flushall => fault.detail = store.flushall().await,
         FaultKind::WipeRestart => fault.detail = store.wipe_restart().await,
+        FaultKind::MasterKill
+        | FaultKind::ManualFailover
+        | FaultKind::ReplicaPause
+        | FaultKind::CutFailover
+        | FaultKind::SentinelFailover => {
+            // A cluster fault hits the master of one of the keys.
+            let key = &pool.keys[plan.client as usize % pool.keys.len()];
+            fault.detail = store
+                .topology_fault(plan.kind, super::NAMESPACE, key, plan.duration)
+                .await;
+        }
     }
     fault.end = clock::now_ns();
     Ok(Some(fault))

@@ -60,6 +60,12 @@ pub struct RunConfig {
     pub min_coverage: bool,
     /// Whether the nemesis injects faults.
     pub faults: bool,
+    /// The fault kinds, instead of the variant's on the backend
+    /// ([`Variant::fault_kinds`]).
+    pub fault_kinds: Option<Vec<FaultKind>>,
+    /// On a replicated Redis, how many replicas acknowledge each grant and
+    /// extend (`?replicas=N`); `None`: the backend's default.
+    pub replicas: Option<usize>,
     /// Pause between two faults, drawn uniformly from this range.
     pub fault_interval: (Duration, Duration),
     /// Allowed lateness of `lost()` past the validity deadline.
@@ -73,6 +79,15 @@ pub struct RunConfig {
     pub cli_bin: Option<PathBuf>,
     /// The command line, recorded in `run.json`.
     pub command: String,
+}
+
+impl RunConfig {
+    /// The fault kinds the nemesis deals.
+    pub fn fault_kinds(&self) -> &[FaultKind] {
+        self.fault_kinds
+            .as_deref()
+            .unwrap_or_else(|| self.variant.fault_kinds(self.backend))
+    }
 }
 
 /// Runs one campaign and checks it. The report is also written to
@@ -100,7 +115,7 @@ pub async fn run(cfg: &RunConfig) -> io::Result<Report> {
             command: cfg.command.clone(),
         },
     )?;
-    let mut store = Store::start(cfg.backend, &cfg.out).await;
+    let mut store = Store::start(cfg.backend, &cfg.out, cfg.replicas).await;
     let register =
         Register::start(fenced, JsonLines::create(&cfg.out.join("register.jsonl"))?).await?;
     let faults_log = JsonLines::create(&cfg.out.join("nemesis.jsonl"))?;
@@ -120,7 +135,7 @@ pub async fn run(cfg: &RunConfig) -> io::Result<Report> {
         let mut done = Done::default();
         let mut nemesis = Nemesis::new(
             cfg.seed,
-            cfg.backend.faults(),
+            cfg.fault_kinds(),
             cfg.clients,
             cfg.ttl,
             cfg.backend.waiter_lease(cfg.ttl),
@@ -185,7 +200,7 @@ pub async fn run(cfg: &RunConfig) -> io::Result<Report> {
 
 /// Whether the nemesis is still short of the run's fault minimums.
 fn short_of_faults(cfg: &RunConfig, done: &Done) -> bool {
-    let kinds = cfg.backend.faults();
+    let kinds = cfg.fault_kinds();
     done.faults < cfg.min_faults
         || (cfg.min_coverage
             && (kinds.iter().any(|k| !done.kinds.contains(k))

@@ -12,7 +12,7 @@ use distlock::backend::file::FileBackend;
 use distlock::backend::memory::MemoryBackend;
 use distlock::backend::redis::RedisKeys;
 
-use super::{BackendKind, lock_key};
+use super::{BackendKind, lock_key, with_namespace};
 
 /// A client's side of a store: lockers, and raw access behind the
 /// library's back for the negative controls.
@@ -49,7 +49,7 @@ impl ClientStore {
     pub async fn locker(&self, namespace: &str) -> distlock::Result<Locker> {
         match &self.memory {
             Some(store) => Locker::builder(store.clone()).namespace(namespace).build(),
-            None => Locker::from_url(&format!("{}?namespace={namespace}", self.url)).await,
+            None => Locker::from_url(&with_namespace(&self.url, namespace)).await,
         }
     }
 
@@ -110,6 +110,9 @@ impl ClientStore {
                     }
                 }
             }
+            BackendKind::RedisSentinel | BackendKind::RedisCluster => Err(
+                "control 1 is not run on a replicated Redis (see Variant::not_applicable)".into(),
+            ),
             BackendKind::Etcd => {
                 // The seed's etcd unlock: delete the lock's key by name,
                 // whoever holds it now (here: the prefix's holder entry).

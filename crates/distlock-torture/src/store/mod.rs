@@ -4,154 +4,37 @@
 //! negative control 1, and the leftover check), and server faults.
 //!
 //! Adding a backend means one [`BackendKind`] variant plus one arm in each
-//! `match` of this module (see the crate docs for what etcd took).
+//! `match` of this module (see the crate docs for what etcd took). The
+//! replicated Redis topologies live in `redis_ha`.
 
 mod client;
+mod kind;
+mod redis_ha;
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use distlock::backend::etcd::etcd_client::{self, GetOptions};
 use distlock::backend::memory::MemoryBackend;
-use distlock::backend::redis::DEFAULT_WAITER_LEASE;
 use distlock::{Key, LockKey, Locker, Namespace};
 use distlock_testkit::etcd::{EtcdCluster, LeaderStatus};
 use distlock_testkit::proxy::FaultProxy;
 use distlock_testkit::redis::RedisServer;
 use distlock_testkit::server::{ServerProcess, free_port};
-use serde::{Deserialize, Serialize};
 
 pub use client::ClientStore;
+pub use kind::BackendKind;
 
 use crate::nemesis::FaultKind;
+use redis_ha::Replicated;
 
-/// A store the harness can run against.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum BackendKind {
-    /// The in-process memory store: clients are tasks of the orchestrator.
-    Memory,
-    /// `flock`ed files in a directory: clients are processes of this host.
-    File,
-    /// A redis-server (AOF, `appendfsync always`) behind a fault proxy;
-    /// the nemesis also makes it lose its data.
-    Redis,
-    /// A three-member etcd cluster, each member behind a fault proxy for
-    /// its clients and a tagging one for its peers.
-    Etcd,
-}
-
-impl BackendKind {
-    /// Every backend the harness knows.
-    pub const ALL: [BackendKind; 4] = [
-        BackendKind::Memory,
-        BackendKind::File,
-        BackendKind::Redis,
-        BackendKind::Etcd,
-    ];
-
-    /// The name on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            BackendKind::Memory => "memory",
-            BackendKind::File => "file",
-            BackendKind::Redis => "redis",
-            BackendKind::Etcd => "etcd",
-        }
-    }
-
-    /// Whether locks expire by TTL (file locks live as long as their holder).
-    pub fn ttl_expiry(self) -> bool {
-        !matches!(self, BackendKind::File)
-    }
-
-    /// Whether clients are separate processes (memory's are tasks).
-    pub fn client_processes(self) -> bool {
-        !matches!(self, BackendKind::Memory)
-    }
-
-    /// How long after the clients stopped every lock of a killed client is
-    /// gone: its TTL for most stores (Redis: and a killed waiter's place in
-    /// the queue, its waiter lease); for etcd, when clients were killed,
-    /// the lease of a dead process (`max(session TTL 5 s, 1.5 × TTL)`).
-    pub fn settle_time(self, ttl: Duration, killed: bool) -> Duration {
-        let margin = Duration::from_millis(500);
-        match self {
-            BackendKind::Etcd if killed => {
-                let lease = (ttl.as_secs_f64() * 1.5).ceil().max(5.0);
-                Duration::from_secs_f64(lease) + margin * 2
-            }
-            BackendKind::Redis => ttl.max(DEFAULT_WAITER_LEASE) + margin,
-            _ => ttl + margin,
-        }
-    }
-
-    /// How long a waiter's place in the store outlives the waiter: Redis's
-    /// waiter lease; etcd's waiters' lease, which etcd grants for 2 s at
-    /// the least, plus its 0.5 s expiry check ("about 2.5 s", the etcd
-    /// backend's docs); the TTL for the file store, where a waiter holds no
-    /// place at all. A waiter stop lasts longer than this.
-    pub fn waiter_lease(self, ttl: Duration) -> Duration {
-        match self {
-            BackendKind::Redis => ttl.max(DEFAULT_WAITER_LEASE),
-            BackendKind::Etcd => ttl.max(Duration::from_millis(2500)),
-            _ => ttl,
-        }
-    }
-
-    /// The faults the nemesis injects on this backend.
-    pub fn faults(self) -> &'static [FaultKind] {
-        match self {
-            BackendKind::Memory => &[FaultKind::TaskPause, FaultKind::TaskAbort],
-            BackendKind::File => &[
-                FaultKind::ClientStop,
-                FaultKind::ClientKill,
-                FaultKind::WaiterStop,
-            ],
-            BackendKind::Redis => &[
-                FaultKind::ClientStop,
-                FaultKind::ClientKill,
-                FaultKind::WaiterStop,
-                FaultKind::ServerKill,
-                FaultKind::ServerStop,
-                FaultKind::ProxyReset,
-                FaultKind::ProxyBlackhole,
-                FaultKind::Flushall,
-                FaultKind::WipeRestart,
-            ],
-            BackendKind::Etcd => &[
-                FaultKind::ClientStop,
-                FaultKind::ClientKill,
-                FaultKind::WaiterStop,
-                FaultKind::LeaderKill,
-                FaultKind::LeaderIsolate,
-                FaultKind::ServerStop,
-                FaultKind::ProxyReset,
-                FaultKind::ProxyBlackhole,
-            ],
-        }
-    }
-}
-
-impl fmt::Display for BackendKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for BackendKind {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        BackendKind::ALL
-            .into_iter()
-            .find(|b| b.name() == s)
-            .ok_or_else(|| format!("unknown backend {s:?}; expected memory, file, redis or etcd"))
-    }
+/// `url` with `?namespace=NAME` (or `&namespace=NAME`, when it has
+/// parameters already).
+pub fn with_namespace(url: &str, namespace: &str) -> String {
+    let join = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{join}namespace={namespace}")
 }
 
 fn lock_key(namespace: &str, key: &str) -> LockKey {
@@ -176,6 +59,7 @@ pub struct Store {
     memory: Option<Arc<MemoryBackend>>,
     redis: Option<RedisServer>,
     etcd: Option<EtcdCluster>,
+    replicated: Option<Replicated>,
     /// Between the clients and each server (member).
     proxies: Vec<FaultProxy>,
     /// In front of each etcd member's peer port, tagging connections with
@@ -184,30 +68,33 @@ pub struct Store {
 }
 
 impl Store {
-    /// Starts the store for `kind`, keeping its files under `run_dir`.
-    pub async fn start(kind: BackendKind, run_dir: &Path) -> Store {
+    /// Starts the store for `kind`, keeping its files under `run_dir`; on
+    /// a replicated Redis, clients ask for `replicas` acknowledgements of
+    /// each grant and extend (`?replicas=N`; `None`: the backend's default).
+    pub async fn start(kind: BackendKind, run_dir: &Path, replicas: Option<usize>) -> Store {
+        let none = Store {
+            kind,
+            client_url: String::new(),
+            memory: None,
+            redis: None,
+            etcd: None,
+            replicated: None,
+            proxies: Vec::new(),
+            peer_proxies: Vec::new(),
+        };
         match kind {
             BackendKind::Memory => Store {
-                kind,
                 client_url: "memory://".into(),
                 memory: Some(Arc::new(MemoryBackend::new())),
-                redis: None,
-                etcd: None,
-                proxies: Vec::new(),
-                peer_proxies: Vec::new(),
+                ..none
             },
             BackendKind::File => {
                 let dir = run_dir.join("locks");
                 std::fs::create_dir_all(&dir).expect("create the lock directory");
                 let dir = dir.canonicalize().expect("an absolute lock directory");
                 Store {
-                    kind,
                     client_url: format!("file://{}", dir.display()),
-                    memory: None,
-                    redis: None,
-                    etcd: None,
-                    proxies: Vec::new(),
-                    peer_proxies: Vec::new(),
+                    ..none
                 }
             }
             BackendKind::Redis => {
@@ -220,13 +107,10 @@ impl Store {
                     .expect("a socket address");
                 let proxy = FaultProxy::start(upstream).await.expect("start the proxy");
                 Store {
-                    kind,
                     client_url: format!("redis://{}/", proxy.addr()),
-                    memory: None,
                     redis: Some(server),
-                    etcd: None,
                     proxies: vec![proxy],
-                    peer_proxies: Vec::new(),
+                    ..none
                 }
             }
             BackendKind::Etcd => {
@@ -261,13 +145,22 @@ impl Store {
                     .map(|p| p.addr().to_string())
                     .collect::<Vec<_>>();
                 Store {
-                    kind,
                     client_url: format!("etcd://{}", endpoints.join(",")),
-                    memory: None,
-                    redis: None,
                     etcd: Some(cluster),
                     proxies,
                     peer_proxies,
+                    ..none
+                }
+            }
+            BackendKind::RedisSentinel | BackendKind::RedisCluster => {
+                let topology = Replicated::start(kind).await;
+                Store {
+                    client_url: match replicas {
+                        Some(n) => format!("{}?replicas={n}", topology.url()),
+                        None => topology.url(),
+                    },
+                    replicated: Some(topology),
+                    ..none
                 }
             }
         }
@@ -297,16 +190,22 @@ impl Store {
                 .namespace(namespace)
                 .build()
                 .expect("valid namespace"),
-            BackendKind::File => {
-                Locker::from_url(&format!("{}?namespace={namespace}", self.client_url))
-                    .await
-                    .expect("open the lock directory")
-            }
+            BackendKind::File => Locker::from_url(&with_namespace(&self.client_url, namespace))
+                .await
+                .expect("open the lock directory"),
             BackendKind::Redis => {
                 let url = self.redis.as_ref().expect("redis server").url();
-                Locker::from_url(&format!("{url}?namespace={namespace}"))
+                Locker::from_url(&with_namespace(&url, namespace))
                     .await
                     .expect("connect to redis")
+            }
+            BackendKind::RedisSentinel | BackendKind::RedisCluster => {
+                // A failover may still be under way.
+                let topology = self.replicated.as_ref().expect("a replicated Redis");
+                topology.wait_settled().await;
+                Locker::from_url(&with_namespace(&self.client_url, namespace))
+                    .await
+                    .expect("connect to the replicated Redis")
             }
             BackendKind::Etcd => {
                 let cluster = self.etcd.as_ref().expect("etcd");
@@ -336,7 +235,11 @@ impl Store {
                 Err(e) => found.push(format!("{key} (holders failed: {e})")),
             }
         }
-        if let Some(server) = &self.redis {
+        let masters = match &self.replicated {
+            Some(topology) => topology.masters().await,
+            None => self.redis.iter().collect(),
+        };
+        for server in masters {
             let mut conn = server.admin().await;
             // Permits live in `expiries` and `permits` beside the lock key;
             // the last one out must leave neither.
@@ -384,7 +287,11 @@ impl Store {
     fn servers(&self) -> Vec<&ServerProcess> {
         let redis = self.redis.iter().map(|r| r.process());
         let etcd = self.etcd.iter().flat_map(|c| c.members.iter());
-        redis.chain(etcd.map(|m| &m.process)).collect()
+        let replicated = self.replicated.iter().flat_map(|t| t.servers());
+        redis
+            .chain(etcd.map(|m| &m.process))
+            .chain(replicated)
+            .collect()
     }
 
     /// The etcd leader, and the words that name it in fault details.
@@ -424,6 +331,23 @@ impl Store {
         )
     }
 
+    /// A replicated Redis: carries out topology fault `kind` (see
+    /// [`FaultKind::topology_fault`]) aimed at `key` of `namespace` (on a
+    /// cluster: its slot's master), lasting `duration` where it lasts.
+    /// Describes it.
+    pub async fn topology_fault(
+        &mut self,
+        kind: FaultKind,
+        namespace: &str,
+        key: &str,
+        duration: Duration,
+    ) -> String {
+        match &mut self.replicated {
+            Some(topology) => topology.fault(kind, namespace, key, duration).await,
+            None => format!("{kind}: not a replicated Redis"),
+        }
+    }
+
     /// Redis: `FLUSHALL`, sent to the server directly. Describes it; a
     /// server that does not take a connection within a few seconds (just
     /// restarted, or paused by an earlier fault) is reported, not a panic.
@@ -431,7 +355,7 @@ impl Store {
         let Some(server) = &self.redis else {
             return "no Redis server".into();
         };
-        let mut conn = match admin_within(server, Duration::from_secs(5)).await {
+        let mut conn = match admin_within(&server.url(), Duration::from_secs(5)).await {
             Ok(conn) => conn,
             Err(e) => return format!("FLUSHALL not sent: {e}"),
         };
@@ -531,13 +455,13 @@ impl Store {
     }
 }
 
-/// An admin connection to `server`, retried until `within` has passed.
+/// An admin connection to the Redis at `url`, retried until `within` has passed.
 async fn admin_within(
-    server: &RedisServer,
+    url: &str,
     within: Duration,
 ) -> Result<redis::aio::MultiplexedConnection, String> {
     let deadline = tokio::time::Instant::now() + within;
-    let client = redis::Client::open(server.url()).map_err(|e| e.to_string())?;
+    let client = redis::Client::open(url).map_err(|e| e.to_string())?;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let attempt = tokio::time::timeout(left, client.get_multiplexed_async_connection()).await;

@@ -14,6 +14,7 @@ use ::redis::{
 use futures::future::join_all;
 use tokio::time::timeout;
 
+use super::NAME;
 use super::conn::Conn;
 use super::errors::{Who, is_unknown_database, map_err, url_of};
 use super::sentinel::SentinelMaster;
@@ -142,7 +143,7 @@ impl Dial {
                 // ROLE, and a refusal there (credentials, certificate,
                 // database) comes back from it at once, not retried.
                 let work = SentinelMaster::connect(
-                    sentinels,
+                    sentinels.clone(),
                     master.clone(),
                     node,
                     db,
@@ -154,7 +155,22 @@ impl Dial {
                         let found = Arc::new(found);
                         Ok((Conn::Sentinel(found.clone()), Source::Sentinel(found)))
                     }
+                    // redis-rs says "not found" also when every sentinel
+                    // flags the master down: a failover under way, which
+                    // passes (the torture harness's `distlock run` exited 64
+                    // between a master's kill and its replica's promotion).
                     Ok(Err(e)) if e.kind() == ErrorKind::MasterNameNotFoundBySentinel => {
+                        if self.sentinels_know(&sentinels, &master).await {
+                            return Err(Error::backend(
+                                NAME,
+                                "connect",
+                                format!(
+                                    "the sentinels {} know {master:?} but name no master that \
+                                     is up (a failover under way?): {e}",
+                                    addrs(&sentinels)
+                                ),
+                            ));
+                        }
                         Err(Error::InvalidUrl {
                             url: described,
                             reason: format!(
@@ -244,6 +260,34 @@ impl Dial {
             }
         }
         hopeless.map_or(Ok(()), Err)
+    }
+
+    /// Whether any of `sentinels` monitors a master named `master`
+    /// (`SENTINEL GET-MASTER-ADDR-BY-NAME` answers an address, down or
+    /// not); a sentinel that does not answer knows nothing.
+    async fn sentinels_know(&self, sentinels: &[ConnectionInfo], master: &str) -> bool {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connection_timeout))
+            .set_response_timeout(Some(self.response_timeout));
+        let within = self.connection_timeout + self.response_timeout;
+        let asks = sentinels.iter().map(|sentinel| {
+            let config = config.clone();
+            async move {
+                let work = async {
+                    let client = Client::open(sentinel.clone())?;
+                    let mut conn = client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await?;
+                    ::redis::cmd("SENTINEL")
+                        .arg("GET-MASTER-ADDR-BY-NAME")
+                        .arg(master)
+                        .query_async::<Option<(String, u16)>>(&mut conn)
+                        .await
+                };
+                matches!(timeout(within, work).await, Ok(Ok(Some(_))))
+            }
+        });
+        join_all(asks).await.into_iter().any(|known| known)
     }
 
     /// What a failed connection to `client` means.
