@@ -227,6 +227,16 @@ impl Nemesis {
         lo + (hi.saturating_sub(lo)).mul_f64(self.rng.f64())
     }
 
+    /// Deals `kind` next, ahead of the deck: a run short of that kind's
+    /// coverage asks for it again.
+    pub fn deal_next(&mut self, kind: FaultKind) {
+        if self.deck.is_empty() {
+            self.deck = self.kinds.clone();
+            self.rng.shuffle(&mut self.deck);
+        }
+        self.deck.push(kind);
+    }
+
     /// The next fault.
     pub fn next_fault(&mut self) -> PlannedFault {
         let wait = self.between(self.interval.0, self.interval.1);
@@ -304,5 +314,25 @@ mod tests {
                 _ => {}
             }
         }
+    }
+
+    #[test]
+    fn a_kind_asked_for_again_is_dealt_next_and_the_deck_goes_on() {
+        let kinds = [
+            FaultKind::ClientStop,
+            FaultKind::ServerKill,
+            FaultKind::WaiterStop,
+        ];
+        let second = Duration::from_secs(1);
+        let mut n = Nemesis::new(3, &kinds, 4, second, second, (second, second));
+        for _ in 0..2 {
+            n.deal_next(FaultKind::WaiterStop);
+            assert_eq!(n.next_fault().kind, FaultKind::WaiterStop);
+        }
+        let mut deal: Vec<_> = (0..3).map(|_| n.next_fault().kind).collect();
+        deal.sort();
+        let mut all = kinds.to_vec();
+        all.sort();
+        assert_eq!(deal, all, "the asked-for faults came on top of a full deal");
     }
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{MS, Run, grant, invoke, write};
+use common::{MS, Run, grant, invoke, lost, release_invoke, write};
 use distlock_torture::checker::ViolationKind;
 use distlock_torture::history::{CloseWhy, Event, LostCause, Mode};
 use distlock_torture::nemesis::FaultKind;
@@ -81,13 +81,7 @@ fn a_release_ok_after_a_newer_grant_is_caught() {
     let run = Run::new("release-after-loss");
     let mut first = grant(1, 5, 100, 1100, None);
     first.extend([
-        Event::ReleaseInvoke {
-            op: 3,
-            grant: 1,
-            valid_until: 1100 * MS,
-            by_name: false,
-            t: 700 * MS,
-        },
+        release_invoke(3, 1, 1100, 700),
         Event::ReleaseOk { op: 3, t: 900 * MS },
     ]);
     run.client(0, &first);
@@ -108,18 +102,8 @@ fn writes_outside_the_section_and_late_losses_are_caught() {
 
     let lost_at = |at: i64| {
         let mut events = grant(1, 5, 100, 300, None);
-        events.push(Event::Lost {
-            grant: 1,
-            reason: LostCause::Expired,
-            t: at * MS,
-        });
-        events.push(Event::ReleaseInvoke {
-            op: 3,
-            grant: 1,
-            valid_until: 300 * MS,
-            by_name: false,
-            t: (at + 10) * MS,
-        });
+        events.push(lost(1, LostCause::Expired, at));
+        events.push(release_invoke(3, 1, 300, at + 10));
         events
     };
     let run = Run::new("lost-on-time");
@@ -136,13 +120,7 @@ fn writes_outside_the_section_and_late_losses_are_caught() {
     // with a refresh maybe in flight): excused, and counted.
     let run = Run::new("lost-late-releasing");
     let mut events = grant(1, 5, 100, 300, None);
-    events.push(Event::ReleaseInvoke {
-        op: 3,
-        grant: 1,
-        valid_until: 300 * MS,
-        by_name: false,
-        t: 200 * MS,
-    });
+    events.push(release_invoke(3, 1, 300, 200));
     events.push(lost(1, LostCause::Expired, 400));
     run.client(0, &events);
     let report = run.report();
@@ -152,13 +130,7 @@ fn writes_outside_the_section_and_late_losses_are_caught() {
     // carry it (the release's start plus the TTL).
     let run = Run::new("lost-late-after-releasing");
     let mut events = grant(1, 5, 100, 300, None);
-    events.push(Event::ReleaseInvoke {
-        op: 3,
-        grant: 1,
-        valid_until: 300 * MS,
-        by_name: false,
-        t: 200 * MS,
-    });
+    events.push(release_invoke(3, 1, 300, 200));
     events.push(lost(1, LostCause::Expired, 1300));
     run.client(0, &events);
     assert_eq!(run.violations(), vec![ViolationKind::LostLate]);
@@ -177,14 +149,6 @@ fn close(locker: u64, at: i64) -> Event {
         locker,
         why: CloseWhy::Race,
         backend: false,
-        t: at * MS,
-    }
-}
-
-fn lost(grant: u64, reason: LostCause, at: i64) -> Event {
-    Event::Lost {
-        grant,
-        reason,
         t: at * MS,
     }
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{MS, Run, grant, invoke, write};
+use common::{MS, Run, grant, invoke, release_invoke, write};
 use distlock_torture::checker::ViolationKind;
 use distlock_torture::history::{Event, LostCause, Mode};
 use distlock_torture::nemesis::FaultKind;
@@ -14,18 +14,8 @@ use distlock_torture::variant::Workload;
 /// lost at `lost` (Expired), then resigned (`NotHeld`) at `resign`.
 fn lost_term(token: u64, ok: i64, until: i64, lost: i64, resign: i64) -> Vec<Event> {
     let mut events = grant(1, token, ok, until, None);
-    events.push(Event::Lost {
-        grant: 1,
-        reason: LostCause::Expired,
-        t: lost * MS,
-    });
-    events.push(Event::ReleaseInvoke {
-        op: 3,
-        grant: 1,
-        valid_until: until * MS,
-        by_name: false,
-        t: resign * MS,
-    });
+    events.push(common::lost(1, LostCause::Expired, lost));
+    events.push(release_invoke(3, 1, until, resign));
     events.push(Event::ReleaseFail {
         op: 3,
         not_held: true,

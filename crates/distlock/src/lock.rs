@@ -263,6 +263,11 @@ impl RefreshHandle {
     /// not be called again. Idempotent; never reports an error caused by
     /// stopping.
     ///
+    /// An extend already sent may still be answered after this returns,
+    /// and then moves [`Lock::valid_until`] later: the store did extend the
+    /// lease. So a lock's validity after `stop` is at most one TTL past
+    /// the moment `stop` was called.
+    ///
     /// # Cancel safety
     ///
     /// Refreshing has stopped once this is first polled; dropping the

@@ -20,8 +20,6 @@ pub(super) struct Done {
     pub(super) faults: u64,
     /// Their kinds.
     pub(super) kinds: BTreeSet<FaultKind>,
-    /// Waiter stops that found a client waiting.
-    pub(super) waiters_stopped: u64,
 }
 
 /// Carries out one fault and describes it; `None` when it is logged later
@@ -55,7 +53,7 @@ pub(super) async fn apply(
             fault.detail = format!("stopped {} ms", plan.duration.as_millis());
         }
         FaultKind::WaiterStop => {
-            waiter_stop::stop_a_waiter(pool, plan, done, log).await;
+            waiter_stop::stop_a_waiter(pool, plan, log).await;
             return Ok(None);
         }
         FaultKind::ClientKill | FaultKind::TaskAbort => {

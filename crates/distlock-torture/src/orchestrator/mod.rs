@@ -156,13 +156,21 @@ pub async fn run(cfg: &RunConfig) -> io::Result<Report> {
                 pool.resume_due(&faults_log, false);
             }
             if Instant::now() >= end_at {
+                let no_waiter_caught = cfg.faults
+                    && cfg.min_coverage
+                    && cfg.backend.faults().contains(&FaultKind::WaiterStop)
+                    && pool.waiters_caught() == 0;
                 let short = (register.grants_seen() as u64) < cfg.min_acquisitions
-                    || (cfg.faults && short_of_faults(cfg, &done));
+                    || (cfg.faults && short_of_faults(cfg, &done))
+                    || no_waiter_caught;
                 if !short || Instant::now() >= begun + cfg.max_duration {
                     break;
                 }
                 // Short of the minimums: go on a little longer.
                 end_at = (Instant::now() + Duration::from_secs(2)).min(begun + cfg.max_duration);
+                if no_waiter_caught {
+                    nemesis.deal_next(FaultKind::WaiterStop);
+                }
             }
             if let Some(plan) = plan
                 && let Some(fault) =
@@ -202,9 +210,7 @@ pub async fn run(cfg: &RunConfig) -> io::Result<Report> {
 fn short_of_faults(cfg: &RunConfig, done: &Done) -> bool {
     let kinds = cfg.fault_kinds();
     done.faults < cfg.min_faults
-        || (cfg.min_coverage
-            && (kinds.iter().any(|k| !done.kinds.contains(k))
-                || (kinds.contains(&FaultKind::WaiterStop) && done.waiters_stopped == 0)))
+        || (cfg.min_coverage && kinds.iter().any(|k| !done.kinds.contains(k)))
 }
 
 fn prepare_dir(dir: &Path) -> io::Result<()> {

@@ -122,8 +122,18 @@ impl Slot {
 struct HeldStop {
     client: usize,
     incarnation: u32,
+    /// The obtain it was stopped waiting on, if any.
+    waiting: Option<u64>,
     until: Instant,
     fault: Fault,
+}
+
+/// A resumed waiter stop whose obtain's answer is not read yet.
+struct Unconfirmed {
+    client: usize,
+    incarnation: u32,
+    op: u64,
+    end: i64,
 }
 
 pub(super) struct Pool<'a> {
@@ -136,6 +146,10 @@ pub(super) struct Pool<'a> {
     pub(super) crashed: Vec<String>,
     /// Waiter stops still in force: they outlast the pause between faults.
     held: Vec<HeldStop>,
+    /// Resumed waiter stops not yet known to have caught their obtain.
+    unconfirmed: Vec<Unconfirmed>,
+    /// Waiter stops whose obtain stayed unanswered until they ended.
+    waiters_caught: u64,
 }
 
 impl<'a> Pool<'a> {
@@ -155,6 +169,8 @@ impl<'a> Pool<'a> {
             slots: Vec::new(),
             crashed: Vec::new(),
             held: Vec::new(),
+            unconfirmed: Vec::new(),
+            waiters_caught: 0,
         }
     }
 
@@ -384,14 +400,48 @@ impl<'a> Pool<'a> {
     }
 
     /// Keeps `client` stopped until `until`; `fault` is logged on resume.
-    pub(super) fn hold_stopped(&mut self, client: usize, until: Instant, fault: Fault) {
+    /// `waiting`: the obtain it was stopped on, confirmed once answered.
+    pub(super) fn hold_stopped(
+        &mut self,
+        client: usize,
+        waiting: Option<u64>,
+        until: Instant,
+        fault: Fault,
+    ) {
         let incarnation = self.slots[client].incarnation();
         self.held.push(HeldStop {
             client,
             incarnation,
+            waiting,
             until,
             fault,
         });
+    }
+
+    /// The waiter stops known to have caught a client waiting: its obtain
+    /// was answered after the stop ended, as the checker counts them. The
+    /// stop itself cannot tell: a client times an answer before writing
+    /// it, so one answered as the stop landed looks pending while stopped.
+    /// A client respawned before its answer was read is not counted.
+    pub(super) fn waiters_caught(&mut self) -> u64 {
+        let mut unconfirmed = std::mem::take(&mut self.unconfirmed);
+        unconfirmed.retain(|u| {
+            let slot = &mut self.slots[u.client];
+            if slot.incarnation() != u.incarnation {
+                return false;
+            }
+            let (Slot::Process { tail, .. } | Slot::Task { tail, .. }) = slot;
+            tail.update();
+            match tail.answered_at(u.op) {
+                Some(t) => {
+                    self.waiters_caught += u64::from(t > u.end);
+                    false
+                }
+                None => true,
+            }
+        });
+        self.unconfirmed = unconfirmed;
+        self.waiters_caught
     }
 
     /// Resumes the held clients that are due (all with `all`), logging
@@ -409,6 +459,14 @@ impl<'a> Pool<'a> {
             let slot = &self.slots[stop.client];
             if slot.incarnation() == stop.incarnation {
                 slot.signal_group(Signal::SIGCONT);
+                if let Some(op) = stop.waiting {
+                    self.unconfirmed.push(Unconfirmed {
+                        client: stop.client,
+                        incarnation: stop.incarnation,
+                        op,
+                        end: stop.fault.end,
+                    });
+                }
             }
             let _ = write!(
                 stop.fault.detail,

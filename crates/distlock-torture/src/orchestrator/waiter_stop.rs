@@ -6,14 +6,15 @@
 //! reading its history and the stop landing. So the stop is confirmed
 //! once the process is seen stopped (its history then holds everything it
 //! did before); a stop that missed is undone at once, logged as the brief
-//! client stop it was, and the search goes on.
+//! client stop it was, and the search goes on. Even then an answer timed
+//! just before the stop may be written after it, so the pool counts a
+//! stop as a catch only once the answer is read (`Pool::waiters_caught`).
 
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use tokio::time::{Instant, sleep};
 
-use super::faults::Done;
 use super::pool::Pool;
 use super::waiters::Waiting;
 use crate::clock;
@@ -31,12 +32,7 @@ const LANDING: Duration = Duration::from_millis(200);
 /// Stops a waiting client (else the planned one) and hands it to the pool,
 /// which resumes it and logs the fault when `plan.duration` is over.
 /// Earlier stops still resume on time while it searches.
-pub(super) async fn stop_a_waiter(
-    pool: &mut Pool<'_>,
-    plan: PlannedFault,
-    done: &mut Done,
-    log: &JsonLines,
-) {
+pub(super) async fn stop_a_waiter(pool: &mut Pool<'_>, plan: PlannedFault, log: &JsonLines) {
     let give_up = Instant::now() + SEARCH;
     loop {
         let found = if Instant::now() < give_up {
@@ -67,7 +63,7 @@ pub(super) async fn stop_a_waiter(
                 "stopping {} ms; no client was waiting",
                 plan.duration.as_millis()
             );
-            pool.hold_stopped(client, Instant::now() + plan.duration, fault);
+            pool.hold_stopped(client, None, Instant::now() + plan.duration, fault);
             return;
         };
         let landing = Instant::now() + LANDING;
@@ -87,7 +83,6 @@ pub(super) async fn stop_a_waiter(
             log.append(&fault);
             continue;
         }
-        done.waiters_stopped += 1;
         fault.detail = format!(
             "stopping {} ms while waiting {} ms for {} (obtain {})",
             plan.duration.as_millis(),
@@ -95,7 +90,12 @@ pub(super) async fn stop_a_waiter(
             waiting.key,
             waiting.op
         );
-        pool.hold_stopped(client, Instant::now() + plan.duration, fault);
+        pool.hold_stopped(
+            client,
+            Some(waiting.op),
+            Instant::now() + plan.duration,
+            fault,
+        );
         return;
     }
 }

@@ -22,6 +22,8 @@ pub(super) struct Tail {
     pending: HashMap<u64, (String, i64)>,
     /// Grants neither released, lost nor ended (CLI: `distlock` exited).
     holding: HashSet<u64>,
+    /// Obtain id → when it was answered (ns), as the checker times it.
+    answered: HashMap<u64, i64>,
 }
 
 /// An obtain in progress.
@@ -40,6 +42,7 @@ impl Tail {
             partial: Vec::new(),
             pending: HashMap::new(),
             holding: HashSet::new(),
+            answered: HashMap::new(),
         }
     }
 
@@ -67,12 +70,12 @@ impl Tail {
                 Event::ObtainInvoke { op, key, t, .. } => {
                     self.pending.insert(op, (key, t));
                 }
-                Event::ObtainOk { op, .. } | Event::SectionStart { op, .. } => {
-                    self.pending.remove(&op);
+                Event::ObtainOk { op, t, .. } | Event::SectionStart { op, t, .. } => {
+                    self.answer(op, t);
                     self.holding.insert(op);
                 }
-                Event::ObtainFail { op, .. } | Event::CliExit { op, .. } => {
-                    self.pending.remove(&op);
+                Event::ObtainFail { op, t, .. } | Event::CliExit { op, t, .. } => {
+                    self.answer(op, t);
                     self.holding.remove(&op);
                 }
                 Event::ReleaseInvoke { grant, .. } | Event::Lost { grant, .. } => {
@@ -81,6 +84,20 @@ impl Tail {
                 _ => {}
             }
         }
+    }
+
+    /// Obtain `op`'s first answer, at `t`.
+    fn answer(&mut self, op: u64, t: i64) {
+        if self.pending.remove(&op).is_some() {
+            self.answered.insert(op, t);
+        }
+    }
+
+    /// When obtain `op` was answered (ns), if its history says so yet. A
+    /// client times its answer before writing it, so an answer may turn up
+    /// later with an earlier time.
+    pub(super) fn answered_at(&self, op: u64) -> Option<i64> {
+        self.answered.get(&op).copied()
     }
 
     /// Whether the client holds a grant (as far as its history tells).
@@ -163,6 +180,13 @@ mod tests {
             .unwrap();
         tail.update();
         assert_eq!(tail.waiting(100), None);
+        assert_eq!(
+            tail.answered_at(1),
+            Some(30),
+            "a CLI exit answers its obtain"
+        );
+        assert_eq!(tail.answered_at(2), Some(40));
+        assert_eq!(tail.answered_at(3), None, "never invoked");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use distlock_torture::checker::{Report, ViolationKind, check};
 use distlock_torture::history::{
-    Event, Fault, JsonLines, Mode, RegisterEntry, RunEnd, RunMeta, write_json,
+    Event, Fault, JsonLines, LostCause, Mode, RegisterEntry, RunEnd, RunMeta, write_json,
 };
 use distlock_torture::nemesis::FaultKind;
 use distlock_torture::variant::{Variant, Workload};
@@ -149,6 +149,27 @@ pub fn write_as(mode: Mode, op: u64, grant: u64, token: u64, at: i64, valid_unti
     }
 }
 
+/// Release `op` of grant `grant` (by its owner), whose deadline is
+/// `until` ms, invoked at `at` ms.
+pub fn release_invoke(op: u64, grant: u64, until: i64, at: i64) -> Event {
+    Event::ReleaseInvoke {
+        op,
+        grant,
+        valid_until: until * MS,
+        by_name: false,
+        t: at * MS,
+    }
+}
+
+/// Grant `grant` reported lost for `reason` at `at` ms.
+pub fn lost(grant: u64, reason: LostCause, at: i64) -> Event {
+    Event::Lost {
+        grant,
+        reason,
+        t: at * MS,
+    }
+}
+
 /// A grant `op` of key k with `token`: obtained at `ok` ms, valid until
 /// `until` ms, one write at `ok + 1`, released at `release` ms (if any).
 pub fn grant(op: u64, token: u64, ok: i64, until: i64, release: Option<i64>) -> Vec<Event> {
@@ -181,13 +202,7 @@ pub fn grant_as(
         },
     ];
     if let Some(at) = release {
-        events.push(Event::ReleaseInvoke {
-            op: op + 2,
-            grant: op,
-            valid_until: until * MS,
-            by_name: false,
-            t: at * MS,
-        });
+        events.push(release_invoke(op + 2, op, until, at));
         events.push(Event::ReleaseOk {
             op: op + 2,
             t: (at + 1) * MS,

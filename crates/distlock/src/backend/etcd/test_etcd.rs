@@ -5,9 +5,12 @@
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etcd_client::Client;
+
+use super::{EtcdBackend, EtcdOptions};
 
 pub(super) struct TestEtcd {
     child: Child,
@@ -80,6 +83,17 @@ impl TestEtcd {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         client
+    }
+
+    /// A backend of its own (its own session, leases and watch stream, as
+    /// another process would have), with a 2 s session TTL.
+    pub(super) async fn backend(&self) -> Arc<EtcdBackend> {
+        let options = EtcdOptions::new().session_ttl(Duration::from_secs(2));
+        Arc::new(
+            EtcdBackend::connect([self.endpoint()], options)
+                .await
+                .unwrap(),
+        )
     }
 
     /// Stops (`SIGSTOP`) or continues (`SIGCONT`) the server: requests sent

@@ -12,7 +12,6 @@ use etcd_client::{Client, GetOptions};
 use tokio::time::{Instant, sleep, timeout};
 
 use super::test_etcd::TestEtcd;
-use super::{EtcdBackend, EtcdOptions};
 use crate::backend::{AcquireRequest, Attempt, Backend, Renewal};
 use crate::{Error, Key, LockKey, Locker, LostReason, Namespace, ObtainOptions, OwnerToken};
 use crate::{RetryStrategy, Share};
@@ -26,19 +25,10 @@ async fn server() -> (TestEtcd, Client) {
     (etcd, client)
 }
 
-async fn backend(etcd: &TestEtcd) -> Arc<EtcdBackend> {
-    let options = EtcdOptions::new().session_ttl(Duration::from_secs(2));
-    Arc::new(
-        EtcdBackend::connect([etcd.endpoint()], options)
-            .await
-            .unwrap(),
-    )
-}
-
 /// A locker of its own backend (its own leases and watch stream, as
 /// another process would have), in namespace `ns`.
 async fn locker(etcd: &TestEtcd, ns: &str) -> Locker {
-    Locker::builder(backend(etcd).await)
+    Locker::builder(etcd.backend().await)
         .namespace(ns)
         .build()
         .unwrap()
@@ -359,7 +349,7 @@ async fn a_permit_expires_alone() {
         .await
         .unwrap();
     // Its backend's leases revoked, as if its process had died.
-    let gone_backend = backend(&etcd).await;
+    let gone_backend = etcd.backend().await;
     let c = Locker::builder(gone_backend.clone())
         .namespace(ns)
         .build()
@@ -455,7 +445,7 @@ async fn holders_lists_every_holder_oldest_first_and_inspect_the_latest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grants_are_idempotent_and_extend_all_renews_leases_of_every_mode_and_only_held_ones() {
     let (etcd, mut raw) = server().await;
-    let backend = backend(&etcd).await;
+    let backend = etcd.backend().await;
     let key = |k: &str| LockKey {
         namespace: Namespace::new("extend").unwrap(),
         key: Key::new(k).unwrap(),

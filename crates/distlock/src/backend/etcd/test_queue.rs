@@ -4,28 +4,17 @@
 //! fencing token is not chosen until that put, so reporting it would show
 //! a term or token no grant ever had.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::test_etcd::TestEtcd;
-use super::{EtcdBackend, EtcdOptions};
 use crate::backend::{AcquireRequest, Attempt, Backend};
 use crate::{Key, LockKey, Namespace, OwnerToken, Share};
-
-async fn backend(etcd: &TestEtcd) -> Arc<EtcdBackend> {
-    let options = EtcdOptions::new().session_ttl(Duration::from_secs(2));
-    Arc::new(
-        EtcdBackend::connect([etcd.endpoint()], options)
-            .await
-            .unwrap(),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admitted_waiter_is_no_holder_until_its_grant_is_written() {
     let etcd = tokio::task::spawn_blocking(TestEtcd::start).await.unwrap();
     // Two backends: two processes' sessions and leases.
-    let (a, b) = (backend(&etcd).await, backend(&etcd).await);
+    let (a, b) = (etcd.backend().await, etcd.backend().await);
     let ttl = Duration::from_secs(5);
     for (k, share) in [
         ("lock", Share::Exclusive),
