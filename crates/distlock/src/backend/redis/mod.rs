@@ -190,8 +190,13 @@
 //! # ACL
 //!
 //! A Redis user needs the keys `~NS:*`, the channels `&NS:*` and the
-//! commands listed by [`RedisBackend::required_acl`]. A missing permission
-//! is reported as an [`Error::Refused`](crate::Error::Refused) whose message names what is needed.
+//! commands listed by [`RedisBackend::required_acl`], on every node (ACL
+//! users are not replicated: set them on replicas too, which may become
+//! masters). The list serves every topology: the shard channel commands
+//! (`SPUBLISH`, `SSUBSCRIBE`) and `CLUSTER SLOTS` on a cluster, `ROLE` for
+//! the Sentinel lookup, `INFO` and `WAIT` for replica acknowledgement. A
+//! missing permission is reported as an [`Error::Refused`](crate::Error::Refused) whose message
+//! names what is needed.
 //!
 //! # Errors that retrying cannot fix
 //!
@@ -238,9 +243,12 @@
 //! ignore the two markers. An observer is woken by the publish and reads
 //! the key again; expiry publishes nothing (Redis would need keyspace
 //! notifications, a server setting), so a leader that expired is seen at
-//! the observer's next poll or when its time left runs out. `PUBLISH` and
-//! the `&NS:*` channels were already needed for releases: the ACL rules
-//! are unchanged.
+//! the observer's next poll or when its time left runs out. On a cluster
+//! both go out with `SPUBLISH` on the key's shard channel, which the
+//! subscription supervisor subscribes on the slot's node (`SSUBSCRIBE`),
+//! as for waiters (see [URLs](#urls)). `PUBLISH` (`SPUBLISH`) and the
+//! `&NS:*` channels were already needed for releases: observing needs no
+//! other ACL rule.
 
 mod builder;
 mod conn;
