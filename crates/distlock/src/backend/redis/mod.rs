@@ -249,6 +249,14 @@
 //! as for waiters (see [URLs](#urls)). `PUBLISH` (`SPUBLISH`) and the
 //! `&NS:*` channels were already needed for releases: observing needs no
 //! other ACL rule.
+//!
+//! With replica acknowledgement on
+//! (see [Replication](#replication)) a grant is in the store, and
+//! published, before its `WAIT` answers: an observer can see a holder
+//! whose grant is then withdrawn for want of acknowledgement and never
+//! handed out (a term that never led; seen by the CLI's `leader --watch`
+//! test on a loaded machine, where the fresh Sentinel set's first `WAIT`
+//! took over its 500 ms).
 
 mod builder;
 mod conn;
