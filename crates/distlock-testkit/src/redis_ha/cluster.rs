@@ -3,8 +3,10 @@
 mod migration;
 #[cfg(test)]
 mod tests;
+mod view;
 
 pub use migration::SlotMigration;
+use view::{NodeLine, View, key_served_by};
 
 use std::io::Read;
 use std::path::Path;
@@ -14,7 +16,9 @@ use std::time::Duration;
 
 use redis::cmd;
 
-use super::{NODE_OPTIONS, SETTLE_TIMEOUT, ask, info_field, on_own_runtime, settle, tell};
+use super::{
+    NODE_OPTIONS, SETTLE_TIMEOUT, ask, info_field, on_own_runtime, settle, streams_to, tell,
+};
 use crate::redis::RedisServer;
 use crate::server::{free_port, require_binary};
 
@@ -57,74 +61,6 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-/// One line of `CLUSTER NODES`: one node, as the asked node sees it.
-#[derive(Debug)]
-struct NodeLine {
-    id: String,
-    port: u16,
-    myself: bool,
-    /// `fail`, `fail?` (suspected), `handshake` or `noaddr`.
-    unhealthy: bool,
-    /// The master's id, for a replica.
-    master_id: Option<String>,
-    slots: Vec<(u16, u16)>,
-    /// Whether it lists a slot being imported or migrated (`[...]`).
-    open_slots: bool,
-}
-
-impl NodeLine {
-    /// `<id> <ip:port@cport> <flags> <master> <ping> <pong> <epoch> <link> <slot>...`
-    fn parse(line: &str) -> Option<Self> {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let (host, _bus) = fields.get(1)?.split_once('@')?;
-        let port = host.rsplit_once(':')?.1.parse().ok()?;
-        let flags: Vec<&str> = fields.get(2)?.split(',').collect();
-        let mut slots = Vec::new();
-        let mut open_slots = false;
-        for range in fields.iter().skip(8) {
-            if range.starts_with('[') {
-                open_slots = true;
-                continue;
-            }
-            let (start, end) = range.split_once('-').unwrap_or((range, range));
-            slots.push((start.parse().ok()?, end.parse().ok()?));
-        }
-        Some(NodeLine {
-            id: fields[0].to_owned(),
-            port,
-            myself: flags.contains(&"myself"),
-            unhealthy: flags
-                .iter()
-                .any(|f| matches!(*f, "fail" | "fail?" | "handshake" | "noaddr")),
-            master_id: Some(*fields.get(3)?)
-                .filter(|m| *m != "-")
-                .map(str::to_owned),
-            slots,
-            open_slots,
-        })
-    }
-
-    fn serves(&self, slot: u16) -> bool {
-        self.slots
-            .iter()
-            .any(|(start, end)| (*start..=*end).contains(&slot))
-    }
-}
-
-/// The cluster as all reachable nodes agree it is.
-#[derive(Debug)]
-struct View {
-    nodes: Vec<NodeLine>,
-    /// Whether any node reports an open (importing or migrating) slot.
-    open_slots: bool,
-}
-
-impl View {
-    fn owner_port(&self, slot: u16) -> Option<u16> {
-        self.nodes.iter().find(|n| n.serves(slot)).map(|n| n.port)
     }
 }
 
@@ -511,6 +447,16 @@ impl RedisCluster {
                 let replication: String = ask(port, cmd("INFO").arg("replication")).await?;
                 if info_field(&replication, "master_link_status") != Some("up") {
                     return Err(format!("replica {port}: {replication}"));
+                }
+            } else if !lines.iter().any(|n| n.open_slots) {
+                // A key of an open slot may be redirected (`ASK`).
+                let replicas = lines
+                    .iter()
+                    .filter(|n| n.master_id.as_deref() == Some(&*me.id))
+                    .filter(|n| reachable.iter().any(|&r| self.ids[r] == n.id))
+                    .count();
+                if let Some(key) = (replicas > 0).then(|| key_served_by(me)).flatten() {
+                    streams_to(port, &key, replicas).await?;
                 }
             }
             open_slots |= lines.iter().any(|n| n.open_slots);

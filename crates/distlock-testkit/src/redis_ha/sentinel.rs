@@ -5,7 +5,9 @@ use std::sync::OnceLock;
 
 use redis::cmd;
 
-use super::{NODE_OPTIONS, SETTLE_TIMEOUT, ask, info_field, on_own_runtime, settle, tell};
+use super::{
+    NODE_OPTIONS, SETTLE_TIMEOUT, ask, info_field, on_own_runtime, settle, streams_to, tell,
+};
 use crate::redis::RedisServer;
 use crate::server::{ServerProcess, free_port, require_binary};
 
@@ -54,8 +56,8 @@ pub struct SentinelSet {
 }
 
 impl SentinelSet {
-    /// Starts the set and waits until it has settled (typically well
-    /// under a second). Panics, naming the package, if `redis-server` is
+    /// Starts the set and waits until it has settled (typically about a
+    /// second). Panics, naming the package, if `redis-server` is
     /// missing, or with the reason if the set does not settle.
     pub async fn start() -> Self {
         let master = RedisServer::start_with(NODE_OPTIONS);
@@ -359,6 +361,8 @@ impl SentinelSet {
                 return Err(format!("node {port} not yet in place: {info}"));
             }
         }
+        let replicas = (0..self.nodes.len()).filter(reachable).count() - 1;
+        streams_to(master, "distlock-fixture:settled", replicas).await?;
         Ok(index)
     }
 }
