@@ -17,6 +17,10 @@ pub(crate) struct Store {
     pub(crate) expires: bool,
     /// Whether a waiting client leaves entries in the store (a queue).
     pub(crate) queues: bool,
+    /// Whether a grant can be withdrawn after it was stored, so observers
+    /// may see a holder that never held: replicated Redis with replica
+    /// acknowledgement on releases a grant whose `WAIT` fell short.
+    pub(crate) withdraws_grants: bool,
 }
 
 impl Store {
@@ -31,6 +35,7 @@ impl Store {
             fixture: Box::new(fixture),
             expires: false,
             queues: false,
+            withdraws_grants: false,
         }
     }
 
@@ -54,6 +59,7 @@ impl Store {
                 distlock_testkit::redis_ha::MASTER_NAME
             ),
         )
+        .replicated()
     }
 
     /// A Redis Cluster (three masters, three replicas), through
@@ -68,6 +74,7 @@ impl Store {
                 free_port()
             ),
         )
+        .replicated()
     }
 
     #[cfg(feature = "etcd")]
@@ -91,6 +98,17 @@ impl Store {
             unusable,
             expires: true,
             queues: true,
+            withdraws_grants: false,
+        }
+    }
+
+    /// A replicated Redis (its fixture's URL leaves replica acknowledgement
+    /// on, at one replica): a grant whose `WAIT` falls short is withdrawn.
+    #[cfg(feature = "redis")]
+    fn replicated(self) -> Self {
+        Store {
+            withdraws_grants: true,
+            ..self
         }
     }
 

@@ -253,10 +253,11 @@
 //! With replica acknowledgement on
 //! (see [Replication](#replication)) a grant is in the store, and
 //! published, before its `WAIT` answers: an observer can see a holder
-//! whose grant is then withdrawn for want of acknowledgement and never
-//! handed out (a term that never led; seen by the CLI's `leader --watch`
-//! test on a loaded machine, where the fresh Sentinel set's first `WAIT`
-//! took over its 500 ms).
+//! whose grant is then withdrawn for want of acknowledgement. That term
+//! never leads: the grant is handed to no caller, and every later grant
+//! has a greater term, so what an observer sees still increases. (Seen by
+//! the CLI's `leader --watch` test, on a Sentinel set whose master did not
+//! stream to its replica yet: the first `WAIT` there took a second.)
 
 mod builder;
 mod conn;
