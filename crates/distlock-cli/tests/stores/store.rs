@@ -21,6 +21,8 @@ pub(crate) struct Store {
     /// may see a holder that never held: replicated Redis with replica
     /// acknowledgement on releases a grant whose `WAIT` fell short.
     pub(crate) withdraws_grants: bool,
+    /// The CA its servers' certificates come from, when they speak TLS.
+    pub(crate) ca: Option<std::path::PathBuf>,
 }
 
 impl Store {
@@ -36,6 +38,7 @@ impl Store {
             expires: false,
             queues: false,
             withdraws_grants: false,
+            ca: None,
         }
     }
 
@@ -60,6 +63,44 @@ impl Store {
             ),
         )
         .replicated()
+    }
+
+    /// [`sentinel`](Self::sentinel) over TLS, through `rediss+sentinel://`,
+    /// the commands trusting the servers' private CA.
+    #[cfg(feature = "redis")]
+    pub(crate) fn sentinel_tls() -> Self {
+        Self::ha_tls(
+            distlock_testkit::redis_ha::HaFixture::sentinel_tls(),
+            format!(
+                "rediss+sentinel://127.0.0.1:{}/{}",
+                free_port(),
+                distlock_testkit::redis_ha::MASTER_NAME
+            ),
+        )
+    }
+
+    /// [`cluster`](Self::cluster) over TLS, through `rediss+cluster://`,
+    /// the commands trusting the servers' private CA.
+    #[cfg(feature = "redis")]
+    pub(crate) fn cluster_tls() -> Self {
+        Self::ha_tls(
+            distlock_testkit::redis_ha::HaFixture::cluster_tls(),
+            format!("rediss+cluster://127.0.0.1:{}", free_port()),
+        )
+    }
+
+    #[cfg(feature = "redis")]
+    fn ha_tls(
+        fixture: impl std::future::Future<Output = distlock_testkit::redis_ha::HaFixture>,
+        unusable: String,
+    ) -> Self {
+        let runtime = runtime();
+        let fixture = runtime.block_on(fixture);
+        let ca = fixture.ca();
+        Store {
+            ca,
+            ..Self::server(|_| Box::new(fixture), unusable).replicated()
+        }
     }
 
     /// A Redis Cluster (three masters, three replicas), through
@@ -99,6 +140,7 @@ impl Store {
             expires: true,
             queues: true,
             withdraws_grants: false,
+            ca: None,
         }
     }
 
@@ -116,7 +158,8 @@ impl Store {
     /// namespace of their own.
     pub(crate) fn case(&self, case: &str) -> Case {
         let namespace = unique_namespace(case);
-        let dir = TempDir::with_url(case, &self.fixture.url(&namespace));
+        let mut dir = TempDir::with_url(case, &self.fixture.url(&namespace));
+        dir.ca = self.ca.clone();
         Case { namespace, dir }
     }
 

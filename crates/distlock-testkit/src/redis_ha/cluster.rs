@@ -9,7 +9,7 @@ pub use migration::SlotMigration;
 use view::{NodeLine, View, key_served_by};
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -19,6 +19,7 @@ use redis::cmd;
 use super::{
     NODE_OPTIONS, SETTLE_TIMEOUT, ask, info_field, on_own_runtime, settle, streams_to, tell,
 };
+use crate::certs::Certificates;
 use crate::redis::RedisServer;
 use crate::server::{free_port, require_binary};
 
@@ -51,6 +52,8 @@ pub struct RedisCluster {
     ids: Vec<String>,
     /// Each node's cluster bus port.
     buses: Vec<u16>,
+    /// The certificates' directory when every node speaks only TLS.
+    tls: Option<PathBuf>,
 }
 
 /// A child process killed when dropped: `redis-cli` must not outlive a
@@ -70,15 +73,26 @@ impl RedisCluster {
     /// Panics, naming the package, if `redis-server` or `redis-cli` is
     /// missing, or with the reason if the cluster does not settle.
     pub async fn start() -> Self {
+        Self::start_on(None).await
+    }
+
+    /// [`start`](Self::start), every node speaking only TLS with `certs`
+    /// (replication and the cluster bus too): [`url`](Self::url) is
+    /// `rediss+cluster://`.
+    pub async fn start_tls(certs: &Certificates) -> Self {
+        Self::start_on(Some(certs.dir())).await
+    }
+
+    async fn start_on(tls: Option<&Path>) -> Self {
         let redis_cli = require_binary("redis-cli", "redis-tools");
-        let cluster = Self::start_nodes().await;
+        let cluster = Self::start_nodes(tls).await;
         cluster.create(&redis_cli).await;
         cluster.wait_settled().await;
         cluster
     }
 
     /// The six nodes, not yet a cluster.
-    async fn start_nodes() -> Self {
+    async fn start_nodes(tls: Option<&Path>) -> Self {
         let mut nodes = Vec::new();
         let mut buses = Vec::new();
         for _ in 0..NODES {
@@ -97,7 +111,13 @@ impl RedisCluster {
                 "--cluster-node-timeout",
                 NODE_TIMEOUT_MS,
             ]);
-            nodes.push(RedisServer::start_with(&options));
+            nodes.push(match tls {
+                Some(certs) => {
+                    options.extend(["--tls-replication", "yes", "--tls-cluster", "yes"]);
+                    RedisServer::start_tls_with(certs, &options)
+                }
+                None => RedisServer::start_with(&options),
+            });
             buses.push(bus);
         }
         let mut ids = Vec::new();
@@ -105,7 +125,12 @@ impl RedisCluster {
             let id: String = tell(node.process(), cmd("CLUSTER").arg("MYID"), "CLUSTER MYID").await;
             ids.push(id);
         }
-        RedisCluster { nodes, ids, buses }
+        RedisCluster {
+            nodes,
+            ids,
+            buses,
+            tls: tls.map(Path::to_path_buf),
+        }
     }
 
     /// `redis-cli --cluster create --cluster-replicas 1`, re-introducing
@@ -116,7 +141,14 @@ impl RedisCluster {
     /// peer but not the other way round; Redis 7.0 never meets it again,
     /// and `redis-cli` waits for the join for ever (seen here: 11 minutes).
     async fn create(&self, redis_cli: &Path) {
-        let child = Command::new(redis_cli)
+        let mut create = Command::new(redis_cli);
+        if let Some(certs) = &self.tls {
+            create
+                .arg("--tls")
+                .arg("--cacert")
+                .arg(certs.join("ca.crt"));
+        }
+        let child = create
             .args(["--cluster", "create"])
             .args(self.addrs())
             .args(["--cluster-replicas", "1", "--cluster-yes"])
@@ -188,6 +220,18 @@ impl RedisCluster {
         CLUSTER.get_or_init(|| on_own_runtime(RedisCluster::start()))
     }
 
+    /// Like [`shared`](Self::shared), a cluster started with
+    /// [`start_tls`](Self::start_tls) and [`Certificates::shared`].
+    pub fn shared_tls() -> &'static RedisCluster {
+        static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
+        CLUSTER.get_or_init(|| on_own_runtime(RedisCluster::start_tls(Certificates::shared())))
+    }
+
+    /// The CA the nodes' certificates come from, when they speak TLS.
+    pub fn ca(&self) -> Option<PathBuf> {
+        self.tls.as_ref().map(|certs| certs.join("ca.crt"))
+    }
+
     /// Every node's `127.0.0.1:PORT`, by node index.
     pub fn addrs(&self) -> Vec<String> {
         self.nodes
@@ -196,15 +240,28 @@ impl RedisCluster {
             .collect()
     }
 
-    /// Every node as a `redis://` URL, as redis-rs's `ClusterClient` takes them.
+    /// Every node as a `redis://` (with TLS, `rediss://`) URL, as
+    /// redis-rs's `ClusterClient` takes them.
     pub fn node_urls(&self) -> Vec<String> {
-        self.nodes.iter().map(RedisServer::url).collect()
+        self.addrs()
+            .iter()
+            .map(|addr| format!("{}://{addr}/", self.scheme()))
+            .collect()
+    }
+
+    /// `redis` or, with TLS, `rediss`.
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        }
     }
 
     /// `redis+cluster://127.0.0.1:P1,...,127.0.0.1:P6`: every node as a
     /// seed, so the URL works while some are down.
     pub fn url(&self) -> String {
-        format!("redis+cluster://{}", self.addrs().join(","))
+        format!("{}+cluster://{}", self.scheme(), self.addrs().join(","))
     }
 
     /// The nodes, by index.

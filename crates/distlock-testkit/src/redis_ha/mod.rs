@@ -25,6 +25,14 @@
 //!   to ask, and the name of the master they monitor ([`SentinelSet::url`]).
 //! - `redis+cluster://HOST:PORT[,HOST:PORT...]`: seed nodes of a cluster;
 //!   the client discovers the rest ([`RedisCluster::url`]).
+//! - `rediss+sentinel://` and `rediss+cluster://` from
+//!   [`SentinelSet::start_tls`] and [`RedisCluster::start_tls`]: every
+//!   process speaks only TLS, replication and the cluster bus included,
+//!   with certificates from a private CA
+//!   ([`Certificates`](crate::certs::Certificates)), which a client trusts
+//!   with `SSL_CERT_FILE`. Their shared instances
+//!   ([`SentinelSet::shared_tls`], [`RedisCluster::shared_tls`]) serve
+//!   every TLS test of a process.
 //!
 //! The fixtures' methods are `async` and open a fresh connection per admin
 //! command (a fixture may be shared by tests on different runtimes); every
@@ -81,7 +89,7 @@ async fn query_all<T: FromRedisValue>(
         .set_connection_timeout(Some(within))
         .set_response_timeout(Some(within));
     let work = async {
-        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
+        let client = crate::redis::admin_client(port)?;
         let mut conn = client
             .get_multiplexed_async_connection_with_config(&config)
             .await?;

@@ -13,7 +13,7 @@ use crate::server::require_binary;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn creation_survives_a_node_stalled_while_joining() {
     let redis_cli = require_binary("redis-cli", "redis-tools");
-    let cluster = RedisCluster::start_nodes().await;
+    let cluster = RedisCluster::start_nodes(None).await;
     let stall = async {
         tokio::time::sleep(Duration::from_millis(50)).await;
         cluster.pause(0);

@@ -43,7 +43,7 @@ pub(super) fn map_err(
     } else if explain::is_untrusted_certificate(&e) {
         format!(
             "the Redis server's TLS certificate is not trusted ({e}); rediss:// URLs trust the \
-             system's root certificates, a private CA is given with redis::Client::build_with_tls"
+             system's root certificates, or those of the file SSL_CERT_FILE names"
         )
     } else {
         return Error::backend(NAME, op, e);

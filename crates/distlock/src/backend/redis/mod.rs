@@ -144,7 +144,15 @@
 //!   runs on one slot; releases publish on the key's shard channel
 //!   (`SPUBLISH`), which the waiters subscribe with `SSUBSCRIBE` on the
 //!   slot's node.
-//! * `rediss+sentinel://` and `rediss+cluster://`: the same over TLS.
+//! * `rediss+sentinel://` and `rediss+cluster://`: the same over TLS
+//!   (to the sentinels and to every node).
+//!
+//! Every `rediss` form trusts the system's root certificates, or instead
+//! those in the PEM file the `SSL_CERT_FILE` environment variable names
+//! (rustls-native-certs reads it), which is how a private CA is trusted
+//! through a URL (the CLI's tests do so on both topologies); over one
+//! server, [`RedisBackend::builder`] also takes a client built with
+//! `redis::Client::build_with_tls`.
 //!
 //! Every form takes `?namespace=NAME` and `?replicas=N`
 //! ([`RedisBackendBuilder::replicas`]). A bad URL (no master name, an empty
