@@ -11,6 +11,7 @@
 //! where `my_fixture` is an `async fn() -> impl Fixture`.
 #![deny(missing_docs)]
 
+pub mod certs;
 pub mod conformance;
 #[cfg(feature = "etcd")]
 pub mod etcd;

@@ -6,7 +6,9 @@
 //! tests of a binary, which namespaces keep apart). Tests that inject
 //! faults start their own [`RedisServer`].
 
-use std::sync::{Arc, OnceLock};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use distlock::backend::Backend;
 use distlock::backend::redis::{RedisBackend, RedisKeys};
@@ -41,21 +43,20 @@ impl RedisServer {
     /// `server.crt` and key `server.key` from `certs`, and `ca.crt` for
     /// client certificates, which it does not ask for.
     pub fn start_tls(certs: &std::path::Path) -> Self {
-        let path = |name: &str| certs.join(name).display().to_string();
-        let (cert, key, ca) = (path("server.crt"), path("server.key"), path("ca.crt"));
-        let tls = [
-            "--port",
-            "0",
-            "--tls-cert-file",
-            &cert,
-            "--tls-key-file",
-            &key,
-            "--tls-ca-cert-file",
-            &ca,
-            "--tls-auth-clients",
-            "no",
-        ];
-        Self::launch("redis-tls", "--tls-port", &tls)
+        Self::start_tls_with(certs, &[])
+    }
+
+    /// [`start_tls`](Self::start_tls) with extra `redis-server` arguments
+    /// (e.g. `--tls-replication yes`). The fixtures' own admin connections
+    /// to it speak TLS, trusting `ca.crt` (see [`admin_client`]).
+    pub fn start_tls_with(certs: &std::path::Path, extra: &[&str]) -> Self {
+        let mut options: Vec<String> = ["--port", "0"].map(String::from).to_vec();
+        options.extend(tls_options(certs, "--"));
+        options.extend(extra.iter().map(|s| s.to_string()));
+        let options: Vec<&str> = options.iter().map(String::as_str).collect();
+        let server = Self::launch("redis-tls", "--tls-port", &options);
+        serves_tls(server.port, certs);
+        server
     }
 
     /// Starts a server listening on a free port given by `port_option`.
@@ -112,6 +113,54 @@ impl RedisServer {
             .get_multiplexed_async_connection()
             .await
             .expect("connect to the test redis-server")
+    }
+}
+
+/// The options that make a Redis (or sentinel) speak TLS with the
+/// certificates in `certs` (see [`Certificates`](crate::certs::Certificates)),
+/// without asking clients for certificates; `prefix` is `--` on a command
+/// line, empty in a configuration file.
+pub(crate) fn tls_options(certs: &std::path::Path, prefix: &str) -> Vec<String> {
+    let path = |name: &str| certs.join(name).display().to_string();
+    [
+        ("tls-cert-file", path("server.crt")),
+        ("tls-key-file", path("server.key")),
+        ("tls-ca-cert-file", path("ca.crt")),
+        ("tls-auth-clients", "no".into()),
+    ]
+    .into_iter()
+    .flat_map(|(name, value)| [format!("{prefix}{name}"), value])
+    .collect()
+}
+
+/// The CA (`ca.crt`) of each port this process serves TLS on.
+fn tls_ports() -> &'static Mutex<BTreeMap<u16, PathBuf>> {
+    static PORTS: OnceLock<Mutex<BTreeMap<u16, PathBuf>>> = OnceLock::new();
+    PORTS.get_or_init(Mutex::default)
+}
+
+/// Notes that `port` speaks TLS with a certificate from `certs`' CA.
+pub(crate) fn serves_tls(port: u16, certs: &std::path::Path) {
+    tls_ports()
+        .lock()
+        .unwrap()
+        .insert(port, certs.join("ca.crt"));
+}
+
+/// A client for admin commands to the Redis (or sentinel) on `port` of
+/// loopback: over TLS trusting its CA when this process started it with
+/// TLS ([`RedisServer::start_tls`]), else plain.
+pub fn admin_client(port: u16) -> ::redis::RedisResult<::redis::Client> {
+    let ca = tls_ports().lock().unwrap().get(&port).cloned();
+    match ca {
+        Some(ca) => ::redis::Client::build_with_tls(
+            format!("rediss://127.0.0.1:{port}/"),
+            ::redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(std::fs::read(&ca).expect("the CA's certificate")),
+            },
+        ),
+        None => ::redis::Client::open(format!("redis://127.0.0.1:{port}/")),
     }
 }
 

@@ -793,83 +793,13 @@ async fn a_user_without_a_role_on_the_namespace_is_refused_at_once() {
     locker.close().await.unwrap();
 }
 
-/// Writes a throwaway CA and a server certificate for 127.0.0.1 into `dir`
-/// with the `openssl` command; returns the CA's PEM.
-fn make_certificates(dir: &std::path::Path) -> Vec<u8> {
-    let openssl = distlock_testkit::server::require_binary("openssl", "openssl");
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(&openssl)
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("run openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
-         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=distlock test CA",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]);
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "1",
-        "-extfile",
-        "server.ext",
-    ]);
-    std::fs::read(dir.join("ca.pem")).unwrap()
-}
-
 /// TLS: a backend trusting the server's CA locks through `https://`; an
 /// `etcds://` URL, which trusts only the system's roots, refuses the
 /// unknown CA at once, which shows it really speaks TLS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_connections_verify_the_server() {
     let certs = std::env::temp_dir().join(format!("distlock-etcd-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&certs).unwrap();
-    let ca = make_certificates(&certs);
+    let ca = std::fs::read(distlock_testkit::certs::Certificates::make(&certs).ca()).unwrap();
     let (client, peer) = (
         distlock_testkit::server::free_port(),
         distlock_testkit::server::free_port(),
@@ -891,7 +821,7 @@ async fn tls_connections_verify_the_server() {
         "--initial-cluster".into(),
         format!("tls=http://127.0.0.1:{peer}"),
         "--cert-file".into(),
-        path("server.pem"),
+        path("server.crt"),
         "--key-file".into(),
         path("server.key"),
     ];

@@ -9,10 +9,10 @@ use distlock::backend::{AcquireRequest, Attempt, Backend, Renewal};
 use distlock::{
     Error, Key, LockKey, Locker, LostReason, Namespace, ObtainOptions, OwnerToken, RetryStrategy,
 };
+use distlock_testkit::certs::Certificates;
 use distlock_testkit::fairness::assert_served_in_turn;
 use distlock_testkit::redis::RedisServer;
 use distlock_testkit::refusal::{assert_refused_at_once, first_error_at_once};
-use distlock_testkit::server::require_binary;
 use tokio::time::{Instant, sleep, timeout};
 
 /// Extra time allowed for scheduling on a loaded machine.
@@ -652,86 +652,10 @@ async fn tls_connections_work() {
 /// A redis-server that speaks only TLS, with a certificate for 127.0.0.1
 /// from a private CA, both made in `dir`; returns it and its port.
 fn start_tls_server(dir: &std::path::Path) -> (RedisServer, u16) {
-    std::fs::create_dir_all(dir).unwrap();
-    make_certificates(dir);
+    Certificates::make(dir);
     let server = RedisServer::start_tls(dir);
     let port = server.port();
     (server, port)
-}
-
-/// A private CA and a server certificate for 127.0.0.1, made with the
-/// openssl command.
-fn make_certificates(dir: &std::path::Path) {
-    let openssl = require_binary("openssl", "openssl");
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(&openssl)
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    run(&[
-        &[
-            "req",
-            "-x509",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=distlock test CA",
-        ][..],
-        &ec,
-        &[
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
-    ]
-    .concat());
-    run(&[
-        &["req", "-subj", "/CN=127.0.0.1"][..],
-        &ec,
-        &["-keyout", "server.key", "-out", "server.csr"],
-    ]
-    .concat());
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "1",
-        "-out",
-        "server.crt",
-        "-extfile",
-        "ext.cnf",
-    ]);
 }
 
 /// A process that releases a lock another process waits for does not take

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use distlock::backend::redis::{RedisBackend, RedisKeys};
 use distlock::{Key, LockKey, Locker, Namespace, ObtainOptions};
+use distlock_testkit::redis::RedisServer;
 use distlock_testkit::redis_ha::{RedisCluster, SentinelSet};
 use distlock_testkit::refusal::assert_refused_at_once;
 
@@ -106,6 +107,60 @@ async fn credentials_the_nodes_refuse_are_refused_at_once() {
         let url = url.replacen("://", "://nobody:hunter2@", 1);
         let msg = assert_refused_at_once(&url, &["user \"nobody\""]).await;
         assert!(!msg.contains("hunter2"), "{msg}");
+    }
+}
+
+/// A user limited to what `required_acl` lists, set on every node, can
+/// use locks on both topologies: the grant's publish (`SPUBLISH` on a
+/// cluster) and its `WAIT`, the replicas counted (`INFO`), the cluster's
+/// slots read, the Sentinel lookup's `ROLE`, an extend, and a waiter's
+/// turn. With the single server's list it failed on connecting: the
+/// sentinels' master refused `ROLE` (`NOPERM`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_limited_to_the_required_acl_works_on_both_topologies() {
+    let rules = RedisBackend::required_acl(&Namespace::new("app").unwrap());
+    let sentinel = SentinelSet::shared();
+    let cluster = RedisCluster::shared();
+    for (url, nodes) in [
+        (sentinel.url(), sentinel.nodes()),
+        (cluster.url(), cluster.nodes()),
+    ] {
+        set_user_everywhere(nodes, "locker", "secret", &rules).await;
+        let url = url.replacen("://", "://locker:secret@", 1);
+        let backend = RedisBackend::connect(&url).await.unwrap();
+        assert_eq!(backend.replicas(), 1, "{url}: replicas not counted");
+        let (a, b) = (
+            locker(backend, "app"),
+            locker(RedisBackend::connect(&url).await.unwrap(), "app"),
+        );
+        let held = a.try_obtain("k").await.unwrap();
+        held.refresh().await.unwrap();
+        let waiter = tokio::spawn(async move {
+            let wait = ObtainOptions::new().wait(Duration::from_secs(10));
+            b.obtain_with("k", wait)
+                .await
+                .map(|lock| lock.fencing_token())
+        });
+        let token = held.fencing_token();
+        held.release().await.unwrap();
+        let next = waiter.await.unwrap().unwrap();
+        assert!(next > token, "{url}: {next} <= {token}");
+    }
+}
+
+/// `ACL SETUSER name reset on >password RULES` on each of `nodes`.
+async fn set_user_everywhere(nodes: &[RedisServer], name: &str, password: &str, rules: &str) {
+    for node in nodes {
+        let mut cmd = redis::cmd("ACL");
+        cmd.arg("SETUSER")
+            .arg(name)
+            .arg("reset")
+            .arg("on")
+            .arg(format!(">{password}"));
+        for rule in rules.split_whitespace() {
+            cmd.arg(rule);
+        }
+        let () = cmd.query_async(&mut node.admin().await).await.unwrap();
     }
 }
 

@@ -15,6 +15,10 @@ use redis::{AsyncCommands, AsyncConnectionConfig};
 /// saves its configuration fsyncs first (redis-rs waits 500 ms by default).
 const REPLY_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// How long a settled topology's replicas may take to acknowledge a write:
+/// a round trip, with room for a loaded machine.
+const ACK_MS: u64 = 250;
+
 fn patient() -> AsyncConnectionConfig {
     AsyncConnectionConfig::new()
         .set_connection_timeout(Some(REPLY_TIMEOUT))
@@ -105,7 +109,9 @@ async fn sentinel_master_serves_reads_and_writes() {
     let mut master = sentinel_master(&set).await;
     assert_eq!(role(&mut master).await, "master");
     set_and_get(&mut master, "greeting", "hello").await;
-    assert_eq!(wait_replicas(&mut master, 2, 5000).await, 2);
+    // Settled means streaming to both replicas: the first WAIT answers at
+    // once (a replica the master does not stream to yet takes up to 1 s).
+    assert_eq!(wait_replicas(&mut master, 2, ACK_MS).await, 2);
     // Both replicas have it: they replicate this master.
     for i in set.replicas().await {
         let got: Option<String> = direct(&set.node(i).url())
@@ -236,12 +242,13 @@ async fn cluster_client_reads_and_writes_on_every_master() {
         // The fixture's idea of the slot's master is where the key is.
         let master = cluster.master_of_slot(cluster.slot_of(&key).await).await;
         served_by.insert(master);
-        let there: Option<i64> = direct(&cluster.node(master).url())
-            .await
-            .get(&key)
-            .await
-            .expect("GET on the slot's master");
+        let mut at = direct(&cluster.node(master).url()).await;
+        let there: Option<i64> = at.get(&key).await.expect("GET on the slot's master");
         assert_eq!(there, Some(i), "{key} on node {master}");
+        // Settled means every master streams to its replica (see the
+        // Sentinel case): a write there is acknowledged at once.
+        let _: () = at.set(&key, i).await.expect("SET on the slot's master");
+        assert_eq!(wait_replicas(&mut at, 1, ACK_MS).await, 1, "node {master}");
     }
     assert_eq!(served_by.into_iter().collect::<Vec<_>>(), masters);
 }

@@ -24,6 +24,9 @@ pub fn bin() -> PathBuf {
 pub struct TempDir {
     pub dir: PathBuf,
     pub url: String,
+    /// A CA the commands trust (`SSL_CERT_FILE`, in place of the system's
+    /// roots), for a store that speaks TLS with a private CA.
+    pub ca: Option<PathBuf>,
 }
 
 impl TempDir {
@@ -47,6 +50,7 @@ impl TempDir {
         TempDir {
             dir,
             url: url.to_owned(),
+            ca: None,
         }
     }
 
@@ -62,6 +66,9 @@ impl TempDir {
             .env("DISTLOCK_URL", &self.url)
             .env_remove("XDG_RUNTIME_DIR")
             .current_dir(&self.dir);
+        if let Some(ca) = &self.ca {
+            command.env("SSL_CERT_FILE", ca);
+        }
         command
     }
 

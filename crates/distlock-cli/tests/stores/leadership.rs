@@ -65,6 +65,9 @@ pub fn elect_runs_only_the_leader_and_hands_over_when_it_exits(store: Store) {
 
     std::fs::write(dir.path(&format!("stop-{leader}")), "").unwrap();
     let resigned = Instant::now();
+    // Well under the TTL (3 s), so the release woke the other candidate. On
+    // a replicated store a grant withdrawn for want of acknowledgement
+    // costs up to its replica timeout (500 ms) and a retry more.
     wait_until("the other candidate took over", || {
         lines(dir, "terms").len() == 2
     });
@@ -107,8 +110,67 @@ pub fn elect_runs_only_the_leader_and_hands_over_when_it_exits(store: Store) {
         .filter_map(|l| l.split(", term ").nth(1))
         .map(|t| t.split(',').next().unwrap().parse().unwrap())
         .collect();
-    assert_eq!(terms, vec![term, next_term], "{seen:?}");
+    let ran: Vec<u64> = lines(dir, "terms")
+        .iter()
+        .map(|l| l.split(' ').nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(ran, vec![term, next_term], "only two leaders ran");
+    if let Err(e) = check_watched(&terms, &ran, store.withdraws_grants) {
+        panic!("{e}: {seen:?}");
+    }
     store.assert_clean(&case, "both candidates resigned");
+}
+
+/// What `leader --watch` may have printed, as `watched` terms, when the
+/// leaders that ran had the terms `ran`: exactly those, or, where a grant
+/// can be withdrawn after it was stored (`withdraws`), those in increasing
+/// order with withdrawn ones among them: terms no leader ran with, and
+/// none after the last leader (nobody campaigned after it).
+fn check_watched(watched: &[u64], ran: &[u64], withdraws: bool) -> Result<(), String> {
+    if !withdraws {
+        return if watched == ran {
+            Ok(())
+        } else {
+            Err(format!(
+                "watched terms {watched:?}, not the leaders' {ran:?}"
+            ))
+        };
+    }
+    if !watched.windows(2).all(|w| w[0] < w[1]) {
+        return Err(format!("watched terms {watched:?} do not increase"));
+    }
+    if let Some(missed) = ran.iter().find(|t| !watched.contains(t)) {
+        return Err(format!("the watch missed term {missed} of {ran:?}"));
+    }
+    if watched.last() != ran.last() {
+        return Err(format!(
+            "watched terms {watched:?} go on after the last leader's, {ran:?}"
+        ));
+    }
+    Ok(())
+}
+
+#[test]
+fn watched_terms_are_checked_exactly_unless_grants_can_be_withdrawn() {
+    let ran = [10, 20];
+    assert_eq!(check_watched(&[10, 20], &ran, false), Ok(()));
+    assert_eq!(check_watched(&[10, 20], &ran, true), Ok(()));
+    // A withdrawn grant before either leader, or between them.
+    assert_eq!(check_watched(&[5, 10, 20], &ran, true), Ok(()));
+    assert_eq!(check_watched(&[10, 15, 20], &ran, true), Ok(()));
+    for (watched, withdraws) in [
+        (&[5, 10, 20][..], false),
+        (&[10][..], false),
+        (&[10, 20, 15][..], true),
+        (&[10, 10, 20][..], true),
+        (&[5, 20][..], true),
+        (&[10, 20, 25][..], true),
+    ] {
+        assert!(
+            check_watched(watched, &ran, withdraws).is_err(),
+            "{watched:?} passed (withdraws: {withdraws})"
+        );
+    }
 }
 
 /// A leadership deleted behind the leader's back stops its command, and

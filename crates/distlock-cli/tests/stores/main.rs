@@ -1,6 +1,7 @@
 //! The operator's cases of `distlock run` and `distlock status`, against
 //! every store other processes reach: the file backend, and a real
-//! `redis-server` and `etcd` that the tests start on free loopback ports.
+//! `redis-server` (also as a Sentinel set and a Redis Cluster) and `etcd`
+//! that the tests start on free loopback ports.
 //! After each way out of `distlock run`, the store must hold nothing of
 //! that client. `DISTLOCK_BIN` runs them against another build of the
 //! binary (scripts/test: the one README's install line builds).
@@ -9,11 +10,10 @@
 mod common;
 mod leadership;
 mod sharing;
+mod store;
 
 use std::time::{Duration, Instant};
 
-use distlock_testkit::server::free_port;
-use distlock_testkit::{FileFixture, ReachableFixture, unique_namespace};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -27,6 +27,7 @@ use sharing::{
 };
 
 use common::{TempDir, alive, read_pids, running, stderr, wait_for_file};
+use store::Store;
 
 /// The TTL of the locks these tests take where a TTL matters.
 const TTL: Duration = Duration::from_secs(3);
@@ -46,105 +47,6 @@ fn supervised(script: &str) -> [&str; 10] {
         "-c",
         script,
     ]
-}
-
-/// One store, as the tests reach it.
-struct Store {
-    runtime: tokio::runtime::Runtime,
-    fixture: Box<dyn ReachableFixture>,
-    /// A URL of this kind where nothing can be used.
-    unusable: String,
-    /// Whether locks expire by TTL (file locks do not).
-    expires: bool,
-    /// Whether a waiting client leaves entries in the store (a queue).
-    queues: bool,
-}
-
-impl Store {
-    fn file() -> Self {
-        let runtime = runtime();
-        let fixture = runtime.block_on(FileFixture::new());
-        let blocker = fixture.dir().join("not-a-directory");
-        std::fs::write(&blocker, "").unwrap();
-        Store {
-            unusable: format!("file://{}/sub", blocker.display()),
-            runtime,
-            fixture: Box::new(fixture),
-            expires: false,
-            queues: false,
-        }
-    }
-
-    #[cfg(feature = "redis")]
-    fn redis() -> Self {
-        Self::server(
-            |runtime| Box::new(runtime.block_on(distlock_testkit::redis::RedisFixture::new())),
-            format!("redis://127.0.0.1:{}/", free_port()),
-        )
-    }
-
-    #[cfg(feature = "etcd")]
-    fn etcd() -> Self {
-        Self::server(
-            |runtime| Box::new(runtime.block_on(distlock_testkit::etcd::EtcdFixture::new())),
-            format!("etcd://127.0.0.1:{}", free_port()),
-        )
-    }
-
-    /// A store served by a server: locks expire and waiters queue in it.
-    #[cfg(any(feature = "redis", feature = "etcd"))]
-    fn server(
-        fixture: impl FnOnce(&tokio::runtime::Runtime) -> Box<dyn ReachableFixture>,
-        unusable: String,
-    ) -> Self {
-        let runtime = runtime();
-        Store {
-            fixture: fixture(&runtime),
-            runtime,
-            unusable,
-            expires: true,
-            queues: true,
-        }
-    }
-
-    /// A scratch directory whose `distlock` commands use this store in a
-    /// namespace of their own.
-    fn case(&self, case: &str) -> Case {
-        let namespace = unique_namespace(case);
-        let dir = TempDir::with_url(case, &self.fixture.url(&namespace));
-        Case { namespace, dir }
-    }
-
-    fn leftovers(&self, case: &Case) -> Vec<String> {
-        self.runtime
-            .block_on(self.fixture.leftovers(&case.namespace))
-    }
-
-    fn assert_clean(&self, case: &Case, after: &str) {
-        assert_eq!(
-            self.leftovers(case),
-            Vec::<String>::new(),
-            "left in the store after {after}"
-        );
-    }
-
-    fn delete_behind_back(&self, case: &Case, key: &str) {
-        self.runtime
-            .block_on(self.fixture.delete_behind_back(&case.namespace, key));
-    }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-struct Case {
-    namespace: String,
-    dir: TempDir,
 }
 
 /// Polls `done` every 5 ms for up to 10 s.
@@ -176,10 +78,20 @@ macro_rules! every_store {
         store_tests!(file: $($case),+);
         #[cfg(feature = "redis")]
         store_tests!(redis: $($case),+);
+        #[cfg(feature = "redis")]
+        store_tests!(sentinel: $($case),+);
+        #[cfg(feature = "redis")]
+        store_tests!(cluster: $($case),+);
         #[cfg(feature = "etcd")]
         store_tests!(etcd: $($case),+);
     };
 }
+
+// Over TLS, a few cases: each test process starts its own topology.
+#[cfg(feature = "redis")]
+store_tests!(sentinel_tls: concurrent_runs_never_overlap_and_tokens_increase, status_reports_the_holder_in_text_and_json);
+#[cfg(feature = "redis")]
+store_tests!(cluster_tls: concurrent_runs_never_overlap_and_tokens_increase, status_reports_the_holder_in_text_and_json);
 
 every_store!(
     concurrent_runs_never_overlap_and_tokens_increase,
@@ -566,6 +478,8 @@ fn help_lists_every_store() {
         "file:///dir",
         "redis://",
         "rediss://",
+        "redis+sentinel://",
+        "redis+cluster://",
         "etcd://",
         "etcds://",
         "memory://",

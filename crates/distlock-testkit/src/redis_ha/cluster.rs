@@ -3,18 +3,23 @@
 mod migration;
 #[cfg(test)]
 mod tests;
+mod view;
 
 pub use migration::SlotMigration;
+use view::{NodeLine, View, key_served_by};
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use redis::cmd;
 
-use super::{NODE_OPTIONS, SETTLE_TIMEOUT, ask, info_field, on_own_runtime, settle, tell};
+use super::{
+    NODE_OPTIONS, SETTLE_TIMEOUT, ask, info_field, on_own_runtime, settle, streams_to, tell,
+};
+use crate::certs::Certificates;
 use crate::redis::RedisServer;
 use crate::server::{free_port, require_binary};
 
@@ -47,6 +52,8 @@ pub struct RedisCluster {
     ids: Vec<String>,
     /// Each node's cluster bus port.
     buses: Vec<u16>,
+    /// The certificates' directory when every node speaks only TLS.
+    tls: Option<PathBuf>,
 }
 
 /// A child process killed when dropped: `redis-cli` must not outlive a
@@ -60,89 +67,32 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// One line of `CLUSTER NODES`: one node, as the asked node sees it.
-#[derive(Debug)]
-struct NodeLine {
-    id: String,
-    port: u16,
-    myself: bool,
-    /// `fail`, `fail?` (suspected), `handshake` or `noaddr`.
-    unhealthy: bool,
-    /// The master's id, for a replica.
-    master_id: Option<String>,
-    slots: Vec<(u16, u16)>,
-    /// Whether it lists a slot being imported or migrated (`[...]`).
-    open_slots: bool,
-}
-
-impl NodeLine {
-    /// `<id> <ip:port@cport> <flags> <master> <ping> <pong> <epoch> <link> <slot>...`
-    fn parse(line: &str) -> Option<Self> {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let (host, _bus) = fields.get(1)?.split_once('@')?;
-        let port = host.rsplit_once(':')?.1.parse().ok()?;
-        let flags: Vec<&str> = fields.get(2)?.split(',').collect();
-        let mut slots = Vec::new();
-        let mut open_slots = false;
-        for range in fields.iter().skip(8) {
-            if range.starts_with('[') {
-                open_slots = true;
-                continue;
-            }
-            let (start, end) = range.split_once('-').unwrap_or((range, range));
-            slots.push((start.parse().ok()?, end.parse().ok()?));
-        }
-        Some(NodeLine {
-            id: fields[0].to_owned(),
-            port,
-            myself: flags.contains(&"myself"),
-            unhealthy: flags
-                .iter()
-                .any(|f| matches!(*f, "fail" | "fail?" | "handshake" | "noaddr")),
-            master_id: Some(*fields.get(3)?)
-                .filter(|m| *m != "-")
-                .map(str::to_owned),
-            slots,
-            open_slots,
-        })
-    }
-
-    fn serves(&self, slot: u16) -> bool {
-        self.slots
-            .iter()
-            .any(|(start, end)| (*start..=*end).contains(&slot))
-    }
-}
-
-/// The cluster as all reachable nodes agree it is.
-#[derive(Debug)]
-struct View {
-    nodes: Vec<NodeLine>,
-    /// Whether any node reports an open (importing or migrating) slot.
-    open_slots: bool,
-}
-
-impl View {
-    fn owner_port(&self, slot: u16) -> Option<u16> {
-        self.nodes.iter().find(|n| n.serves(slot)).map(|n| n.port)
-    }
-}
-
 impl RedisCluster {
     /// Starts six nodes, creates the cluster and waits until it has
     /// settled (typically 2–3 s, most of it `redis-cli`'s own waiting).
     /// Panics, naming the package, if `redis-server` or `redis-cli` is
     /// missing, or with the reason if the cluster does not settle.
     pub async fn start() -> Self {
+        Self::start_on(None).await
+    }
+
+    /// [`start`](Self::start), every node speaking only TLS with `certs`
+    /// (replication and the cluster bus too): [`url`](Self::url) is
+    /// `rediss+cluster://`.
+    pub async fn start_tls(certs: &Certificates) -> Self {
+        Self::start_on(Some(certs.dir())).await
+    }
+
+    async fn start_on(tls: Option<&Path>) -> Self {
         let redis_cli = require_binary("redis-cli", "redis-tools");
-        let cluster = Self::start_nodes().await;
+        let cluster = Self::start_nodes(tls).await;
         cluster.create(&redis_cli).await;
         cluster.wait_settled().await;
         cluster
     }
 
     /// The six nodes, not yet a cluster.
-    async fn start_nodes() -> Self {
+    async fn start_nodes(tls: Option<&Path>) -> Self {
         let mut nodes = Vec::new();
         let mut buses = Vec::new();
         for _ in 0..NODES {
@@ -161,7 +111,13 @@ impl RedisCluster {
                 "--cluster-node-timeout",
                 NODE_TIMEOUT_MS,
             ]);
-            nodes.push(RedisServer::start_with(&options));
+            nodes.push(match tls {
+                Some(certs) => {
+                    options.extend(["--tls-replication", "yes", "--tls-cluster", "yes"]);
+                    RedisServer::start_tls_with(certs, &options)
+                }
+                None => RedisServer::start_with(&options),
+            });
             buses.push(bus);
         }
         let mut ids = Vec::new();
@@ -169,7 +125,12 @@ impl RedisCluster {
             let id: String = tell(node.process(), cmd("CLUSTER").arg("MYID"), "CLUSTER MYID").await;
             ids.push(id);
         }
-        RedisCluster { nodes, ids, buses }
+        RedisCluster {
+            nodes,
+            ids,
+            buses,
+            tls: tls.map(Path::to_path_buf),
+        }
     }
 
     /// `redis-cli --cluster create --cluster-replicas 1`, re-introducing
@@ -180,7 +141,14 @@ impl RedisCluster {
     /// peer but not the other way round; Redis 7.0 never meets it again,
     /// and `redis-cli` waits for the join for ever (seen here: 11 minutes).
     async fn create(&self, redis_cli: &Path) {
-        let child = Command::new(redis_cli)
+        let mut create = Command::new(redis_cli);
+        if let Some(certs) = &self.tls {
+            create
+                .arg("--tls")
+                .arg("--cacert")
+                .arg(certs.join("ca.crt"));
+        }
+        let child = create
             .args(["--cluster", "create"])
             .args(self.addrs())
             .args(["--cluster-replicas", "1", "--cluster-yes"])
@@ -252,6 +220,18 @@ impl RedisCluster {
         CLUSTER.get_or_init(|| on_own_runtime(RedisCluster::start()))
     }
 
+    /// Like [`shared`](Self::shared), a cluster started with
+    /// [`start_tls`](Self::start_tls) and [`Certificates::shared`].
+    pub fn shared_tls() -> &'static RedisCluster {
+        static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
+        CLUSTER.get_or_init(|| on_own_runtime(RedisCluster::start_tls(Certificates::shared())))
+    }
+
+    /// The CA the nodes' certificates come from, when they speak TLS.
+    pub fn ca(&self) -> Option<PathBuf> {
+        self.tls.as_ref().map(|certs| certs.join("ca.crt"))
+    }
+
     /// Every node's `127.0.0.1:PORT`, by node index.
     pub fn addrs(&self) -> Vec<String> {
         self.nodes
@@ -260,15 +240,28 @@ impl RedisCluster {
             .collect()
     }
 
-    /// Every node as a `redis://` URL, as redis-rs's `ClusterClient` takes them.
+    /// Every node as a `redis://` (with TLS, `rediss://`) URL, as
+    /// redis-rs's `ClusterClient` takes them.
     pub fn node_urls(&self) -> Vec<String> {
-        self.nodes.iter().map(RedisServer::url).collect()
+        self.addrs()
+            .iter()
+            .map(|addr| format!("{}://{addr}/", self.scheme()))
+            .collect()
+    }
+
+    /// `redis` or, with TLS, `rediss`.
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        }
     }
 
     /// `redis+cluster://127.0.0.1:P1,...,127.0.0.1:P6`: every node as a
     /// seed, so the URL works while some are down.
     pub fn url(&self) -> String {
-        format!("redis+cluster://{}", self.addrs().join(","))
+        format!("{}+cluster://{}", self.scheme(), self.addrs().join(","))
     }
 
     /// The nodes, by index.
@@ -511,6 +504,16 @@ impl RedisCluster {
                 let replication: String = ask(port, cmd("INFO").arg("replication")).await?;
                 if info_field(&replication, "master_link_status") != Some("up") {
                     return Err(format!("replica {port}: {replication}"));
+                }
+            } else if !lines.iter().any(|n| n.open_slots) {
+                // A key of an open slot may be redirected (`ASK`).
+                let replicas = lines
+                    .iter()
+                    .filter(|n| n.master_id.as_deref() == Some(&*me.id))
+                    .filter(|n| reachable.iter().any(|&r| self.ids[r] == n.id))
+                    .count();
+                if let Some(key) = (replicas > 0).then(|| key_served_by(me)).flatten() {
+                    streams_to(port, &key, replicas).await?;
                 }
             }
             open_slots |= lines.iter().any(|n| n.open_slots);

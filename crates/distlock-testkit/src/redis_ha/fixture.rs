@@ -2,6 +2,7 @@
 //! [`RedisCluster`]: every locker gets its own backend from the topology's
 //! URL, as separate processes would.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +14,9 @@ use redis::AsyncConnectionConfig;
 use redis::cluster::ClusterClient;
 
 use super::{RedisCluster, SentinelSet};
+use crate::certs::Certificates;
 use crate::fixture::{Fixture, ReachableFixture};
+use crate::redis::admin_client;
 
 /// Admin commands may wait for a node's fsync (see the module docs).
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(15);
@@ -32,22 +35,59 @@ enum On {
 pub struct HaFixture {
     on: On,
     url: Arc<str>,
+    tls: bool,
 }
 
 impl HaFixture {
     /// A fixture over [`SentinelSet::shared`].
     pub async fn sentinel() -> Self {
-        HaFixture {
-            on: On::Sentinel,
-            url: SentinelSet::shared().url().into(),
-        }
+        Self::on(On::Sentinel, SentinelSet::shared().url(), false)
     }
 
     /// A fixture over [`RedisCluster::shared`].
     pub async fn cluster() -> Self {
+        Self::on(On::Cluster, RedisCluster::shared().url(), false)
+    }
+
+    /// A fixture over [`SentinelSet::shared_tls`]: its URL is
+    /// `rediss+sentinel://`, whose clients must trust [`ca`](Self::ca).
+    pub async fn sentinel_tls() -> Self {
+        Self::on(On::Sentinel, SentinelSet::shared_tls().url(), true)
+    }
+
+    /// A fixture over [`RedisCluster::shared_tls`]: its URL is
+    /// `rediss+cluster://`, whose clients must trust [`ca`](Self::ca).
+    pub async fn cluster_tls() -> Self {
+        Self::on(On::Cluster, RedisCluster::shared_tls().url(), true)
+    }
+
+    fn on(on: On, url: String, tls: bool) -> Self {
         HaFixture {
-            on: On::Cluster,
-            url: RedisCluster::shared().url().into(),
+            on,
+            url: url.into(),
+            tls,
+        }
+    }
+
+    /// The CA the servers' certificates come from, on a TLS topology (a
+    /// client trusts it with `SSL_CERT_FILE`, see [`crate::certs`]).
+    pub fn ca(&self) -> Option<PathBuf> {
+        self.tls.then(|| Certificates::shared().ca())
+    }
+
+    fn set(&self) -> &'static SentinelSet {
+        if self.tls {
+            SentinelSet::shared_tls()
+        } else {
+            SentinelSet::shared()
+        }
+    }
+
+    fn cluster_set(&self) -> &'static RedisCluster {
+        if self.tls {
+            RedisCluster::shared_tls()
+        } else {
+            RedisCluster::shared()
         }
     }
 
@@ -63,23 +103,29 @@ impl HaFixture {
         let work = async {
             match self.on {
                 On::Sentinel => {
-                    let addr = SentinelSet::shared().master_addr().await;
+                    let addr = self.set().master_addr().await;
+                    let port = addr.rsplit_once(':').and_then(|(_, p)| p.parse().ok());
                     let config = AsyncConnectionConfig::new()
                         .set_connection_timeout(Some(ADMIN_TIMEOUT))
                         .set_response_timeout(Some(ADMIN_TIMEOUT));
-                    let mut conn = redis::Client::open(format!("redis://{addr}/"))?
+                    let mut conn = admin_client(port.expect("the master's port"))?
                         .get_multiplexed_async_connection_with_config(&config)
                         .await?;
                     cmd.query_async(&mut conn).await
                 }
                 On::Cluster => {
                     let _ = key;
-                    let mut conn = ClusterClient::builder(RedisCluster::shared().node_urls())
+                    let cluster = self.cluster_set();
+                    let mut builder = ClusterClient::builder(cluster.node_urls())
                         .response_timeout(ADMIN_TIMEOUT)
-                        .connection_timeout(ADMIN_TIMEOUT)
-                        .build()?
-                        .get_async_connection()
-                        .await?;
+                        .connection_timeout(ADMIN_TIMEOUT);
+                    if let Some(ca) = cluster.ca() {
+                        builder = builder.certs(redis::TlsCertificates {
+                            client_tls: None,
+                            root_cert: Some(std::fs::read(ca).expect("the CA's certificate")),
+                        });
+                    }
+                    let mut conn = builder.build()?.get_async_connection().await?;
                     cmd.query_async(&mut conn).await
                 }
             }

@@ -25,6 +25,14 @@
 //!   to ask, and the name of the master they monitor ([`SentinelSet::url`]).
 //! - `redis+cluster://HOST:PORT[,HOST:PORT...]`: seed nodes of a cluster;
 //!   the client discovers the rest ([`RedisCluster::url`]).
+//! - `rediss+sentinel://` and `rediss+cluster://` from
+//!   [`SentinelSet::start_tls`] and [`RedisCluster::start_tls`]: every
+//!   process speaks only TLS, replication and the cluster bus included,
+//!   with certificates from a private CA
+//!   ([`Certificates`](crate::certs::Certificates)), which a client trusts
+//!   with `SSL_CERT_FILE`. Their shared instances
+//!   ([`SentinelSet::shared_tls`], [`RedisCluster::shared_tls`]) serve
+//!   every TLS test of a process.
 //!
 //! The fixtures' methods are `async` and open a fresh connection per admin
 //! command (a fixture may be shared by tests on different runtimes); every
@@ -37,7 +45,7 @@ mod sentinel;
 use std::future::Future;
 use std::time::Duration;
 
-use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, RedisError};
+use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, Pipeline, RedisError};
 
 use crate::server::ServerProcess;
 
@@ -62,23 +70,74 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Runs `cmd` on the Redis (or sentinel) at `127.0.0.1:port`, on a fresh
 /// connection, within `within`.
 async fn query<T: FromRedisValue>(port: u16, cmd: &Cmd, within: Duration) -> Result<T, String> {
+    let mut one = redis::pipe();
+    one.add_command(cmd.clone());
+    let (reply,): (T,) = query_all(port, &one, within).await?;
+    Ok(reply)
+}
+
+/// Runs the commands of `pipe` on the Redis (or sentinel) at
+/// `127.0.0.1:port`, on one fresh connection, within `within`.
+async fn query_all<T: FromRedisValue>(
+    port: u16,
+    pipe: &Pipeline,
+    within: Duration,
+) -> Result<T, String> {
     // redis-rs's own defaults (1 s to connect, 500 ms per reply) are
     // shorter than a node's fsync on a busy disk: `within` bounds it all.
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(within))
         .set_response_timeout(Some(within));
     let work = async {
-        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
+        let client = crate::redis::admin_client(port)?;
         let mut conn = client
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
-        cmd.query_async(&mut conn).await
+        pipe.query_async(&mut conn).await
     };
     match tokio::time::timeout(within, work).await {
         Ok(result) => result.map_err(|e: RedisError| format!("127.0.0.1:{port}: {e}")),
         Err(_) => Err(format!("127.0.0.1:{port} did not answer within {within:?}")),
     }
 }
+
+/// Whether the master at `127.0.0.1:port` streams its writes to
+/// `replicas` replicas, which acknowledge them: a write of `key` (set and
+/// deleted again, in one script) and `WAIT replicas` on one connection.
+///
+/// `INFO replication` cannot tell: a replica reports its link `up` once
+/// it has loaded the master's snapshot, and the master lists it `online`
+/// once the transfer ended, but Redis 7.0 streams writes to it only after
+/// its next `REPLCONF ACK`. When the replica's first ACK comes before the
+/// master has noted the transfer's end, it is ignored, and the next comes
+/// from the replica's once-a-second cron: in 3 of 5 fresh master–replica
+/// pairs here the first `WAIT` took 980–1000 ms (idle machine, tmpfs),
+/// so the first grants on a fresh topology failed their 500 ms replica
+/// timeout, whatever the load.
+async fn streams_to(port: u16, key: &str, replicas: usize) -> Result<(), String> {
+    let mut probe = redis::pipe();
+    probe
+        .cmd("EVAL")
+        .arg("redis.call('SET', KEYS[1], '1') redis.call('DEL', KEYS[1])")
+        .arg(1)
+        .arg(key)
+        .ignore()
+        .cmd("WAIT")
+        .arg(replicas)
+        .arg(PROBE_ACK_MS);
+    let (acked,): (usize,) = query_all(port, &probe, PROBE_TIMEOUT).await?;
+    if acked >= replicas {
+        Ok(())
+    } else {
+        Err(format!(
+            "127.0.0.1:{port}: {acked} of {replicas} replicas acknowledged a write within {PROBE_ACK_MS} ms"
+        ))
+    }
+}
+
+/// How long [`streams_to`] waits for acknowledgements: a round trip on a
+/// loaded machine; [`settle`] asks again if it was not enough.
+const PROBE_ACK_MS: u64 = 100;
 
 /// A probe: `cmd` within [`PROBE_TIMEOUT`], for [`settle`]'s checks.
 async fn ask<T: FromRedisValue>(port: u16, cmd: &Cmd) -> Result<T, String> {

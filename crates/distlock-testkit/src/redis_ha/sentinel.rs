@@ -1,12 +1,16 @@
 //! [`SentinelSet`]: one master, two replicas and three sentinels.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::OnceLock;
 
 use redis::cmd;
 
-use super::{NODE_OPTIONS, SETTLE_TIMEOUT, ask, info_field, on_own_runtime, settle, tell};
-use crate::redis::RedisServer;
+use super::{
+    NODE_OPTIONS, SETTLE_TIMEOUT, ask, info_field, on_own_runtime, settle, streams_to, tell,
+};
+use crate::certs::Certificates;
+use crate::redis::{RedisServer, serves_tls, tls_options};
 use crate::server::{ServerProcess, free_port, require_binary};
 
 /// The name the sentinels of a [`SentinelSet`] monitor their master by.
@@ -51,20 +55,40 @@ const SENTINEL_DEBUG: &[(&str, u32)] = &[
 pub struct SentinelSet {
     nodes: Vec<RedisServer>,
     sentinels: Vec<ServerProcess>,
+    tls: bool,
 }
 
 impl SentinelSet {
-    /// Starts the set and waits until it has settled (typically well
-    /// under a second). Panics, naming the package, if `redis-server` is
+    /// Starts the set and waits until it has settled (typically about a
+    /// second). Panics, naming the package, if `redis-server` is
     /// missing, or with the reason if the set does not settle.
     pub async fn start() -> Self {
-        let master = RedisServer::start_with(NODE_OPTIONS);
+        Self::start_on(None).await
+    }
+
+    /// [`start`](Self::start), every node and sentinel speaking only TLS
+    /// with `certs` (replication and the sentinels' links too):
+    /// [`url`](Self::url) is `rediss+sentinel://`.
+    pub async fn start_tls(certs: &Certificates) -> Self {
+        Self::start_on(Some(certs.dir())).await
+    }
+
+    async fn start_on(tls: Option<&Path>) -> Self {
+        let node = |options: &[&str]| match tls {
+            Some(certs) => {
+                let mut options = options.to_vec();
+                options.extend(["--tls-replication", "yes"]);
+                RedisServer::start_tls_with(certs, &options)
+            }
+            None => RedisServer::start_with(options),
+        };
+        let master = node(NODE_OPTIONS);
         let master_port = master.port().to_string();
         let mut nodes = vec![master];
         for _ in 0..REPLICAS {
             let mut options = NODE_OPTIONS.to_vec();
             options.extend(["--replicaof", "127.0.0.1", &master_port]);
-            nodes.push(RedisServer::start_with(&options));
+            nodes.push(node(&options));
         }
         let binary = require_binary("redis-server", "redis-server");
         // Each sentinel's configuration names its own id, the replicas and
@@ -81,9 +105,18 @@ impl SentinelSet {
         };
         let mut sentinels = Vec::new();
         for &port in &ports {
-            let mut conf = format!(
-                "port {port}\n\
-                 bind 127.0.0.1\n\
+            let mut conf = match tls {
+                Some(certs) => {
+                    let options: String = tls_options(certs, "")
+                        .chunks(2)
+                        .map(|o| o.join(" ") + "\n")
+                        .collect();
+                    format!("port 0\ntls-port {port}\ntls-replication yes\n{options}")
+                }
+                None => format!("port {port}\n"),
+            };
+            conf += &format!(
+                "bind 127.0.0.1\n\
                  sentinel myid {}\n\
                  sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} {QUORUM}\n\
                  sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}\n\
@@ -100,6 +133,9 @@ impl SentinelSet {
                     &format!("sentinel known-sentinel {MASTER_NAME} 127.0.0.1 {peer} {peer_id}\n");
             }
             // Sentinel rewrites its configuration file, so it must be one.
+            if let Some(certs) = tls {
+                serves_tls(port, certs);
+            }
             let args = vec!["sentinel.conf".into(), "--sentinel".into()];
             let files = [("sentinel.conf", conf.as_str())];
             let sentinel = ServerProcess::start_with_files(
@@ -117,7 +153,11 @@ impl SentinelSet {
             let _: () = tell(&sentinel, &debug, "SENTINEL DEBUG").await;
             sentinels.push(sentinel);
         }
-        let set = SentinelSet { nodes, sentinels };
+        let set = SentinelSet {
+            nodes,
+            sentinels,
+            tls: tls.is_some(),
+        };
         set.wait_settled().await;
         set
     }
@@ -131,18 +171,32 @@ impl SentinelSet {
         SET.get_or_init(|| on_own_runtime(SentinelSet::start()))
     }
 
+    /// Like [`shared`](Self::shared), a set started with
+    /// [`start_tls`](Self::start_tls) and [`Certificates::shared`].
+    pub fn shared_tls() -> &'static SentinelSet {
+        static SET: OnceLock<SentinelSet> = OnceLock::new();
+        SET.get_or_init(|| on_own_runtime(SentinelSet::start_tls(Certificates::shared())))
+    }
+
     /// [`MASTER_NAME`].
     pub fn master_name(&self) -> &str {
         MASTER_NAME
     }
 
-    /// `redis+sentinel://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3/distlock`:
-    /// every sentinel, and the master's name.
+    /// `redis+sentinel://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3/distlock`
+    /// (`rediss+sentinel://` with TLS): every sentinel, and the master's
+    /// name.
     pub fn url(&self) -> String {
         format!(
-            "redis+sentinel://{}/{MASTER_NAME}",
+            "{}+sentinel://{}/{MASTER_NAME}",
+            self.scheme(),
             self.sentinel_addrs().join(",")
         )
+    }
+
+    /// `redis` or, with TLS, `rediss`.
+    fn scheme(&self) -> &'static str {
+        if self.tls { "rediss" } else { "redis" }
     }
 
     /// Each sentinel's `127.0.0.1:PORT`.
@@ -157,7 +211,7 @@ impl SentinelSet {
     pub fn sentinel_urls(&self) -> Vec<String> {
         self.sentinel_addrs()
             .iter()
-            .map(|addr| format!("redis://{addr}/"))
+            .map(|addr| format!("{}://{addr}/", self.scheme()))
             .collect()
     }
 
@@ -383,6 +437,8 @@ impl SentinelSet {
                 return Err(format!("node {port} not yet in place: {info}"));
             }
         }
+        let replicas = (0..self.nodes.len()).filter(reachable).count() - 1;
+        streams_to(master, "distlock-fixture:settled", replicas).await?;
         Ok(index)
     }
 }

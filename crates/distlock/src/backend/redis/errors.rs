@@ -43,7 +43,7 @@ pub(super) fn map_err(
     } else if explain::is_untrusted_certificate(&e) {
         format!(
             "the Redis server's TLS certificate is not trusted ({e}); rediss:// URLs trust the \
-             system's root certificates, a private CA is given with redis::Client::build_with_tls"
+             system's root certificates, or those of the file SSL_CERT_FILE names"
         )
     } else {
         return Error::backend(NAME, op, e);
@@ -115,11 +115,17 @@ pub(super) fn url_of(info: &::redis::ConnectionInfo) -> String {
     }
 }
 
+/// Every topology's needs: on a cluster the scripts publish with
+/// `SPUBLISH` and waiters subscribe with `SSUBSCRIBE`, and the cluster
+/// client reads `CLUSTER SLOTS`; under Sentinel redis-rs asks the master
+/// its `ROLE`; with replicas, `INFO replication` counts them and `WAIT`
+/// waits for them (a user without `INFO` would silently wait for none).
 pub(super) fn acl_rules(namespace: &str) -> String {
     format!(
         "~{namespace}:* &{namespace}:* +evalsha +script|load +get +mget +set +pexpire +pttl \
          +del +publish +time +zrange +zadd +zrem +hget +hset +hdel +exists +subscribe \
-         +unsubscribe +ping +pexpireat +zcard +zscore +zcount +hvals"
+         +unsubscribe +ping +pexpireat +zcard +zscore +zcount +hvals +spublish +ssubscribe \
+         +sunsubscribe +wait +info +role +cluster|slots"
     )
 }
 

@@ -144,7 +144,15 @@
 //!   runs on one slot; releases publish on the key's shard channel
 //!   (`SPUBLISH`), which the waiters subscribe with `SSUBSCRIBE` on the
 //!   slot's node.
-//! * `rediss+sentinel://` and `rediss+cluster://`: the same over TLS.
+//! * `rediss+sentinel://` and `rediss+cluster://`: the same over TLS
+//!   (to the sentinels and to every node).
+//!
+//! Every `rediss` form trusts the system's root certificates, or instead
+//! those in the PEM file the `SSL_CERT_FILE` environment variable names
+//! (rustls-native-certs reads it), which is how a private CA is trusted
+//! through a URL (the CLI's tests do so on both topologies); over one
+//! server, [`RedisBackend::builder`] also takes a client built with
+//! `redis::Client::build_with_tls`.
 //!
 //! Every form takes `?namespace=NAME` and `?replicas=N`
 //! ([`RedisBackendBuilder::replicas`]). A bad URL (no master name, an empty
@@ -193,8 +201,13 @@
 //! # ACL
 //!
 //! A Redis user needs the keys `~NS:*`, the channels `&NS:*` and the
-//! commands listed by [`RedisBackend::required_acl`]. A missing permission
-//! is reported as an [`Error::Refused`](crate::Error::Refused) whose message names what is needed.
+//! commands listed by [`RedisBackend::required_acl`], on every node (ACL
+//! users are not replicated: set them on replicas too, which may become
+//! masters). The list serves every topology: the shard channel commands
+//! (`SPUBLISH`, `SSUBSCRIBE`) and `CLUSTER SLOTS` on a cluster, `ROLE` for
+//! the Sentinel lookup, `INFO` and `WAIT` for replica acknowledgement. A
+//! missing permission is reported as an [`Error::Refused`](crate::Error::Refused) whose message
+//! names what is needed.
 //!
 //! # Errors that retrying cannot fix
 //!
@@ -241,9 +254,21 @@
 //! ignore the two markers. An observer is woken by the publish and reads
 //! the key again; expiry publishes nothing (Redis would need keyspace
 //! notifications, a server setting), so a leader that expired is seen at
-//! the observer's next poll or when its time left runs out. `PUBLISH` and
-//! the `&NS:*` channels were already needed for releases: the ACL rules
-//! are unchanged.
+//! the observer's next poll or when its time left runs out. On a cluster
+//! both go out with `SPUBLISH` on the key's shard channel, which the
+//! subscription supervisor subscribes on the slot's node (`SSUBSCRIBE`),
+//! as for waiters (see [URLs](#urls)). `PUBLISH` (`SPUBLISH`) and the
+//! `&NS:*` channels were already needed for releases: observing needs no
+//! other ACL rule.
+//!
+//! With replica acknowledgement on
+//! (see [Replication](#replication)) a grant is in the store, and
+//! published, before its `WAIT` answers: an observer can see a holder
+//! whose grant is then withdrawn for want of acknowledgement. That term
+//! never leads: the grant is handed to no caller, and every later grant
+//! has a greater term, so what an observer sees still increases. (Seen by
+//! the CLI's `leader --watch` test, on a Sentinel set whose master did not
+//! stream to its replica yet: the first `WAIT` there took a second.)
 
 mod builder;
 mod conn;
