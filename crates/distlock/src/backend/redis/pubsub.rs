@@ -69,28 +69,17 @@ impl Shared {
         share: Share,
         until: Instant,
     ) -> Result<()> {
-        if self.shutdown.is_cancelled() {
-            sleep_until(until).await;
-            return Ok(());
-        }
         let names = RedisKeys::new(key);
-        let waiter = self.channels.join(&names.channel, self.supervisor());
+        let Some(waiter) = self.listen(&names, until).await else {
+            return Ok(());
+        };
         let channel = &waiter.channel;
         let released = channel.released.notified();
         tokio::pin!(released);
         released.as_mut().enable();
-        if !channel.is_subscribed() {
-            let ready = channel.ready.notified();
-            tokio::pin!(ready);
-            ready.as_mut().enable();
-            if !channel.is_subscribed() {
-                tokio::select! {
-                    _ = ready => {}
-                    // Woken by a release, a lost connection or a new one.
-                    _ = &mut released => return Ok(()),
-                    _ = sleep_until(until) => return Ok(()),
-                }
-            }
+        // Woken early by a release, a lost connection or a new one.
+        if !until_subscribed(channel, released.as_mut(), until).await {
+            return Ok(());
         }
         // Subscribed: a release from now on wakes us. One that happened
         // since the caller's last attempt is seen here.
@@ -132,12 +121,10 @@ impl Shared {
     /// woken by every publish after its read. Expiry publishes nothing:
     /// the caller's poll sees it.
     pub(super) async fn watch_holders(&self, key: &LockKey, until: Instant) -> Result<()> {
-        if self.shutdown.is_cancelled() {
-            sleep_until(until).await;
-            return Ok(());
-        }
         let names = RedisKeys::new(key);
-        let watcher = self.channels.join(&names.channel, self.supervisor());
+        let Some(watcher) = self.listen(&names, until).await else {
+            return Ok(());
+        };
         let channel = &watcher.channel;
         let changed = channel.changed.notified();
         tokio::pin!(changed);
@@ -147,19 +134,43 @@ impl Shared {
                 _ = changed => {}
                 _ = sleep_until(until) => {}
             }
-            return Ok(());
-        }
-        let ready = channel.ready.notified();
-        tokio::pin!(ready);
-        ready.as_mut().enable();
-        if !channel.is_subscribed() {
-            tokio::select! {
-                _ = ready => {}
-                _ = changed => {}
-                _ = sleep_until(until) => {}
-            }
+        } else {
+            until_subscribed(channel, changed, until).await;
         }
         Ok(())
+    }
+
+    /// Joins the channel of `names`' key; `None` once the backend is
+    /// closed (no subscription left to wait on), after sleeping to `until`.
+    async fn listen(&self, names: &RedisKeys, until: Instant) -> Option<Waiter<'_>> {
+        if self.shutdown.is_cancelled() {
+            sleep_until(until).await;
+            return None;
+        }
+        Some(self.channels.join(&names.channel, self.supervisor()))
+    }
+}
+
+/// Returns `true` once `channel` is subscribed (at once if it is);
+/// `false` if `woken` fires or `until` passes first.
+async fn until_subscribed(
+    channel: &Channel,
+    woken: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
+    until: Instant,
+) -> bool {
+    if channel.is_subscribed() {
+        return true;
+    }
+    let ready = channel.ready.notified();
+    tokio::pin!(ready);
+    ready.as_mut().enable();
+    if channel.is_subscribed() {
+        return true;
+    }
+    tokio::select! {
+        _ = ready => true,
+        _ = woken => false,
+        _ = sleep_until(until) => false,
     }
 }
 
