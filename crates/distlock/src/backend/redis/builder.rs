@@ -12,11 +12,11 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
-use super::conn::Conn;
+use super::conn::{Conn, Topology};
 use super::connect::{Dial, Source, Target};
 use super::errors::{Who, acl_rules, is_auth_error, map_err};
 use super::pubsub::Channels;
-use super::replicas::Replicas;
+use super::replicas::{Replicas, keep_counting};
 use super::scripts::{ALL, Queued};
 use crate::error::{Error, Result};
 use crate::key::{LockKey, Namespace};
@@ -153,8 +153,10 @@ impl RedisBackendBuilder {
 
     /// How many replicas must acknowledge a grant or an extend (`WAIT`)
     /// before it is handed out; 0 turns acknowledgement off. By default 1
-    /// when the master has a replica connected when the backend connects
-    /// (and, under Sentinel, after each failover), else 0. A grant not
+    /// when the master that takes the write has a replica in the
+    /// topology's own view (the sentinels' replica list, the cluster's
+    /// node table; on one server, a connected replica), counted every
+    /// second and again when a write falls short, else 0. A grant not
     /// acknowledged within the [replica timeout](Self::replica_timeout) is
     /// released and reported as a transient [`Error::Backend`], which the
     /// engine retries like any other. See the [module docs](super#replication).
@@ -220,6 +222,7 @@ impl RedisBackendBuilder {
             }
             (_, target) => dial.connect(target).await?,
         };
+        let conn_replicated = conn.topology() != Topology::Single;
         let mut backend = Shared {
             source,
             described,
@@ -230,7 +233,7 @@ impl RedisBackendBuilder {
             maxmemory_policy: None,
             channels: Arc::new(Channels::default()),
             waiter_lease: self.waiter_lease,
-            replicas: Replicas::new(self.replicas, self.replica_timeout),
+            replicas: Replicas::new(self.replicas, self.replica_timeout, conn_replicated),
             supervisor: OnceLock::new(),
             queued: Queued::default(),
             shutdown: CancellationToken::new(),
@@ -238,9 +241,9 @@ impl RedisBackendBuilder {
         backend.maxmemory_policy = backend.check_maxmemory_policy().await?;
         backend.load_scripts().await;
         backend.count_replicas().await;
-        Ok(RedisBackend {
-            shared: Arc::new(backend),
-        })
+        let shared = Arc::new(backend);
+        keep_counting(&shared);
+        Ok(RedisBackend { shared })
     }
 }
 

@@ -117,15 +117,16 @@ pub(super) fn url_of(info: &::redis::ConnectionInfo) -> String {
 
 /// Every topology's needs: on a cluster the scripts publish with
 /// `SPUBLISH` and waiters subscribe with `SSUBSCRIBE`, and the cluster
-/// client reads `CLUSTER SLOTS`; under Sentinel redis-rs asks the master
-/// its `ROLE`; with replicas, `INFO replication` counts them and `WAIT`
-/// waits for them (a user without `INFO` would silently wait for none).
+/// client reads `CLUSTER SLOTS`, and the backend `CLUSTER NODES` (the
+/// replica count) and `CLUSTER MYID` (where a write ran); under Sentinel
+/// redis-rs asks the master its `ROLE`; `INFO replication` counts one
+/// server's replicas and `WAIT` waits for them.
 pub(super) fn acl_rules(namespace: &str) -> String {
     format!(
         "~{namespace}:* &{namespace}:* +evalsha +script|load +get +mget +set +pexpire +pttl \
          +del +publish +time +zrange +zadd +zrem +hget +hset +hdel +exists +subscribe \
          +unsubscribe +ping +pexpireat +zcard +zscore +zcount +hvals +spublish +ssubscribe \
-         +sunsubscribe +wait +info +role +cluster|slots"
+         +sunsubscribe +wait +info +role +cluster|slots +cluster|nodes +cluster|myid"
     )
 }
 

@@ -178,12 +178,27 @@
 //! when `n` replicas acknowledged it; a grant not acknowledged within
 //! [`RedisBackendBuilder::replica_timeout`] is released again and the
 //! attempt fails with a transient error, which the engine retries within
-//! its deadline. By default `n` is 1 when the master has a connected
-//! replica (counted on connect and after each Sentinel failover, and again
-//! at a node that falls short), else 0. Under Sentinel a master found with
-//! no replica left is trusted only once the sentinels confirm it is still
+//! its deadline. By default `n` is 1 when the master that takes the
+//! write has a replica in the topology's own view, else 0: under Sentinel
+//! a replica the sentinels list and do not deem down; on a cluster a
+//! replica of the key's master not flagged `fail`; on one server a
+//! connected replica. Not the master's connected replicas: a master cut
+//! off from its replicas has none connected and would grant alone while
+//! one of them is promoted over it. The count is taken on connect, every
+//! second after, and again when a write falls short; a count that cannot
+//! be read keeps the last one (until the first, one replica on Sentinel
+//! and Cluster). So a replica that dies for good stops grants until the
+//! topology deems it down (Sentinel's `down-after-milliseconds`, the
+//! cluster's node timeout), and a shard whose last replica took over
+//! grants unacknowledged until a replica joins it. Under Sentinel a master
+//! that falls short is trusted only once the sentinels confirm it is still
 //! the master: a master cut off and replaced takes writes when it comes
-//! back, until they demote it, and its replicas have left it.
+//! back, until they demote it.
+//!
+//! On a cluster, a write to a slot being migrated runs on the importing
+//! node once its keys moved there (the client follows `ASK`); the backend
+//! asks the key's node its `CLUSTER MYID` alongside the `WAIT` and, when
+//! another node took the write, waits there too.
 //!
 //! What this can and cannot promise: an acknowledged grant is on two nodes,
 //! so the loss of one node does not lose it; but a replica that
@@ -204,8 +219,10 @@
 //! commands listed by [`RedisBackend::required_acl`], on every node (ACL
 //! users are not replicated: set them on replicas too, which may become
 //! masters). The list serves every topology: the shard channel commands
-//! (`SPUBLISH`, `SSUBSCRIBE`) and `CLUSTER SLOTS` on a cluster, `ROLE` for
-//! the Sentinel lookup, `INFO` and `WAIT` for replica acknowledgement. A
+//! (`SPUBLISH`, `SSUBSCRIBE`), `CLUSTER SLOTS`, `CLUSTER NODES` and
+//! `CLUSTER MYID` on a cluster, `ROLE` for the Sentinel lookup, `INFO` and
+//! `WAIT` for replica acknowledgement. Under Sentinel the sentinels are
+//! asked `SENTINEL REPLICAS` too (a sentinel ACL user needs it). A
 //! missing permission is reported as an [`Error::Refused`](crate::Error::Refused) whose message
 //! names what is needed.
 //!
@@ -276,6 +293,7 @@ mod connect;
 mod errors;
 mod keys;
 mod pubsub;
+mod replica_view;
 mod replicas;
 mod scripts;
 mod sentinel;

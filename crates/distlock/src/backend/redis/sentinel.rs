@@ -12,14 +12,18 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use ::redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
 use ::redis::sentinel::{Sentinel, SentinelNodeConnectionInfo};
 use ::redis::{
     Client, Cmd, ConnectionInfo, ErrorKind, Pipeline, RedisError, RedisResult, ServerErrorKind,
-    Value,
+    Value, cmd,
 };
 use tokio::sync::watch;
 use tokio::time::{Instant, timeout};
+
+use super::replica_view::live_sentinel_replicas;
 
 /// Sentinels are asked at most this often while the master they name
 /// keeps failing (it is down, but no failover has happened yet): every
@@ -37,6 +41,10 @@ pub(super) struct SentinelMaster {
     current: RwLock<Arc<Current>>,
     changed: watch::Sender<u64>,
     db: i64,
+    /// For counting the master's replicas (see `replica_view`).
+    sentinels: Vec<ConnectionInfo>,
+    /// The connection to the sentinel that last answered a count.
+    asked: tokio::sync::Mutex<Option<MultiplexedConnection>>,
 }
 
 struct Lookup {
@@ -69,7 +77,7 @@ impl SentinelMaster {
         bound: Duration,
     ) -> RedisResult<Self> {
         let mut lookup = Lookup {
-            sentinel: Sentinel::build(sentinels)?,
+            sentinel: Sentinel::build(sentinels.clone())?,
             last: None,
         };
         // The caller bounds this by its connect timeout.
@@ -88,6 +96,8 @@ impl SentinelMaster {
             })),
             changed: watch::channel(0).0,
             db,
+            sentinels,
+            asked: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -215,6 +225,46 @@ impl SentinelMaster {
                 None
             }
         }
+    }
+
+    /// How many replicas of the master the sentinels deem alive (see
+    /// [`live_sentinel_replicas`]), asking one sentinel after another,
+    /// each within the lookup bound; `None` if none answered.
+    pub(super) async fn live_replicas(&self) -> Option<usize> {
+        let mut asked = self.asked.lock().await;
+        let mut ask = cmd("SENTINEL");
+        ask.arg("REPLICAS").arg(&self.name);
+        if let Some(conn) = asked.as_mut()
+            && let Ok(Ok(reply)) = timeout(self.bound, ask.query_async::<Value>(conn)).await
+        {
+            return live_sentinel_replicas(&reply);
+        }
+        *asked = None;
+        for info in &self.sentinels {
+            let attempt = async {
+                let mut conn = Client::open(info.clone())?
+                    .get_multiplexed_async_connection()
+                    .await?;
+                let reply: Value = ask.query_async(&mut conn).await?;
+                Ok::<_, RedisError>((conn, reply))
+            };
+            match timeout(self.bound, attempt).await {
+                Ok(Ok((conn, reply))) => {
+                    *asked = Some(conn);
+                    return live_sentinel_replicas(&reply);
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, master = self.name, "distlock: a sentinel did not list the replicas");
+                }
+                Err(_) => {
+                    tracing::debug!(
+                        master = self.name,
+                        "distlock: a sentinel did not list the replicas in time"
+                    );
+                }
+            }
+        }
+        None
     }
 
     async fn lookup_client(&self, sentinel: &mut Sentinel) -> RedisResult<Client> {
