@@ -314,8 +314,9 @@ impl RedisBackend {
         }
     }
 
-    /// How many replicas acknowledge each grant and extend now (0: none
-    /// are waited for); see [`RedisBackendBuilder::replicas`].
+    /// How many replicas a grant or an extend waits for now, at most (0:
+    /// none are waited for; on a cluster, the shard with the most); see
+    /// [`RedisBackendBuilder::replicas`].
     pub fn replicas(&self) -> usize {
         self.shared.replicas.wanted()
     }
