@@ -15,6 +15,7 @@ use distlock::backend::redis::{RedisBackend, RedisKeys};
 use distlock::{Key, LockKey, Namespace};
 use futures::future::BoxFuture;
 
+use crate::certs::Certificates;
 use crate::fixture::{Fixture, ReachableFixture};
 use crate::server::{ServerProcess, free_port, require_binary};
 
@@ -175,6 +176,8 @@ pub fn shared_server() -> &'static RedisServer {
 #[derive(Clone, Debug)]
 pub struct RedisFixture {
     url: Arc<str>,
+    /// For the fixture's own commands (leftovers, deletes).
+    admin: ::redis::Client,
 }
 
 impl RedisFixture {
@@ -185,7 +188,22 @@ impl RedisFixture {
 
     /// A fixture over the server at `url`.
     pub fn on(url: &str) -> Self {
-        RedisFixture { url: url.into() }
+        RedisFixture {
+            url: url.into(),
+            admin: ::redis::Client::open(url).expect("valid URL"),
+        }
+    }
+
+    /// A fixture over a TLS server of this test process (started on first
+    /// use, its certificate from [`Certificates::shared`]), through
+    /// `rediss://`: a client must trust [`Certificates::ca`].
+    pub async fn tls() -> Self {
+        static SERVER: OnceLock<RedisServer> = OnceLock::new();
+        let server = SERVER.get_or_init(|| RedisServer::start_tls(Certificates::shared().dir()));
+        RedisFixture {
+            url: format!("rediss://127.0.0.1:{}/", server.port()).into(),
+            admin: admin_client(server.port()).expect("a client for the TLS server"),
+        }
     }
 
     /// A new backend (own connections) on this fixture's server.
@@ -207,8 +225,8 @@ impl Fixture for RedisFixture {
                 namespace: Namespace::new(namespace).expect("valid namespace"),
                 key: Key::new(key).expect("valid key"),
             });
-            let mut conn = ::redis::Client::open(&*self.url)
-                .expect("valid URL")
+            let mut conn = self
+                .admin
                 .get_multiplexed_async_connection()
                 .await
                 .expect("connect to the test redis-server");
@@ -230,8 +248,8 @@ impl ReachableFixture for RedisFixture {
     /// Every key of the namespace but the fencing counters.
     fn leftovers<'a>(&'a self, namespace: &'a str) -> BoxFuture<'a, Vec<String>> {
         Box::pin(async move {
-            let mut conn = ::redis::Client::open(&*self.url)
-                .expect("valid URL")
+            let mut conn = self
+                .admin
                 .get_multiplexed_async_connection()
                 .await
                 .expect("connect to the test redis-server");

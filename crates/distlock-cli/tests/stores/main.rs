@@ -89,6 +89,8 @@ macro_rules! every_store {
 
 // Over TLS, a few cases: each test process starts its own topology.
 #[cfg(feature = "redis")]
+store_tests!(redis_tls: concurrent_runs_never_overlap_and_tokens_increase, status_reports_the_holder_in_text_and_json);
+#[cfg(feature = "redis")]
 store_tests!(sentinel_tls: concurrent_runs_never_overlap_and_tokens_increase, status_reports_the_holder_in_text_and_json);
 #[cfg(feature = "redis")]
 store_tests!(cluster_tls: concurrent_runs_never_overlap_and_tokens_increase, status_reports_the_holder_in_text_and_json);

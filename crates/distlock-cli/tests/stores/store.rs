@@ -50,6 +50,19 @@ impl Store {
         )
     }
 
+    /// One server over TLS, through `rediss://`, the commands trusting
+    /// its private CA.
+    #[cfg(feature = "redis")]
+    pub(crate) fn redis_tls() -> Self {
+        Store {
+            ca: Some(distlock_testkit::certs::Certificates::shared().ca()),
+            ..Self::server(
+                |runtime| Box::new(runtime.block_on(distlock_testkit::redis::RedisFixture::tls())),
+                format!("rediss://127.0.0.1:{}/", free_port()),
+            )
+        }
+    }
+
     /// The master of a Sentinel set (one master, two replicas, three
     /// sentinels), through `redis+sentinel://`.
     #[cfg(feature = "redis")]
