@@ -47,6 +47,13 @@ pub trait Store: Send + Sync + 'static {
         })
     }
 
+    /// A fresh replicated topology of this store's kind whose master the
+    /// failover scenario kills; `None` (the default) for a store without
+    /// failover.
+    fn replicated(&self) -> BoxFuture<'_, Option<Box<dyn Replicated>>> {
+        Box::pin(async { None })
+    }
+
     /// Store-side operation counters now (commands, revisions, ...).
     fn counters(&self) -> BoxFuture<'_, Vec<(String, f64)>> {
         Box::pin(async { Vec::new() })
@@ -83,6 +90,28 @@ impl Cycles {
             locker.close().await.expect("close");
         }
     }
+}
+
+/// A replicated store whose master can be killed: see
+/// [`Store::replicated`].
+pub trait Replicated: Send + Sync {
+    /// The topology's URL with the query `query` (`replicas=1&namespace=...`).
+    fn url(&self, query: &str) -> String;
+
+    /// Whether the master [`kill_master`](Self::kill_master) kills serves
+    /// the Redis key `name`.
+    fn serves(&self, name: &str) -> bool;
+
+    /// Kills (SIGKILL) the master that serves the keys
+    /// [`serves`](Self::serves) accepts, and returns once it is dead.
+    fn kill_master(&self);
+
+    /// Waits until the topology has settled on another master for those
+    /// keys; panics if it does not.
+    fn wait_failed_over(&self) -> BoxFuture<'_, ()>;
+
+    /// The settings that time the failover, for the report.
+    fn timing(&self) -> BoxFuture<'_, String>;
 }
 
 /// A cycle through the public API: `acquire` (a lock, a permit, a read
