@@ -5,18 +5,22 @@
 //! cargo run --release -p distlock-bench -- [--json] [--smoke] [OPTIONS] [SELECTION...]
 //! ```
 //!
-//! A selection is a backend (`memory`, `file`, `redis`, `etcd`), a scenario
-//! (`uncontended`, `throughput`, `handoff-processes`, `handoff-one-locker`,
-//! `held`, `lost`, `permits-uncontended`, `permits-throughput`,
-//! `permits-handoff-processes`), a scenario's first words (`permits`,
-//! `handoff`) or a backend and a scenario (`redis-held`, `etcd-permits`);
-//! none means everything. Every scenario is one async function over a
+//! A selection is a backend (`memory`, `file`, `redis`, `etcd`,
+//! `redis-sentinel`, `redis-cluster`), a scenario (`uncontended`,
+//! `throughput`, `handoff-processes`, `handoff-one-locker`, `held`, `lost`,
+//! `permits-uncontended`, `permits-throughput`,
+//! `permits-handoff-processes`, `leadership`, `failover`), a scenario's
+//! first words (`permits`, `handoff`) or a backend and a scenario
+//! (`redis-held`, `etcd-permits`, `redis-cluster-failover`); none means
+//! everything. Every scenario is one async function over a
 //! [`stores::Store`] returning a [`report::Report`]; adding one means one
 //! entry in [`SCENARIOS`], adding a store one entry in [`BACKENDS`].
+//! `--smoke` without a selection leaves out [`NOT_IN_SMOKE`].
 
 mod alloc;
 mod etcd_store;
 mod machine;
+mod redis_ha_store;
 mod redis_store;
 mod report;
 mod runner;
@@ -29,6 +33,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
+use crate::redis_ha_store::{HaStore, Kind};
 use crate::stores::Store;
 
 #[global_allocator]
@@ -54,6 +59,8 @@ pub struct Env {
     pub lost_trials: usize,
     /// Their TTL.
     pub lost_ttl: Duration,
+    /// Failovers per replicated store in the failover scenario.
+    pub failovers: usize,
 }
 
 impl Env {
@@ -68,6 +75,7 @@ impl Env {
             held_rounds: 2,
             lost_trials: 24,
             lost_ttl: Duration::from_secs(1),
+            failovers: 5,
         }
     }
 
@@ -84,6 +92,7 @@ impl Env {
             held_rounds: 1,
             lost_trials: 4,
             lost_ttl: Duration::from_millis(600),
+            failovers: 1,
         }
     }
 }
@@ -142,7 +151,27 @@ const SCENARIOS: &[(&str, &str, Run)] = &[
         "takeover after resign (vs a plain lock's), observe latency, killed leader",
         |env, s| Box::pin(scenarios::leadership(env, s)),
     ),
+    (
+        "failover",
+        "replicated Redis: time from killing the master of a lock's key to its next grant",
+        |env, s| Box::pin(scenarios::failover(env, s)),
+    ),
 ];
+
+/// Scenarios a `--smoke` run without a selection leaves out: a failover
+/// starts fresh topologies and waits out the sentinels' and the cluster's
+/// timeouts (about 10 s a store; `--smoke failover` runs it once per store).
+const NOT_IN_SMOKE: &[&str] = &["failover"];
+
+/// Whether a store without replicas runs `scenario`: all but the failover.
+fn unreplicated(scenario: &str) -> bool {
+    scenario != "failover"
+}
+
+/// Which scenarios the replicated Redis stores run: issue 15's.
+fn replicated(scenario: &str) -> bool {
+    matches!(scenario, "uncontended" | "throughput" | "failover")
+}
 
 /// A store the bench can start.
 struct Backend {
@@ -160,7 +189,7 @@ const BACKENDS: &[Backend] = &[
         name: "memory",
         start: || Arc::new(stores::FixtureStore::memory()),
         server: None,
-        runs: |_| true,
+        runs: unreplicated,
     },
     // Only issue 13's and 14's scenarios (whose cycles include the lock's):
     // the file store was not among issue 7's, and it has no TTL expiry for
@@ -175,13 +204,26 @@ const BACKENDS: &[Backend] = &[
         name: "redis",
         start: || Arc::new(redis_store::RedisStore::start()),
         server: Some("redis-server"),
-        runs: |_| true,
+        runs: unreplicated,
     },
     Backend {
         name: "etcd",
         start: || Arc::new(etcd_store::EtcdStore::start()),
         server: Some("etcd"),
-        runs: |_| true,
+        runs: unreplicated,
+    },
+    // Issue 15: the testkit's topologies, on the same redis-server binary.
+    Backend {
+        name: "redis-sentinel",
+        start: || Arc::new(HaStore::start(Kind::Sentinel)),
+        server: Some("redis-server"),
+        runs: replicated,
+    },
+    Backend {
+        name: "redis-cluster",
+        start: || Arc::new(HaStore::start(Kind::Cluster)),
+        server: Some("redis-server"),
+        runs: replicated,
     },
 ];
 
@@ -207,7 +249,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: distlock-bench [--json] [--smoke] [--iterations N] [--per-task N] [--handoffs N]\n\
          \x20                     [--held N] [--held-ttl-ms MS] [--held-rounds N] [--lost-trials N]\n\
-         \x20                     [--lost-ttl-ms MS] [SELECTION...]\n\
+         \x20                     [--lost-ttl-ms MS] [--failovers N] [SELECTION...]\n\
          a selection is a backend, a scenario, or BACKEND-SCENARIO; none means all.\nbackends:"
     );
     for backend in BACKENDS {
@@ -222,6 +264,7 @@ fn usage() -> ! {
 
 fn main() {
     let mut json = false;
+    let mut smoke = false;
     let mut env = Env::full();
     let mut overrides: Vec<(String, u64)> = Vec::new();
     let mut selection: Vec<String> = Vec::new();
@@ -229,7 +272,10 @@ fn main() {
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--json" => json = true,
-            "--smoke" => env = Env::smoke(),
+            "--smoke" => {
+                smoke = true;
+                env = Env::smoke();
+            }
             "-h" | "--help" => usage(),
             flag if flag.starts_with("--") => {
                 let value = args
@@ -253,13 +299,14 @@ fn main() {
             "--held-rounds" => env.held_rounds = v as u32,
             "--lost-trials" => env.lost_trials = n,
             "--lost-ttl-ms" => env.lost_ttl = Duration::from_millis(v),
+            "--failovers" => env.failovers = n,
             _ => usage(),
         }
     }
     let mut runs: Vec<(usize, usize)> = Vec::new();
     for (b, backend) in BACKENDS.iter().enumerate() {
         for (s, (scenario, _, _)) in SCENARIOS.iter().enumerate() {
-            let wanted = selection.is_empty()
+            let wanted = (selection.is_empty() && !(smoke && NOT_IN_SMOKE.contains(scenario)))
                 || selection
                     .iter()
                     .any(|sel| selects(sel, backend.name, scenario));
@@ -292,7 +339,15 @@ fn main() {
         .iter()
         .zip(&stores)
         .filter(|(_, started)| started.is_some())
-        .filter_map(|(backend, _)| backend.server.map(machine::version))
+        .filter_map(|(backend, _)| backend.server)
+        .fold(Vec::new(), |mut servers, server| {
+            if !servers.contains(&server) {
+                servers.push(server);
+            }
+            servers
+        })
+        .into_iter()
+        .map(machine::version)
         .collect();
     let machine = machine::Machine::probe(servers);
     if !json {

@@ -72,6 +72,20 @@ async fn raw_cycle(mut conn: ConnectionManager, script: Arc<Script>, key: &str) 
     assert_eq!(deleted, 1);
 }
 
+/// rslock's `lock` + `unlock` on one of `keys`, through `manager`.
+pub fn rslock_cycle(manager: rslock::LockManager, keys: &'static [String]) -> Cycle {
+    Arc::new(move |k| {
+        let manager = manager.clone();
+        Box::pin(async move {
+            let lock = manager
+                .lock(keys[k].as_str(), TTL)
+                .await
+                .expect("rslock lock");
+            manager.unlock(&lock).await;
+        })
+    })
+}
+
 /// distlock's acquire and release scripts run by hand: the store's share of
 /// distlock's cycle, without the backend's and the engine's client code.
 async fn same_scripts_cycle(
@@ -132,17 +146,7 @@ impl Store for RedisStore {
                 Box::pin(async move { raw_cycle(conn, script, &raw_keys[k]).await })
             });
             let manager = rslock::LockManager::new(vec![self.url()]);
-            let peer_keys = keys("bench-rslock:k", tasks);
-            let rslock: Cycle = Arc::new(move |k| {
-                let manager = manager.clone();
-                Box::pin(async move {
-                    let lock = manager
-                        .lock(peer_keys[k].as_str(), TTL)
-                        .await
-                        .expect("rslock lock");
-                    manager.unlock(&lock).await;
-                })
-            });
+            let rslock = rslock_cycle(manager, keys("bench-rslock:k", tasks));
             let conn = self.admin().await;
             let scripts = Arc::new((Script::new(ACQUIRE_LUA), Script::new(RELEASE_LUA)));
             let same_keys = keys("bench-scripts:{k}", tasks);
@@ -177,54 +181,67 @@ impl Store for RedisStore {
         })
     }
 
-    /// `INFO commandstats`, `INFO stats` and `INFO cpu`: calls per command
-    /// (commands a script runs count too), commands processed, read events
-    /// (a pipelined batch of commands is one read) and the server's CPU time.
     fn counters(&self) -> BoxFuture<'_, Vec<(String, f64)>> {
-        Box::pin(async move {
-            let mut conn = self.admin().await;
-            let mut out = Vec::new();
-            let mut cpu = 0.0;
-            for section in ["commandstats", "stats", "cpu"] {
-                let text: String = redis::cmd("INFO")
-                    .arg(section)
-                    .query_async(&mut conn)
-                    .await
-                    .expect("INFO");
-                for line in text.lines() {
-                    if let Some((cmd, fields)) = line
-                        .strip_prefix("cmdstat_")
-                        .and_then(|l| l.split_once(':'))
-                    {
-                        for field in fields.split(',') {
-                            if let Some((k, v)) = field.split_once('=')
-                                && k == "calls"
-                            {
-                                out.push((format!("{cmd} {k}"), v.parse().unwrap_or(0.0)));
-                            }
-                        }
-                    } else if let Some((k, v)) = line.split_once(':')
-                        && matches!(
-                            k,
-                            "total_commands_processed"
-                                | "total_reads_processed"
-                                | "total_net_input_bytes"
-                        )
-                    {
-                        out.push((k.to_owned(), v.trim().parse().unwrap_or(0.0)));
-                    } else if let Some((k, v)) = line.split_once(':')
-                        && matches!(k, "used_cpu_sys" | "used_cpu_user")
-                    {
-                        cpu += v.trim().parse::<f64>().unwrap_or(0.0);
-                    }
-                }
-            }
-            out.push(("#server CPU µs".to_owned(), cpu * 1e6));
-            out
-        })
+        Box::pin(async move { info_counters(&[self.url()]).await })
     }
 
     fn handoff_targets(&self) -> bool {
         true
     }
+}
+
+/// The servers' `INFO commandstats`, `INFO stats` and `INFO cpu`, added
+/// up over `urls`: calls per command (commands a script runs count too),
+/// commands processed, read events (a pipelined batch of commands is one
+/// read) and the servers' CPU time.
+pub async fn info_counters(urls: &[String]) -> Vec<(String, f64)> {
+    let mut out: Vec<(String, f64)> = Vec::new();
+    let mut add = |name: String, v: f64| match out.iter_mut().find(|(n, _)| *n == name) {
+        Some((_, total)) => *total += v,
+        None => out.push((name, v)),
+    };
+    let mut cpu = 0.0;
+    for url in urls {
+        let mut conn = redis::Client::open(url.as_str())
+            .expect("valid URL")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to a bench redis-server");
+        for section in ["commandstats", "stats", "cpu"] {
+            let text: String = redis::cmd("INFO")
+                .arg(section)
+                .query_async(&mut conn)
+                .await
+                .expect("INFO");
+            for line in text.lines() {
+                if let Some((cmd, fields)) = line
+                    .strip_prefix("cmdstat_")
+                    .and_then(|l| l.split_once(':'))
+                {
+                    for field in fields.split(',') {
+                        if let Some((k, v)) = field.split_once('=')
+                            && k == "calls"
+                        {
+                            add(format!("{cmd} {k}"), v.parse().unwrap_or(0.0));
+                        }
+                    }
+                } else if let Some((k, v)) = line.split_once(':')
+                    && matches!(
+                        k,
+                        "total_commands_processed"
+                            | "total_reads_processed"
+                            | "total_net_input_bytes"
+                    )
+                {
+                    add(k.to_owned(), v.trim().parse().unwrap_or(0.0));
+                } else if let Some((k, v)) = line.split_once(':')
+                    && matches!(k, "used_cpu_sys" | "used_cpu_user")
+                {
+                    cpu += v.trim().parse::<f64>().unwrap_or(0.0);
+                }
+            }
+        }
+    }
+    add("#server CPU µs".to_owned(), cpu * 1e6);
+    out
 }

@@ -23,9 +23,22 @@ pub const ROTATE: usize = 64;
 
 /// Key names `prefix-0 ...`, leaked so cycles can borrow them for `'static`.
 pub fn keys(prefix: &str, tasks: usize) -> &'static [String] {
+    keys_where(prefix, tasks, |_| true)
+}
+
+/// Like [`keys`], each name the first of `prefix-i`, `prefix-i.1`,
+/// `prefix-i.2` ... that `wanted` accepts (a Redis Cluster bench keeps its
+/// keys on one master so).
+pub fn keys_where(prefix: &str, tasks: usize, wanted: impl Fn(&str) -> bool) -> &'static [String] {
+    let name = |i: usize| {
+        std::iter::once(format!("{prefix}-{i}"))
+            .chain((1..).map(|n| format!("{prefix}-{i}.{n}")))
+            .find(|name| wanted(name))
+            .expect("an endless search")
+    };
     Box::leak(
         (0..ROTATE + tasks)
-            .map(|i| format!("{prefix}-{i}"))
+            .map(name)
             .collect::<Vec<_>>()
             .into_boxed_slice(),
     )
@@ -186,18 +199,6 @@ async fn block(cycle: &Cycle, plan: &Plan, n: usize, offset: usize) -> (Vec<Dura
         samples
     };
     (samples, start.elapsed())
-}
-
-/// Runs every subject in interleaved blocks and reports them, distlock
-/// (the first subject) against each of the others.
-pub async fn compare(
-    report: Report,
-    subjects: &[Subject],
-    plan: &Plan,
-    store: &dyn Store,
-) -> Report {
-    let pairs: Vec<(usize, usize)> = (1..subjects.len()).map(|s| (0, s)).collect();
-    compare_pairs(report, subjects, &pairs, plan, store).await
 }
 
 /// Runs every subject in interleaved blocks and reports them, with the

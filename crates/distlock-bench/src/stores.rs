@@ -23,8 +23,36 @@ pub trait Store: Send + Sync + 'static {
     fn delete_behind_back<'a>(&'a self, namespace: &'a str, key: &'a str) -> BoxFuture<'a, ()>;
 
     /// The store's own baselines for the cycle scenarios: its raw floor and
-    /// peer crates. `tasks` is the concurrency they will run at.
-    fn baselines(&self, tasks: usize) -> BoxFuture<'_, Vec<Subject>>;
+    /// peer crates (none by default). `tasks` is the concurrency they will
+    /// run at.
+    fn baselines(&self, _tasks: usize) -> BoxFuture<'_, Vec<Subject>> {
+        Box::pin(async { Vec::new() })
+    }
+
+    /// What the cycle scenarios (uncontended, throughput) run at `tasks`
+    /// concurrency, in `namespace`. By default distlock on a
+    /// [`locker`](Self::locker), its SPI alone and the
+    /// [`baselines`](Self::baselines), each compared with distlock.
+    fn cycles<'a>(&'a self, namespace: &'a str, tasks: usize) -> BoxFuture<'a, Cycles> {
+        Box::pin(async move {
+            let locker = self.locker(namespace).await;
+            let mut subjects = distlock_subjects(&locker);
+            subjects.extend(self.baselines(tasks).await);
+            Cycles {
+                pairs: (1..subjects.len()).map(|s| (0, s)).collect(),
+                subjects,
+                lockers: vec![locker],
+                notes: Vec::new(),
+            }
+        })
+    }
+
+    /// A fresh replicated topology of this store's kind whose master the
+    /// failover scenario kills; `None` (the default) for a store without
+    /// failover.
+    fn replicated(&self) -> BoxFuture<'_, Option<Box<dyn Replicated>>> {
+        Box::pin(async { None })
+    }
 
     /// Store-side operation counters now (commands, revisions, ...).
     fn counters(&self) -> BoxFuture<'_, Vec<(String, f64)>> {
@@ -41,6 +69,49 @@ pub trait Store: Send + Sync + 'static {
     fn slowness(&self) -> usize {
         1
     }
+}
+
+/// The subjects of a cycle scenario and the ratios it reports.
+pub struct Cycles {
+    /// What is measured, distlock first.
+    pub subjects: Vec<Subject>,
+    /// `(a, b)`: subject `a`'s cost over subject `b`'s, block by block.
+    pub pairs: Vec<(usize, usize)>,
+    /// The Lockers the subjects run on, closed after the scenario.
+    pub lockers: Vec<Locker>,
+    /// What the report should say about the subjects.
+    pub notes: Vec<String>,
+}
+
+impl Cycles {
+    /// Closes the subjects' Lockers.
+    pub async fn close(self) {
+        for locker in self.lockers {
+            locker.close().await.expect("close");
+        }
+    }
+}
+
+/// A replicated store whose master can be killed: see
+/// [`Store::replicated`].
+pub trait Replicated: Send + Sync {
+    /// The topology's URL with the query `query` (`replicas=1&namespace=...`).
+    fn url(&self, query: &str) -> String;
+
+    /// Whether the master [`kill_master`](Self::kill_master) kills serves
+    /// the Redis key `name`.
+    fn serves(&self, name: &str) -> bool;
+
+    /// Kills (SIGKILL) the master that serves the keys
+    /// [`serves`](Self::serves) accepts, and returns once it is dead.
+    fn kill_master(&self);
+
+    /// Waits until the topology has settled on another master for those
+    /// keys; panics if it does not.
+    fn wait_failed_over(&self) -> BoxFuture<'_, ()>;
+
+    /// The settings that time the failover, for the report.
+    fn timing(&self) -> BoxFuture<'_, String>;
 }
 
 /// A cycle through the public API: `acquire` (a lock, a permit, a read
@@ -74,7 +145,7 @@ where
 }
 
 /// The plain lock cycle: obtain + release.
-fn obtain_cycle(locker: &Locker, keys: &'static [String]) -> Cycle {
+pub fn obtain_cycle(locker: &Locker, keys: &'static [String]) -> Cycle {
     api_cycle(locker, keys, 1, |locker, key| async move {
         locker.obtain(key).await
     })
@@ -121,7 +192,8 @@ pub fn distlock_subjects(locker: &Locker) -> Vec<Subject> {
 /// A store without a server: the in-process memory store (one
 /// `MemoryBackend` shared by every locker), or the file store (a fresh lock
 /// directory under the system's temp dir, each locker with its own
-/// `FileBackend` on it, contending through the OS as processes do).
+/// `FileBackend` on it, contending through the OS as processes do). Its
+/// floor is the SPI-only subject; there is no peer crate.
 pub struct FixtureStore<F> {
     name: &'static str,
     fixture: F,
@@ -162,11 +234,6 @@ impl<F: Fixture> Store for FixtureStore<F> {
 
     fn delete_behind_back<'a>(&'a self, namespace: &'a str, key: &'a str) -> BoxFuture<'a, ()> {
         self.fixture.delete_behind_back(namespace, key)
-    }
-
-    /// The SPI-only subject is the floor; there is no peer crate.
-    fn baselines(&self, _tasks: usize) -> BoxFuture<'_, Vec<Subject>> {
-        Box::pin(async { Vec::new() })
     }
 
     fn slowness(&self) -> usize {

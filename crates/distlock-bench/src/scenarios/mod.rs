@@ -1,6 +1,7 @@
 //! The scenarios, written once and run on every store: one file each
 //! (issue 13's permit and read-lock cycles share one).
 
+mod failover;
 mod handoff;
 mod held;
 mod leadership;
@@ -9,6 +10,7 @@ mod permits;
 mod throughput;
 mod uncontended;
 
+pub use failover::failover;
 pub use handoff::handoff;
 pub use held::held;
 pub use leadership::leadership;

@@ -5,16 +5,14 @@ use std::sync::Arc;
 use super::report;
 use crate::Env;
 use crate::report::Report;
-use crate::runner::{Plan, compare};
-use crate::stores::{Store, distlock_subjects};
+use crate::runner::{Plan, compare_pairs};
+use crate::stores::Store;
 
 /// Scenario 2: Throughput: 64 tasks, each on its own key, through one Locker (one
 /// connection), against the raw client and peers doing the same.
 pub async fn throughput(env: &Env, store: Arc<dyn Store>) -> Report {
-    let locker = store.locker("bench-throughput").await;
     let plan = Plan::concurrent(env, &*store);
-    let mut subjects = distlock_subjects(&locker);
-    subjects.extend(store.baselines(plan.tasks).await);
+    let cycles = store.cycles("bench-throughput", plan.tasks).await;
     let mut report = report(
         &*store,
         "throughput",
@@ -29,7 +27,8 @@ pub async fn throughput(env: &Env, store: Arc<dyn Store>) -> Report {
         "per s = cycles per second of wall time (throughput); latencies are per cycle under load"
             .into(),
     );
-    let report = compare(report, &subjects, &plan, &*store).await;
-    locker.close().await.expect("close");
+    report.notes.extend(cycles.notes.iter().cloned());
+    let report = compare_pairs(report, &cycles.subjects, &cycles.pairs, &plan, &*store).await;
+    cycles.close().await;
     report
 }

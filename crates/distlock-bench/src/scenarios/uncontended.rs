@@ -5,17 +5,15 @@ use std::sync::Arc;
 use super::report;
 use crate::Env;
 use crate::report::Report;
-use crate::runner::{Plan, compare};
-use crate::stores::{Store, distlock_subjects};
+use crate::runner::{Plan, compare_pairs};
+use crate::stores::Store;
 
 /// Scenario 1: Uncontended obtain + release, one task, 64 rotating keys, against
 /// the backend's SPI alone, the store's raw floor and peer crates.
 pub async fn uncontended(env: &Env, store: Arc<dyn Store>) -> Report {
-    let locker = store.locker("bench-uncontended").await;
-    let mut subjects = distlock_subjects(&locker);
-    subjects.extend(store.baselines(1).await);
+    let cycles = store.cycles("bench-uncontended", 1).await;
     let plan = Plan::uncontended(env, &*store);
-    let report = report(
+    let mut report = report(
         &*store,
         "uncontended",
         format!(
@@ -25,7 +23,8 @@ pub async fn uncontended(env: &Env, store: Arc<dyn Store>) -> Report {
             plan.blocks
         ),
     );
-    let report = compare(report, &subjects, &plan, &*store).await;
-    locker.close().await.expect("close");
+    report.notes.extend(cycles.notes.iter().cloned());
+    let report = compare_pairs(report, &cycles.subjects, &cycles.pairs, &plan, &*store).await;
+    cycles.close().await;
     report
 }
