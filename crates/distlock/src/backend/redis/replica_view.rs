@@ -72,9 +72,9 @@ impl Shards {
         self.nodes.iter().find(|n| n.id == id)
     }
 
-    /// Reads a `CLUSTER NODES` reply: every master that serves slots, with
-    /// its replicas not flagged `fail` (a replica only suspected, `fail?`,
-    /// may still be promoted, so it counts).
+    /// Reads a `CLUSTER NODES` reply: every node, with its replicas not
+    /// flagged `fail` (a replica only suspected, `fail?`, may still be
+    /// promoted, so it counts), and the slots each master serves.
     pub(super) fn parse(text: &str) -> Option<Shards> {
         struct Line<'a> {
             id: &'a str,
@@ -101,7 +101,7 @@ impl Shards {
             owner: HashMap::new(),
             nodes: Vec::new(),
         };
-        for line in lines.iter().filter(|l| l.flags.contains(&"master")) {
+        for line in &lines {
             // ip:port@cport[,hostname]; the clients dial ip:port.
             let (host, port) = line.addr.split('@').next()?.rsplit_once(':')?;
             let replicas = lines
@@ -116,7 +116,8 @@ impl Shards {
                 replicas,
             });
             // Ranges `a-b` or single slots; `[...]` marks a migration.
-            for range in line.slots.iter().filter(|s| !s.starts_with('[')) {
+            let served = line.slots.iter().filter(|s| !s.starts_with('['));
+            for range in served.filter(|_| line.flags.contains(&"master")) {
                 let (a, b) = range.split_once('-').unwrap_or((range, range));
                 for slot in a.parse::<u16>().ok()?..=b.parse::<u16>().ok()? {
                     shards.owner.insert(Slot::new(slot)?, index);
@@ -177,6 +178,8 @@ r3 127.0.0.1:7005@17005 slave,fail? a3 0 0 3 connected
         assert_eq!(shards.owner_of("{a}x").expect("owner").id, "a3");
         assert_eq!(shards.owner_of("{b}x").expect("owner").id, "a1");
         assert_eq!(counted.for_key("{c}x"), 0);
+        // Replicas are known too (one may be promoted before a recount).
+        assert_eq!(shards.node("r1").expect("r1").replicas, 0);
         let node = shards.node("a2").expect("a2");
         assert_eq!((node.host.as_str(), node.port), ("127.0.0.1", 7001));
     }

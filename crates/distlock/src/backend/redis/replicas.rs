@@ -220,31 +220,36 @@ impl Shared {
         };
         let (ran_on, at_owner) = futures::join!(ran_on, at_owner);
         let (ran_on, at_owner) = (ran_on?, at_owner?);
-        let counted = self.replicas.counted();
-        let shards = match &*counted {
-            Counted::Shards(shards) => shards,
-            Counted::Whole(_) => return Ok(at_owner),
+        let serves = |counted: &Counted| match counted {
+            Counted::Shards(shards) => shards.owner_of(name).is_some_and(|o| o.id == ran_on),
+            Counted::Whole(_) => true,
         };
-        if shards
-            .owner_of(name)
-            .is_some_and(|owner| owner.id == ran_on)
-        {
+        if serves(&self.replicas.counted()) {
             return Ok(at_owner);
         }
+        // Not the node the last count names for the slot: one importing
+        // it, or a replica promoted since. Count again; the owner's
+        // shortfall, if any, is judged on the new count.
+        self.count_replicas().await;
+        let counted = self.replicas.counted();
+        if at_owner.is_some() || serves(&counted) {
+            return Ok(at_owner);
+        }
+        let Counted::Shards(shards) = &*counted else {
+            return Ok(at_owner);
+        };
         let Some(node) = shards.node(&ran_on) else {
-            // A node the last count did not know: count again next time.
-            self.count_replicas().await;
             return Err(Error::backend(
                 NAME,
                 op,
                 format!(
-                    "the write ran on cluster node {ran_on}, unknown to the last CLUSTER NODES"
+                    "the write ran on cluster node {ran_on}, which CLUSTER NODES does not list"
                 ),
             ));
         };
         let wanted_there = self.replicas.configured.unwrap_or(node.replicas.min(1));
-        if at_owner.is_some() || wanted_there == 0 {
-            return Ok(at_owner);
+        if wanted_there == 0 {
+            return Ok(None);
         }
         let at = SingleNodeRoutingInfo::ByAddress {
             host: node.host.clone(),
