@@ -9,7 +9,7 @@ use std::time::Duration;
 use distlock::backend::redis::RedisKeys;
 use distlock::{Key, LockKey, Locker, Namespace};
 use distlock_testkit::redis::RedisServer;
-use distlock_testkit::redis_ha::{RedisCluster, SentinelSet};
+use distlock_testkit::redis_ha::{RedisCluster, SentinelSet, key_slot};
 use futures::future::BoxFuture;
 use redis::{Value, cmd};
 
@@ -143,17 +143,6 @@ async fn served_slots(port: u16) -> Vec<(u16, u16)> {
     slots.sort();
     assert!(!slots.is_empty(), "the master on {port} serves no slot");
     slots
-}
-
-/// The cluster slot of the Redis key `name`: CRC16 (XMODEM) of its hash
-/// tag (the first non-empty `{...}`), or of the whole name.
-pub fn key_slot(name: &str) -> u16 {
-    let bytes = name.as_bytes();
-    let tag = bytes.iter().position(|&b| b == b'{').and_then(|open| {
-        let close = bytes[open + 1..].iter().position(|&b| b == b'}')?;
-        Some(&bytes[open + 1..open + 1 + close]).filter(|t| !t.is_empty())
-    });
-    crc16::State::<crc16::XMODEM>::calculate(tag.unwrap_or(bytes)) % SLOTS
 }
 
 /// The Redis name of the lock on `key` in `namespace`.

@@ -16,7 +16,7 @@ use distlock::backend::redis::{
     DEFAULT_WAITER_LEASE, RedisBackend, RedisBackendBuilder, RedisKeys,
 };
 use distlock::{Key, Lock, LockKey, Locker, LostReason, Namespace, ObtainOptions, RetryStrategy};
-use distlock_testkit::redis_ha::{RedisCluster, SentinelSet};
+use distlock_testkit::redis_ha::{RedisCluster, SentinelSet, key_slot};
 use redis::IntoConnectionInfo;
 use redis::cluster::ClusterClient;
 use tokio::time::{Instant, timeout};
@@ -73,32 +73,11 @@ fn names(ns: &str, key: &str) -> RedisKeys {
     })
 }
 
-/// Redis Cluster's hash slot of `name`: CRC16 (XMODEM) of its hash tag.
-fn hash_slot(name: &str) -> u16 {
-    let bytes = name.as_bytes();
-    let tagged = name.find('{').and_then(|open| {
-        let close = name[open + 1..].find('}')? + open + 1;
-        (close > open + 1).then(|| &bytes[open + 1..close])
-    });
-    let mut crc: u16 = 0;
-    for &byte in tagged.unwrap_or(bytes) {
-        crc ^= u16::from(byte) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc % 16384
-}
-
 /// A key of namespace `ns`, other than `not`, whose lock lies in `slot`.
 fn key_in_slot(ns: &str, slot: u16, not: &str) -> String {
     (0u32..)
         .map(|i| format!("same-slot-{i}"))
-        .find(|k| k != not && hash_slot(&names(ns, k).lock) == slot)
+        .find(|k| k != not && key_slot(&names(ns, k).lock) == slot)
         .unwrap()
 }
 

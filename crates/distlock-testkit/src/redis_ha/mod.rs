@@ -53,6 +53,17 @@ pub use cluster::{RedisCluster, SlotMigration};
 pub use fixture::HaFixture;
 pub use sentinel::{MASTER_NAME, SentinelSet};
 
+/// The cluster slot of the Redis key `name`: CRC16 (XMODEM) of its hash
+/// tag (the first non-empty `{...}`), or of the whole name, modulo 16384.
+pub fn key_slot(name: &str) -> u16 {
+    let bytes = name.as_bytes();
+    let tag = bytes.iter().position(|&b| b == b'{').and_then(|open| {
+        let close = bytes[open + 1..].iter().position(|&b| b == b'}')?;
+        Some(&bytes[open + 1..open + 1 + close]).filter(|t| !t.is_empty())
+    });
+    crc16::State::<crc16::XMODEM>::calculate(tag.unwrap_or(bytes)) % 16384
+}
+
 /// How long a probe (a read that [`settle`] repeats) may take: short, so
 /// a stopped node is noticed and the probe retried.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::RedisCluster;
-use super::view::key_slot;
+use crate::redis_ha::key_slot;
 use crate::server::require_binary;
 
 /// A node stopped for 2.5 s (more than the 1 s node timeout) just as

@@ -1,5 +1,7 @@
 //! What `CLUSTER NODES` says, and keys of the slots a node serves.
 
+use crate::redis_ha::key_slot;
+
 /// One line of `CLUSTER NODES`: one node, as the asked node sees it.
 #[derive(Debug)]
 pub(super) struct NodeLine {
@@ -63,23 +65,6 @@ pub(super) fn key_served_by(node: &NodeLine) -> Option<String> {
     (0..1_000_000)
         .map(|n| format!("distlock-fixture:settled:{n}"))
         .find(|key| node.serves(key_slot(key)))
-}
-
-/// The cluster slot of `key`, which has no hash tag: CRC16 (XMODEM) of
-/// the key, modulo 16384.
-pub(super) fn key_slot(key: &str) -> u16 {
-    let mut crc: u16 = 0;
-    for &byte in key.as_bytes() {
-        crc ^= u16::from(byte) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc % 16384
 }
 
 /// The cluster as all reachable nodes agree it is.
