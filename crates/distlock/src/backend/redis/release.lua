@@ -4,17 +4,15 @@
 -- be queued, tell the waiter whose turn it is on the key's release channel.
 -- KEYS[1] the lock (or the permits' marker, see acquire.lua), KEYS[2] its
 -- fencing counter (negative while waiters may be queued: the queue flag),
--- KEYS[3] the waiters' queue; for a waiter that gave up (and for every
--- permit), KEYS[4] the waiters' leases; for a permit, KEYS[5] the
--- permits' expiries and KEYS[6] the permits.
+-- KEYS[3] the waiters' queue, KEYS[4] the waiters' leases; for a permit,
+-- KEYS[5] the permits' expiries and KEYS[6] the permits.
 -- ARGV[1] owner token, ARGV[2] the release channel.
 -- The message is the owner token of the queue's head. A release that
 -- tells no waiter (the flag is clear, or the queue was found empty, which
 -- clears it) publishes "-" instead, for observers of the key (waiters
 -- ignore it); a waiter leaving the queue publishes only to wake the next.
--- A departed waiter whose client did not pass the leases hash (it forgot
--- that it was queued) leaves its lease there until the hash expires, one
--- waiter lease after the last attempt; only queued owners are looked up.
+-- Only a queued owner's lease is looked up: a holder's release reads
+-- neither the queue nor the leases.
 -- Returns 0 when the lock or permit is gone or someone else's; else it is
 -- released and the reply is 1 + the number of subscriptions that were told.
 local lock, fence, queue = KEYS[1], KEYS[2], KEYS[3]
@@ -73,9 +71,7 @@ if marked and KEYS[5] then
   end
 end
 if last < 0 and redis.call('ZREM', queue, owner) == 1 then
-  if KEYS[4] then
-    redis.call('HDEL', KEYS[4], owner)
-  end
+  redis.call('HDEL', KEYS[4], owner)
   if not value or marked then
     tell()
   end

@@ -322,17 +322,18 @@ impl Shared {
 
     pub(super) async fn release(&self, lease: &LeaseRef) -> Result<()> {
         // A waiter giving up also takes its lease out of the leases hash
-        // (a fourth key), so that it leaves nothing behind; a lock's holder
-        // was never queued, and needs three. A permit also needs the
-        // permits' two keys, and may have been queued: all six.
-        let was_queued = self.queued.remove(lease.owner);
+        // (the fourth key), so that it leaves nothing behind. Passed on
+        // every release, not only when this backend knows the owner
+        // queued: a waiter dropped after the store queued it but before
+        // its reply was read is queued unbeknown to us (a holder's release
+        // never reads the key). A permit also needs the permits' two keys.
+        self.queued.remove(lease.owner);
         let permit = lease.share != Share::Exclusive;
         let names = Names::of(&lease.key);
         let mut call = self.release_script().key(names.lock());
-        call.key(names.fence()).key(names.queue());
-        if was_queued || permit {
-            call.key(names.waiting());
-        }
+        call.key(names.fence())
+            .key(names.queue())
+            .key(names.waiting());
         if permit {
             call.key(names.expiries()).key(names.permits());
         }

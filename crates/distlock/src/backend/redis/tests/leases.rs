@@ -170,6 +170,39 @@ async fn a_lock_owner_gets_no_permit_and_releases_none() {
     assert!(server.leftovers("mode").await.is_empty());
 }
 
+/// A waiter that gives up leaves nothing behind even when the backend
+/// releasing it never read the reply that queued it: the CLI's
+/// `distlock run`, killed while waiting, once left the waiters' leases
+/// hash (bare-machine CI, 2026-12-02) when the signal came between the
+/// store queuing it and the backend reading that reply. Here a second
+/// backend, which never saw the reply, releases the waiter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_released_by_a_backend_that_missed_its_queuing_leaves_nothing() {
+    let server = shared();
+    let (queuing, releasing) = (
+        server.backend().build().await.unwrap(),
+        server.backend().build().await.unwrap(),
+    );
+    let holder = request("forgot", "k", Share::Exclusive, Duration::from_secs(30));
+    granted(&queuing, &holder).await;
+    let mut waiter = request("forgot", "k", Share::Exclusive, Duration::from_secs(30));
+    waiter.will_wait = true;
+    assert!(matches!(
+        queuing.try_acquire(&waiter).await.unwrap(),
+        Attempt::Contended { .. }
+    ));
+    assert_eq!(queued(server, "forgot", "k").await, 1);
+    assert!(
+        releasing
+            .release(&waiter.lease())
+            .await
+            .unwrap_err()
+            .is_not_held()
+    );
+    queuing.release(&holder.lease()).await.unwrap();
+    assert_eq!(server.leftovers("forgot").await, Vec::<String>::new());
+}
+
 /// `extend_all` renews locks and permits of several keys in one go and
 /// answers NotHeld, in order, for the entries not held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
