@@ -405,6 +405,28 @@ async fn a_slot_caught_mid_migration_never_grants_a_lock_twice() {
     eprintln!("took {:?}", start.elapsed());
 }
 
+/// The end of a cut-off master's test, once the old master is back:
+/// `stale` (whose connection or slot map still names it) is not granted
+/// `held`'s lock at once, nor after `demoted` (the topology settles with
+/// the new master); `held` works on, and the next grant's token is above
+/// `token`, the last before the fault.
+async fn not_granted_again_once_back(
+    held: Lock,
+    stale: &Locker,
+    token: u64,
+    wait: ObtainOptions,
+    demoted: impl Future<Output = ()>,
+) {
+    assert_not_granted_twice(&held, stale, "the old master resumed").await;
+    demoted.await;
+    assert_not_granted_twice(&held, stale, "the old master demoted").await;
+    assert!(works_or_reported_lost(&held, "the old master demoted", false).await);
+    held.release().await.unwrap();
+    let after = stale.obtain_with("k", wait).await.unwrap();
+    assert!(after.fencing_token() > token);
+    after.release().await.unwrap();
+}
+
 /// The Sentinel master is cut off (paused) and the sentinels promote a
 /// replica; a lock is obtained on the new master; then the old master
 /// comes back, still believing itself the master until the sentinels
@@ -445,25 +467,20 @@ async fn a_cut_off_sentinel_master_does_not_grant_a_held_lock_again() {
     set.resume(old);
     // At once, before the sentinels demote it: the stale client's
     // connection still goes to the old master.
-    assert_not_granted_twice(&held, &stale, "the old master resumed").await;
-    let role: Vec<redis::Value> = {
-        let client = redis::Client::open(set.node(old).url()).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        redis::cmd("ROLE").query_async(&mut conn).await.unwrap()
+    let demoted = async {
+        let role: Vec<redis::Value> = {
+            let client = redis::Client::open(set.node(old).url()).unwrap();
+            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+            redis::cmd("ROLE").query_async(&mut conn).await.unwrap()
+        };
+        eprintln!("the old master's role just after: {:?}", role.first());
+        assert_eq!(
+            set.wait_settled().await,
+            new,
+            "the old master took over again"
+        );
     };
-    eprintln!("the old master's role just after: {:?}", role.first());
-
-    assert_eq!(
-        set.wait_settled().await,
-        new,
-        "the old master took over again"
-    );
-    assert_not_granted_twice(&held, &stale, "the old master demoted").await;
-    assert!(works_or_reported_lost(&held, "the old master demoted", false).await);
-    held.release().await.unwrap();
-    let after = stale.obtain_with("k", wait).await.unwrap();
-    assert!(after.fencing_token() > token);
-    after.release().await.unwrap();
+    not_granted_again_once_back(held, &stale, token, wait, demoted).await;
     eprintln!("took {:?}", start.elapsed());
 }
 
@@ -509,15 +526,11 @@ async fn a_cut_off_cluster_master_does_not_grant_a_held_lock_again() {
     eprintln!("held on node {new} with token {}", held.fencing_token());
 
     cluster.resume(old);
-    assert_not_granted_twice(&held, &stale, "the old master resumed").await;
-    cluster.wait_settled().await;
-    assert_eq!(cluster.master_of_slot(slot).await, new);
-    assert_not_granted_twice(&held, &stale, "the old master demoted").await;
-    assert!(works_or_reported_lost(&held, "the old master demoted", false).await);
-    held.release().await.unwrap();
-    let after = stale.obtain_with("k", wait).await.unwrap();
-    assert!(after.fencing_token() > token);
-    after.release().await.unwrap();
+    let demoted = async {
+        cluster.wait_settled().await;
+        assert_eq!(cluster.master_of_slot(slot).await, new);
+    };
+    not_granted_again_once_back(held, &stale, token, wait, demoted).await;
     eprintln!("took {:?}", start.elapsed());
 }
 

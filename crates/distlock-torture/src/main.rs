@@ -110,8 +110,9 @@ struct RunArgs {
     #[arg(long)]
     no_faults: bool,
     /// Replicated Redis: replicas that acknowledge each grant and extend,
-    /// N or `default` (the backend's own count: one while the master has
-    /// one connected). Default: the variant's (1; no-ack 0).
+    /// N or `default` (the backend's own count: one while the topology
+    /// lists a live replica of the key's master). Default: the variant's
+    /// (1; no-ack 0).
     #[arg(long)]
     replicas: Option<String>,
     /// Comma-separated fault kinds (e.g. `sentinel_failover`), instead of

@@ -260,9 +260,8 @@ impl Variant {
     }
 
     /// How many replicas acknowledge each grant and extend on a replicated
-    /// Redis (`?replicas=N`): one, said explicitly (by default the backend
-    /// waits for one only while the master has one connected, and a
-    /// master cut off from its replicas has none), or none for control 8.
+    /// Redis (`?replicas=N`): one, said explicitly (`--replicas default`
+    /// runs the backend's own count instead), or none for control 8.
     pub fn replicas(self) -> usize {
         usize::from(self != Variant::NoAck)
     }
